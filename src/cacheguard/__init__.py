@@ -1,0 +1,55 @@
+"""cacheguard: caching decorators that keep backend load bounded when the caches fail.
+
+The public surface is what this module re-exports; everything in ``_``-prefixed modules is
+private and may change.
+"""
+
+from __future__ import annotations
+
+from cacheguard._cached import AsyncCachedFunction, CachedFunction, CacheStats, cached
+from cacheguard._clock import Clock, SystemClock
+from cacheguard._coalesce import coalesce
+from cacheguard._core.entry import Entry, Freshness
+from cacheguard._core.keys import CacheKey
+from cacheguard._errors import (
+    BackoffActive,
+    CacheGuardError,
+    CircuitOpen,
+    ConfigurationError,
+    ConfigurationTypeError,
+    CursorLoopError,
+    FetchTimeout,
+    PaginationError,
+    RateLimited,
+    RetryBudgetExhausted,
+)
+from cacheguard._layers import AsyncLayer, Layer, MemoryLayer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AsyncCachedFunction",
+    "AsyncLayer",
+    "BackoffActive",
+    "CacheGuardError",
+    "CacheKey",
+    "CacheStats",
+    "CachedFunction",
+    "CircuitOpen",
+    "Clock",
+    "ConfigurationError",
+    "ConfigurationTypeError",
+    "CursorLoopError",
+    "Entry",
+    "FetchTimeout",
+    "Freshness",
+    "Layer",
+    "MemoryLayer",
+    "PaginationError",
+    "RateLimited",
+    "RetryBudgetExhausted",
+    "SystemClock",
+    "__version__",
+    "cached",
+    "coalesce",
+]
