@@ -9,7 +9,7 @@ deadlines inside one process.
 from __future__ import annotations
 
 import asyncio
-import time
+import time as _time
 from typing import Protocol, runtime_checkable
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
@@ -42,9 +42,9 @@ class SystemClock:
     __slots__ = ()
 
     # Bound to the C functions so the hot path pays for one call, not two.
-    time = staticmethod(time.time)
-    monotonic = staticmethod(time.monotonic)
-    sleep = staticmethod(time.sleep)
+    time = staticmethod(_time.time)
+    monotonic = staticmethod(_time.monotonic)
+    sleep = staticmethod(_time.sleep)
 
     async def asleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -72,10 +72,16 @@ class CircuitOpen(CacheGuardError):
 class CursorLoopError(CacheGuardError):
     """A page function returned a cursor seen before, or a page that made no progress."""
 
-    def __init__(self, message: str, *, cursor: object, pages_done: int) -> None:
+    def __init__(
+        self, message: str, *, cursor: object, pages_done: int, reason: str = "repeated-cursor"
+    ) -> None:
         super().__init__(message)
+        #: The cursor that showed the loop (the repeated one, or the one that made no progress).
         self.cursor = cursor
+        #: How many pages were accepted before the loop was detected.
         self.pages_done = pages_done
+        #: ``"repeated-cursor"``, ``"no-progress"`` or ``"empty-pages"``.
+        self.reason = reason
 
 
 class PaginationError(CacheGuardError):
@@ -84,9 +90,14 @@ class PaginationError(CacheGuardError):
     The page's last error is chained as ``__cause__``.
     """
 
-    def __init__(self, message: str, *, cursor: object, pages_done: int) -> None:
+    def __init__(
+        self, message: str, *, cursor: object, pages_done: int, reason: str = "page-failed"
+    ) -> None:
         super().__init__(message)
         #: The cursor to resume from, as the page function gave it.
         self.cursor = cursor
         #: How many pages were fetched (and checkpointed) before the failure.
         self.pages_done = pages_done
+        #: Why it stopped: ``"page-failed"`` (the page function raised; chained as
+        #: ``__cause__``), or the bound it hit: ``"deadline"``, ``"max-pages"``, ``"max-items"``.
+        self.reason = reason

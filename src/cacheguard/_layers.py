@@ -122,7 +122,7 @@ class MemoryLayer:
     def _evict(self, now: float) -> None:
         data = self._data
         # Oldest writes first: drop what has expired, then the oldest live entries.
-        doomed = []
+        doomed: list[Hashable] = []
         for local, old in data.items():
             if old.stale_until <= now or len(data) - len(doomed) >= self.maxsize:
                 doomed.append(local)
@@ -156,6 +156,5 @@ class MemoryLayer:
 
     def __repr__(self) -> str:
         return (
-            f"MemoryLayer(maxsize={self.maxsize}, policy={self.policy!r}, "
-            f"size={len(self._data)})"
+            f"MemoryLayer(maxsize={self.maxsize}, policy={self.policy!r}, size={len(self._data)})"
         )

@@ -64,7 +64,7 @@ class Breaker:
         start = opened if self._probe_at is None else max(opened, self._probe_at)
         return max(0.0, start + self.reset_timeout - now)
 
-    def record_success(self, now: float) -> BreakerState | None:  # noqa: ARG002 - symmetric API
+    def record_success(self, now: float) -> BreakerState | None:
         """Count a success; returns the new state if it changed."""
         self._failures = 0
         self._probe_at = None

@@ -36,7 +36,7 @@ def local_key(args: tuple[Any, ...], kwargs: Mapping[str, Any], names: Sequence[
         if len(args) == 1:
             arg = args[0]
             if type(arg) is _STR or type(arg) is _INT:
-                return arg  # type: ignore[no-any-return]
+                return arg  # type: ignore[no-any-return,unused-ignore]
         elif all(type(a) is _STR or type(a) is _INT for a in args):
             return args
     return encode_call(args, kwargs, names)
@@ -64,7 +64,7 @@ def encode_call(args: tuple[Any, ...], kwargs: Mapping[str, Any], names: Sequenc
     return bytes(out)
 
 
-def _encode(value: Any, out: bytearray, name: str) -> None:  # noqa: C901 - a type table
+def _encode(value: Any, out: bytearray, name: str) -> None:
     kind = type(value)
     if value is None:
         out += b"N"
@@ -87,15 +87,14 @@ def _encode(value: Any, out: bytearray, name: str) -> None:  # noqa: C901 - a ty
             _encode(item, out, name)
         out += b")"
     elif kind is frozenset:
-        parts = []
+        parts: list[bytes] = []
         for item in value:
-            part = bytearray()
-            _encode(item, part, name)
-            parts.append(bytes(part))
+            buffer = bytearray()
+            _encode(item, buffer, name)
+            parts.append(bytes(buffer))
         parts.sort()
         out += b"{%d:" % len(parts)
-        for part in parts:
-            out += part
+        out += b"".join(parts)
         out += b"}"
     elif isinstance(value, enum.Enum):
         qual = f"{kind.__module__}.{kind.__qualname__}.{value.name}".encode()
@@ -119,7 +118,7 @@ def _encode(value: Any, out: bytearray, name: str) -> None:  # noqa: C901 - a ty
 
 def _reject(value: Any, name: str) -> None:
     kind = type(value).__name__
-    if not isinstance(value, Hashable) or isinstance(value, (list, dict, set, bytearray)):
+    if getattr(type(value), "__hash__", None) is None:
         raise ConfigurationTypeError(
             f"argument {name!r} is a {kind}, which is unhashable and cannot be part of a cache "
             "key; pass a tuple or frozenset instead, or give key= to the decorator"

@@ -101,14 +101,12 @@ class ReadThrough(Generic[F]):
         if freshness is Freshness.FRESH:
             return Action.HIT, None, None
         state = self.states.get(key)
-        busy = state is not None and state.flight is not None
         backing_off = state is not None and mono < state.backoff_until
         if freshness is Freshness.STALE:
-            if busy or backing_off:
+            if (state is not None and state.flight is not None) or backing_off:
                 return Action.STALE, state, None
             return Action.REFRESH, *self._start(key, state, new_flight)
-        if busy:
-            assert state is not None
+        if state is not None and state.flight is not None:
             return Action.WAIT, state, state.flight
         if backing_off:
             return Action.BACKOFF, state, None
@@ -129,7 +127,9 @@ class ReadThrough(Generic[F]):
             del self.states[key]  # success forgets the failure history
         return flight.cacheable
 
-    def fail(self, key: Hashable, flight: F, error: BaseException, *, mono: float, draw: float):
+    def fail(
+        self, key: Hashable, flight: F, error: BaseException, *, mono: float, draw: float
+    ) -> float:
         """End ``flight`` with ``error``; starts the key's back-off and returns its length.
 
         ``draw`` in ``[0, 1)`` picks the jitter ("equal jitter": the back-off lasts at least half
