@@ -1,0 +1,262 @@
+"""Cold-key stampede: backend calls and wall time, cacheguard vs the peers.
+
+``python -m benchmarks stampede [--quick] [--json PATH]``
+
+Many callers ask for the same key at the same moment while it is not cached, and the backend
+takes 50 ms to answer:
+
+* async: 1000 asyncio tasks started together (``asyncio.gather``) on one event loop;
+* threads: 50 threads released together by a barrier.
+
+Each round uses a key no contender has seen, so every round is a cold stampede. We count backend
+calls, caller errors and the wall time from release until the last caller has its value, as a
+ratio to the backend latency. Target for cacheguard: 1 backend call, wall <= 1.2x the latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks import _harness as h
+from benchmarks._peerlibs import ASYNC_LIBS, SYNC_LIBS, SYNC_REFERENCE, Lib, available
+
+LATENCY = 0.05
+WALL_TARGET = 1.2
+#: Bound on one stampede: a contender that hangs is reported, not waited for.
+STORM_TIMEOUT = 30.0
+
+
+def _settings(quick: bool) -> dict[str, Any]:
+    if h.smoke():
+        return {"rounds": 2, "tasks": 100, "threads": 10, "latency": LATENCY}
+    if quick:
+        return {"rounds": 5, "tasks": 1000, "threads": 50, "latency": LATENCY}
+    return {"rounds": 9, "tasks": 1000, "threads": 50, "latency": LATENCY}
+
+
+class Backend:
+    """A backend that takes ``latency`` seconds and counts its calls (thread-safe)."""
+
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def _count(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def sync(self) -> Callable[[int], int]:
+        def fetch(k: int) -> int:
+            self._count()
+            time.sleep(self.latency)
+            return k * 2
+
+        return fetch
+
+    def coro(self) -> Callable[[int], Any]:
+        async def fetch(k: int) -> int:
+            self._count()
+            await asyncio.sleep(self.latency)
+            return k * 2
+
+        return fetch
+
+
+def async_storm(
+    loop: asyncio.AbstractEventLoop, fn: Callable[[int], Any], key: int, tasks: int
+) -> dict[str, Any]:
+    """``tasks`` concurrent ``await fn(key)``; wall time, errors and wrong values."""
+
+    async def storm() -> tuple[float, list[Any]]:
+        start = time.perf_counter()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(fn(key) for _ in range(tasks)), return_exceptions=True),
+            STORM_TIMEOUT,
+        )
+        return time.perf_counter() - start, results
+
+    try:
+        wall, results = loop.run_until_complete(storm())
+    except asyncio.TimeoutError:
+        return {"wall": STORM_TIMEOUT, "errors": tasks, "wrong": 0, "timed_out": True}
+    errors = [r for r in results if isinstance(r, BaseException)]
+    wrong = sum(1 for r in results if not isinstance(r, BaseException) and r != key * 2)
+    return {
+        "wall": wall,
+        "errors": len(errors),
+        "wrong": wrong,
+        "error_types": sorted({type(e).__name__ for e in errors}),
+        "timed_out": False,
+    }
+
+
+def thread_storm(fn: Callable[[int], Any], key: int, threads: int) -> dict[str, Any]:
+    """``threads`` threads released together call ``fn(key)``; wall time, errors, wrong values."""
+    barrier = threading.Barrier(threads + 1)
+    outcomes: list[Any] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        try:
+            barrier.wait(STORM_TIMEOUT)
+            value: Any = fn(key)
+        except BaseException as exc:
+            value = exc
+        with lock:
+            outcomes.append(value)
+
+    workers = [threading.Thread(target=caller, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait(STORM_TIMEOUT)
+    start = time.perf_counter()
+    deadline = start + STORM_TIMEOUT
+    for w in workers:
+        w.join(max(0.0, deadline - time.perf_counter()))
+    wall = time.perf_counter() - start
+    timed_out = any(w.is_alive() for w in workers)
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    wrong = sum(1 for o in outcomes if not isinstance(o, BaseException) and o != key * 2)
+    return {
+        "wall": wall,
+        "errors": len(errors) + (threads - len(outcomes)),
+        "wrong": wrong,
+        "error_types": sorted({type(e).__name__ for e in errors}),
+        "timed_out": timed_out,
+    }
+
+
+def contenders(libs: list[Lib] | None = None) -> tuple[list[tuple[str, Lib]], dict[str, str]]:
+    """``(mode, lib)`` pairs to run ("threads" or "async") and the skipped ones with reasons."""
+    chosen = (
+        libs
+        if libs is not None
+        else [SYNC_REFERENCE, *(lib for lib in [*SYNC_LIBS, *ASYNC_LIBS] if lib.stampede)]
+    )
+    runnable: list[tuple[str, Lib]] = []
+    skipped: dict[str, str] = {}
+    for lib in chosen:
+        why = available(lib)
+        if why is None:
+            runnable.append(("async" if lib.is_async else "threads", lib))
+        else:
+            skipped[lib.name] = why
+    return runnable, skipped
+
+
+def measure(*, quick: bool, libs: list[Lib] | None = None, title: str = "") -> dict[str, Any]:
+    """Run the interleaved stampede rounds and return every figure."""
+    settings = _settings(quick)
+    runnable, skipped = contenders(libs)
+    latency = settings["latency"]
+    loop = h.new_loop()
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        prepared = []
+        for mode, lib in runnable:
+            backend = Backend(latency)
+            fn = lib.make()(backend.coro() if lib.is_async else backend.sync())
+            prepared.append((mode, lib, backend, fn))
+            rows[lib.name] = {"mode": mode, "config": lib.config, "rounds": []}
+        for r in range(settings["rounds"]):
+            key = 1_000 + r  # a key nobody has cached yet: every round is cold
+            shift = r % max(1, len(prepared))
+            for mode, lib, backend, fn in prepared[shift:] + prepared[:shift]:
+                before = backend.calls
+                if mode == "async":
+                    outcome = async_storm(loop, fn, key, settings["tasks"])
+                else:
+                    outcome = thread_storm(fn, key, settings["threads"])
+                outcome["calls"] = backend.calls - before
+                rows[lib.name]["rounds"].append(outcome)
+            h.progress(f"{title}stampede: round", r + 1, settings["rounds"])
+    finally:
+        h.close_loop(loop)
+    for row in rows.values():
+        rounds = row["rounds"]
+        row["calls"] = h.median(o["calls"] for o in rounds)
+        row["calls_max"] = max(o["calls"] for o in rounds)
+        row["wall"] = h.median(o["wall"] for o in rounds)
+        row["wall_ratio"] = row["wall"] / latency
+        row["errors"] = max(o["errors"] for o in rounds)
+        row["wrong"] = max(o["wrong"] for o in rounds)
+        row["callers"] = settings["tasks"] if row["mode"] == "async" else settings["threads"]
+        row["error_types"] = sorted({t for o in rounds for t in o.get("error_types", [])})
+    return {"settings": settings, "rows": rows, "skipped": skipped}
+
+
+def targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """cacheguard's verdicts: 1 backend call and wall <= 1.2x latency, per mode."""
+    found: dict[str, Any] = {}
+    for name in ("cacheguard", "cacheguard async"):
+        row = rows.get(name)
+        if row is None:
+            found[name] = {"met": None}
+            continue
+        found[name] = {
+            "calls_max": row["calls_max"],
+            "wall_ratio": row["wall_ratio"],
+            "errors": row["errors"],
+            "met": row["calls_max"] == 1 and row["wall_ratio"] <= WALL_TARGET and not row["errors"],
+        }
+    return found
+
+
+def report(figures: dict[str, Any]) -> None:
+    """Print one table per mode and the verdict on the targets."""
+    settings = figures["settings"]
+    rows = figures["rows"]
+    for mode, callers in (("async", settings["tasks"]), ("threads", settings["threads"])):
+        members = sorted(
+            (n for n, row in rows.items() if row["mode"] == mode),
+            key=lambda n: (rows[n]["calls"], rows[n]["wall"]),
+        )
+        h.print_table(
+            f"Cold-key stampede, {callers} {'asyncio tasks' if mode == 'async' else 'threads'}, "
+            f"backend {settings['latency'] * 1e3:.0f} ms "
+            f"(median of {settings['rounds']} interleaved rounds)",
+            ["contender", "backend calls", "max calls", "wall", "wall / latency", "errors"],
+            [
+                [
+                    n,
+                    f"{rows[n]['calls']:.0f}",
+                    rows[n]["calls_max"],
+                    f"{rows[n]['wall'] * 1e3:.0f} ms",
+                    h.fmt_ratio(rows[n]["wall_ratio"]),
+                    (
+                        f"{rows[n]['errors']} ({', '.join(rows[n]['error_types'])})"
+                        if rows[n]["errors"]
+                        else "0"
+                    ),
+                ]
+                for n in members
+            ],
+        )
+    for name, why in figures["skipped"].items():
+        print(f"  skipped {name}: {why}")
+    for name, verdict in figures["targets"].items():
+        if verdict["met"] is None:
+            print(f"  target {name}: not measured (cacheguard unavailable)")
+        else:
+            print(
+                f"  target {name}: {verdict['calls_max']} backend call(s), wall "
+                f"{h.fmt_ratio(verdict['wall_ratio'])} latency (<= 1 call, <= {WALL_TARGET}x) "
+                f"{'met' if verdict['met'] else 'MISSED'}"
+            )
+
+
+def run(*, quick: bool) -> dict[str, object]:
+    """Stampede cacheguard and every installed peer; print and return the figures."""
+    figures = measure(quick=quick)
+    figures["targets"] = targets(figures["rows"])
+    figures["machine"] = h.machine()
+    figures["versions"] = h.versions(
+        "cacheguard", "cachetools", "cachebox", "async-lru", "cashews", "aiocache", "dogpile.cache"
+    )
+    report(figures)
+    return figures

@@ -1,0 +1,84 @@
+"""Smoke tests for the hit, stampede and peers benchmarks: shape and sanity, never speed.
+
+Each benchmark runs in its tiny mode (``CACHEGUARD_BENCH_SMOKE=1``: a few rounds, 100 tasks,
+10 threads) and we check that it reports every figure it promises, with sane values. The peers
+(cachebox, cashews, ...) come from the ``bench`` extra; rows for peers that are not installed
+are reported as skipped, so only cacheguard's rows and the references are required here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from benchmarks import hits, peers, stampede
+
+
+@pytest.fixture(autouse=True)
+def _smoke(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+
+
+def _finite_positive(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_hits_reports_every_contender_with_sane_ratios() -> None:
+    figures: dict[str, Any] = hits.run(quick=True)
+    rows = figures["rows"]
+    for required in (
+        "functools.lru_cache(128)",
+        hits.ASYNC_REFERENCE,
+        "cacheguard",
+        "cacheguard async",
+    ):
+        assert required in rows, figures["skipped"]
+    assert rows["functools.lru_cache(128)"]["ratio"] == 1.0
+    assert rows[hits.ASYNC_REFERENCE]["ratio"] == 1.0
+    for name, row in rows.items():
+        assert row["group"] in ("sync", "async"), name
+        assert _finite_positive(row["median_ns"]), name
+        assert _finite_positive(row["ratio"]), name
+        # Hits only: the backend ran once, for the warm-up, and never while being timed.
+        if name != hits.ASYNC_REFERENCE:
+            assert row["backend_calls"] == 1, name
+    raw = figures["raw"]
+    assert all(len(v) == figures["settings"]["rounds"] for v in raw["ratio_per_round"].values())
+    for target in figures["targets"].values():
+        assert _finite_positive(target["ratio"])
+        assert target["met"] in (True, False)
+
+
+def test_stampede_cacheguard_makes_one_backend_call() -> None:
+    figures: dict[str, Any] = stampede.run(quick=True)
+    rows = figures["rows"]
+    settings = figures["settings"]
+    for name in ("cacheguard", "cacheguard async"):
+        row = rows[name]
+        assert [o["calls"] for o in row["rounds"]] == [1] * settings["rounds"], name
+        assert row["errors"] == 0, name
+        assert row["wrong"] == 0, name
+        assert row["wall_ratio"] >= 1.0, name  # nobody can beat the backend's own latency
+        assert figures["targets"][name]["calls_max"] == 1
+    for name, row in rows.items():
+        assert len(row["rounds"]) == settings["rounds"], name
+        assert 0 <= row["calls_max"] <= row["callers"], name
+        assert row["mode"] in ("async", "threads"), name
+        assert not any(o["timed_out"] for o in row["rounds"]), name
+
+
+def test_peers_summary_covers_every_library() -> None:
+    figures: dict[str, Any] = peers.run(quick=True)
+    assert [row[0] for row in figures["summary"]] == [label for label, _ in peers.SUMMARY]
+    assert all(len(row) == 6 for row in figures["summary"])
+    outage = figures["outage"]["rows"]["cacheguard"]
+    # Redis refused, in-process layer intact: one fetch per key and every caller served.
+    assert outage["backend_calls"] == peers.KEYS
+    assert outage["errors"] == 0
+    assert outage["callers"] == int(
+        figures["outage"]["settings"]["rate"] * figures["outage"]["settings"]["duration"]
+    )
+    for name, row in figures["outage"]["rows"].items():
+        assert 0 <= row["errors"] <= row["callers"], name
+        assert row["backend_calls"] >= 0, name
