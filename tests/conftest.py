@@ -61,7 +61,9 @@ def database_url() -> str:
     """The PostgreSQL URL from ``DATABASE_URL`` (checked by connecting)."""
     url = os.environ.get("DATABASE_URL")
     if not url:
-        needs("postgres", "DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+        needs(
+            "postgres", "DATABASE_URL is not set (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+        )
     try:
         import psycopg
     except ImportError:

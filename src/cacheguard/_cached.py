@@ -714,14 +714,27 @@ class _Driver:
 
     def sync_wrapper(self) -> Callable[..., Any]:
         l1, now, serve, local_of = self.l1, self.s.clock.time, self.serve, self.local
-        if l1 is None or self.s.key is not None:
+        if l1 is None:
 
             def plain(*args: Any, **kwargs: Any) -> Any:
                 return serve(local_of(args, kwargs), None, args, kwargs)
 
             return plain
-        lookup = l1._fast_get
+        lookup = l1._fast_get  # the one dict lookup of a hit
         hits = 0
+        if self.s.key is not None:
+
+            def keyed(*args: Any, **kwargs: Any) -> Any:
+                nonlocal hits
+                local = local_of(args, kwargs)
+                entry = lookup(local)
+                if entry is not None and now() < entry.fresh_until:
+                    hits += 1
+                    return entry.value
+                return serve(local, entry, args, kwargs)
+
+            self.memory_hits = lambda: hits
+            return keyed
 
         # The hot path: one positional str or int argument, a fresh entry in memory. Taking the
         # first argument by name (not in *args) and counting hits in a closure cell are each
@@ -905,14 +918,27 @@ class _Driver:
 
     def async_wrapper(self) -> Callable[..., Awaitable[Any]]:
         l1, now, serve, local_of = self.l1, self.s.clock.time, self.aserve, self.local
-        if l1 is None or self.s.key is not None:
+        if l1 is None:
 
             async def plain(*args: Any, **kwargs: Any) -> Any:
                 return await serve(local_of(args, kwargs), None, args, kwargs)
 
             return plain
-        lookup = l1._fast_get
+        lookup = l1._fast_get  # the one dict lookup of a hit
         hits = 0
+        if self.s.key is not None:
+
+            async def keyed(*args: Any, **kwargs: Any) -> Any:
+                nonlocal hits
+                local = local_of(args, kwargs)
+                entry = lookup(local)
+                if entry is not None and now() < entry.fresh_until:
+                    hits += 1
+                    return entry.value
+                return await serve(local, entry, args, kwargs)
+
+            self.memory_hits = lambda: hits
+            return keyed
 
         async def wrapper(first: Any = _NOARG, /, *args: Any, **kwargs: Any) -> Any:
             nonlocal hits

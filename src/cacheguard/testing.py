@@ -7,12 +7,18 @@ or when code sleeps on it (a sleep advances time at once instead of waiting).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
+from collections.abc import Callable
 from datetime import timedelta
+from typing import ParamSpec, TypeVar
 
 from cacheguard._config import duration
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "InlineExecutor"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class FakeClock:
@@ -59,3 +65,26 @@ class FakeClock:
 
     def __repr__(self) -> str:
         return f"FakeClock(time={self._wall!r}, monotonic={self._mono!r})"
+
+
+class InlineExecutor(concurrent.futures.Executor):
+    """An executor that runs each submitted call at once, in the submitting thread.
+
+    Pass it as ``refresh_executor=`` to make background refreshes deterministic in tests: the
+    refresh has finished when the call that started it returns.
+    """
+
+    def __init__(self) -> None:
+        #: How many calls were submitted.
+        self.submitted = 0
+
+    def submit(
+        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> concurrent.futures.Future[T]:
+        self.submitted += 1
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
