@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import cacheguard as cg
 from cacheguard.testing import FakeClock
 
@@ -36,5 +34,3 @@ async def async_api() -> None:
     values: list[int] = await aload("c1")
     await aload.invalidate("c1")
     print(values, aload.stats().fetches)
-
-
