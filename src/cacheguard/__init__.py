@@ -24,6 +24,14 @@ from cacheguard._errors import (
     RetryBudgetExhausted,
 )
 from cacheguard._layers import AsyncLayer, Layer, MemoryLayer
+from cacheguard._redis import RedisLayer
+from cacheguard._serialize import (
+    JsonSerializer,
+    MsgspecSerializer,
+    OrjsonSerializer,
+    PickleSerializer,
+    Serializer,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -43,11 +51,17 @@ __all__ = [
     "Entry",
     "FetchTimeout",
     "Freshness",
+    "JsonSerializer",
     "Layer",
     "MemoryLayer",
+    "MsgspecSerializer",
+    "OrjsonSerializer",
     "PaginationError",
+    "PickleSerializer",
     "RateLimited",
+    "RedisLayer",
     "RetryBudgetExhausted",
+    "Serializer",
     "SystemClock",
     "__version__",
     "cached",

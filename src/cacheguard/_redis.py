@@ -68,6 +68,8 @@ EVENTS: Final = (
     "leases_lost",
 )
 
+#: A client timeout above this many seconds draws a warning.
+_SLOW_TIMEOUT: Final = 1.0
 _INSTALL_HINT = "RedisLayer needs redis-py: pip install 'cacheguard[redis]'"
 _FIX_HINT = (
     "build the client with socket_timeout=0.25, socket_connect_timeout=0.25 and "
@@ -183,21 +185,27 @@ def _check_client(client: Any) -> None:
             "the Redis client has decode_responses=True, but cacheguard stores binary entries; "
             "give RedisLayer a client built without decode_responses"
         )
+    problems = []
     for name in ("socket_timeout", "socket_connect_timeout"):
-        if kwargs.get(name) is None:
+        seconds = kwargs.get(name)
+        if seconds is None:
             raise ConfigurationError(
                 f"the Redis client has no {name}, so a hung or unreachable Redis would block "
                 f"callers for as long as the operating system lets it (minutes); {_FIX_HINT}"
             )
+        if seconds > _SLOW_TIMEOUT:
+            problems.append(f"its {name} is {seconds} s")
     retry = getattr(client, "retry", None)
     if retry is None and hasattr(client, "get_retry"):
         retry = client.get_retry()
     retries = retry.get_retries() if retry is not None else 0
     if retries > 0:
+        problems.append(f"it retries failed commands {retries} time(s) on its own")
+    if problems:
         warnings.warn(
-            f"the Redis client retries failed commands {retries} time(s) on its own, which "
-            "multiplies the time a sick Redis costs each call (cacheguard's breaker already "
-            f"handles failures); {_FIX_HINT}",
+            f"the Redis client given to RedisLayer can hold a caller for long when Redis hangs: "
+            f"{' and '.join(problems)} (cacheguard's breaker already handles failures); "
+            f"{_FIX_HINT}",
             RuntimeWarning,
             stacklevel=3,
         )
