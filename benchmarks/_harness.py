@@ -305,8 +305,8 @@ def fmt_ns(seconds: float) -> str:
     if ns < 1_000:
         return f"{ns:.0f} ns"
     if ns < 1_000_000:
-        return f"{ns / 1e3:.2f} µs"
-    return f"{ns / 1e6:.2f} ms"
+        return f"{ns / 1e3:.2f} µs" if ns < 100_000 else f"{ns / 1e3:.0f} µs"
+    return f"{ns / 1e6:.2f} ms" if ns < 100_000_000 else f"{ns / 1e6:.0f} ms"
 
 
 def fmt_ratio(ratio: float) -> str:

@@ -107,14 +107,15 @@ def _cacheguard_outage(port: int) -> tuple[bool, Any, str]:
     layers: list[Any] = [cg.MemoryLayer()]
     config = f"cg.cached(ttl={TTL}, layers=[MemoryLayer()"
     redis_layer = getattr(cg, "RedisLayer", None)
-    if redis_layer is not None:
-        import redis.asyncio
+    if redis_layer is None:  # before the Redis layer was exported
+        from cacheguard import _redis
 
-        client = redis.asyncio.Redis(host="127.0.0.1", port=port)
-        layers.append(redis_layer(client))
-        config += ", RedisLayer(redis.asyncio.Redis(...))])"
+        redis_layer = getattr(_redis, "RedisLayer", None)
+    if redis_layer is not None:
+        layers.append(redis_layer.from_url(f"redis://127.0.0.1:{port}/0"))
+        config += ', RedisLayer.from_url("redis://...")]) (defaults: 0.25 s timeouts, no retries)'
     else:
-        config += "]) - cg.RedisLayer not available yet, so no L2"
+        config += "]) - no RedisLayer in this version, so no L2"
     return True, cg.cached(ttl=TTL, layers=layers), config
 
 
@@ -335,7 +336,8 @@ def summary(hit: dict[str, Any], storm: dict[str, Any], down: dict[str, Any]) ->
             name = names[group]
             found = storm["rows"].get(name) if name else None
             row.append(
-                f"{found['calls']:.0f} call(s), {h.fmt_ratio(found['wall_ratio'])}"
+                f"{found['calls']:.0f} call{'s' if found['calls'] != 1 else ''}, "
+                f"{h.fmt_ratio(found['wall_ratio'])}"
                 if found
                 else "-"
             )
@@ -343,7 +345,7 @@ def summary(hit: dict[str, Any], storm: dict[str, Any], down: dict[str, Any]) ->
         found = down["rows"].get(name) if name else None
         if found:
             row.append(
-                f"{h.fmt_ratio(found['amplification'])}, p99 {h.fmt_ns(found['p99'])}, "
+                f"{h.fmt_ratio(found['amplification'])} ideal, p99 {h.fmt_ns(found['p99'])}, "
                 f"{100 * found['error_rate']:.0f}% errors"
             )
         else:

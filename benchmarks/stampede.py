@@ -131,12 +131,81 @@ def thread_storm(fn: Callable[[int], Any], key: int, threads: int) -> dict[str, 
     }
 
 
+def _floor_async() -> Callable[[Callable[[int], Any]], Callable[[int], Any]]:
+    """The least a single-flight can cost here: every caller awaits one shared task."""
+
+    def decorate(fn: Callable[[int], Any]) -> Callable[[int], Any]:
+        flights: dict[int, asyncio.Future[Any]] = {}
+
+        async def wrapper(k: int) -> Any:
+            flight = flights.get(k)
+            if flight is None:
+                flight = flights[k] = asyncio.ensure_future(fn(k))
+            return await flight
+
+        return wrapper
+
+    return decorate
+
+
+def _floor_threads() -> Callable[[Callable[[int], Any]], Callable[[int], Any]]:
+    """The least a single-flight can cost with threads: the first caller fetches, others wait."""
+
+    def decorate(fn: Callable[[int], Any]) -> Callable[[int], Any]:
+        lock = threading.Lock()
+        flights: dict[int, tuple[threading.Event, list[Any]]] = {}
+
+        def wrapper(k: int) -> Any:
+            with lock:
+                flight = flights.get(k)
+                leader = flight is None
+                if flight is None:
+                    flight = flights[k] = (threading.Event(), [])
+            event, box = flight
+            if leader:
+                box.append(fn(k))
+                event.set()
+            else:
+                event.wait(STORM_TIMEOUT)
+            return box[0]
+
+        return wrapper
+
+    return decorate
+
+
+#: Floors, not peers: a bare single-flight (no cache, no stats, no timeouts, no error
+#: handling), to show the least wall time this harness can measure.
+FLOORS = [
+    Lib(
+        "floor: bare single-flight (async)",
+        "python",
+        True,
+        "every caller awaits one shared asyncio task; nothing else",
+        _floor_async,
+        hits=False,
+    ),
+    Lib(
+        "floor: bare single-flight (threads)",
+        "python",
+        False,
+        "the first caller fetches, the others wait on a threading.Event; nothing else",
+        _floor_threads,
+        hits=False,
+    ),
+]
+
+
 def contenders(libs: list[Lib] | None = None) -> tuple[list[tuple[str, Lib]], dict[str, str]]:
     """``(mode, lib)`` pairs to run ("threads" or "async") and the skipped ones with reasons."""
     chosen = (
         libs
         if libs is not None
-        else [SYNC_REFERENCE, *(lib for lib in [*SYNC_LIBS, *ASYNC_LIBS] if lib.stampede)]
+        else [
+            *FLOORS,
+            SYNC_REFERENCE,
+            *(lib for lib in [*SYNC_LIBS, *ASYNC_LIBS] if lib.stampede),
+        ]
     )
     runnable: list[tuple[str, Lib]] = []
     skipped: dict[str, str] = {}
@@ -154,12 +223,16 @@ def measure(*, quick: bool, libs: list[Lib] | None = None, title: str = "") -> d
     settings = _settings(quick)
     runnable, skipped = contenders(libs)
     latency = settings["latency"]
-    loop = h.new_loop()
     rows: dict[str, dict[str, Any]] = {}
+    # Each async contender gets its own event loop for all its rounds, so timers and tasks a
+    # peer leaves behind (aiocache schedules one expiry timer per entry) slow only that peer.
+    loops: dict[str, asyncio.AbstractEventLoop] = {}
     try:
         prepared = []
         for mode, lib in runnable:
             backend = Backend(latency)
+            if lib.is_async:
+                loops[lib.name] = h.new_loop()
             fn = lib.make()(backend.coro() if lib.is_async else backend.sync())
             prepared.append((mode, lib, backend, fn))
             rows[lib.name] = {"mode": mode, "config": lib.config, "rounds": []}
@@ -169,6 +242,8 @@ def measure(*, quick: bool, libs: list[Lib] | None = None, title: str = "") -> d
             for mode, lib, backend, fn in prepared[shift:] + prepared[:shift]:
                 before = backend.calls
                 if mode == "async":
+                    loop = loops[lib.name]
+                    asyncio.set_event_loop(loop)
                     outcome = async_storm(loop, fn, key, settings["tasks"])
                 else:
                     outcome = thread_storm(fn, key, settings["threads"])
@@ -176,7 +251,9 @@ def measure(*, quick: bool, libs: list[Lib] | None = None, title: str = "") -> d
                 rows[lib.name]["rounds"].append(outcome)
             h.progress(f"{title}stampede: round", r + 1, settings["rounds"])
     finally:
-        h.close_loop(loop)
+        for loop in loops.values():
+            asyncio.set_event_loop(loop)
+            h.close_loop(loop)
     for row in rows.values():
         rounds = row["rounds"]
         row["calls"] = h.median(o["calls"] for o in rounds)
@@ -187,6 +264,18 @@ def measure(*, quick: bool, libs: list[Lib] | None = None, title: str = "") -> d
         row["wrong"] = max(o["wrong"] for o in rounds)
         row["callers"] = settings["tasks"] if row["mode"] == "async" else settings["threads"]
         row["error_types"] = sorted({t for o in rounds for t in o.get("error_types", [])})
+    # Wall time over the floor's wall time in the same round: the cost of the code itself,
+    # with most of the machine's load cancelled out.
+    floors = {lib.is_async: lib.name for lib in FLOORS}
+    for row in rows.values():
+        floor = rows.get(floors[row["mode"] == "async"])
+        if floor is None:
+            row["wall_vs_floor"] = float("nan")
+            continue
+        row["wall_vs_floor"] = h.median(
+            mine["wall"] / theirs["wall"]
+            for mine, theirs in zip(row["rounds"], floor["rounds"], strict=True)
+        )
     return {"settings": settings, "rows": rows, "skipped": skipped}
 
 
@@ -220,7 +309,15 @@ def report(figures: dict[str, Any]) -> None:
             f"Cold-key stampede, {callers} {'asyncio tasks' if mode == 'async' else 'threads'}, "
             f"backend {settings['latency'] * 1e3:.0f} ms "
             f"(median of {settings['rounds']} interleaved rounds)",
-            ["contender", "backend calls", "max calls", "wall", "wall / latency", "errors"],
+            [
+                "contender",
+                "backend calls",
+                "max calls",
+                "wall",
+                "wall / latency",
+                "x floor",
+                "errors",
+            ],
             [
                 [
                     n,
@@ -228,6 +325,7 @@ def report(figures: dict[str, Any]) -> None:
                     rows[n]["calls_max"],
                     f"{rows[n]['wall'] * 1e3:.0f} ms",
                     h.fmt_ratio(rows[n]["wall_ratio"]),
+                    h.fmt_ratio(rows[n]["wall_vs_floor"]),
                     (
                         f"{rows[n]['errors']} ({', '.join(rows[n]['error_types'])})"
                         if rows[n]["errors"]

@@ -11,6 +11,7 @@ from cacheguard._clock import Clock, SystemClock
 from cacheguard._coalesce import coalesce
 from cacheguard._core.entry import Entry, Freshness
 from cacheguard._core.keys import CacheKey
+from cacheguard._cursor import CursorCodec, InvalidCursor
 from cacheguard._errors import (
     BackoffActive,
     CacheGuardError,
@@ -24,6 +25,17 @@ from cacheguard._errors import (
     RetryBudgetExhausted,
 )
 from cacheguard._layers import AsyncLayer, Layer, MemoryLayer
+from cacheguard._pages import (
+    Checkpoint,
+    CheckpointStore,
+    LayerCheckpoints,
+    MemoryCheckpoints,
+    Page,
+    acollect_pages,
+    aiter_pages,
+    collect_pages,
+    iter_pages,
+)
 from cacheguard._redis import RedisLayer
 from cacheguard._serialize import (
     JsonSerializer,
@@ -43,19 +55,26 @@ __all__ = [
     "CacheKey",
     "CacheStats",
     "CachedFunction",
+    "Checkpoint",
+    "CheckpointStore",
     "CircuitOpen",
     "Clock",
     "ConfigurationError",
     "ConfigurationTypeError",
+    "CursorCodec",
     "CursorLoopError",
     "Entry",
     "FetchTimeout",
     "Freshness",
+    "InvalidCursor",
     "JsonSerializer",
     "Layer",
+    "LayerCheckpoints",
+    "MemoryCheckpoints",
     "MemoryLayer",
     "MsgspecSerializer",
     "OrjsonSerializer",
+    "Page",
     "PaginationError",
     "PickleSerializer",
     "RateLimited",
@@ -64,6 +83,10 @@ __all__ = [
     "Serializer",
     "SystemClock",
     "__version__",
+    "acollect_pages",
+    "aiter_pages",
     "cached",
     "coalesce",
+    "collect_pages",
+    "iter_pages",
 ]

@@ -27,7 +27,7 @@ from cacheguard._config import (
     duration,
     optional_duration,
 )
-from cacheguard._core.breaker import Breaker
+from cacheguard._core.breaker import Breaker, BreakerState
 from cacheguard._core.entry import Entry, make_entry, usable_on_error
 from cacheguard._core.keys import CacheKey, local_key
 from cacheguard._core.leasewait import LeaseWait
@@ -38,6 +38,7 @@ from cacheguard._errors import (
     ConfigurationTypeError,
     FetchTimeout,
 )
+from cacheguard._events import HIT_LISTENERS, EventKind, emit
 from cacheguard._layers import MemoryLayer
 
 __all__ = ["AsyncCachedFunction", "CacheStats", "CachedFunction", "cached"]
@@ -198,10 +199,13 @@ _NOARG: Any = object()
 class _GuardedLayer:
     """A remote layer seen through its breaker: every failure is a miss (``None``)."""
 
-    __slots__ = ("_counters", "_health", "_mono", "layer", "leases")
+    __slots__ = ("_counters", "_health", "_mono", "_source", "layer", "leases")
 
-    def __init__(self, layer: Any, clock: Clock, counters: _Counters, health: _LayerHealth) -> None:
+    def __init__(
+        self, layer: Any, clock: Clock, counters: _Counters, health: _LayerHealth, source: str
+    ) -> None:
         self.layer = layer
+        self._source = source
         self.leases = callable(getattr(layer, "acquire_lease", None)) or callable(
             getattr(layer, "aacquire_lease", None)
         )
@@ -211,21 +215,31 @@ class _GuardedLayer:
 
     def _admit(self) -> bool:
         health = self._health
+        now = self._mono()
         with health.lock:
-            allowed = health.breaker.allow(self._mono())
+            before = health.breaker.state(now)
+            allowed = health.breaker.allow(now)
         if not allowed:
             self._counters.layer_skips += 1
+            emit(EventKind.LAYER_SKIPPED, self._source, layer=self.layer.name)
+        elif before is BreakerState.HALF_OPEN:
+            emit(EventKind.BREAKER_HALF_OPEN, self._source, layer=self.layer.name)
         return allowed
 
-    def _settle(self, ok: bool) -> None:
+    def _settle(self, error: Exception | None) -> None:
         health = self._health
         with health.lock:
-            if ok:
-                health.breaker.record_success(self._mono())
+            if error is None:
+                changed = health.breaker.record_success(self._mono())
             else:
-                health.breaker.record_failure(self._mono())
-        if not ok:
+                changed = health.breaker.record_failure(self._mono())
+        if error is not None:
             self._counters.layer_errors += 1
+            emit(EventKind.LAYER_ERROR, self._source, layer=self.layer.name, error=error)
+        if changed is BreakerState.OPEN:
+            emit(EventKind.BREAKER_OPENED, self._source, layer=self.layer.name, error=error)
+        elif changed is BreakerState.CLOSED:
+            emit(EventKind.BREAKER_CLOSED, self._source, layer=self.layer.name)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``layer.method(*args, **kwargs)``; ``_MISSING`` when skipped or failed."""
@@ -233,10 +247,10 @@ class _GuardedLayer:
             return _MISSING
         try:
             result = getattr(self.layer, method)(*args, **kwargs)
-        except Exception:
-            self._settle(ok=False)
+        except Exception as exc:
+            self._settle(exc)
             return _MISSING
-        self._settle(ok=True)
+        self._settle(None)
         return result
 
     async def acall(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -245,10 +259,10 @@ class _GuardedLayer:
             return _MISSING
         try:
             result = await getattr(self.layer, method)(*args, **kwargs)
-        except Exception:
-            self._settle(ok=False)
+        except Exception as exc:
+            self._settle(exc)
             return _MISSING
-        self._settle(ok=True)
+        self._settle(None)
         return result
 
     def entry(self, found: Any) -> Entry | None:
@@ -258,6 +272,7 @@ class _GuardedLayer:
         if isinstance(found, Entry):
             return found
         self._counters.layer_errors += 1
+        emit(EventKind.LAYER_ERROR, self._source, layer=self.layer.name)
         return None
 
 
@@ -595,6 +610,7 @@ class _Driver:
                 s.clock,
                 self.counters,
                 _health_of(layer, s.breaker_failures, s.breaker_reset),
+                self.namespace,
             )
             for layer in s.layers
             if layer is not l1
@@ -608,6 +624,12 @@ class _Driver:
         self.memory_hits: Callable[[], int] = lambda: 0
 
     # ---- keys and small helpers shared by both colours
+
+    def count(self, counter: str, kind: EventKind, error: BaseException | None = None) -> None:
+        """Bump a counter and emit the matching event (slow paths only)."""
+        counters = self.counters
+        setattr(counters, counter, getattr(counters, counter) + 1)
+        emit(kind, self.namespace, error=error)
 
     def key_args(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -680,12 +702,12 @@ class _Driver:
     def fallback(self, entry: Entry | None, exc: BaseException) -> Any:
         """Serve ``entry`` if it is usable on error, else re-raise ``exc``."""
         if isinstance(exc, Exception) and usable_on_error(entry, self.s.clock.time()):
-            self.counters.stale_on_error += 1
+            self.count("stale_on_error", EventKind.STALE_SERVED, exc)
             return cast(Entry, entry).value
         raise exc
 
     def backoff_error(self, key: CacheKey, state: Any) -> BackoffActive:
-        self.counters.backoff_rejections += 1
+        self.count("backoff_rejections", EventKind.BACKOFF_REJECTED, state.last_error)
         wait = self.core.retry_after(state, self.s.clock.monotonic())
         error = BackoffActive(
             f"{self.namespace}: the last fetch of this key failed "
@@ -698,7 +720,7 @@ class _Driver:
         return error
 
     def timeout_error(self, what: str) -> FetchTimeout:
-        self.counters.wait_timeouts += 1
+        self.count("wait_timeouts", EventKind.WAIT_TIMEOUT)
         return FetchTimeout(
             f"{self.namespace}: waited timeout={self.s.timeout}s for {what} and no stale value "
             "is available; raise timeout or stale_if_error, or make the backend faster"
@@ -722,6 +744,7 @@ class _Driver:
             return plain
         lookup = l1._fast_get  # the one dict lookup of a hit
         hits = 0
+        hit_listeners, source = HIT_LISTENERS, self.namespace
         if self.s.key is not None:
 
             def keyed(*args: Any, **kwargs: Any) -> Any:
@@ -730,6 +753,8 @@ class _Driver:
                 entry = lookup(local)
                 if entry is not None and now() < entry.fresh_until:
                     hits += 1
+                    if hit_listeners:
+                        emit(EventKind.HIT, source)
                     return entry.value
                 return serve(local, entry, args, kwargs)
 
@@ -747,6 +772,8 @@ class _Driver:
             # Inlined from cacheguard._core.entry.classify: the freshness test of a hit.
             if entry is not None and now() < entry.fresh_until:
                 hits += 1
+                if hit_listeners:
+                    emit(EventKind.HIT, source)
                 return entry.value
             return serve(first, entry, (first,), {})
 
@@ -757,6 +784,8 @@ class _Driver:
             entry = lookup(local)
             if entry is not None and now() < entry.fresh_until:
                 hits += 1
+                if hit_listeners:
+                    emit(EventKind.HIT, source)
                 return entry.value
             return serve(local, entry, call_args, kwargs)
 
@@ -770,25 +799,24 @@ class _Driver:
         if self.remotes:
             entry = self.read_remotes(key, entry)
         action, state, flight = self.decide(key, entry, _SyncFlight)
-        counters = self.counters
         if action is Action.HIT:
-            counters.hits += 1
+            self.count("hits", EventKind.HIT)
             return entry.value  # type: ignore[union-attr]
         if action is Action.STALE or action is Action.REFRESH:
-            counters.stale_hits += 1
+            self.count("stale_hits", EventKind.STALE_SERVED)
             if action is Action.REFRESH:
                 self.start_refresh(key, flight, args, kwargs)
             return entry.value  # type: ignore[union-attr]
         if action is Action.BACKOFF:
             return self.fallback(entry, self.backoff_error(key, state))
         if action is Action.WAIT:
-            counters.coalesced_waits += 1
+            self.count("coalesced_waits", EventKind.COALESCED_WAIT)
             if not flight.wait(self.s.timeout):
                 return self.fallback(entry, self.timeout_error("another caller's fetch"))
             if flight.error is not None:
                 return self.fallback(entry, flight.error)
             return flight.value
-        counters.misses += 1
+        self.count("misses", EventKind.MISS)
         try:
             return self.run(key, flight, args, kwargs)
         except BaseException as exc:
@@ -817,12 +845,14 @@ class _Driver:
                 if found is not None:
                     self.finish(key, flight, found, None, remote=False)
                     return found.value
+            started = self.s.clock.monotonic()
             self.counters.fetches += 1
             try:
                 value = self.fn(*args, **kwargs)
-            except BaseException:
-                self.counters.fetch_errors += 1
+            except BaseException as exc:
+                self.count("fetch_errors", EventKind.FETCH_ERROR, exc)
                 raise
+            emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
             if token is not None:
                 self.coordinator.call("release_lease", key, token)  # type: ignore[union-attr]
@@ -867,7 +897,7 @@ class _Driver:
             if token is not None:
                 return int(token), None
             if wait.polls == 0:
-                self.counters.lease_waits += 1
+                self.count("lease_waits", EventKind.LEASE_WAIT)
             found = coordinator.entry(coordinator.call("get", key))
             if found is not None and clock.time() < found.fresh_until:
                 return None, found
@@ -880,12 +910,12 @@ class _Driver:
         self, key: CacheKey, flight: _SyncFlight, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         if not self.refresh_slots.acquire(blocking=False):
-            self.counters.refreshes_skipped += 1
+            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
             with self.lock:
                 self.core.abandon(key.local, flight)
             flight.reject(RuntimeError("refresh skipped"))
             return
-        self.counters.refreshes += 1
+        self.count("refreshes", EventKind.REFRESH_STARTED)
 
         def job() -> None:
             try:
@@ -908,7 +938,7 @@ class _Driver:
         key = self.cache_key(local, args, kwargs)
         with self.lock:
             self.core.invalidate(local)
-        self.counters.invalidations += 1
+        self.count("invalidations", EventKind.INVALIDATED)
         if self.l1 is not None:
             self.l1.delete(key)
         for guarded in self.remotes:
@@ -926,6 +956,7 @@ class _Driver:
             return plain
         lookup = l1._fast_get  # the one dict lookup of a hit
         hits = 0
+        hit_listeners, source = HIT_LISTENERS, self.namespace
         if self.s.key is not None:
 
             async def keyed(*args: Any, **kwargs: Any) -> Any:
@@ -934,6 +965,8 @@ class _Driver:
                 entry = lookup(local)
                 if entry is not None and now() < entry.fresh_until:
                     hits += 1
+                    if hit_listeners:
+                        emit(EventKind.HIT, source)
                     return entry.value
                 return await serve(local, entry, args, kwargs)
 
@@ -948,6 +981,8 @@ class _Driver:
             # Inlined from cacheguard._core.entry.classify: the freshness test of a hit.
             if entry is not None and now() < entry.fresh_until:
                 hits += 1
+                if hit_listeners:
+                    emit(EventKind.HIT, source)
                 return entry.value
             return await serve(first, entry, (first,), {})
 
@@ -958,6 +993,8 @@ class _Driver:
             entry = lookup(local)
             if entry is not None and now() < entry.fresh_until:
                 hits += 1
+                if hit_listeners:
+                    emit(EventKind.HIT, source)
                 return entry.value
             return await serve(local, entry, call_args, kwargs)
 
@@ -971,21 +1008,20 @@ class _Driver:
         if self.remotes:
             entry = await self.aread_remotes(key, entry)
         action, state, flight = self.decide(key, entry, _AsyncFlight)
-        counters = self.counters
         if action is Action.HIT:
-            counters.hits += 1
+            self.count("hits", EventKind.HIT)
             return entry.value  # type: ignore[union-attr]
         if action is Action.STALE or action is Action.REFRESH:
-            counters.stale_hits += 1
+            self.count("stale_hits", EventKind.STALE_SERVED)
             if action is Action.REFRESH:
                 self.start_arefresh(key, flight, args, kwargs)
             return entry.value  # type: ignore[union-attr]
         if action is Action.BACKOFF:
             return self.fallback(entry, self.backoff_error(key, state))
         if action is Action.WAIT:
-            counters.coalesced_waits += 1
+            self.count("coalesced_waits", EventKind.COALESCED_WAIT)
         else:
-            counters.misses += 1
+            self.count("misses", EventKind.MISS)
             self.start_task(key, flight, args, kwargs)
         try:
             return await asyncio.wait_for(asyncio.shield(flight.task), self.s.timeout)
@@ -1007,11 +1043,11 @@ class _Driver:
         self, key: CacheKey, flight: _AsyncFlight, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         if not self.refresh_slots.acquire(blocking=False):
-            self.counters.refreshes_skipped += 1
+            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
             with self.lock:
                 self.core.abandon(key.local, flight)
             return
-        self.counters.refreshes += 1
+        self.count("refreshes", EventKind.REFRESH_STARTED)
         self.start_task(key, flight, args, kwargs)
         cast(asyncio.Task[Any], flight.task).add_done_callback(
             lambda _: self.refresh_slots.release()
@@ -1039,12 +1075,14 @@ class _Driver:
                 if found is not None:
                     await self.afinish(key, flight, found, None, remote=False)
                     return found.value
+            started = self.s.clock.monotonic()
             self.counters.fetches += 1
             try:
                 value = await self.fn(*args, **kwargs)
-            except BaseException:
-                self.counters.fetch_errors += 1
+            except BaseException as exc:
+                self.count("fetch_errors", EventKind.FETCH_ERROR, exc)
                 raise
+            emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
             if token is not None:
                 await self.coordinator.acall("arelease_lease", key, token)  # type: ignore[union-attr]
@@ -1080,7 +1118,7 @@ class _Driver:
             if token is not None:
                 return int(token), None
             if wait.polls == 0:
-                self.counters.lease_waits += 1
+                self.count("lease_waits", EventKind.LEASE_WAIT)
             found = coordinator.entry(await coordinator.acall("aget", key))
             if found is not None and clock.time() < found.fresh_until:
                 return None, found
@@ -1094,7 +1132,7 @@ class _Driver:
         key = self.cache_key(local, args, kwargs)
         with self.lock:
             self.core.invalidate(local)
-        self.counters.invalidations += 1
+        self.count("invalidations", EventKind.INVALIDATED)
         if self.l1 is not None:
             self.l1.delete(key)
         for guarded in self.remotes:

@@ -1,0 +1,231 @@
+"""Keyset cursors: round trips, signatures, and garbage that must be a clear error."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import hmac
+import json
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cacheguard as cg
+from cacheguard import _cursor
+
+SECRET = "s3cret-s3cret-s3cret"  # noqa: S105 - a test key
+
+key_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.binary(max_size=16),
+    st.datetimes(timezones=st.none() | st.timezones()),
+    st.dates(),
+    st.times(),
+    st.decimals(allow_nan=False, allow_infinity=False, places=3),
+    st.uuids(),
+)
+sort_keys = st.lists(key_values, min_size=1, max_size=4).map(tuple)
+
+
+def check_round_trip(codec: cg.CursorCodec, key: tuple[Any, ...]) -> None:
+    cursor = codec.encode(key)
+    assert cursor.isascii()
+    assert all(c.isalnum() or c in "-_." for c in cursor)  # URL-safe as is
+    decoded = codec.decode(cursor)
+    assert decoded == key
+    assert [type(v) for v in decoded] == [type(v) for v in key]
+
+
+@given(sort_keys, st.booleans())
+def test_property_cursors_round_trip_with_their_types(key: tuple[Any, ...], signed: bool) -> None:
+    check_round_trip(cg.CursorCodec(secret=SECRET if signed else None), key)
+
+
+def test_property_search_catches_a_lossy_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_cursor, "_pack", lambda v: v if isinstance(v, str) else str(v))
+
+    @settings(max_examples=200, database=None)
+    @given(sort_keys)
+    def broken(key: tuple[Any, ...]) -> None:
+        check_round_trip(cg.CursorCodec(), key)
+
+    with pytest.raises(AssertionError):
+        broken()
+
+
+def check_tamper_rejected(codec: cg.CursorCodec, key: tuple[Any, ...], pos: int, ch: str) -> None:
+    cursor = codec.encode(key)
+    i = pos % len(cursor)
+    forged = cursor[:i] + ch + cursor[i + 1 :]
+    if forged == cursor:
+        return
+    with pytest.raises(cg.InvalidCursor):
+        codec.decode(forged)
+
+
+b64_chars = st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+@given(sort_keys, st.integers(0, 10_000), b64_chars)
+def test_property_any_edit_of_a_signed_cursor_is_rejected(
+    key: tuple[Any, ...], pos: int, ch: str
+) -> None:
+    check_tamper_rejected(cg.CursorCodec(secret=SECRET, scope="config"), key, pos, ch)
+
+
+def test_property_search_catches_a_codec_that_skips_the_signature_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: True)
+
+    @settings(max_examples=300, database=None)
+    @given(sort_keys, st.integers(0, 10_000), b64_chars)
+    def broken(key: tuple[Any, ...], pos: int, ch: str) -> None:
+        check_tamper_rejected(cg.CursorCodec(secret=SECRET, scope="config"), key, pos, ch)
+
+    with pytest.raises((AssertionError, pytest.fail.Exception)):
+        broken()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+garbage = st.one_of(
+    st.text(max_size=60),
+    json_values.map(lambda v: "c1." + _b64(json.dumps(v).encode())),
+    st.dictionaries(
+        st.sampled_from(["dt", "da", "tm", "dec", "uuid", "b", "x"]),
+        st.text(max_size=12),
+        min_size=1,
+        max_size=1,
+    ).map(lambda d: "c1." + _b64(json.dumps([d]).encode())),
+    st.binary(max_size=40).map(lambda b: "c1." + _b64(b)),
+)
+
+
+def check_garbage(cursor: str) -> None:
+    """Any string decodes to a tuple or raises InvalidCursor, nothing else."""
+    codec = cg.CursorCodec()
+    try:
+        key = codec.decode(cursor)
+    except cg.InvalidCursor:
+        return
+    assert isinstance(key, tuple)
+
+
+@given(garbage)
+def test_property_garbage_is_invalid_cursor_never_a_crash(cursor: str) -> None:
+    check_garbage(cursor)
+
+
+def test_property_search_catches_unchecked_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unchecked(value: object) -> object:
+        if isinstance(value, dict):
+            ((tag, text),) = value.items()
+            return _cursor._UNPACK[tag](text)  # KeyError on an unknown tag escapes
+        return value
+
+    monkeypatch.setattr(_cursor, "_unpack", unchecked)
+
+    @settings(max_examples=300, database=None)
+    @given(garbage)
+    def broken(cursor: str) -> None:
+        check_garbage(cursor)
+
+    with pytest.raises((KeyError, ValueError)):
+        broken()
+
+
+def test_examples_of_bad_cursors_name_the_problem() -> None:
+    signed = cg.CursorCodec(secret=SECRET, scope="config", arity=2)
+    good = signed.encode(("name", 7))
+    assert signed.decode(good) == ("name", 7)
+    other = cg.CursorCodec(secret=SECRET[::-1], scope="config")
+    cases = {
+        "": "garbled or truncated",
+        "hello": "garbled or truncated",
+        good[:-3]: "signature does not match",
+        cg.CursorCodec().encode(("name", 7)): "requires a signature",
+        cg.CursorCodec(secret=SECRET, scope="users").encode(("name", 7)): "another scope",
+        other.encode(("name", 7)): "another secret",
+        "c1." + "A" * 5000: "max_length",
+    }
+    for bad, message in cases.items():
+        with pytest.raises(cg.InvalidCursor, match=message):
+            signed.decode(bad)
+    with pytest.raises(cg.InvalidCursor, match="expected 2"):
+        cg.CursorCodec(arity=2).decode(cg.CursorCodec().encode((1, 2, 3)))
+    with pytest.raises(cg.InvalidCursor, match="must be a str"):
+        signed.decode(7)  # type: ignore[call-overload]
+    assert signed.decode(None) is None
+    assert isinstance(cg.InvalidCursor("x"), ValueError)
+
+
+def test_construction_and_encoding_errors() -> None:
+    with pytest.raises(cg.ConfigurationError, match="at least 16 bytes"):
+        cg.CursorCodec(secret="short")  # noqa: S106 - too short on purpose
+    with pytest.raises(cg.ConfigurationTypeError):
+        cg.CursorCodec(secret=123)  # type: ignore[arg-type]
+    with pytest.raises(cg.ConfigurationError):
+        cg.CursorCodec(arity=0)
+    codec = cg.CursorCodec(arity=2)
+    with pytest.raises(cg.ConfigurationError, match="arity=2"):
+        codec.encode((1,))
+    with pytest.raises(cg.ConfigurationTypeError, match="tuple"):
+        codec.encode("ab")
+    with pytest.raises(cg.ConfigurationTypeError, match="object"):
+        codec.encode((object(), 1))
+    with pytest.raises(cg.ConfigurationError):
+        codec.encode((float("nan"), 1))
+    with pytest.raises(cg.ConfigurationError, match="max_length"):
+        cg.CursorCodec(max_length=32).encode(("x" * 100,))
+
+
+def test_page_builds_the_next_cursor_from_the_last_row() -> None:
+    codec = cg.CursorCodec()
+    rows = [("a", 1), ("b", 2), ("c", 3)]
+    # look-ahead row: LIMIT limit + 1
+    page = codec.page(rows, 2, key=lambda r: r)
+    assert page.items == rows[:2]
+    assert page.next_cursor is not None
+    assert codec.decode(page.next_cursor) == ("b", 2)
+    # exactly limit rows: there may be more
+    page = codec.page(rows, 3, key=lambda r: r)
+    assert page.items == rows
+    assert page.next_cursor is not None
+    assert codec.decode(page.next_cursor) == ("c", 3)
+    # fewer: the last page
+    assert codec.page(rows, 4, key=lambda r: r) == cg.Page(rows, None)
+    assert codec.page([], 4, key=lambda r: r) == cg.Page([], None)
+
+
+def test_typed_values_survive() -> None:
+    codec = cg.CursorCodec(secret=SECRET)
+    key = (
+        datetime.datetime(2026, 11, 27, 13, 0, tzinfo=datetime.timezone.utc),
+        decimal.Decimal("1.50"),
+        uuid.UUID(int=5),
+        b"\x00\xff",
+        None,
+        True,
+        1.5,
+    )
+    assert codec.decode(codec.encode(key)) == key

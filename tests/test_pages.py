@@ -1,0 +1,571 @@
+"""Cursor pagination drivers: progress, loops, bounds, checkpoints and resume (no database).
+
+The database-backed tests (keyset queries on SQLite and PostgreSQL, the Hypothesis property over
+random tables and failure points) are in ``test_pages_db.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cacheguard as cg
+from cacheguard._core import pages as core
+from cacheguard._core.entry import Entry
+from cacheguard.testing import FakeClock
+
+# --- a list-backed source: cursor = str(offset of the next item) ------------------------------
+
+
+class Source:
+    """Items 0..n-1 in pages; records every call; fails the calls listed in ``fail_calls``."""
+
+    def __init__(self, n: int, *, fail_calls: frozenset[int] = frozenset()) -> None:
+        self.n = n
+        self.fail_calls = set(fail_calls)
+        self.calls: list[str | None] = []
+
+    def __call__(self, cursor: str | None, limit: int) -> cg.Page[int]:
+        self.calls.append(cursor)
+        if len(self.calls) in self.fail_calls:
+            raise ConnectionError(f"injected failure on call {len(self.calls)}")
+        start = 0 if cursor is None else int(cursor)
+        end = min(start + limit, self.n)
+        return cg.Page(list(range(start, end)), str(end) if end < self.n else None)
+
+
+def run(mode: str, fn: Callable[[str | None, int], cg.Page[Any]], **kwargs: Any) -> list[Any]:
+    """collect_pages or acollect_pages over the same (sync) source."""
+    if mode == "sync":
+        return cg.collect_pages(fn, **kwargs)
+
+    async def afetch(cursor: str | None, limit: int) -> cg.Page[Any]:
+        await asyncio.sleep(0)
+        return fn(cursor, limit)
+
+    kwargs.setdefault("checkpoint_key", "async-test")
+    return asyncio.run(cg.acollect_pages(afetch, **kwargs))
+
+
+modes = pytest.mark.parametrize("mode", ["sync", "async"])
+
+
+@pytest.fixture
+def store() -> cg.MemoryCheckpoints:
+    return cg.MemoryCheckpoints(ttl=60)
+
+
+@modes
+def test_collects_every_item_in_order_with_one_call_per_page(mode: str, store: Any) -> None:
+    src = Source(23)
+    items = run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k")
+    assert items == list(range(23))
+    assert src.calls == [None, "5", "10", "15", "20"]
+    assert len(store) == 0
+
+
+def test_iter_pages_yields_each_page_before_fetching_the_next(store: Any) -> None:
+    src = Source(10)
+    pages = cg.iter_pages(src, page_size=4, checkpoints=store, checkpoint_key="k")
+    assert src.calls == []  # settings are checked at once, nothing is fetched until asked
+    first = next(pages)
+    assert first == cg.Page([0, 1, 2, 3], "4")
+    assert len(src.calls) == 1
+    assert [p.items for p in pages] == [[4, 5, 6, 7], [8, 9]]
+    assert len(src.calls) == 3
+
+
+def test_aiter_pages_yields_pages_as_they_arrive(store: Any) -> None:
+    src = Source(10)
+
+    async def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+        return src(cursor, limit)
+
+    async def main() -> list[list[int]]:
+        seen = []
+        async for page in cg.aiter_pages(fetch, page_size=4, checkpoints=store, checkpoint_key="k"):
+            seen.append(page.items)
+            assert len(src.calls) == len(seen)
+        return seen
+
+    assert asyncio.run(main()) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@modes
+def test_a_failed_page_is_resumed_not_restarted(mode: str, store: Any) -> None:
+    src = Source(23, fail_calls=frozenset({3, 6}))
+    with pytest.raises(cg.PaginationError) as first:
+        run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k")
+    err = first.value
+    assert (err.cursor, err.pages_done, err.reason) == ("10", 2, "page-failed")
+    assert isinstance(err.__cause__, ConnectionError)
+    assert len(store) == 1
+    with pytest.raises(cg.PaginationError) as second:
+        run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k")
+    assert (second.value.cursor, second.value.pages_done) == ("20", 4)
+    assert run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k") == list(range(23))
+    # Each failure re-requests only the failed page.
+    assert src.calls == [None, "5", "10", "10", "15", "20", "20"]
+    assert len(store) == 0  # finished: the checkpoint is gone
+
+
+@modes
+def test_resume_false_starts_over(mode: str, store: Any) -> None:
+    src = Source(15, fail_calls=frozenset({3}))
+    with pytest.raises(cg.PaginationError, match="starts over"):
+        run(mode, src, page_size=5, checkpoints=store, resume=False)
+    assert run(mode, src, page_size=5, checkpoints=store, resume=False) == list(range(15))
+    assert src.calls == [None, "5", "10", None, "5", "10"]
+    assert len(store) == 0
+
+
+def by_customer(customer: Any, cursor: str | None, limit: int) -> cg.Page[str]:
+    """A module-level page function: its identity is its name plus its partial arguments."""
+    start = 0 if cursor is None else int(cursor)
+    end = min(start + limit, 6)
+    return cg.Page([f"{customer}{i}" for i in range(start, end)], str(end) if end < 6 else None)
+
+
+def test_rebuild_identity_is_the_function_plus_typed_partial_arguments(store: Any) -> None:
+    identity = cg._pages.rebuild_identity
+    keys = {
+        identity(functools.partial(by_customer, "a"), None),
+        identity(functools.partial(by_customer, "b"), None),
+        identity(functools.partial(by_customer, 1), None),
+        identity(functools.partial(by_customer, "1"), None),
+        identity(functools.partial(by_customer, customer="a"), None),
+        identity(by_customer, "a"),
+    }
+    assert len(keys) == 6
+    assert identity(functools.partial(by_customer, "a"), None) == identity(
+        functools.partial(by_customer, "a"), None
+    )
+
+    # Decorators that set __wrapped__ are looked through.
+    def wrapper(*args: Any) -> cg.Page[str]:
+        return by_customer(*args)
+
+    wrapped = functools.wraps(by_customer)(wrapper)
+    assert identity(functools.partial(wrapped, "a"), None) == identity(
+        functools.partial(by_customer, "a"), None
+    )
+    # An argument with no stable encoding: cacheguard refuses to guess.
+    with pytest.raises(cg.ConfigurationTypeError, match=r"checkpoint_key.*resume=False"):
+        cg.collect_pages(functools.partial(by_customer, ["a"]), page_size=2, checkpoints=store)
+
+    def closure(cursor: str | None, limit: int) -> cg.Page[str]:
+        return by_customer(store, cursor, limit)
+
+    with pytest.raises(cg.ConfigurationError, match="closure"):
+        cg.collect_pages(closure, page_size=2, checkpoints=store)
+    with pytest.raises(cg.ConfigurationError, match="bound method"):
+        cg.collect_pages(Source(3).__call__, page_size=2, checkpoints=store)
+    with pytest.raises(cg.ConfigurationError, match="callable object"):
+        cg.collect_pages(Source(3), page_size=2, checkpoints=store)
+    assert cg.collect_pages(closure, page_size=4, checkpoints=store, checkpoint_key="c") == [
+        f"{store}{i}" for i in range(6)
+    ]
+    assert cg.collect_pages(Source(3), page_size=2, resume=False) == [0, 1, 2]
+
+
+_CALLS: dict[str, list[tuple[str, str | None]]] = {}
+
+
+def recording(run_id: str, customer: str, cursor: str | None, limit: int) -> cg.Page[str]:
+    calls = _CALLS.setdefault(run_id, [])
+    calls.append((customer, cursor))
+    if cursor == "2" and calls.count((customer, cursor)) == 1:
+        raise ConnectionError("injected")
+    start = 0 if cursor is None else int(cursor)
+    end = min(start + limit, 4)
+    return cg.Page([f"{customer}{i}" for i in range(start, end)], str(end) if end < 4 else None)
+
+
+def test_each_arguments_rebuild_resumes_its_own_pages(store: Any) -> None:
+    fetch_a = functools.partial(recording, "t1", "a")
+    fetch_b = functools.partial(recording, "t1", "b")
+    for fn in (fetch_a, fetch_b):
+        with pytest.raises(cg.PaginationError):
+            cg.collect_pages(fn, page_size=2, checkpoints=store)
+    assert len(store) == 2
+    assert cg.collect_pages(fetch_b, page_size=2, checkpoints=store) == ["b0", "b1", "b2", "b3"]
+    assert cg.collect_pages(fetch_a, page_size=2, checkpoints=store) == ["a0", "a1", "a2", "a3"]
+    assert _CALLS["t1"] == [
+        ("a", None), ("a", "2"), ("b", None), ("b", "2"), ("b", "2"), ("a", "2")
+    ]  # fmt: skip
+    assert len(store) == 0
+
+
+def test_lambda_without_captured_state_has_an_identity(store: Any) -> None:
+    fetch = lambda cursor, limit: cg.Page([1, 2], None)  # noqa: E731
+    assert cg.collect_pages(fetch, checkpoints=store) == [1, 2]
+
+
+# --- loops and bounds -------------------------------------------------------------------------
+
+
+def scripted(pages: dict[str | None, tuple[list[int], str | None]]) -> Callable[..., cg.Page[int]]:
+    calls: list[str | None] = []
+
+    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+        calls.append(cursor)
+        items, nxt = pages[cursor]
+        return cg.Page(items, nxt)
+
+    fetch.calls = calls  # type: ignore[attr-defined]
+    return fetch
+
+
+@modes
+def test_a_repeated_cursor_is_a_loop_and_drops_the_checkpoint(mode: str, store: Any) -> None:
+    fetch = scripted({None: ([1], "a"), "a": ([2], "b"), "b": ([3], "a")})
+    with pytest.raises(cg.CursorLoopError) as info:
+        run(mode, fetch, checkpoints=store, checkpoint_key="k")
+    assert (info.value.cursor, info.value.pages_done, info.value.reason) == (
+        "a",
+        2,
+        "repeated-cursor",
+    )
+    assert fetch.calls == [None, "a", "b"]  # type: ignore[attr-defined]
+    assert len(store) == 0
+
+
+@modes
+def test_a_page_returning_its_own_cursor_makes_no_progress(mode: str, store: Any) -> None:
+    fetch = scripted({None: ([1], "a"), "a": ([2], "a")})
+    with pytest.raises(cg.CursorLoopError) as info:
+        run(mode, fetch, checkpoints=store, checkpoint_key="k")
+    assert info.value.reason == "no-progress"
+    assert info.value.cursor == "a"
+
+
+@modes
+def test_empty_pages_with_a_cursor_are_allowed_up_to_the_limit(mode: str, store: Any) -> None:
+    fetch = scripted(
+        {None: ([1], "a"), "a": ([], "b"), "b": ([], "c"), "c": ([], "d"), "d": ([2], None)}
+    )
+    assert run(mode, fetch, max_empty_pages=3, checkpoints=store, checkpoint_key="k") == [1, 2]
+    with pytest.raises(cg.CursorLoopError) as info:
+        run(mode, fetch, max_empty_pages=2, checkpoints=store, checkpoint_key="k")
+    assert info.value.reason == "empty-pages"
+    assert info.value.pages_done == 3
+
+
+def endless(cursor: str | None, limit: int) -> cg.Page[int]:
+    n = 0 if cursor is None else int(cursor)
+    return cg.Page([n], str(n + 1))
+
+
+@modes
+def test_max_pages_raises_instead_of_truncating(mode: str, store: Any) -> None:
+    with pytest.raises(cg.PaginationError) as info:
+        run(mode, endless, max_pages=7, checkpoints=store, checkpoint_key="k")
+    assert (info.value.reason, info.value.pages_done, info.value.cursor) == ("max-pages", 7, "7")
+    assert info.value.__cause__ is None
+
+
+@modes
+def test_max_items_raises_instead_of_truncating(mode: str, store: Any) -> None:
+    src = Source(30)
+    with pytest.raises(cg.PaginationError) as info:
+        run(mode, src, page_size=4, max_items=10, checkpoints=store, checkpoint_key="k")
+    assert (info.value.reason, info.value.pages_done, info.value.cursor) == ("max-items", 2, "8")
+    assert run(
+        mode, Source(10), page_size=4, max_items=10, checkpoints=store, checkpoint_key="k"
+    ) == list(range(10))
+
+
+def test_default_max_items_is_max_pages_times_page_size(store: Any) -> None:
+    def oversized(cursor: str | None, limit: int) -> cg.Page[int]:
+        return cg.Page(list(range(limit * 3)), None if cursor else "x")
+
+    with pytest.raises(cg.PaginationError, match="max_items=6"):
+        cg.collect_pages(oversized, page_size=2, max_pages=3, checkpoints=store)
+
+
+@modes
+def test_deadline_stops_between_pages_and_the_next_call_resumes(mode: str, store: Any) -> None:
+    clock = FakeClock()
+    src = Source(50)
+
+    def slow(cursor: str | None, limit: int) -> cg.Page[int]:
+        clock.advance(1.0)
+        return src(cursor, limit)
+
+    kw: dict[str, Any] = {"page_size": 5, "deadline": 3.5, "clock": clock, "checkpoints": store}
+    with pytest.raises(cg.PaginationError) as info:
+        run(mode, slow, checkpoint_key="k", **kw)
+    assert (info.value.reason, info.value.pages_done, info.value.cursor) == ("deadline", 4, "20")
+    with pytest.raises(cg.PaginationError):
+        run(mode, slow, checkpoint_key="k", **kw)
+    assert run(mode, slow, checkpoint_key="k", **kw) == list(range(50))
+    assert len(src.calls) == 10  # every page fetched exactly once across the three calls
+
+
+@modes
+def test_an_expired_checkpoint_is_not_resumed(mode: str) -> None:
+    clock = FakeClock()
+    store = cg.MemoryCheckpoints(ttl=30)
+    src = Source(15, fail_calls=frozenset({2}))
+    with pytest.raises(cg.PaginationError):
+        run(mode, src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k")
+    clock.advance(30.0)
+    assert run(mode, src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k") == list(
+        range(15)
+    )
+    assert src.calls == [None, "5", None, "5", "10"]
+
+
+def test_a_failure_without_progress_does_not_extend_the_checkpoint() -> None:
+    clock = FakeClock()
+    store = cg.MemoryCheckpoints(ttl=30)
+    src = Source(15, fail_calls=frozenset({2, 3}))
+    for _ in range(2):
+        with pytest.raises(cg.PaginationError):
+            cg.collect_pages(src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k")
+        clock.advance(20.0)
+    # The second failure made no progress, so the checkpoint still dates from the first: expired.
+    assert cg.collect_pages(
+        src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k"
+    ) == list(range(15))
+    assert src.calls == [None, "5", "5", None, "5", "10"]
+
+
+def test_checkpoint_every_saves_during_the_rebuild(store: Any) -> None:
+    seen_sizes: list[int] = []
+    src = Source(30)
+
+    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+        seen_sizes.append(len(store))
+        return src(cursor, limit)
+
+    assert cg.collect_pages(
+        fetch, page_size=5, checkpoint_every=2, checkpoints=store, checkpoint_key="k"
+    ) == list(range(30))
+    assert seen_sizes == [0, 0, 1, 1, 1, 1]
+    assert len(store) == 0
+
+
+def test_memory_checkpoints_are_bounded() -> None:
+    store = cg.MemoryCheckpoints(ttl=60, maxsize=2)
+    for key in "abc":
+        store.save(key, core.Checkpoint([([1], "x")], saved_at=0.0, expires_at=100.0))
+    assert len(store) == 2
+    assert store.load("a", 1.0) is None
+    assert store.load("c", 1.0) is not None
+
+
+# --- checkpoints on a layer -------------------------------------------------------------------
+
+
+@modes
+def test_layer_checkpoints_resume_through_a_layer(mode: str) -> None:
+    layer = cg.MemoryLayer()
+    store = cg.LayerCheckpoints(layer, ttl=60)
+    src = Source(12, fail_calls=frozenset({2}))
+    with pytest.raises(cg.PaginationError):
+        run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k")
+    assert len(layer) == 1
+    assert run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k") == list(range(12))
+    assert src.calls == [None, "5", "5", "10"]
+    assert len(layer) == 0
+
+
+class BrokenLayer:
+    name = "broken"
+    local = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get(self, key: cg.CacheKey) -> Entry | None:
+        self.calls += 1
+        raise ConnectionError("layer down")
+
+    def set(self, key: cg.CacheKey, entry: Entry) -> None:
+        self.calls += 1
+        raise ConnectionError("layer down")
+
+    def delete(self, key: cg.CacheKey) -> None:
+        self.calls += 1
+        raise ConnectionError("layer down")
+
+    def clear(self) -> None:
+        raise ConnectionError("layer down")
+
+
+def test_a_failing_checkpoint_store_never_fails_the_rebuild() -> None:
+    layer = BrokenLayer()
+    store = cg.LayerCheckpoints(layer, ttl=60)
+    src = Source(12, fail_calls=frozenset({2}))
+    with pytest.raises(cg.PaginationError) as info:
+        cg.collect_pages(src, page_size=5, checkpoints=store, checkpoint_key="k")
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert "injected" in str(info.value.__cause__)
+    assert cg.collect_pages(src, page_size=5, checkpoints=store, checkpoint_key="k") == list(
+        range(12)
+    )
+    assert layer.calls >= 3  # load, save, load: all failed, all ignored
+
+
+def test_garbage_on_the_layer_is_a_miss() -> None:
+    layer = cg.MemoryLayer()
+    store = cg.LayerCheckpoints(layer, ttl=60)
+    key = store._key("k")
+    junks: list[object] = [{"cacheguard-checkpoint": 1, "pages": "x"}, [1, 2], None, {"pages": []}]
+    for junk in junks:
+        layer.set(key, Entry(junk, 0.0, 2e9, 2e9))
+        assert store.load("k", 1.0) is None
+    # Wrong shapes inside pages, or an ended sequence in the middle, are misses too.
+    bad = {"cacheguard-checkpoint": 1, "pages": [[[1], None], [[2], "x"]], "saved_at": 0,
+           "expires_at": 2e9}  # fmt: skip
+    assert core.checkpoint_from_value(bad) is None
+    assert core.checkpoint_from_value({**bad, "pages": [[[1], 5]]}) is None
+    good = core.checkpoint_to_value(core.Checkpoint([([1], "x")], saved_at=0.0, expires_at=9.0))
+    restored = core.checkpoint_from_value(good)
+    assert restored is not None
+    assert restored.pages == (([1], "x"),)
+    assert restored.cursor == "x"
+
+
+# --- wrong use is a clear error ---------------------------------------------------------------
+
+
+def test_wrong_use_is_a_configuration_error(store: Any) -> None:
+    async def afetch(cursor: str | None, limit: int) -> cg.Page[int]:
+        return cg.Page([], None)
+
+    with pytest.raises(cg.ConfigurationTypeError, match="aiter_pages"):
+        cg.collect_pages(afetch, checkpoints=store)  # type: ignore[arg-type]
+    with pytest.raises(cg.ConfigurationTypeError, match=r"must return cacheguard\.Page"):
+        cg.collect_pages(lambda c, n: [1, 2], checkpoints=store)  # type: ignore[arg-type,return-value]
+    with pytest.raises(cg.ConfigurationTypeError, match="next_cursor"):
+        cg.Page([1], 5)  # type: ignore[arg-type]
+    bad: list[dict[str, Any]] = [
+        {"page_size": 0},
+        {"max_pages": "10"},
+        {"max_items": -1},
+        {"max_empty_pages": -1},
+        {"deadline": -1},
+        {"deadline": float("nan")},
+        {"checkpoint_every": 0},
+        {"checkpoint_key": ""},
+        {"checkpoints": object()},
+        {"resume": "yes"},
+        {"clock": object()},
+    ]
+    for kwargs in bad:
+        with pytest.raises(cg.ConfigurationError):
+            cg.iter_pages(endless, **kwargs)
+    with pytest.raises(cg.ConfigurationError):
+        cg.MemoryCheckpoints(ttl=0)
+    with pytest.raises(cg.ConfigurationTypeError):
+        cg.LayerCheckpoints(object())  # type: ignore[arg-type]
+
+
+def test_a_sync_page_function_is_accepted_by_the_async_driver(store: Any) -> None:
+    fetch: Any = Source(7)
+    items = asyncio.run(cg.acollect_pages(fetch, page_size=3, checkpoints=store, resume=False))
+    assert items == list(range(7))
+
+
+# --- guards around the page function: every page call counts against them ---------------------
+
+
+def test_pages_go_through_the_guard_and_the_driver_never_retries(store: Any) -> None:
+    attempts: list[str | None] = []
+    src = Source(20)
+
+    def flaky(cursor: str | None, limit: int) -> cg.Page[int]:
+        attempts.append(cursor)
+        if attempts.count(cursor) == 1 and cursor == "10":
+            raise ConnectionError("transient")
+        return src(cursor, limit)
+
+    def guard(fn: Callable[[str | None, int], cg.Page[int]]) -> Any:
+        @functools.wraps(fn)
+        def wrapper(cursor: str | None, limit: int) -> cg.Page[int]:
+            try:
+                return fn(cursor, limit)
+            except ConnectionError:
+                return fn(cursor, limit)  # one retry
+
+        return wrapper
+
+    guarded = guard(flaky)
+    assert cg.collect_pages(guarded, page_size=5, checkpoints=store, checkpoint_key="k") == list(
+        range(20)
+    )
+    assert attempts == [None, "5", "10", "10", "15"]
+    # Without the guard the same error stops the rebuild: the driver itself never retries.
+    attempts.clear()
+    with pytest.raises(cg.PaginationError):
+        cg.collect_pages(flaky, page_size=5, checkpoints=store, checkpoint_key="k2")
+    assert attempts == [None, "5", "10"]
+
+
+# --- property: the driver always terminates within the distinct cursors it was shown -----------
+
+
+def _graph_fetch(succ: list[int | None], calls: list[str | None]) -> Any:
+    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+        calls.append(cursor)
+        node = 0 if cursor is None else int(cursor)
+        nxt = succ[node]
+        return cg.Page([node], None if nxt is None else str(nxt))
+
+    return fetch
+
+
+def check_terminates(succ: list[int | None]) -> None:
+    """Whatever cursor graph the page function walks, the rebuild ends after at most one call per
+    distinct cursor, with the whole chain or a CursorLoopError."""
+    calls: list[str | None] = []
+    fetch = _graph_fetch(succ, calls)
+    try:
+        items = cg.collect_pages(fetch, resume=False, max_pages=1000)
+    except cg.CursorLoopError:
+        pass
+    except cg.PaginationError as exc:
+        raise AssertionError(f"the loop was not detected: {exc}") from exc
+    else:
+        assert items[-1] is not None
+        assert succ[items[-1]] is None
+    assert len(calls) == len(set(calls))
+    assert len(calls) <= len(succ) + 1
+
+
+graphs = st.integers(1, 12).flatmap(
+    lambda n: st.lists(st.one_of(st.none(), st.integers(0, n - 1)), min_size=n, max_size=n)
+)
+
+
+@given(graphs)
+def test_property_rebuild_ends_within_the_distinct_cursors(succ: list[int | None]) -> None:
+    check_terminates(succ)
+
+
+def test_property_search_catches_a_driver_without_loop_detection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = core.Rebuild._accept
+
+    def forgetful(self: core.Rebuild, items: list[Any], next_cursor: str | None) -> None:
+        original(self, items, next_cursor)
+        self.seen.clear()  # the broken variant: never remembers a cursor
+
+    monkeypatch.setattr(core.Rebuild, "_accept", forgetful)
+
+    @settings(max_examples=200, database=None)
+    @given(graphs)
+    def broken(succ: list[int | None]) -> None:
+        check_terminates(succ)
+
+    with pytest.raises(AssertionError):
+        broken()
