@@ -24,6 +24,16 @@ from cacheguard._errors import (
     RateLimited,
     RetryBudgetExhausted,
 )
+from cacheguard._events import (
+    Event,
+    EventKind,
+    Listener,
+    LoggingListener,
+    listen,
+    listener_errors,
+    listening,
+    unlisten,
+)
 from cacheguard._layers import AsyncLayer, Layer, MemoryLayer
 from cacheguard._pages import (
     Checkpoint,
@@ -64,12 +74,16 @@ __all__ = [
     "CursorCodec",
     "CursorLoopError",
     "Entry",
+    "Event",
+    "EventKind",
     "FetchTimeout",
     "Freshness",
     "InvalidCursor",
     "JsonSerializer",
     "Layer",
     "LayerCheckpoints",
+    "Listener",
+    "LoggingListener",
     "MemoryCheckpoints",
     "MemoryLayer",
     "MsgspecSerializer",
@@ -89,4 +103,8 @@ __all__ = [
     "coalesce",
     "collect_pages",
     "iter_pages",
+    "listen",
+    "listener_errors",
+    "listening",
+    "unlisten",
 ]

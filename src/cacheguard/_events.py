@@ -135,7 +135,7 @@ def unlisten(listener: Listener) -> None:
     """Stop delivering events to ``listener`` (a no-op if it was not listening)."""
     with _LOCK:
         for kind, listeners in _BY_KIND.items():
-            _BY_KIND[kind] = tuple(x for x in listeners if x is not listener)
+            _BY_KIND[kind] = tuple(x for x in listeners if x != listener)
         HIT_LISTENERS[:] = _BY_KIND[EventKind.HIT]
 
 
@@ -177,7 +177,7 @@ def emit(
     for listener in listeners:
         try:
             listener(event)
-        except Exception:
+        except Exception:  # noqa: PERF203 - a listener must never break a call
             global _errors
             _errors += 1
 
