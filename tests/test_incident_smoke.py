@@ -1,0 +1,95 @@
+"""Smoke test for the incident replay (``python -m benchmarks incident``): shape and bounds.
+
+The replay runs in its tiny mode (``CACHEGUARD_BENCH_SMOKE=1``: 2 worker processes, 8
+customers, phases of about a second) without Redis (``CACHEGUARD_BENCH_NO_REDIS=1``: the outage
+is the in-process caches being flushed), in a few seconds. It checks that every promised figure
+is reported and that the accounting adds up, then the claim itself in counts, never in time: the
+guarded stack reads at most 1.5x what a perfect cache with the same TTL reads during the outage,
+and the naive stack reads more than the guarded one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from benchmarks import incident
+
+PHASE_FIELDS = {
+    "queries",
+    "queries_peak_per_s",
+    "rows_read",
+    "rows_peak_per_s",
+    "statement_timeouts",
+    "perfect_rebuilds",
+    "perfect_rows",
+    "amplification",
+    "requests",
+    "errors",
+    "error_rate",
+    "errors_by_kind",
+    "stale_served",
+    "p50_ms",
+    "p99_ms",
+    "stale_p99_ms",
+}
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, Any]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+        mp.setenv("CACHEGUARD_BENCH_NO_REDIS", "1")
+        return incident.run(quick=True)
+
+
+def test_reports_every_figure(result: dict[str, Any]) -> None:
+    for key in ("scenario", "capacity", "naive_config", "guarded_config", "ratios", "targets"):
+        assert result[key], key
+    assert result["scenario"]["name"] == "smoke"
+    assert "absent" in result["l2"]
+    assert set(result["stacks"]) == set(incident.STACKS)
+    for stack in incident.STACKS:
+        figures = result["stacks"][stack]
+        assert set(figures["phases"]) == {"healthy", "outage", "recovery", "total"}
+        for phase in figures["phases"].values():
+            assert set(phase) >= PHASE_FIELDS
+        lengths = {len(series) for series in figures["series"].values()}
+        assert len(lengths) == 1, lengths
+    assert set(result["targets"]) == {
+        "amplification_outage",
+        "error_rate_outage",
+        "stale_p99_vs_healthy_p99",
+        "recovered_within_ttl_s",
+    }
+
+
+def test_every_request_is_accounted_for(result: dict[str, Any]) -> None:
+    sc = incident.SMOKE
+    generated = sum(len(incident.arrivals(sc, p)) for p in range(sc.processes))
+    for stack in incident.STACKS:
+        figures = result["stacks"][stack]
+        total = figures["phases"]["total"]
+        assert total["requests"] + figures["censored_requests"] == generated, stack
+        assert sum(figures["series"]["requests"]) == total["requests"]
+        assert total["rows_read"] > 0
+        assert total["queries"] == sum(figures["series"]["queries"])
+
+
+def test_perfect_cache_reference_counts_each_key_once_per_process_after_the_loss() -> None:
+    sc = incident.SMOKE
+    rebuilds = incident.perfect_rebuilds(sc, l2=False)
+    assert rebuilds == sorted(rebuilds)
+    # Without L2 every process rebuilds each key it sees at most once per TTL window.
+    customers = sc.customers * sc.processes
+    windows = int(sc.total // sc.ttl) + 2  # cold start, the loss, and each TTL after them
+    assert len(rebuilds) <= customers * windows
+
+
+def test_guarded_amplification_is_bounded_and_naive_is_larger(result: dict[str, Any]) -> None:
+    naive = result["stacks"]["naive"]["phases"]["outage"]
+    guarded = result["stacks"]["guarded"]["phases"]["outage"]
+    assert guarded["perfect_rebuilds"] > 0
+    assert guarded["amplification"] <= 1.5, guarded
+    assert naive["amplification"] > guarded["amplification"], (naive, guarded)
+    assert result["ratios"]["rows_read_outage"] > 1.0
