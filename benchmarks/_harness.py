@@ -172,6 +172,8 @@ class Contender:
         is_async: ``fn`` is a coroutine function.
         config: how it is configured, for the report.
         reference: this contender is its group's reference.
+        loop: its own event loop (async contenders), so what one library leaves on a loop
+            (timers, tasks) cannot slow another; ``None`` uses the loop of the run.
     """
 
     name: str
@@ -181,6 +183,7 @@ class Contender:
     is_async: bool = False
     config: str = ""
     reference: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 @dataclass
@@ -214,7 +217,9 @@ class RoundsResult:
 
 def _time_one(c: Contender, loop: asyncio.AbstractEventLoop, number: int) -> float:
     if c.is_async:
-        return time_async(loop, c.fn, c.arg, number)
+        own = c.loop if c.loop is not None else loop
+        asyncio.set_event_loop(own)
+        return time_async(own, c.fn, c.arg, number)
     return time_sync(c.fn, c.arg, number)
 
 

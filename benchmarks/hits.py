@@ -16,6 +16,7 @@ Targets: sync <= 4x ``lru_cache``, async <= 3.5x the async reference.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -59,12 +60,11 @@ class _Counted:
 
 
 def build(
-    loop: Any, libs: list[Lib] | None = None
+    libs: list[Lib] | None = None,
 ) -> tuple[list[h.Contender], dict[str, _Counted], dict[str, str]]:
     """Decorate, warm and check every contender; return them, their counters and what was skipped.
 
     Args:
-        loop: the event loop the async contenders run on.
         libs: the libraries to include (default: every one marked for hits).
     """
     chosen = libs if libs is not None else [lib for lib in [*SYNC_LIBS, *ASYNC_LIBS] if lib.hits]
@@ -110,10 +110,12 @@ def build(
             skipped[lib.name] = why
             continue
         counter = _Counted()
+        own_loop = None
         if lib.is_async:
+            own_loop = h.new_loop()
             fn = lib.make()(counter.coro())
-            value = loop.run_until_complete(fn(ARG))
-            again = loop.run_until_complete(fn(ARG))
+            value = own_loop.run_until_complete(fn(ARG))
+            again = own_loop.run_until_complete(fn(ARG))
         else:
             fn = lib.make()(counter.sync())
             value = fn(ARG)
@@ -129,6 +131,7 @@ def build(
                 ARG,
                 is_async=lib.is_async,
                 config=lib.config,
+                loop=own_loop,
             )
         )
         counters[lib.name] = counter
@@ -139,14 +142,20 @@ def measure(*, quick: bool, libs: list[Lib] | None = None, title: str = "") -> d
     """Run the interleaved rounds and return every figure (the report is printed by callers)."""
     settings = _settings(quick)
     loop = h.new_loop()
+    contenders: list[h.Contender] = []
     try:
-        contenders, counters, skipped = build(loop, libs)
+        contenders, counters, skipped = build(libs)
 
         def progress(done: int, total: int) -> None:
             h.progress(f"{title}hits: round", done, total)
 
         result = h.interleaved_rounds(contenders, loop=loop, progress=progress, **settings)
     finally:
+        for c in contenders:
+            if c.loop is not None:
+                asyncio.set_event_loop(c.loop)
+                h.close_loop(c.loop)
+        asyncio.set_event_loop(loop)
         h.close_loop(loop)
     backend_calls = {name: c.calls for name, c in counters.items()}
     rows: dict[str, dict[str, Any]] = {}
