@@ -64,6 +64,7 @@ EVENTS: Final = (
     "writes_refused",
     "leases_acquired",
     "leases_busy",
+    "leases_declined",
     "leases_released",
     "leases_lost",
 )
@@ -606,24 +607,26 @@ class RedisLayer:
         """Take ``key``'s lease for ``ttl`` seconds.
 
         Returns:
-            The fencing token (> 0) if this process now holds the lease, ``None`` if another
-            process does.
+            The fencing token (> 0) if this process now holds the lease; ``None`` if another
+            process does, or if a fresh entry was stored just before (read it with
+            :meth:`get`: there is nothing to fetch).
 
         Raises:
             redis.RedisError: Redis failed, timed out or has no free connection; the driver
                 then fetches without a lease, under its in-process protections.
         """
-        value_key = self.redis_key(key)
         try:
             result = _script("cache_lease_acquire.lua").run(
-                self._sync(),
-                (value_key + ":lease", value_key + ":fence"),
-                (max(1, math.ceil(ttl * 1000.0)), self._owner, self._fence_ms),
+                self._sync(), *self._acquire_args(key, ttl)
             )
         except Exception as exc:
             self._failed(exc)
             raise
-        return self._lease_result(result)
+        token, arrived = self._lease_result(result, key)
+        if arrived:
+            self.release_lease(key, token)
+            return None
+        return token or None
 
     def release_lease(self, key: CacheKey, token: int) -> None:
         """Give ``key``'s lease back if this process still holds it under ``token``."""
@@ -657,17 +660,18 @@ class RedisLayer:
 
     async def aacquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
         """Async :meth:`acquire_lease`."""
-        value_key = self.redis_key(key)
         try:
             result = await _script("cache_lease_acquire.lua").arun(
-                self._async(),
-                (value_key + ":lease", value_key + ":fence"),
-                (max(1, math.ceil(ttl * 1000.0)), self._owner, self._fence_ms),
+                self._async(), *self._acquire_args(key, ttl)
             )
         except Exception as exc:
             self._failed(exc)
             raise
-        return self._lease_result(result)
+        token, arrived = self._lease_result(result, key)
+        if arrived:
+            await self.arelease_lease(key, token)
+            return None
+        return token or None
 
     async def arelease_lease(self, key: CacheKey, token: int) -> None:
         """Async :meth:`release_lease`."""
@@ -690,13 +694,35 @@ class RedisLayer:
             raise
         return self._put_result(result)
 
-    def _lease_result(self, result: Any) -> int | None:
-        token = int(result)
-        if token > 0:
-            self._counters.add("leases_acquired")
-            return token
-        self._counters.add("leases_busy")
-        return None
+    def _acquire_args(
+        self, key: CacheKey, ttl: float
+    ) -> tuple[tuple[str, str, str], tuple[Any, ...]]:
+        value_key = self.redis_key(key)
+        return (value_key + ":lease", value_key + ":fence", value_key), (
+            max(1, math.ceil(ttl * 1000.0)),
+            self._owner,
+            self._fence_ms,
+        )
+
+    def _lease_result(self, result: Any, key: CacheKey) -> tuple[int, bool]:
+        """``(token, arrived)``: token 0 when busy; ``arrived`` when the lease was taken but a
+        fresh entry is already stored (a holder finished just before), so it must be given
+        back rather than used to fetch again."""
+        token = int(result[0])
+        if token <= 0:
+            self._counters.add("leases_busy")
+            return 0, False
+        data = result[1]
+        if data is not None:
+            try:
+                found = decode_entry(data, key.text, self.serializer)
+            except PayloadError:
+                found = None  # counted when get() reads it
+            if found is not None and self._clock.time() < found.fresh_until:
+                self._counters.add("leases_declined")
+                return token, True
+        self._counters.add("leases_acquired")
+        return token, False
 
     # --- introspection ---
 

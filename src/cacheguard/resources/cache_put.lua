@@ -19,7 +19,7 @@ if old and string.len(old) >= 48 and string.byte(old, 1) == 199 and string.byte(
   if old_created >= tonumber(ARGV[4]) then
     return 0
   end
-  if token ~= '0' and old_token > tonumber(token) then
+  if token ~= '0' and old_token >= tonumber(token) then
     return 0
   end
 end

@@ -1,0 +1,424 @@
+"""Cross-process single-flight: Redis leases with fencing, alone and under cg.cached."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import cacheguard as cg
+from cacheguard._core.entry import Entry
+from cacheguard._core.keys import CacheKey
+from cacheguard._redis import RedisLayer
+from servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer.started() as srv:
+        yield srv
+
+
+@pytest.fixture
+def url(server: RedisServer) -> str:
+    server.flushall()
+    server.config_set("maxmemory", 0)
+    server.config_set("maxmemory-policy", "noeviction")
+    return server.url
+
+
+def make_key(name: str = "k") -> CacheKey:
+    return CacheKey(name, "leases:v1", (name,), {}, ("name",))
+
+
+def entry(value: Any, created: float) -> Entry:
+    return Entry(value, created, created + 60, created + 120, created + 180)
+
+
+# --- the lease primitives ------------------------------------------------------------------------
+
+
+def test_one_holder_at_a_time_with_increasing_tokens(url: str) -> None:
+    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)  # two "processes"
+    key = make_key()
+    token = a.acquire_lease(key, ttl=5)
+    assert token is not None
+    assert token > 0
+    assert b.acquire_lease(key, ttl=5) is None
+    # A retried acquire by the holder (its first reply was lost) gets its token back.
+    assert a.acquire_lease(key, ttl=5) == token
+    a.release_lease(key, token)
+    second = b.acquire_lease(key, ttl=5)
+    assert second is not None
+    assert second > token
+    a.release_lease(key, token)  # a stale release does not free b's lease
+    assert a.acquire_lease(key, ttl=5) is None
+    b.release_lease(key, second)
+    assert a.events()["leases_lost"] == 1
+    assert b.events()["leases_busy"] == 1
+    a.close()
+    b.close()
+
+
+def test_an_expired_lease_is_taken_over(url: str) -> None:
+    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    key = make_key()
+    first = a.acquire_lease(key, ttl=0.05)
+    assert first is not None
+    time.sleep(0.1)
+    second = b.acquire_lease(key, ttl=5)
+    assert second is not None
+    assert second > first
+    a.close()
+    b.close()
+
+
+def test_the_holder_writes_and_a_holder_that_lost_its_lease_cannot_overwrite(
+    url: str, server: RedisServer
+) -> None:
+    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    key = make_key()
+    now = time.time()
+    old_token = a.acquire_lease(key, ttl=5)
+    assert old_token is not None
+    # The lease disappears (expired, or evicted: see the eviction test) while a fetches...
+    server.command("DEL", a.redis_key(key) + ":lease")
+    new_token = b.acquire_lease(key, ttl=5)
+    assert new_token is not None
+    assert new_token > old_token
+    assert b.set_fenced(key, entry("b's value", now + 1), new_token)
+    # ...and a finishes *later*, with a later `created`: still refused (older token).
+    assert not a.set_fenced(key, entry("a's value", now + 2), old_token)
+    assert a.get(key).value == "b's value"  # type: ignore[union-attr]
+    assert a.events()["writes_refused"] == 1
+    a.close()
+    b.close()
+
+
+def test_a_lost_lease_may_fill_an_empty_key_but_never_replace_a_newer_entry(url: str) -> None:
+    a = RedisLayer.from_url(url)
+    key = make_key()
+    now = time.time()
+    assert a.set_fenced(key, entry("no holder, empty key", now), 7)
+    assert not a.set_fenced(key, entry("older", now - 1), 8)
+    assert a.set_fenced(key, entry("newer", now + 1), 8)
+    a.close()
+
+
+def test_leases_and_fenced_writes_async(url: str) -> None:
+    async def main() -> None:
+        a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+        key = make_key()
+        token = await a.aacquire_lease(key, ttl=5)
+        assert token is not None
+        assert await b.aacquire_lease(key, ttl=5) is None
+        assert await a.aset_fenced(key, entry("v", time.time()), token)
+        await a.arelease_lease(key, token)
+        # The value is fresh: nothing to fetch, so b declines the lease.
+        assert await b.aacquire_lease(key, ttl=5) is None
+        assert b.events()["leases_declined"] == 1
+        assert (await b.aget(key)).value == "v"  # type: ignore[union-attr]
+        await a.aclose()
+        await b.aclose()
+
+    asyncio.run(main())
+
+
+def test_under_allkeys_lru_a_lease_is_evicted_and_fencing_still_protects_the_value(
+    url: str, server: RedisServer
+) -> None:
+    server.config_set("maxmemory", "2mb")
+    server.config_set("maxmemory-policy", "allkeys-lru")
+    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    key = make_key()
+    now = time.time()
+    old_token = a.acquire_lease(key, ttl=60)
+    assert old_token is not None
+    lease_key = a.redis_key(key) + ":lease"
+    filler = b"x" * 4096
+    for i in range(4000):  # up to 16 MB through a 2 MB Redis
+        server.command("SET", f"filler:{i}", filler)
+        if i % 100 == 99 and server.command("EXISTS", lease_key) == 0:
+            break
+    assert server.command("EXISTS", lease_key) == 0, "the lease survived allkeys-lru pressure"
+    new_token = b.acquire_lease(key, ttl=60)  # a second process takes the same lease
+    assert new_token is not None
+    assert b.set_fenced(key, entry("second holder", now + 1), new_token)
+    assert not a.set_fenced(key, entry("first holder, finishing late", now + 2), old_token)
+    assert b.get(key).value == "second holder"  # type: ignore[union-attr]
+    a.close()
+    b.close()
+
+
+def test_under_noeviction_the_lease_survives_and_leases_keep_working_when_memory_is_full(
+    url: str, server: RedisServer
+) -> None:
+    server.config_set("maxmemory", "2mb")
+    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    key = make_key()
+    token = a.acquire_lease(key, ttl=60)
+    assert token is not None
+    refused = _fill(server, 4000)
+    assert "OOM" in refused
+    assert server.command("EXISTS", a.redis_key(key) + ":lease") == 1
+    # Plain writes are refused, but scripts declared without flags still run on Redis 7, so
+    # the lease keeps excluding others and the holder's write goes through.
+    assert b.acquire_lease(key, ttl=60) is None
+    assert a.set_fenced(key, entry("v", time.time()), token)
+    a.close()
+    b.close()
+
+
+def _fill(server: RedisServer, count: int) -> str:
+    """Write up to ``count`` 4 KB values; returns the error that stopped it ("" if none)."""
+    filler = b"x" * 4096
+    for i in range(count):
+        try:
+            server.command("SET", f"filler:{i}", filler)
+        except RuntimeError as exc:  # noqa: PERF203 - stops at the first error
+            return str(exc)
+    return ""
+
+
+# --- leases under cg.cached: one fetch per key across "processes" ---------------------------------
+
+
+def _guarded(url: str, calls: list[str], **options: Any) -> Any:
+    layer = RedisLayer.from_url(url)
+
+    @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="leased", **options)
+    def load(name: str) -> dict[str, Any]:
+        calls.append(name)
+        time.sleep(0.2)
+        return {"name": name, "by": threading.get_ident()}
+
+    return load, layer
+
+
+def test_many_stacks_in_one_process_fetch_a_cold_key_once(url: str) -> None:
+    # Four cached functions with their own L1 and their own layer (so their own lease owner id)
+    # stand in for four processes; 25 threads call each.
+    calls: list[str] = []
+    stacks = [_guarded(url, calls) for _ in range(4)]
+    barrier = threading.Barrier(100)
+    results: list[Any] = []
+
+    def call(fn: Any) -> None:
+        barrier.wait()
+        results.append(fn("cold"))
+
+    threads = [threading.Thread(target=call, args=(fn,)) for fn, _ in stacks for _ in range(25)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert calls == ["cold"]
+    assert len(results) == 100
+    assert all(r == results[0] for r in results)
+    assert sum(fn.stats().lease_waits for fn, _ in stacks) == 3
+    for _, layer in stacks:
+        layer.close()
+
+
+def test_a_dead_holders_lease_is_taken_over_by_one_waiter(url: str) -> None:
+    calls: list[str] = []
+    stacks = [_guarded(url, calls, lease_ttl=15) for _ in range(3)]
+    dead = RedisLayer.from_url(url)
+    key = CacheKey("cold", "leased:v1", ("cold",), {}, ("name",))
+    assert dead.acquire_lease(key, ttl=0.5) is not None  # a holder that then dies
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda fn=fn: results.append(fn("cold")))
+        for fn, _ in stacks
+        for _ in range(10)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert calls == ["cold"]  # one waiter took the expired lease over; nobody else fetched
+    assert len(results) == 30
+    for _, layer in stacks:
+        layer.close()
+    dead.close()
+
+
+def test_a_lease_wait_that_times_out_serves_stale_or_raises_and_never_fetches(
+    url: str,
+) -> None:
+    calls: list[str] = []
+    load, layer = _guarded(url, calls, timeout=0.3)
+    key = CacheKey("held", "leased:v1", ("held",), {}, ("name",))
+    holder = RedisLayer.from_url(url)
+    assert holder.acquire_lease(key, ttl=30) is not None  # alive, but slow
+    started = time.monotonic()
+    with pytest.raises(cg.FetchTimeout):
+        load("held")
+    assert time.monotonic() - started < 5  # bounded by timeout (0.3 s), not by the lease
+    assert calls == []
+    assert load.stats().lease_waits == 1
+    layer.close()
+    holder.close()
+
+
+# --- real processes --------------------------------------------------------------------------
+
+
+def _process_worker(
+    url: str, start: Any, counter: Any, results: Any, *, threads: int, use_async: bool
+) -> None:
+    # 8 interpreters starting at once on a 2-core machine can stall a reply past the default
+    # 0.25 s; this test is about leases with Redis up, so it allows 2 s (timeouts are counted
+    # and asserted to be zero below).
+    layer = RedisLayer.from_url(url, timeout=2.0)
+
+    def backend(name: str) -> dict[str, Any]:
+        with counter.get_lock():
+            counter.value += 1
+        return {"name": name, "pid": os.getpid()}
+
+    if use_async:
+
+        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="procs")
+        async def aload(name: str) -> dict[str, Any]:
+            await asyncio.sleep(0.3)
+            return backend(name)
+
+        async def main() -> list[Any]:
+            start.wait()
+            out = await asyncio.gather(*(aload("cold") for _ in range(threads)))
+            await layer.aclose()
+            return list(out)
+
+        values = asyncio.run(main())
+    else:
+
+        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="procs")
+        def load(name: str) -> dict[str, Any]:
+            time.sleep(0.3)
+            return backend(name)
+
+        values = []
+        gate = threading.Barrier(threads)
+
+        def call() -> None:
+            gate.wait()
+            values.append(load("cold"))
+
+        start.wait()
+        pool = [threading.Thread(target=call) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(timeout=60)
+    events = layer.events()
+    results.put(([v["pid"] for v in values], events))
+    layer.close()
+
+
+def _run_processes(url: str, processes: int, threads: int, *, use_async: bool) -> tuple[int, Any]:
+    # forkserver: children fork from a clean server process that has imported the heavy
+    # modules once (no fork of this threaded test process, no re-import per child).
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["cacheguard", "redis", "redis.asyncio", "servers", "test_leases"])
+    start = ctx.Barrier(processes)
+    counter = ctx.Value("i", 0)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_process_worker,
+            args=(url, start, counter, results),
+            kwargs={"threads": threads, "use_async": use_async},
+        )
+        for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    reports = [results.get(timeout=60) for _ in procs]
+    pids = [pids for pids, _ in reports]
+    events = [ev for _, ev in reports]
+    for proc in procs:
+        proc.join(timeout=30)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert sum(ev["timeouts"] + ev["errors"] for ev in events) == 0, [
+        {k: v for k, v in ev.items() if v} for ev in events
+    ]
+    return counter.value, pids
+
+
+def test_8_processes_x_50_threads_on_one_cold_key_call_the_backend_once(url: str) -> None:
+    calls, pids = _run_processes(url, 8, 50, use_async=False)
+    assert calls == 1
+    served = [pid for chunk in pids for pid in chunk]
+    assert len(served) == 400
+    assert len(set(served)) == 1  # everyone got the one fetching process's value
+
+
+def test_4_processes_x_50_tasks_on_one_cold_key_call_the_backend_once(url: str) -> None:
+    calls, pids = _run_processes(url, 4, 50, use_async=True)
+    assert calls == 1
+    served = [pid for chunk in pids for pid in chunk]
+    assert len(served) == 200
+    assert len(set(served)) == 1
+
+
+def test_without_leases_every_process_fetches(url: str) -> None:
+    # The sibling that shows the test above can fail: with cross_process=False each stack
+    # fetches once (in-process single-flight only).
+    calls: list[str] = []
+    stacks = [_guarded(url, calls, cross_process=False) for _ in range(4)]
+    barrier = threading.Barrier(40)
+
+    def call(fn: Any) -> None:
+        barrier.wait()
+        fn("cold")
+
+    threads = [threading.Thread(target=call, args=(fn,)) for fn, _ in stacks for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert calls == ["cold"] * 4
+    for _, layer in stacks:
+        layer.close()
+
+
+def test_tokens_keep_growing_when_the_fencing_counter_is_lost(
+    url: str, server: RedisServer
+) -> None:
+    a = RedisLayer.from_url(url)
+    key = make_key()
+    first = a.acquire_lease(key, ttl=5)
+    assert first is not None
+    a.release_lease(key, first)
+    server.command("DEL", a.redis_key(key) + ":fence")  # evicted or expired
+    second = a.acquire_lease(key, ttl=5)
+    assert second is not None
+    assert second > first
+    a.close()
+
+
+def test_a_lease_taken_just_after_a_value_arrived_is_given_back(url: str) -> None:
+    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    key = make_key()
+    token = a.acquire_lease(key, ttl=5)
+    assert token is not None
+    assert a.set_fenced(key, entry("v", time.time()), token)
+    a.release_lease(key, token)
+    assert b.acquire_lease(key, ttl=5) is None  # fresh value there: nothing to fetch
+    assert b.events()["leases_declined"] == 1
+    assert b.events()["leases_released"] == 1
+    assert b.get(key) is not None
+    # A stale value does not stop a refresh.
+    b.set(key, Entry("stale", time.time() + 1, time.time() - 1, time.time() + 60))
+    assert b.acquire_lease(key, ttl=5) is not None
+    a.close()
+    b.close()
