@@ -1,0 +1,283 @@
+"""Optional integrations: metrics adapters for Prometheus and OpenTelemetry.
+
+Each adapter lives in its own module and imports its dependency only when that module is
+imported, so ``import cacheguard`` never needs them:
+
+* :mod:`cacheguard.contrib.prometheus` (``pip install 'cacheguard[prometheus]'``);
+* :mod:`cacheguard.contrib.otel` (``pip install 'cacheguard[otel]'``).
+
+Both export the same metrics, built from two sources:
+
+* **counters read at collection time** from each tracked function's ``.stats()`` (hits, misses,
+  fetches, ...): a fresh hit only bumps an integer, so metrics cost nothing per hit;
+* **events** (:func:`cacheguard.listen`) for what the counters do not break down: which layer
+  failed, breaker transitions, rate limiting, retries and retry budgets, leases, rejected bytes,
+  and the duration of each backend fetch. These are rare, slow-path events; ``hit`` is never
+  listened to.
+
+This module holds the pieces both adapters share; it imports neither dependency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from cacheguard._cached import CacheStats
+from cacheguard._errors import ConfigurationTypeError
+from cacheguard._events import Event, EventKind, listen, unlisten
+
+__all__: list[str] = []
+
+
+class _HasStats(Protocol):
+    def stats(self) -> CacheStats: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class StatMetric:
+    """One metric read from :class:`~cacheguard.CacheStats` at collection time.
+
+    ``fields`` maps an ``outcome`` label value to a ``CacheStats`` field; a single entry keyed
+    ``""`` means the metric has no ``outcome`` label.
+    """
+
+    name: str
+    kind: str  # "counter" or "gauge"
+    unit: str  # OpenTelemetry unit
+    help: str
+    fields: dict[str, str]
+
+    @property
+    def labelled(self) -> bool:
+        return "" not in self.fields
+
+
+#: The metrics read from ``.stats()``; the names are the Prometheus names without ``_total``
+#: (OpenTelemetry uses ``cacheguard.<name>``).
+STAT_METRICS: tuple[StatMetric, ...] = (
+    StatMetric(
+        "cacheguard_calls",
+        "counter",
+        "{call}",
+        "Calls to a cached function, by how each was decided.",
+        {
+            "hit": "hits",
+            "stale": "stale_hits",
+            "miss": "misses",
+            "coalesced": "coalesced_waits",
+            "backoff": "backoff_rejections",
+        },
+    ),
+    StatMetric(
+        "cacheguard_fetches",
+        "counter",
+        "{fetch}",
+        "Backend calls made (leaders and background refreshes).",
+        {"": "fetches"},
+    ),
+    StatMetric(
+        "cacheguard_fetch_errors",
+        "counter",
+        "{fetch}",
+        "Backend calls that raised.",
+        {"": "fetch_errors"},
+    ),
+    StatMetric(
+        "cacheguard_stale_on_error",
+        "counter",
+        "{call}",
+        "Calls served a stale value because the fetch failed, timed out or was refused.",
+        {"": "stale_on_error"},
+    ),
+    StatMetric(
+        "cacheguard_wait_timeouts",
+        "counter",
+        "{call}",
+        "Calls whose wait for a fetch reached the function's timeout.",
+        {"": "wait_timeouts"},
+    ),
+    StatMetric(
+        "cacheguard_refreshes",
+        "counter",
+        "{refresh}",
+        "Background refreshes, started or skipped because every refresh slot was busy.",
+        {"started": "refreshes", "skipped": "refreshes_skipped"},
+    ),
+    StatMetric(
+        "cacheguard_lease_waits",
+        "counter",
+        "{fetch}",
+        "Fetches that waited for another process holding the key's lease.",
+        {"": "lease_waits"},
+    ),
+    StatMetric(
+        "cacheguard_invalidations",
+        "counter",
+        "{call}",
+        "Calls to invalidate().",
+        {"": "invalidations"},
+    ),
+    StatMetric(
+        "cacheguard_fetches_in_flight",
+        "gauge",
+        "{fetch}",
+        "Backend fetches running at the moment of collection.",
+        {"": "in_flight"},
+    ),
+)
+
+#: The event kinds the adapters listen to. Everything else is either counted by ``.stats()``
+#: or (``hit``) deliberately never listened to.
+EVENT_KINDS: tuple[EventKind, ...] = (
+    EventKind.LAYER_ERROR,
+    EventKind.LAYER_SKIPPED,
+    EventKind.SERIALIZER_REJECTED,
+    EventKind.LEASE_TAKEN,
+    EventKind.LEASE_LOST,
+    EventKind.BREAKER_OPENED,
+    EventKind.BREAKER_HALF_OPEN,
+    EventKind.BREAKER_CLOSED,
+    EventKind.RATE_LIMITED,
+    EventKind.RETRY,
+    EventKind.BUDGET_EXHAUSTED,
+)
+
+EVENTS_METRIC = "cacheguard_events"
+EVENTS_HELP = (
+    "Slow-path decisions, by kind (outcome) and layer: layer failures, breaker transitions, "
+    "rate limiting, retries, retry budgets, leases, rejected bytes."
+)
+FETCH_DURATION_METRIC = "cacheguard_fetch_duration_seconds"
+FETCH_DURATION_HELP = "Duration of successful backend fetches, in seconds."
+#: Histogram bucket bounds (seconds) for fetch durations: a cache-hit-sized call up to the
+#: default ``timeout`` and past it.
+FETCH_DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+def function_label(fn: object) -> str:
+    """The ``function`` label of a cached function: the source its events carry.
+
+    That is ``<namespace or module.qualname>:v<version>``, so counters read from ``.stats()``
+    and events about the same function share one label value.
+    """
+    namespace = getattr(fn, "namespace", None)
+    if isinstance(namespace, str):
+        return namespace
+    # cg.cached's wrapper keeps its driver behind the bound ``stats`` method.
+    driver = getattr(getattr(fn, "stats", None), "__self__", None)
+    driver_namespace = getattr(driver, "namespace", None)
+    if isinstance(driver_namespace, str) and driver_namespace:
+        return driver_namespace
+    module = getattr(fn, "__module__", "?")
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+class Tracked:
+    """The cached functions an adapter reads ``.stats()`` from (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._functions: dict[str, _HasStats] = {}
+
+    def add(self, fn: object, name: str | None) -> str:
+        stats = getattr(fn, "stats", None)
+        if not callable(stats):
+            raise ConfigurationTypeError(
+                f"track() takes a function decorated with cg.cached (it needs .stats()); "
+                f"got {type(fn).__name__} {fn!r}"
+            )
+        given: object = name
+        if given is not None and (not isinstance(given, str) or not given):
+            raise ConfigurationTypeError(f"name must be a non-empty str, got {name!r}")
+        label = name if name is not None else function_label(fn)
+        with self._lock:
+            self._functions[label] = fn  # type: ignore[assignment]
+        return label
+
+    def remove(self, fn: object) -> None:
+        with self._lock:
+            for label, tracked in list(self._functions.items()):
+                if tracked is fn:
+                    del self._functions[label]
+
+    def snapshot(self) -> list[tuple[str, CacheStats]]:
+        with self._lock:
+            functions = list(self._functions.items())
+        return [(label, fn.stats()) for label, fn in functions]
+
+
+def stat_samples(
+    metric: StatMetric, snapshot: list[tuple[str, CacheStats]]
+) -> Iterator[tuple[dict[str, str], int]]:
+    """``(labels, value)`` for ``metric`` over every tracked function's stats."""
+    for label, stats in snapshot:
+        for outcome, field in metric.fields.items():
+            labels = {"function": label, "outcome": outcome} if outcome else {"function": label}
+            yield labels, getattr(stats, field)
+
+
+class EventTally:
+    """A listener that counts events by ``(function, layer, outcome)`` and passes each fetch
+    duration to ``on_fetch``.
+
+    It runs in the caller's thread on slow paths only; it takes one lock per event.
+    """
+
+    def __init__(self, on_fetch: Callable[[str, float], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._on_fetch = on_fetch
+
+    def __call__(self, event: Event) -> None:
+        if event.kind is EventKind.FETCH:
+            if self._on_fetch is not None and event.duration is not None:
+                self._on_fetch(event.source, event.duration)
+            return
+        key = (event.source, event.layer or "", event.kind.value)
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def counts(self) -> dict[tuple[str, str, str], int]:
+        """A copy of the counts, keyed by ``(function, layer, outcome)``."""
+        with self._lock:
+            return dict(self._counts)
+
+    def start(self) -> None:
+        """Start listening (the rare kinds, plus ``fetch`` when durations are wanted)."""
+        kinds: list[EventKind] = list(EVENT_KINDS)
+        if self._on_fetch is not None:
+            kinds.append(EventKind.FETCH)
+        listen(self, kinds=kinds)
+
+    def stop(self) -> None:
+        """Stop listening."""
+        unlisten(self)
+
+
+def missing_dependency(extra: str, module: str, error: ImportError) -> ModuleNotFoundError:
+    """The error raised when an adapter's optional dependency is not installed."""
+    exc = ModuleNotFoundError(
+        f"cacheguard.contrib.{extra} needs the {module!r} package, which is not installed: "
+        f"pip install 'cacheguard[{extra}]'",
+        name=module,
+    )
+    exc.__cause__ = error
+    return exc
