@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "protect": "guard() overhead, token takes, the retry storm",
     "pages": "OFFSET restarted on failure vs keyset with resume",
     "peers": "hit latency, stampede and Redis outage vs every peer",
+    "observe": "fresh-hit cost with a listener / the Prometheus adapter attached",
 }
 #: What ``python -m benchmarks`` runs with no name: the headline set.
 HEADLINE = ["incident"]

@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -296,3 +297,25 @@ def test_a_missing_prometheus_client_says_which_extra_to_install(
     monkeypatch.delitem(sys.modules, "cacheguard.contrib.prometheus")
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'cacheguard\[prometheus\]'"):
         importlib.import_module("cacheguard.contrib.prometheus")
+
+
+def test_the_observe_benchmark_reports_every_configuration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from benchmarks import observe
+
+    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+    figures: dict[str, Any] = observe.run(quick=True)
+    assert figures["configs"] == ["bare", "listener", "prometheus"]
+    rows = figures["rows"]
+    for colour in ("sync", "async"):
+        assert rows[f"bare {colour}"]["ratio"] == 1.0
+        for config in ("listener", "prometheus"):
+            assert rows[f"{config} {colour}"]["ratio"] > 0
+            assert figures["targets"][f"{config} {colour}"]["met"] in (True, False)
+        # Every timed call was a fresh hit, counted by .stats() whatever was attached.
+        assert figures["hits_counted"][colour] >= sum(
+            figures["raw"]["calls"][f"{c} {colour}"] for c in figures["configs"]
+        )
+    assert figures["scrapes"] == 2 * figures["settings"]["rounds"] * 2
+    assert HIT_LISTENERS == []  # nothing left attached
