@@ -202,19 +202,21 @@ def test_construction_and_encoding_errors() -> None:
 def test_page_builds_the_next_cursor_from_the_last_row() -> None:
     codec = cg.CursorCodec()
     rows = [("a", 1), ("b", 2), ("c", 3)]
-    # look-ahead row: LIMIT limit + 1
+    # LIMIT limit + 1 (the default): the look-ahead row says there is more, and is left out
     page = codec.page(rows, 2, key=lambda r: r)
     assert page.items == rows[:2]
     assert page.next_cursor is not None
     assert codec.decode(page.next_cursor) == ("b", 2)
-    # exactly limit rows: there may be more
-    page = codec.page(rows, 3, key=lambda r: r)
+    assert codec.page(rows, 3, key=lambda r: r) == cg.Page(rows, None)
+    assert codec.page(rows, 4, key=lambda r: r) == cg.Page(rows, None)
+    # LIMIT limit: a full page may have a next one
+    page = codec.page(rows, 3, key=lambda r: r, lookahead=False)
     assert page.items == rows
     assert page.next_cursor is not None
     assert codec.decode(page.next_cursor) == ("c", 3)
-    # fewer: the last page
-    assert codec.page(rows, 4, key=lambda r: r) == cg.Page(rows, None)
+    assert codec.page(rows, 4, key=lambda r: r, lookahead=False) == cg.Page(rows, None)
     assert codec.page([], 4, key=lambda r: r) == cg.Page([], None)
+    assert codec.page([], 4, key=lambda r: r, lookahead=False) == cg.Page([], None)
 
 
 def test_typed_values_survive() -> None:

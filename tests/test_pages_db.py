@@ -80,7 +80,7 @@ class Table:
             self.rows_read += len(rows)
             if self.calls in self.fail_calls:
                 raise ConnectionError(f"injected failure after reading page call {self.calls}")
-        return self.codec.page(rows, limit, key=lambda row: row)
+        return self.codec.page(rows, limit, key=lambda row: row, lookahead=lookahead)
 
 
 # Page functions at module level, bound with functools.partial, so the rebuild's identity is
@@ -423,3 +423,26 @@ def test_a_failed_rebuild_under_the_cache_resumes_on_the_next_fetch(table: Table
     # 5 kept pages + the failed page again + the rest: one page re-read, not the whole table.
     assert table.rows_read == len(expected) + 100
     assert config.stats().fetch_errors == 1
+
+
+# --- the benchmark's shape (tiny mode; its speed is never asserted) ----------------------------
+
+
+def test_pages_benchmark_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import pages
+
+    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    figures: dict[str, Any] = pages.run(quick=True)
+    rows = figures["rows"]
+    table = figures["settings"]["rows"]
+    page = figures["settings"]["page_size"]
+    ours = rows[pages.OURS]
+    # keyset + resume: the table, the 3 failed pages again (with their look-ahead rows), and
+    # one look-ahead row for every page but the last
+    assert ours["queries"] == table // page + 3
+    assert ours["rows_returned"] == table + 3 * (page + 1) + (table // page - 1)
+    assert ours["rows_walked"] == ours["rows_returned"]
+    assert rows[pages.BASELINE]["rows_returned"] > 2 * table
+    assert rows[pages.BASELINE]["rows_walked"] > 10 * table
+    assert figures["targets"]["keyset_resume_rows_x_table"]["met"] in (True, False)

@@ -119,7 +119,7 @@ class CursorCodec:
 
         def config_page(customer_id: str, cursor: str | None, limit: int) -> cg.Page[Row]:
             after = cursors.decode(cursor)  # None for the first page
-            rows = query_rows(customer_id, after, limit)  # WHERE (name, id) > (?, ?) ... LIMIT
+            rows = query_rows(customer_id, after, limit + 1)  # (name, id) > (?, ?) LIMIT ?
             return cursors.page(rows, limit, key=lambda row: (row.name, row.id))
         ```
     """
@@ -247,17 +247,30 @@ class CursorCodec:
             raise InvalidCursor(f"cursor holds {len(key)} values, expected {self.arity}")
         return key
 
-    def page(self, rows: Sequence[R], limit: int, *, key: Callable[[R], Sequence[Any]]) -> Page[R]:
-        """Build the :class:`Page` for ``rows`` fetched with ``LIMIT limit`` or ``LIMIT limit + 1``.
+    def page(
+        self,
+        rows: Sequence[R],
+        limit: int,
+        *,
+        key: Callable[[R], Sequence[Any]],
+        lookahead: bool = True,
+    ) -> Page[R]:
+        """Build the :class:`Page` for ``rows``, with the next cursor from the last row's key.
 
-        With ``limit + 1`` rows (a look-ahead row), the page is the first ``limit`` rows and has a
-        next cursor; with exactly ``limit`` rows, it has a next cursor (the next page may be
-        empty); with fewer, it is the last page. The next cursor is ``encode(key(last row))``.
+        Args:
+            rows: the query's rows, in sort order.
+            limit: the page size the page function was called with.
+            key: the sort key of a row, e.g. ``lambda row: (row.name, row.id)``.
+            lookahead: ``True`` (the default) when the query asked for ``LIMIT limit + 1``:
+                more than ``limit`` rows means there is a next page, and the extra row is left
+                out of this one; ``limit`` rows or fewer is the last page. ``False`` when the
+                query asked for ``LIMIT limit``: exactly ``limit`` rows may have a next page
+                (which may turn out empty), fewer is the last page.
         """
         check_positive_int("limit", limit)
         if len(rows) > limit:
             items = list(rows[:limit])
-        elif len(rows) == limit and rows:
+        elif not lookahead and rows and len(rows) == limit:
             items = list(rows)
         else:
             return Page(list(rows), None)
