@@ -1,0 +1,159 @@
+"""RedisLayer, its leases and its scripts on a real 3-master Redis Cluster started on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import cacheguard as cg
+from cacheguard._core.entry import Entry
+from cacheguard._core.keys import CacheKey
+from cacheguard._redis import RedisLayer
+from servers import RedisClusterServers
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    with RedisClusterServers.started() as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def url(cluster: RedisClusterServers) -> str:
+    cluster.flushall()
+    return cluster.url
+
+
+def make_key(name: Any) -> CacheKey:
+    return CacheKey(name, "cluster:v1", (name,), {}, ("name",))
+
+
+def entry(value: Any, created: float | None = None) -> Entry:
+    now = time.time() if created is None else created
+    return Entry(value, now, now + 60, now + 120, now + 180)
+
+
+def test_entries_spread_over_the_shards_and_round_trip(
+    url: str, cluster: RedisClusterServers
+) -> None:
+    from redis.crc import key_slot
+
+    layer = RedisLayer.from_url(url, cluster=True, namespace="svc")
+    keys = [make_key(i) for i in range(30)]
+    for i, key in enumerate(keys):
+        layer.set(key, entry({"i": i}))
+    for i, key in enumerate(keys):
+        assert layer.get(key).value == {"i": i}  # type: ignore[union-attr]
+    slots = {key_slot(layer.redis_key(k).encode()) for k in keys}
+    owners = {cluster.node_for_slot(slot).port for slot in slots}
+    assert len(owners) == 3  # all three masters hold entries
+    layer.delete(keys[0])
+    assert layer.get(keys[0]) is None
+    layer.clear()  # SCAN on every master
+    assert all(layer.get(k) is None for k in keys)
+    assert layer.events()["errors"] == 0
+    layer.close()
+
+
+def test_leases_and_fenced_writes_run_on_the_owning_shard(url: str) -> None:
+    a = RedisLayer.from_url(url, cluster=True)
+    b = RedisLayer.from_url(url, cluster=True)
+    for i in range(10):  # keys on every shard: the scripts' keys must share a slot each time
+        key = make_key(f"lease-{i}")
+        token = a.acquire_lease(key, ttl=5)
+        assert token is not None
+        assert b.acquire_lease(key, ttl=5) is None
+        assert a.set_fenced(key, entry(i), token)
+        a.release_lease(key, token)
+        assert b.acquire_lease(key, ttl=5) is None  # fresh value there: declined
+        assert b.get(key).value == i  # type: ignore[union-attr]
+    assert a.events()["leases_acquired"] == 10
+    assert b.events()["leases_declined"] == 10
+    a.close()
+    b.close()
+
+
+def test_scripts_are_reloaded_after_a_script_flush(url: str, cluster: RedisClusterServers) -> None:
+    layer = RedisLayer.from_url(url, cluster=True)
+    key = make_key("flushed")
+    layer.set(key, entry(1))
+    for node in cluster.nodes:
+        node.command("SCRIPT", "FLUSH")
+    assert layer.set_fenced(key, entry(2, time.time() + 1), 0)  # NOSCRIPT -> load -> run
+    assert layer.get(key).value == 2  # type: ignore[union-attr]
+    layer.close()
+
+
+def test_async_cluster_client(url: str) -> None:
+    async def main() -> None:
+        layer = RedisLayer.from_url(url, cluster=True)
+        keys = [make_key(f"a{i}") for i in range(10)]
+        for key in keys:
+            await layer.aset(key, entry(key.local))
+        for key in keys:
+            assert (await layer.aget(key)).value == key.local  # type: ignore[union-attr]
+        token = await layer.aacquire_lease(make_key("cold"), ttl=5)
+        assert token is not None
+        await layer.arelease_lease(make_key("cold"), token)
+        await layer.aclear()
+        assert await layer.aget(keys[0]) is None
+        await layer.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_cluster_client_is_checked_like_any_other(cluster: RedisClusterServers) -> None:
+    from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    client = RedisCluster.from_url(cluster.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    with pytest.warns(RuntimeWarning, match="retries"):
+        RedisLayer(client)
+    client.close()
+    client = RedisCluster.from_url(
+        cluster.url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    layer = RedisLayer(client)
+    assert layer.cluster
+    layer.set(make_key("x"), entry(1))
+    assert layer.get(make_key("x")) is not None
+    client.close()
+
+
+def test_cross_process_single_flight_on_the_cluster(url: str) -> None:
+    calls: list[str] = []
+    stacks = []
+    for _ in range(4):  # four stacks with their own L1 and lease owner: four "processes"
+        layer = RedisLayer.from_url(url, cluster=True)
+
+        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="cl")
+        def load(name: str) -> dict[str, str]:
+            calls.append(name)
+            time.sleep(0.2)
+            return {"name": name}
+
+        stacks.append((load, layer))
+    barrier = threading.Barrier(40)
+    results: list[Any] = []
+
+    def call(fn: Any) -> None:
+        barrier.wait()
+        results.append(fn("cold"))
+
+    threads = [threading.Thread(target=call, args=(fn,)) for fn, _ in stacks for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert calls == ["cold"]
+    assert results == [{"name": "cold"}] * 40
+    for _, layer in stacks:
+        layer.close()
