@@ -6,6 +6,7 @@ private and may change.
 
 from __future__ import annotations
 
+from cacheguard._backend_breaker import BreakerState, CircuitBreaker, circuit_breaker
 from cacheguard._cached import AsyncCachedFunction, CachedFunction, CacheStats, cached
 from cacheguard._clock import Clock, SystemClock
 from cacheguard._coalesce import coalesce
@@ -35,6 +36,7 @@ from cacheguard._events import (
     unlisten,
 )
 from cacheguard._layers import AsyncLayer, Layer, MemoryLayer
+from cacheguard._limit import Limiter, TokenBucket, rate_limit
 from cacheguard._pages import (
     Checkpoint,
     CheckpointStore,
@@ -47,6 +49,7 @@ from cacheguard._pages import (
     iter_pages,
 )
 from cacheguard._redis import RedisLayer
+from cacheguard._retry import RetryBudget, is_retryable, retry
 from cacheguard._serialize import (
     JsonSerializer,
     MsgspecSerializer,
@@ -61,12 +64,14 @@ __all__ = [
     "AsyncCachedFunction",
     "AsyncLayer",
     "BackoffActive",
+    "BreakerState",
     "CacheGuardError",
     "CacheKey",
     "CacheStats",
     "CachedFunction",
     "Checkpoint",
     "CheckpointStore",
+    "CircuitBreaker",
     "CircuitOpen",
     "Clock",
     "ConfigurationError",
@@ -82,6 +87,7 @@ __all__ = [
     "JsonSerializer",
     "Layer",
     "LayerCheckpoints",
+    "Limiter",
     "Listener",
     "LoggingListener",
     "MemoryCheckpoints",
@@ -93,18 +99,24 @@ __all__ = [
     "PickleSerializer",
     "RateLimited",
     "RedisLayer",
+    "RetryBudget",
     "RetryBudgetExhausted",
     "Serializer",
     "SystemClock",
+    "TokenBucket",
     "__version__",
     "acollect_pages",
     "aiter_pages",
     "cached",
+    "circuit_breaker",
     "coalesce",
     "collect_pages",
+    "is_retryable",
     "iter_pages",
     "listen",
     "listener_errors",
     "listening",
+    "rate_limit",
+    "retry",
     "unlisten",
 ]

@@ -1,0 +1,231 @@
+"""``CircuitBreaker`` and ``circuit_breaker``: stop calling a failing backend for a while.
+
+The state machine is :class:`cacheguard._core.breaker.Breaker` (pure, ``now`` passed in); this
+module holds the lock, reads the clock, classifies outcomes and counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, cast
+
+from cacheguard._clock import Clock
+from cacheguard._config import Duration, check_clock, check_positive_int, duration
+from cacheguard._core.breaker import Breaker, BreakerState
+from cacheguard._errors import CacheGuardError, CircuitOpen, ConfigurationError
+from cacheguard._events import EventKind, emit
+from cacheguard._limit import Decorator, check_function
+from cacheguard._retry import RetryOn, _predicate
+
+__all__ = ["BreakerState", "CircuitBreaker", "circuit_breaker"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _any_error(error: BaseException) -> bool:
+    return isinstance(error, Exception) and not isinstance(error, CacheGuardError)
+
+
+class CircuitBreaker:
+    """A circuit breaker for one backend, shared by every function that calls it.
+
+    Closed, it lets calls through and counts consecutive failures; at ``failure_threshold`` it
+    opens and refuses calls with :class:`~cacheguard.CircuitOpen` for ``reset_timeout``; then it
+    lets one probe through (half-open): a success closes it, a failure opens it again. A probe
+    whose caller never reports (cancelled) does not wedge it: another is let through after
+    another ``reset_timeout``.
+
+    Args:
+        failure_threshold: consecutive failures that open it (>= 1; default 5).
+        reset_timeout: how long it stays open before a probe (seconds or ``timedelta``;
+            default 10).
+        failure_on: which errors count as backend failures: exception types or a predicate.
+            Default: every :class:`Exception` except cacheguard's own refusals (a refusal such as
+            :class:`~cacheguard.RateLimited` says nothing about the backend's health). Other
+            errors count as successes (the backend answered).
+        clock: the clock (``cacheguard.testing.FakeClock`` in tests).
+        name: a name for messages and ``repr``.
+
+    Raises:
+        ConfigurationError: a setting is invalid.
+    """
+
+    __slots__ = (
+        "_breaker",
+        "_is_failure",
+        "_lock",
+        "clock",
+        "failures",
+        "name",
+        "opened",
+        "rejected",
+        "successes",
+    )
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: Duration = 10.0,
+        failure_on: RetryOn | None = None,
+        clock: Clock | None = None,
+        name: str = "backend",
+    ) -> None:
+        self._breaker = Breaker(
+            failure_threshold=check_positive_int("failure_threshold", failure_threshold),
+            reset_timeout=duration("reset_timeout", reset_timeout, allow_zero=False),
+        )
+        self._is_failure = _any_error if failure_on is None else _predicate(failure_on)
+        self.clock = check_clock(clock)
+        self.name = str(name)
+        self._lock = threading.Lock()
+        #: Calls refused while open (or while a probe was out).
+        self.rejected = 0
+        #: Times it opened (a failed probe re-opening it included).
+        self.opened = 0
+        #: Calls that failed / succeeded.
+        self.failures = 0
+        self.successes = 0
+
+    @property
+    def state(self) -> BreakerState:
+        """``CLOSED``, ``OPEN`` or ``HALF_OPEN`` (the reset timeout passed; a probe may go)."""
+        with self._lock:
+            return self._breaker.state(self.clock.monotonic())
+
+    def before_call(self) -> None:
+        """Let a call through, or raise :class:`~cacheguard.CircuitOpen`."""
+        with self._lock:
+            now = self.clock.monotonic()
+            allowed = self._breaker.allow(now)
+            if allowed:
+                probe = self._breaker.state(now) is BreakerState.HALF_OPEN
+            else:
+                self.rejected += 1
+                retry_after = self._breaker.retry_after(now)
+        if allowed:
+            if probe:
+                emit(EventKind.BREAKER_HALF_OPEN, self.name)
+            return
+        raise CircuitOpen(
+            f"circuit breaker {self.name!r} is open after {self._breaker.failure_threshold} "
+            f"consecutive backend failures; the backend is not called for {retry_after:.3g}s "
+            "more (then one probe goes through). Serve stale data meanwhile (stale_ttl / "
+            "stale_if_error), or tune failure_threshold / reset_timeout",
+            retry_after=retry_after,
+        )
+
+    def record(self, error: BaseException | None) -> None:
+        """Report a call's outcome: ``None`` for a success, else the error it raised."""
+        if error is not None and isinstance(error, CacheGuardError):
+            return  # a refusal from further in, not an answer from the backend
+        if error is not None and not isinstance(error, Exception):
+            return  # cancelled or interrupted: no verdict on the backend
+        failed = error is not None and self._is_failure(error)
+        change: EventKind | None = None
+        with self._lock:
+            now = self.clock.monotonic()
+            if failed:
+                self.failures += 1
+                before = self._breaker.state(now)
+                self._breaker.record_failure(now)
+                if before is not BreakerState.OPEN and self._breaker.state(now) is (
+                    BreakerState.OPEN
+                ):
+                    self.opened += 1
+                    change = EventKind.BREAKER_OPENED
+            else:
+                self.successes += 1
+                if self._breaker.record_success(now) is BreakerState.CLOSED:
+                    change = EventKind.BREAKER_CLOSED
+        if change is not None:
+            emit(change, self.name, error=error)
+
+    def __repr__(self) -> str:
+        return (
+            f"CircuitBreaker(name={self.name!r}, state={self.state.value!r}, "
+            f"failure_threshold={self._breaker.failure_threshold}, "
+            f"reset_timeout={self._breaker.reset_timeout:g})"
+        )
+
+
+def circuit_breaker(
+    breaker: CircuitBreaker | None = None,
+    /,
+    *,
+    failure_threshold: int | None = None,
+    reset_timeout: Duration | None = None,
+    failure_on: RetryOn | None = None,
+    clock: Clock | None = None,
+) -> Decorator:
+    """Guard the decorated function with a :class:`CircuitBreaker`.
+
+    Pass a shared ``breaker`` (one per backend), or the settings to make one for this function
+    alone. While the breaker is open, calls raise :class:`~cacheguard.CircuitOpen` without
+    calling the function. Put it *inside* :func:`~cacheguard.retry` (each attempt is checked and
+    counted) and *outside* :func:`~cacheguard.rate_limit` (a refused call takes no token).
+
+    Args:
+        breaker: the breaker to use; when given, the other settings must not be.
+        failure_threshold: see :class:`CircuitBreaker` (default 5).
+        reset_timeout: see :class:`CircuitBreaker` (default 10 s).
+        failure_on: see :class:`CircuitBreaker`.
+        clock: see :class:`CircuitBreaker`.
+
+    Raises:
+        ConfigurationError: a setting is invalid, or both a breaker and settings were given.
+    """
+    if breaker is None:
+        breaker = CircuitBreaker(
+            failure_threshold=5 if failure_threshold is None else failure_threshold,
+            reset_timeout=10.0 if reset_timeout is None else reset_timeout,
+            failure_on=failure_on,
+            clock=clock,
+        )
+    elif not isinstance(breaker, CircuitBreaker):
+        raise ConfigurationError(
+            f"breaker must be a cacheguard.CircuitBreaker, got {type(breaker).__name__}"
+        )
+    elif any(v is not None for v in (failure_threshold, reset_timeout, failure_on, clock)):
+        raise ConfigurationError(
+            "give circuit_breaker either a CircuitBreaker or its settings, not both "
+            "(the settings belong to the shared breaker)"
+        )
+    shared = breaker
+
+    def decorate(fn: Callable[P, R], /) -> Callable[P, R]:
+        check_function(fn, "circuit_breaker")
+        if inspect.iscoroutinefunction(fn):
+            afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                shared.before_call()
+                try:
+                    result = await afn(*args, **kwargs)
+                except BaseException as exc:
+                    shared.record(exc)
+                    raise
+                shared.record(None)
+                return result
+
+            return cast("Callable[P, R]", awrapper)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            shared.before_call()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                shared.record(exc)
+                raise
+            shared.record(None)
+            return result
+
+        return wrapper
+
+    return decorate
