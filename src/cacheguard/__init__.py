@@ -35,6 +35,7 @@ from cacheguard._events import (
     listening,
     unlisten,
 )
+from cacheguard._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
 from cacheguard._layers import AsyncLayer, Layer, MemoryLayer
 from cacheguard._limit import Limiter, TokenBucket, rate_limit
 from cacheguard._pages import (
@@ -62,6 +63,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AsyncCachedFunction",
+    "AsyncGuardedFunction",
     "AsyncLayer",
     "BackoffActive",
     "BreakerState",
@@ -83,6 +85,8 @@ __all__ = [
     "EventKind",
     "FetchTimeout",
     "Freshness",
+    "GuardStats",
+    "GuardedFunction",
     "InvalidCursor",
     "JsonSerializer",
     "Layer",
@@ -111,6 +115,7 @@ __all__ = [
     "circuit_breaker",
     "coalesce",
     "collect_pages",
+    "guard",
     "is_retryable",
     "iter_pages",
     "listen",

@@ -153,6 +153,15 @@ class CircuitBreaker:
         )
 
 
+class BreakerCounters:
+    """Per-decorated-function counters of :func:`circuit_breaker` (read by ``guard().stats()``)."""
+
+    __slots__ = ("rejected",)
+
+    def __init__(self) -> None:
+        self.rejected = 0
+
+
 def circuit_breaker(
     breaker: CircuitBreaker | None = None,
     /,
@@ -161,6 +170,7 @@ def circuit_breaker(
     reset_timeout: Duration | None = None,
     failure_on: RetryOn | None = None,
     clock: Clock | None = None,
+    _counters: BreakerCounters | None = None,
 ) -> Decorator:
     """Guard the decorated function with a :class:`CircuitBreaker`.
 
@@ -196,6 +206,14 @@ def circuit_breaker(
             "(the settings belong to the shared breaker)"
         )
     shared = breaker
+    counters = BreakerCounters() if _counters is None else _counters
+
+    def admit() -> None:
+        try:
+            shared.before_call()
+        except CircuitOpen:
+            counters.rejected += 1
+            raise
 
     def decorate(fn: Callable[P, R], /) -> Callable[P, R]:
         check_function(fn, "circuit_breaker")
@@ -204,7 +222,7 @@ def circuit_breaker(
 
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                shared.before_call()
+                admit()
                 try:
                     result = await afn(*args, **kwargs)
                 except BaseException as exc:
@@ -217,7 +235,7 @@ def circuit_breaker(
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            shared.before_call()
+            admit()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
