@@ -569,3 +569,58 @@ def test_property_search_catches_a_driver_without_loop_detection(
 
     with pytest.raises(AssertionError):
         broken()
+
+
+# --- checkpoints on a real Redis: another process resumes the rebuild ---------------------------
+
+
+@pytest.mark.redis
+@modes
+def test_layer_checkpoints_on_redis_resume_in_another_process(mode: str, redis_url: str) -> None:
+    import uuid
+
+    namespace = f"pages-{uuid.uuid4().hex[:12]}"
+    # Two layers with their own clients: "process A" fails part-way, "process B" resumes.
+    layer_a = cg.RedisLayer.from_url(redis_url, namespace=namespace)
+    layer_b = cg.RedisLayer.from_url(redis_url, namespace=namespace)
+    store_a = cg.LayerCheckpoints(layer_a, ttl=30)
+    store_b = cg.LayerCheckpoints(layer_b, ttl=30)
+    src = Source(12, fail_calls=frozenset({2}))
+    key = store_b._key(cg._pages.rebuild_identity(src, "k"))
+
+    if mode == "sync":
+        try:
+            with pytest.raises(cg.PaginationError):
+                cg.collect_pages(src, page_size=5, checkpoints=store_a, checkpoint_key="k")
+            assert layer_b.get(key) is not None  # the checkpoint is in Redis
+            items = cg.collect_pages(src, page_size=5, checkpoints=store_b, checkpoint_key="k")
+            assert layer_b.get(key) is None  # finished: discarded
+        finally:
+            layer_a.close()
+            layer_b.close()
+    else:
+
+        async def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+            return src(cursor, limit)
+
+        key = store_b._key(cg._pages.rebuild_identity(fetch, "k"))
+
+        async def main() -> list[int]:
+            try:
+                with pytest.raises(cg.PaginationError):
+                    await cg.acollect_pages(
+                        fetch, page_size=5, checkpoints=store_a, checkpoint_key="k"
+                    )
+                assert await layer_b.aget(key) is not None
+                result = await cg.acollect_pages(
+                    fetch, page_size=5, checkpoints=store_b, checkpoint_key="k"
+                )
+                assert await layer_b.aget(key) is None
+                return result
+            finally:
+                await layer_a.aclose()
+                await layer_b.aclose()
+
+        items = asyncio.run(main())
+    assert items == list(range(12))
+    assert src.calls == [None, "5", "5", "10"]  # B resumed at A's failed page
