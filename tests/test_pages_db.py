@@ -446,3 +446,21 @@ def test_pages_benchmark_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rows[pages.BASELINE]["rows_returned"] > 2 * table
     assert rows[pages.BASELINE]["rows_walked"] > 10 * table
     assert figures["targets"]["keyset_resume_rows_x_table"]["met"] in (True, False)
+
+
+def test_concurrent_async_misses_coalesce_into_one_rebuild(table: Table) -> None:
+    import asyncio
+
+    expected = table.load(NAMES)
+
+    @cg.cached(ttl=60, timeout=30)
+    async def config(name: str) -> list[Row]:
+        return await cg.acollect_pages(functools.partial(akeyset_page, name), page_size=100)
+
+    async def main() -> list[list[Row]]:
+        return await asyncio.gather(*(config(table.backend) for _ in range(200)))
+
+    results = asyncio.run(main())
+    assert all(r == expected for r in results)
+    assert table.rows_read == len(expected)  # one rebuild for 200 tasks
+    assert config.stats().fetches == 1
