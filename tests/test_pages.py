@@ -624,3 +624,58 @@ def test_layer_checkpoints_on_redis_resume_in_another_process(mode: str, redis_u
         items = asyncio.run(main())
     assert items == list(range(12))
     assert src.calls == [None, "5", "5", "10"]  # B resumed at A's failed page
+
+
+# --- the real guards around the page function ---------------------------------------------------
+
+
+def test_page_calls_go_through_cg_retry_and_its_budget() -> None:
+    clock = FakeClock()
+    store = cg.MemoryCheckpoints(ttl=600)
+    src = Source(25)
+    attempts: list[str | None] = []
+    transient = {"10": 1, "20": 2}  # cursor -> failures before it answers
+
+    def flaky(cursor: str | None, limit: int) -> cg.Page[int]:
+        attempts.append(cursor)
+        if transient.get(cursor or "", 0) > 0:
+            transient[cursor or ""] -= 1
+            raise ConnectionResetError("connection reset by peer")
+        return src(cursor, limit)
+
+    budget = cg.RetryBudget(ratio=0.0, min_per_second=0.1, window=10, clock=clock)
+    guarded = cg.retry(attempts=3, budget=budget, clock=clock)(flaky)
+    kw: dict[str, Any] = {"page_size": 5, "checkpoints": store, "clock": clock}
+    with pytest.raises(cg.PaginationError) as info:
+        cg.collect_pages(guarded, checkpoint_key="k", **kw)
+    # "10" failed once and was retried from the budget's reserve (one retry); at "20" the
+    # budget refused the retry, so the page failed and stopped the rebuild.
+    assert attempts == [None, "5", "10", "10", "15", "20"]
+    assert (info.value.cursor, info.value.pages_done) == ("20", 4)
+    assert isinstance(info.value.__cause__, cg.RetryBudgetExhausted)
+    # The next rebuild resumes at "20" (once the reserve refilled); nothing before is re-read.
+    attempts.clear()
+    clock.advance(60)
+    assert cg.collect_pages(guarded, checkpoint_key="k", **kw) == list(range(25))
+    assert attempts == ["20", "20"]
+
+
+def test_every_page_call_takes_a_token_and_a_refusal_is_resumed() -> None:
+    clock = FakeClock()
+    store = cg.MemoryCheckpoints(ttl=600)
+    src = Source(60)
+    bucket = cg.TokenBucket(rate=1.0, burst=5, clock=clock)
+    limited = cg.rate_limit(bucket, max_wait=0, clock=clock)(src)
+    kw: dict[str, Any] = {"page_size": 5, "checkpoints": store, "clock": clock}
+    with pytest.raises(cg.PaginationError) as info:
+        cg.collect_pages(limited, checkpoint_key="k", **kw)
+    assert isinstance(info.value.__cause__, cg.RateLimited)
+    assert info.value.pages_done == 5  # the burst: five pages, five tokens
+    assert len(src.calls) == 5
+    clock.advance(3)  # three more tokens
+    with pytest.raises(cg.PaginationError):
+        cg.collect_pages(limited, checkpoint_key="k", **kw)
+    assert len(src.calls) == 8
+    clock.advance(60)
+    assert cg.collect_pages(limited, checkpoint_key="k", **kw) == list(range(60))
+    assert len(src.calls) == 12  # 12 pages, each fetched once: no token was spent twice
