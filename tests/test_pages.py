@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import cacheguard as cg
@@ -562,7 +562,7 @@ def test_property_search_catches_a_driver_without_loop_detection(
 
     monkeypatch.setattr(core.Rebuild, "_accept", forgetful)
 
-    @settings(max_examples=200, database=None)
+    @settings(max_examples=200, database=None, phases=[Phase.generate])
     @given(graphs)
     def broken(succ: list[int | None]) -> None:
         check_terminates(succ)
@@ -679,3 +679,87 @@ def test_every_page_call_takes_a_token_and_a_refusal_is_resumed() -> None:
     clock.advance(60)
     assert cg.collect_pages(limited, checkpoint_key="k", **kw) == list(range(60))
     assert len(src.calls) == 12  # 12 pages, each fetched once: no token was spent twice
+
+
+# --- one algorithm, two colours: the sync and async drivers behave identically -----------------
+
+
+Script = tuple[list[tuple[int, "int | None"]], frozenset[int], int, int]
+
+
+@st.composite
+def scripts(draw: st.DrawFn) -> Script:
+    """A page graph (items per page, next page), failing calls, max_pages, max_empty_pages."""
+    n = draw(st.integers(1, 10))
+    nodes = draw(
+        st.lists(
+            st.tuples(st.integers(0, 3), st.none() | st.integers(0, n - 1)), min_size=n, max_size=n
+        )
+    )
+    fails = draw(st.frozensets(st.integers(1, 12), max_size=3))
+    return nodes, fails, draw(st.integers(1, 12)), draw(st.integers(0, 2))
+
+
+def _outcomes(mode: str, script: Script) -> list[object]:
+    nodes, fails, max_pages, max_empty = script
+    calls: list[str | None] = []
+
+    def page(cursor: str | None, limit: int) -> cg.Page[str]:
+        calls.append(cursor)
+        if len(calls) in fails:
+            raise ConnectionError("injected")
+        node = 0 if cursor is None else int(cursor)
+        count, nxt = nodes[node]
+        items = [f"{node}.{i}" for i in range(count)]
+        return cg.Page(items, None if nxt is None else str(nxt))
+
+    store = cg.MemoryCheckpoints(ttl=60)
+    out: list[object] = []
+    for _ in range(len(fails) + 1):  # rebuild until it stops failing
+        try:
+            items = run(
+                mode,
+                page,
+                max_pages=max_pages,
+                max_empty_pages=max_empty,
+                checkpoints=store,
+                checkpoint_key="k",
+            )
+        except (cg.PaginationError, cg.CursorLoopError) as exc:  # noqa: PERF203
+            out.append((type(exc).__name__, exc.reason, exc.cursor, exc.pages_done))
+            if isinstance(exc, cg.CursorLoopError) or exc.reason != "page-failed":
+                break
+        else:
+            out.append(("items", items))
+            break
+    out.append(("calls", calls))
+    return out
+
+
+def check_same_colours(script: Script) -> None:
+    assert _outcomes("sync", script) == _outcomes("async", script)
+
+
+@given(scripts())
+def test_property_sync_and_async_drivers_agree(script: Script) -> None:
+    check_same_colours(script)
+
+
+def test_property_search_catches_an_async_driver_that_skips_saves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def no_save(plan: Any, run: Any, action: Any) -> None:
+        if action is not core.CheckpointAction.SAVE:
+            await original(plan, run, action)
+
+    original = cg._pages._asettle
+    monkeypatch.setattr(cg._pages, "_asettle", no_save)
+
+    # No shrinking: finding one counterexample is the point, not the smallest one.
+    @settings(max_examples=300, database=None, phases=[Phase.generate])
+    @given(scripts())
+    def broken(script: Script) -> None:
+        check_same_colours(script)
+
+    with pytest.raises(AssertionError):
+        broken()
