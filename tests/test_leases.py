@@ -47,7 +47,10 @@ def entry(value: Any, created: float) -> Entry:
 
 
 def test_one_holder_at_a_time_with_increasing_tokens(url: str) -> None:
-    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)  # two "processes"
+    a, b = (
+        RedisLayer.from_url(url, timeout=1.0),
+        RedisLayer.from_url(url, timeout=1.0),
+    )  # two "processes"
     key = make_key()
     token = a.acquire_lease(key, ttl=5)
     assert token is not None
@@ -69,7 +72,7 @@ def test_one_holder_at_a_time_with_increasing_tokens(url: str) -> None:
 
 
 def test_an_expired_lease_is_taken_over(url: str) -> None:
-    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     first = a.acquire_lease(key, ttl=0.05)
     assert first is not None
@@ -84,7 +87,7 @@ def test_an_expired_lease_is_taken_over(url: str) -> None:
 def test_the_holder_writes_and_a_holder_that_lost_its_lease_cannot_overwrite(
     url: str, server: RedisServer
 ) -> None:
-    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     now = time.time()
     old_token = a.acquire_lease(key, ttl=5)
@@ -104,7 +107,7 @@ def test_the_holder_writes_and_a_holder_that_lost_its_lease_cannot_overwrite(
 
 
 def test_a_lost_lease_may_fill_an_empty_key_but_never_replace_a_newer_entry(url: str) -> None:
-    a = RedisLayer.from_url(url)
+    a = RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     now = time.time()
     assert a.set_fenced(key, entry("no holder, empty key", now), 7)
@@ -115,7 +118,7 @@ def test_a_lost_lease_may_fill_an_empty_key_but_never_replace_a_newer_entry(url:
 
 def test_leases_and_fenced_writes_async(url: str) -> None:
     async def main() -> None:
-        a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+        a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
         key = make_key()
         token = await a.aacquire_lease(key, ttl=5)
         assert token is not None
@@ -137,7 +140,7 @@ def test_under_allkeys_lru_a_lease_is_evicted_and_fencing_still_protects_the_val
 ) -> None:
     server.config_set("maxmemory", "2mb")
     server.config_set("maxmemory-policy", "allkeys-lru")
-    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     now = time.time()
     old_token = a.acquire_lease(key, ttl=60)
@@ -162,7 +165,7 @@ def test_under_noeviction_the_lease_survives_and_leases_keep_working_when_memory
     url: str, server: RedisServer
 ) -> None:
     server.config_set("maxmemory", "2mb")
-    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     token = a.acquire_lease(key, ttl=60)
     assert token is not None
@@ -192,7 +195,7 @@ def _fill(server: RedisServer, count: int) -> str:
 
 
 def _guarded(url: str, calls: list[str], **options: Any) -> Any:
-    layer = RedisLayer.from_url(url)
+    layer = RedisLayer.from_url(url, timeout=1.0)
 
     @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="leased", **options)
     def load(name: str) -> dict[str, Any]:
@@ -231,7 +234,7 @@ def test_many_stacks_in_one_process_fetch_a_cold_key_once(url: str) -> None:
 def test_a_dead_holders_lease_is_taken_over_by_one_waiter(url: str) -> None:
     calls: list[str] = []
     stacks = [_guarded(url, calls, lease_ttl=15) for _ in range(3)]
-    dead = RedisLayer.from_url(url)
+    dead = RedisLayer.from_url(url, timeout=1.0)
     key = CacheKey("cold", "leased:v1", ("cold",), {}, ("name",))
     assert dead.acquire_lease(key, ttl=0.5) is not None  # a holder that then dies
     results: list[Any] = []
@@ -257,7 +260,7 @@ def test_a_lease_wait_that_times_out_serves_stale_or_raises_and_never_fetches(
     calls: list[str] = []
     load, layer = _guarded(url, calls, timeout=0.3)
     key = CacheKey("held", "leased:v1", ("held",), {}, ("name",))
-    holder = RedisLayer.from_url(url)
+    holder = RedisLayer.from_url(url, timeout=1.0)
     assert holder.acquire_lease(key, ttl=30) is not None  # alive, but slow
     started = time.monotonic()
     with pytest.raises(cg.FetchTimeout):
@@ -394,7 +397,7 @@ def test_without_leases_every_process_fetches(url: str) -> None:
 def test_tokens_keep_growing_when_the_fencing_counter_is_lost(
     url: str, server: RedisServer
 ) -> None:
-    a = RedisLayer.from_url(url)
+    a = RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     first = a.acquire_lease(key, ttl=5)
     assert first is not None
@@ -407,7 +410,7 @@ def test_tokens_keep_growing_when_the_fencing_counter_is_lost(
 
 
 def test_a_lease_taken_just_after_a_value_arrived_is_given_back(url: str) -> None:
-    a, b = RedisLayer.from_url(url), RedisLayer.from_url(url)
+    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     token = a.acquire_lease(key, ttl=5)
     assert token is not None

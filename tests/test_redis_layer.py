@@ -42,7 +42,7 @@ def entry(value: Any, *, ttl: float = 10.0, created: float | None = None) -> Ent
 
 
 def test_round_trip_sync_and_async(url: str, server: RedisServer) -> None:
-    layer = RedisLayer.from_url(url, namespace="svc")
+    layer = RedisLayer.from_url(url, timeout=1.0, namespace="svc")
     key = make_key("a")
     assert layer.get(key) is None
     stored = entry({"x": [1, 2]})
@@ -71,7 +71,7 @@ def test_round_trip_sync_and_async(url: str, server: RedisServer) -> None:
 def test_key_layout_ttl_and_hash_slots(url: str, server: RedisServer) -> None:
     from redis.crc import key_slot
 
-    layer = RedisLayer.from_url(url, prefix="app", namespace="svc", version=3)
+    layer = RedisLayer.from_url(url, timeout=1.0, prefix="app", namespace="svc", version=3)
     key = make_key("a")
     redis_key = layer.redis_key(key)
     assert redis_key == f"app:svc:v3:{{{key.text}}}"
@@ -86,7 +86,7 @@ def test_key_layout_ttl_and_hash_slots(url: str, server: RedisServer) -> None:
 
 
 def test_expired_entries_are_not_written(url: str, server: RedisServer) -> None:
-    layer = RedisLayer.from_url(url)
+    layer = RedisLayer.from_url(url, timeout=1.0)
     now = time.time()
     layer.set(make_key("old"), Entry(1, now - 100, now - 90, now - 80, now - 70))
     assert server.command("DBSIZE") == 0
@@ -94,9 +94,9 @@ def test_expired_entries_are_not_written(url: str, server: RedisServer) -> None:
 
 
 def test_version_and_namespace_separate_entries(url: str) -> None:
-    v1 = RedisLayer.from_url(url, namespace="svc", version=1)
-    v2 = RedisLayer.from_url(url, namespace="svc", version=2)
-    other = RedisLayer.from_url(url, namespace="other", version=1)
+    v1 = RedisLayer.from_url(url, timeout=1.0, namespace="svc", version=1)
+    v2 = RedisLayer.from_url(url, timeout=1.0, namespace="svc", version=2)
+    other = RedisLayer.from_url(url, timeout=1.0, namespace="other", version=1)
     key = make_key("a")
     v1.set(key, entry("shape 1"))
     assert v2.get(key) is None
@@ -111,7 +111,7 @@ def test_version_and_namespace_separate_entries(url: str) -> None:
 
 
 def test_a_write_never_replaces_a_newer_entry(url: str) -> None:
-    layer = RedisLayer.from_url(url)
+    layer = RedisLayer.from_url(url, timeout=1.0)
     key = make_key("a")
     now = time.time()
     newer = entry("newer", created=now + 1)
@@ -123,7 +123,7 @@ def test_a_write_never_replaces_a_newer_entry(url: str) -> None:
 
 
 def test_values_the_serializer_refuses_are_counted_not_raised(url: str) -> None:
-    layer = RedisLayer.from_url(url)
+    layer = RedisLayer.from_url(url, timeout=1.0)
     key = make_key("a")
     layer.set(key, entry((1, 2)))  # a tuple would come back from JSON as a list
     assert layer.get(key) is None
@@ -132,7 +132,7 @@ def test_values_the_serializer_refuses_are_counted_not_raised(url: str) -> None:
 
 
 def test_bad_bytes_in_redis_are_a_counted_miss(url: str, server: RedisServer) -> None:
-    layer = RedisLayer.from_url(url)
+    layer = RedisLayer.from_url(url, timeout=1.0)
     key, other = make_key("a"), make_key("b")
     redis_key = layer.redis_key(key)
     good = encode_entry(entry({"v": 1}), key.text, JsonSerializer())
@@ -166,7 +166,7 @@ def test_a_value_forged_into_redis_with_a_wrong_signature_is_a_miss_never_execut
 ) -> None:
     EXECUTED.clear()
     secret = b"s" * 32
-    layer = RedisLayer.from_url(url, serializer=PickleSerializer(key=secret))
+    layer = RedisLayer.from_url(url, timeout=1.0, serializer=PickleSerializer(key=secret))
     calls: list[str] = []
 
     @cg.cached(ttl=60, layers=[layer], namespace="forged")
@@ -182,12 +182,15 @@ def test_a_value_forged_into_redis_with_a_wrong_signature_is_a_miss_never_execut
     assert EXECUTED == []
     assert layer.events()["payload_tampered"] == 1
     # The honest value replaced the forged one (it was written later).
-    assert RedisLayer.from_url(url, serializer=PickleSerializer(key=secret)).get(key) is not None
+    assert (
+        RedisLayer.from_url(url, timeout=1.0, serializer=PickleSerializer(key=secret)).get(key)
+        is not None
+    )
     layer.close()
 
 
 def test_pool_exhaustion_is_a_miss_not_an_error_or_a_wait(url: str) -> None:
-    layer = RedisLayer.from_url(url, max_connections=1, pool_timeout=0)
+    layer = RedisLayer.from_url(url, timeout=1.0, max_connections=1)
     key = make_key("a")
     layer.set(key, entry(1))
     pool = layer._sync().connection_pool
@@ -323,7 +326,7 @@ def test_l1_l2_stack_shares_values_between_processes(url: str) -> None:
     calls: list[str] = []
 
     def make() -> Any:
-        layer = RedisLayer.from_url(url, namespace="stack")
+        layer = RedisLayer.from_url(url, timeout=1.0, namespace="stack")
 
         @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="load")
         def load(name: str) -> dict[str, str]:
@@ -350,7 +353,7 @@ def test_l1_l2_stack_async(url: str) -> None:
     calls: list[str] = []
 
     async def main() -> None:
-        layer = RedisLayer.from_url(url, namespace="stack-async")
+        layer = RedisLayer.from_url(url, timeout=1.0, namespace="stack-async")
 
         @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="aload")
         async def aload(name: str) -> dict[str, str]:
@@ -360,7 +363,7 @@ def test_l1_l2_stack_async(url: str) -> None:
 
         results = await asyncio.gather(*(aload("c1") for _ in range(50)))
         assert all(r == {"name": "c1"} for r in results)
-        other = RedisLayer.from_url(url, namespace="stack-async")
+        other = RedisLayer.from_url(url, timeout=1.0, namespace="stack-async")
 
         @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), other], namespace="aload")
         async def aload2(name: str) -> dict[str, str]:
@@ -377,7 +380,7 @@ def test_l1_l2_stack_async(url: str) -> None:
 
 
 def test_threads_share_one_layer_safely(url: str) -> None:
-    layer = RedisLayer.from_url(url, max_connections=8)
+    layer = RedisLayer.from_url(url, timeout=1.0, max_connections=8)
     keys = [make_key(i) for i in range(20)]
     for i, key in enumerate(keys):
         layer.set(key, entry(i))

@@ -73,9 +73,9 @@ EVENTS: Final = (
 _SLOW_TIMEOUT: Final = 1.0
 _INSTALL_HINT = "RedisLayer needs redis-py: pip install 'cacheguard[redis]'"
 _FIX_HINT = (
-    "build the client with socket_timeout=0.25, socket_connect_timeout=0.25 and "
+    "build the client with socket_timeout=0.1, socket_connect_timeout=0.1 and "
     "retry=Retry(NoBackoff(), 0) (from redis.retry and redis.backoff), or let cacheguard build "
-    "it: RedisLayer.from_url(url, timeout=0.25)"
+    "it: RedisLayer.from_url(url, timeout=0.1)"
 )
 
 
@@ -352,10 +352,9 @@ class RedisLayer:
         cls,
         url: str,
         *,
-        timeout: Duration = 0.25,
+        timeout: Duration = 0.1,
         connect_timeout: Duration | None = None,
         max_connections: int = 64,
-        pool_timeout: Duration = 0.05,
         cluster: bool = False,
         prefix: str = "cg",
         namespace: str = "",
@@ -370,8 +369,8 @@ class RedisLayer:
         The synchronous client is made on first use from a ``def`` function, and one asyncio
         client per event loop on first use from an ``async def`` function, so one layer serves
         both. Every client has a per-operation and connect timeout, no client-side retries and
-        a bounded connection pool; waiting longer than ``pool_timeout`` for a free connection
-        makes the operation a miss.
+        a bounded connection pool; when every pooled connection is busy, an operation is a miss
+        at once (counted as ``pool_exhausted``) rather than a wait.
 
         Args:
             url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket).
@@ -379,7 +378,6 @@ class RedisLayer:
                 long, and the driver's breaker then skips the layer for a while.
             connect_timeout: the connect timeout (defaults to ``timeout``).
             max_connections: the connection pool's size (per node for a cluster).
-            pool_timeout: the longest wait for a free pooled connection.
             cluster: connect to a Redis Cluster (``url`` names any one node).
             prefix: see :class:`RedisLayer`.
             namespace: see :class:`RedisLayer`.
@@ -405,7 +403,6 @@ class RedisLayer:
                 allow_zero=False,
             ),
             max_connections=check_positive_int("max_connections", max_connections),
-            pool_timeout=duration("pool_timeout", pool_timeout),
             cluster=bool(cluster),
         )
         layer = cls(
@@ -742,7 +739,7 @@ class RedisLayer:
 class _Factory:
     """Builds redis-py clients with cacheguard's safe settings."""
 
-    __slots__ = ("cluster", "connect_timeout", "max_connections", "pool_timeout", "timeout", "url")
+    __slots__ = ("cluster", "connect_timeout", "max_connections", "timeout", "url")
 
     def __init__(
         self,
@@ -751,14 +748,12 @@ class _Factory:
         timeout: float,
         connect_timeout: float,
         max_connections: int,
-        pool_timeout: float,
         cluster: bool,
     ) -> None:
         self.url = url
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
-        self.pool_timeout = pool_timeout
         self.cluster = cluster
 
     def _common(self) -> dict[str, Any]:
@@ -776,30 +771,23 @@ class _Factory:
         import redis
         import redis.cluster
 
+        # A plain pool with a bound: when it is full, redis-py raises MaxConnectionsError at
+        # once, which the layer turns into a miss (a blocking pool would add a wait and, on
+        # asyncio, a Condition round trip to every command).
         options = self._common()
+        options["max_connections"] = self.max_connections
         if self.cluster:
-            options["max_connections"] = self.max_connections
             return redis.cluster.RedisCluster.from_url(self.url, **options)
-        pool = redis.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=self.max_connections,
-            timeout=self.pool_timeout,
-            **options,
-        )
-        return redis.Redis.from_pool(pool)
+        return redis.Redis.from_pool(redis.ConnectionPool.from_url(self.url, **options))
 
     def async_client(self) -> Any:
         import redis.asyncio
         import redis.asyncio.cluster
 
         options = self._common()
+        options["max_connections"] = self.max_connections
         if self.cluster:
-            options["max_connections"] = self.max_connections
             return redis.asyncio.cluster.RedisCluster.from_url(self.url, **options)
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url,
-            max_connections=self.max_connections,
-            timeout=self.pool_timeout,
-            **options,
+        return redis.asyncio.Redis.from_pool(
+            redis.asyncio.ConnectionPool.from_url(self.url, **options)
         )
-        return redis.asyncio.Redis.from_pool(pool)

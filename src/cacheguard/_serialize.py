@@ -12,8 +12,8 @@ Envelope layout (big-endian; the Lua scripts read ``created`` and ``token`` at f
 
     0  u8   magic 0xC7          4  f64 created        36 f64 token (0: unfenced write)
     1  u8   format version (1)  12 f64 fresh_until    44 u32 key length
-    2  u8   flags (1: signed)   20 f64 stale_until    48 codec id, key text, body,
-    3  u8   codec id length     28 f64 error_until       then CRC-32 (4) or HMAC-SHA256 (32)
+    2  u8   flags (1: signed)   20 f64 stale_until    48 codec id, key text, body, then
+    3  u8   codec id length     28 f64 error_until       CRC-32 (4, little-endian) or HMAC (32)
 """
 
 from __future__ import annotations
@@ -45,7 +45,12 @@ FORMAT_VERSION: Final = 1
 FLAG_SIGNED: Final = 1
 _HEADER: Final = struct.Struct(">BBBBdddddI")
 HEADER_SIZE: Final = _HEADER.size  # 48
-_CRC: Final = struct.Struct(">I")
+_CRC: Final = struct.Struct("<I")
+#: CRC-32 of any bytes followed by their own CRC-32 (little-endian): one pass over the whole
+#: payload checks it, no slicing.
+_CRC_RESIDUE: Final = 0x2144DF1C
+_INF: Final = math.inf
+_NINF: Final = -math.inf
 _MAC_SIZE: Final = 32
 _MIN_KEY_BYTES: Final = 32
 
@@ -322,7 +327,7 @@ def encode_entry(entry: Entry, key_text: str, serializer: Serializer, *, token: 
     data = b"".join((head, codec, key, body))
     if signing_key is not None:
         return data + _sign(signing_key, data)
-    return data + _CRC.pack(zlib.crc32(data))
+    return data + _CRC.pack(zlib.crc32(data))  # little-endian: see _CRC_RESIDUE
 
 
 def decode_entry(data: bytes, key_text: str, serializer: Serializer) -> Entry:
@@ -349,7 +354,8 @@ def decode_entry(data: bytes, key_text: str, serializer: Serializer) -> Entry:
     if signing_key is not None and not signed:
         raise PayloadError("foreign", "unsigned entry where a signature is required")
     trailer = _MAC_SIZE if signed else _CRC.size
-    body_start = HEADER_SIZE + codec_len + key_len
+    key_start = HEADER_SIZE + codec_len
+    body_start = key_start + key_len
     if size < body_start + trailer:
         raise PayloadError("truncated", f"{size} bytes, shorter than its declared lengths")
     end = size - trailer
@@ -358,14 +364,16 @@ def decode_entry(data: bytes, key_text: str, serializer: Serializer) -> Entry:
             raise PayloadError("foreign", "a signed entry; this reader has no signing key")
         if not hmac.compare_digest(_sign(signing_key, data[:end]), data[end:]):
             raise PayloadError("tampered", "HMAC-SHA256 signature does not verify")
-    elif _CRC.unpack_from(data, end)[0] != zlib.crc32(memoryview(data)[:end]):
+    elif zlib.crc32(data) != _CRC_RESIDUE:
         raise PayloadError("corrupt", "checksum mismatch")
-    if data[HEADER_SIZE : HEADER_SIZE + codec_len] != serializer.codec.encode("ascii"):
-        codec = data[HEADER_SIZE : HEADER_SIZE + codec_len].decode("ascii", "replace")
-        raise PayloadError("foreign", f"codec {codec!r}, this reader uses {serializer.codec!r}")
-    if data[HEADER_SIZE + codec_len : body_start] != key_text.encode("utf-8", "surrogatepass"):
+    codec = serializer.codec.encode("ascii")
+    if codec_len != len(codec) or not data.startswith(codec, HEADER_SIZE):
+        found = data[HEADER_SIZE:key_start].decode("ascii", "replace")
+        raise PayloadError("foreign", f"codec {found!r}, this reader uses {serializer.codec!r}")
+    key = key_text.encode("utf-8", "surrogatepass")
+    if key_len != len(key) or not data.startswith(key, key_start):
         raise PayloadError("wrong_key", "entry of another key")
-    if not (math.isfinite(created) and created <= fresh <= stale <= error < math.inf):
+    if not (created <= fresh <= stale <= error < _INF and created > _NINF):
         raise PayloadError("corrupt", "stamps out of order")
     try:
         value = serializer.loads(data[body_start:end])
