@@ -276,7 +276,8 @@ def missing_dependency(extra: str, module: str, error: ImportError) -> ModuleNot
     """The error raised when an adapter's optional dependency is not installed."""
     exc = ModuleNotFoundError(
         f"cacheguard.contrib.{extra} needs the {module!r} package, which is not installed: "
-        f"pip install 'cacheguard[{extra}]'",
+        f"install cacheguard's {extra!r} extra (pip install 'cacheguard[{extra}]', or "
+        f"pip install -e '.[{extra}]' from a clone)",
         name=module,
     )
     exc.__cause__ = error
