@@ -50,6 +50,7 @@ from cacheguard._pages import (
     iter_pages,
 )
 from cacheguard._redis import RedisLayer
+from cacheguard._redis_bucket import RedisTokenBucket
 from cacheguard._retry import RetryBudget, is_retryable, retry
 from cacheguard._serialize import (
     JsonSerializer,
@@ -103,6 +104,7 @@ __all__ = [
     "PickleSerializer",
     "RateLimited",
     "RedisLayer",
+    "RedisTokenBucket",
     "RetryBudget",
     "RetryBudgetExhausted",
     "Serializer",

@@ -85,7 +85,8 @@ class BucketState:
         each later claim's sleep assumes the others ahead of it will be served first.
         """
         if self._take(now):
-            self.pending -= 1
+            if self.pending:
+                self.pending -= 1
             return 0.0
         ahead = max(self.pending - 1, 0)
         return max((ahead + 1.0 - self.level(now)) / self.rate, _MIN_WAIT)
