@@ -257,6 +257,26 @@ def test_empty_pages_with_a_cursor_are_allowed_up_to_the_limit(mode: str, store:
     assert info.value.pages_done == 3
 
 
+def test_the_run_of_empty_pages_carries_over_a_resume(store: Any) -> None:
+    failed: list[str] = []
+
+    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+        if cursor == "b" and not failed:
+            failed.append(cursor)
+            raise ConnectionError("injected")
+        items, nxt = {None: ([1], "a"), "a": ([], "b"), "b": ([], "c"), "c": ([], "d")}.get(
+            cursor, ([2], None)
+        )
+        return cg.Page(items, nxt)
+
+    kw: dict[str, Any] = {"max_empty_pages": 2, "checkpoints": store, "checkpoint_key": "k"}
+    with pytest.raises(cg.PaginationError):
+        cg.collect_pages(fetch, **kw)
+    with pytest.raises(cg.CursorLoopError) as info:  # a, b, c: three empty pages in a row
+        cg.collect_pages(fetch, **kw)
+    assert info.value.reason == "empty-pages"
+
+
 def endless(cursor: str | None, limit: int) -> cg.Page[int]:
     n = 0 if cursor is None else int(cursor)
     return cg.Page([n], str(n + 1))

@@ -215,8 +215,8 @@ class Rebuild:
         if restored is not None:
             for items, cursor in restored.pages:
                 self._accept(items, cursor)
+            # The run of empty pages carries over: a resumed rebuild must not reset the count.
             self.restored = len(self.pages)
-            self.empty_run = 0
 
     def _accept(self, items: list[Any], next_cursor: str | None) -> None:
         self.pages.append((items, next_cursor))
