@@ -15,7 +15,22 @@ from typing import ParamSpec, TypeVar
 
 from cacheguard._config import duration
 
-__all__ = ["FakeClock", "InlineExecutor"]
+__all__ = [
+    "Attempt",
+    "CallRecord",
+    "FakeClock",
+    "InlineExecutor",
+    "LayerMode",
+    "ManualExecutor",
+    "Outcome",
+    "ScriptedBackend",
+    "ScriptedLayer",
+    "SimClock",
+    "run_sequence",
+    "run_simulated",
+    "run_tasks",
+    "run_threads",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -88,3 +103,20 @@ class InlineExecutor(concurrent.futures.Executor):
         except BaseException as exc:
             future.set_exception(exc)
         return future
+
+
+# The simulation harness needs FakeClock (above), so it is imported last.
+from cacheguard._sim import (  # noqa: E402
+    Attempt,
+    CallRecord,
+    LayerMode,
+    ManualExecutor,
+    Outcome,
+    ScriptedBackend,
+    ScriptedLayer,
+    SimClock,
+    run_sequence,
+    run_simulated,
+    run_tasks,
+    run_threads,
+)
