@@ -178,8 +178,10 @@ def test_close_stops_reporting(reader: InMemoryMetricReader, metrics: OTelMetric
 def test_track_refuses_what_is_not_a_cached_function(metrics: OTelMetrics) -> None:
     with pytest.raises(cg.ConfigurationTypeError, match=r"cg\.cached"):
         metrics.track(print)
-    with pytest.raises(cg.ConfigurationTypeError, match="name"):
+    with pytest.raises(cg.ConfigurationError, match="name"):
         metrics.track(cg.cached(ttl=1)(lambda: 1), name="")
+    with pytest.raises(cg.ConfigurationTypeError, match="name"):
+        metrics.track(cg.cached(ttl=1)(lambda: 2), name=3)  # type: ignore[arg-type]
 
 
 def test_a_missing_opentelemetry_says_which_extra_to_install(

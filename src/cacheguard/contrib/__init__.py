@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from cacheguard._cached import CacheStats
-from cacheguard._errors import ConfigurationTypeError
+from cacheguard._errors import ConfigurationError, ConfigurationTypeError
 from cacheguard._events import Event, EventKind, listen, unlisten
 
 __all__: list[str] = []
@@ -205,8 +205,10 @@ class Tracked:
                 f"got {type(fn).__name__} {fn!r}"
             )
         given: object = name
-        if given is not None and (not isinstance(given, str) or not given):
-            raise ConfigurationTypeError(f"name must be a non-empty str, got {name!r}")
+        if given is not None and not isinstance(given, str):
+            raise ConfigurationTypeError(f"name must be a str, got {type(given).__name__}")
+        if given == "":
+            raise ConfigurationError("name must be a non-empty str (the 'function' label)")
         label = name if name is not None else function_label(fn)
         with self._lock:
             self._functions[label] = fn  # type: ignore[assignment]
