@@ -124,12 +124,23 @@ class Run:
     records: list[CallRecord]
     is_async: bool
     fn: Any = None
+    stack: str = "decorators"
 
 
 def build(
-    schedule: Schedule, clock: FakeClock, *, is_async: bool, switches: Switches
+    schedule: Schedule,
+    clock: FakeClock,
+    *,
+    is_async: bool,
+    switches: Switches,
+    stack: str = "decorators",
 ) -> tuple[Any, ScriptedBackend, list[ScriptedLayer], Trace, ManualExecutor]:
-    """The guarded function for ``schedule``'s configuration, with its scripted parts."""
+    """The guarded function for ``schedule``'s configuration, with its scripted parts.
+
+    ``stack="decorators"`` composes the public decorators with recorders between them;
+    ``stack="guard"`` is ``cg.guard`` itself (no request recorder fits inside it, so the
+    back-off clause, which needs to see requests, is checked on the decorators only).
+    """
     cfg = schedule.config
     trace = Trace()
     backend = ScriptedBackend(clock=clock, script=schedule.first_outcome)
@@ -158,6 +169,27 @@ def build(
     )
     limiting = cg.rate_limit(bucket, max_wait=cfg.max_wait)
     executor = ManualExecutor()
+    if stack == "guard":
+        guarded = cg.guard(
+            ttl=cfg.ttl,
+            stale_ttl=cfg.stale_ttl,
+            stale_if_error=cfg.stale_if_error,
+            layers=layers,
+            limiter=bucket,
+            max_wait=cfg.max_wait,
+            attempts=cfg.attempts,
+            budget=budget,
+            retry_backoff=cfg.retry_backoff,
+            retry_backoff_max=cfg.retry_backoff_max,
+            timeout=cfg.timeout,
+            clock=clock,
+            rng=random.Random(cfg.seed),
+            jitter=cfg.jitter,
+            backoff=cfg.backoff,
+            backoff_max=cfg.backoff_max,
+            refresh_executor=None if is_async else executor,
+        )(backend.acall if is_async else backend)
+        return guarded, backend, remotes, trace, executor
     caching = cg.cached(
         ttl=cfg.ttl,
         stale_ttl=cfg.stale_ttl,
@@ -252,11 +284,13 @@ def _events(
     return events
 
 
-def run_sync(schedule: Schedule, switches: Switches = Switches()) -> Run:
+def run_sync(
+    schedule: Schedule, switches: Switches = Switches(), *, stack: str = "decorators"
+) -> Run:
     """Run ``schedule`` through the sync stack, one caller at a time, on a fake clock."""
     clock = FakeClock()
     fn, backend, remotes, trace, executor = build(
-        schedule, clock, is_async=False, switches=switches
+        schedule, clock, is_async=False, switches=switches, stack=stack
     )
     records = run_sequence(
         fn,
@@ -265,13 +299,17 @@ def run_sync(schedule: Schedule, switches: Switches = Switches()) -> Run:
         events=_events(schedule, backend, remotes),
         after_call=executor.run_pending,
     )
-    return Run(schedule, clock, backend, remotes, trace, records, is_async=False, fn=fn)
+    return Run(schedule, clock, backend, remotes, trace, records, False, fn, stack)
 
 
-def run_async(schedule: Schedule, switches: Switches = Switches()) -> Run:
+def run_async(
+    schedule: Schedule, switches: Switches = Switches(), *, stack: str = "decorators"
+) -> Run:
     """Run ``schedule`` through the async stack, every caller its own task, in simulated time."""
     clock = SimClock()
-    fn, backend, remotes, trace, _ = build(schedule, clock, is_async=True, switches=switches)
+    fn, backend, remotes, trace, _ = build(
+        schedule, clock, is_async=True, switches=switches, stack=stack
+    )
     horizon = schedule.span + 10_000.0
     records = run_simulated(
         run_tasks(
@@ -283,7 +321,7 @@ def run_async(schedule: Schedule, switches: Switches = Switches()) -> Run:
         ),
         clock=clock,
     )
-    return Run(schedule, clock, backend, remotes, trace, records, is_async=True, fn=fn)
+    return Run(schedule, clock, backend, remotes, trace, records, True, fn, stack)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +428,8 @@ def deadline_of(run: Run) -> float:
     slowest = max(
         [run.schedule.first_outcome.delay, *(o.delay for _, o in run.schedule.backend_events)]
     )
-    return reads + cfg.deadline + slowest + cfg.remotes * cfg.layer_timeout
+    retrying = cfg.timeout if run.stack == "guard" else cfg.deadline
+    return reads + retrying + slowest + cfg.remotes * cfg.layer_timeout
 
 
 def check_deadline(run: Run) -> None:

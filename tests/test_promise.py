@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 import cacheguard as cg
 from cacheguard.testing import FakeClock, Outcome, ScriptedBackend, run_threads
-from promise_harness import ForgetfulReadThrough, check_all, run_sync
+from promise_harness import CLAUSES, ForgetfulReadThrough, check_all, run_sync
 from strategies import Schedule, keys, schedules
 
 
@@ -112,3 +112,12 @@ def test_threads_share_one_fetch_per_key(decorator: str, thread_keys: list[Any],
             assert type(record.value[0]) is type(record.args[0])
         else:
             assert isinstance(record.error, (cg.CacheGuardError, ConnectionError, ValueError))
+
+
+GUARD_CLAUSES = tuple(c for c in CLAUSES if c != "backoff")
+
+
+@given(schedules())
+def test_every_clause_holds_sync_guard(schedule: Schedule) -> None:
+    """The same schedules through ``cg.guard`` (which adds the backend circuit breaker)."""
+    check_all(run_sync(schedule, stack="guard"), GUARD_CLAUSES)

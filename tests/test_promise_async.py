@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hypothesis import given
 
-from promise_harness import check_all, run_async
+from promise_harness import CLAUSES, check_all, run_async
 from strategies import Schedule, schedules
 
 
@@ -24,3 +24,12 @@ def test_every_clause_holds_async(schedule: Schedule) -> None:
 def test_every_clause_holds_async_crowds(schedule: Schedule) -> None:
     """Bigger crowds: up to 120 concurrent callers per schedule."""
     check_all(run_async(schedule))
+
+
+GUARD_CLAUSES = tuple(c for c in CLAUSES if c != "backoff")
+
+
+@given(schedules())
+def test_every_clause_holds_async_guard(schedule: Schedule) -> None:
+    """The same schedules through ``cg.guard`` (which adds the backend circuit breaker)."""
+    check_all(run_async(schedule, stack="guard"), GUARD_CLAUSES)
