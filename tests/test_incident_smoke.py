@@ -78,7 +78,7 @@ def test_every_request_is_accounted_for(result: dict[str, Any]) -> None:
 
 def test_perfect_cache_reference_counts_each_key_once_per_process_after_the_loss() -> None:
     sc = incident.SMOKE
-    rebuilds = incident.perfect_rebuilds(sc, l2=False)
+    rebuilds = incident.perfect_rebuilds(sc, None)
     assert rebuilds == sorted(rebuilds)
     # Without L2 every process rebuilds each key it sees at most once per TTL window.
     customers = sc.customers * sc.processes
