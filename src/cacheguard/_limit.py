@@ -132,6 +132,8 @@ class TokenBucket:
 
     __slots__ = (
         "_lock",
+        "_now",
+        "_reserve",
         "_state",
         "burst",
         "clock",
@@ -161,6 +163,9 @@ class TokenBucket:
         self.name = str(name)
         self._lock = threading.Lock()
         self._state = BucketState(rate=self.rate, burst=self.burst, now=self.clock.monotonic())
+        # Bound once: the take is on every backend attempt's path.
+        self._now = self.clock.monotonic
+        self._reserve = self._state.reserve
         #: Tokens taken at once.
         self.taken = 0
         #: Callers queued for a token.
@@ -178,8 +183,8 @@ class TokenBucket:
             RateLimited: no token expected within ``max_wait``; nothing was taken.
         """
         with self._lock:
-            now = self.clock.monotonic()
-            wait = self._state.reserve(now, max_wait)
+            now = self._now()
+            wait = self._reserve(now, max_wait)
             if wait == 0.0:
                 self.taken += 1
                 return 0.0
@@ -263,12 +268,10 @@ class LimitCounters:
         self.rate_limited = 0
         self.waiters = 0
 
-    def enter_wait(self, max_waiters: int) -> bool:
+    def enter_wait(self) -> None:
         with self._lock:
-            if self.waiters >= max_waiters:
-                return False
             self.waiters += 1
-            return True
+            self.waits += 1
 
     def leave_wait(self) -> None:
         with self._lock:
@@ -298,7 +301,9 @@ def rate_limit(
             implementing :class:`Limiter`; share one between every function that calls the same
             backend.
         max_wait: the longest a call waits for a token (seconds or ``timedelta``; default 0.5).
-        max_waiters: the most calls waiting for a token at a time (default 1000).
+        max_waiters: the most calls waiting for a token at a time (default 1000). It is read
+            without a lock, so threads arriving at the same instant may exceed it by their
+            number; past it, calls only take a token that is there now.
         clock: the clock to sleep on (default: the limiter's).
 
     Raises:
@@ -315,6 +320,8 @@ def rate_limit(
     counters = LimitCounters() if _counters is None else _counters
 
     def cap() -> float:
+        if counters.waiters >= waiters_cap:
+            return 0.0  # the line is full: only a token that is there now will do
         left = time_left(sleeper)
         return wait_cap if left is None else min(wait_cap, left)
 
@@ -340,15 +347,14 @@ def rate_limit(
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 limit = cap()
-                waiting = limit > 0.0 and counters.enter_wait(waiters_cap)
                 try:
+                    wait = await limiter.areserve(limit)
+                except RateLimited:
+                    refused()
+                    raise
+                if wait > 0.0:
+                    counters.enter_wait()
                     try:
-                        wait = await limiter.areserve(limit if waiting else 0.0)
-                    except RateLimited:
-                        refused()
-                        raise
-                    if wait > 0.0:
-                        counters.waits += 1
                         give_up = sleeper.monotonic() + limit
                         while wait > 0.0:
                             if sleeper.monotonic() + wait > give_up + _SLACK:
@@ -360,8 +366,7 @@ def rate_limit(
                             except BaseException:
                                 await limiter.acancel()
                                 raise
-                finally:
-                    if waiting:
+                    finally:
                         counters.leave_wait()
                 counters.attempts += 1
                 return await afn(*args, **kwargs)
@@ -371,15 +376,14 @@ def rate_limit(
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             limit = cap()
-            waiting = limit > 0.0 and counters.enter_wait(waiters_cap)
             try:
+                wait = limiter.reserve(limit)
+            except RateLimited:
+                refused()
+                raise
+            if wait > 0.0:
+                counters.enter_wait()
                 try:
-                    wait = limiter.reserve(limit if waiting else 0.0)
-                except RateLimited:
-                    refused()
-                    raise
-                if wait > 0.0:
-                    counters.waits += 1
                     give_up = sleeper.monotonic() + limit
                     while wait > 0.0:
                         if sleeper.monotonic() + wait > give_up + _SLACK:
@@ -391,8 +395,7 @@ def rate_limit(
                         except BaseException:
                             limiter.cancel()
                             raise
-            finally:
-                if waiting:
+                finally:
                     counters.leave_wait()
             counters.attempts += 1
             return fn(*args, **kwargs)

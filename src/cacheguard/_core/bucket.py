@@ -70,9 +70,19 @@ class BucketState:
         sleeping that long (or :meth:`cancel`). ``-1.0`` means refused: the estimated wait is
         longer than ``max_wait``; nothing changed.
         """
-        if not self.pending and self._take(now):
+        # The refill and take are written out here (not via ``_take``): this is every backend
+        # attempt's hot path, and each Python call costs about as much as the arithmetic.
+        tokens = self.tokens
+        if now > self.updated:
+            tokens += (now - self.updated) * self.rate
+            if tokens > self.burst:  # noqa: PLR1730 - min() is a call on the hot path
+                tokens = self.burst
+            self.updated = now
+        if not self.pending and tokens >= 1.0:
+            self.tokens = tokens - 1.0
             return 0.0
-        wait = (self.pending + 1.0 - self.level(now)) / self.rate
+        self.tokens = tokens
+        wait = (self.pending + 1.0 - tokens) / self.rate
         if wait > max_wait:
             return -1.0
         self.pending += 1
