@@ -96,11 +96,6 @@ def stack(
 KEYS = [f"customer-{i}" for i in range(10)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="driver race (a caller stuck in a slow L2 read re-refreshes a key just refreshed): "
-    "see /work/notes/issue3-cached-recheck-l1.md; remove this marker when the patch lands",
-)
 def test_sigstop_5s_under_64_callers_over_10_warm_keys(server: RedisServer) -> None:
     """The issue's figure: Redis frozen for 5 s under 64 concurrent callers."""
     backend = Backend()
@@ -339,3 +334,44 @@ def test_a_redis_that_never_was_is_just_a_miss() -> None:
     assert backend.calls == 10
     assert fn.stats().layer_errors >= 1
     layer.close()
+
+
+def _second_call_during_a_hang(server: RedisServer, stall_timeout: float) -> tuple[float, Any]:
+    layer = RedisLayer.from_url(server.url, timeout=0.5, stall_timeout=stall_timeout)
+    key = _key("stall")
+    layer.set(key, cg.Entry(1, time.time(), time.time() + 60, time.time() + 60))
+    server.pause()
+    try:
+        first = threading.Thread(target=lambda: pytest.raises(Exception, layer.get, key))
+        first.start()
+        time.sleep(0.15)  # the first GET has now waited 0.15 s with no reply
+        started = time.monotonic()
+        try:
+            second: Any = layer.get(key)
+        except Exception as exc:
+            second = exc
+        took = time.monotonic() - started
+        first.join(timeout=5)
+    finally:
+        server.resume()
+    events = layer.events()
+    layer.close()
+    return took, (second, events)
+
+
+def test_a_stalled_redis_holds_only_the_callers_already_waiting(server: RedisServer) -> None:
+    took, (second, events) = _second_call_during_a_hang(server, stall_timeout=0.05)
+    assert second is None  # a miss at once, not a wait and not an error
+    assert took < 0.25
+    assert events["stalled"] == 1
+    assert events["timeouts"] == 1  # only the first GET waited its timeout
+
+
+def test_without_the_stall_guard_every_caller_waits_its_timeout(server: RedisServer) -> None:
+    import redis
+
+    took, (second, events) = _second_call_during_a_hang(server, stall_timeout=0)
+    assert isinstance(second, redis.TimeoutError)
+    assert took >= 0.45
+    assert events["stalled"] == 0
+    assert events["timeouts"] == 2
