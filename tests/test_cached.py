@@ -594,3 +594,43 @@ def test_async_basics_and_invalidate() -> None:
 
     asyncio.run(main())
     assert fetch.stats().hits == 1
+
+
+def test_single_parameter_wrapper_binds_like_the_function() -> None:
+    backend = Backend()
+
+    @cg.cached(ttl=10)
+    def fetch(customer: str) -> tuple[Any, ...]:
+        return backend(customer)
+
+    assert fetch("a") == fetch(customer="a") == ("a", 1)
+    assert fetch(7) == (7, 2)
+    assert fetch(2.5) == (2.5, 3)  # neither str nor int: the general path, a typed key
+    assert fetch(2.5) == (2.5, 3)
+    with pytest.raises(TypeError):
+        fetch()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        fetch("a", "b")  # type: ignore[call-arg]
+    assert len(backend.calls) == 3
+
+
+def test_positional_only_parameter() -> None:
+    @cg.cached(ttl=10)
+    def fetch(customer: str, /) -> str:
+        return customer * 2
+
+    assert fetch("ab") == "abab"
+    with pytest.raises(TypeError):
+        fetch(customer="ab")  # type: ignore[call-arg]
+
+
+def test_zero_argument_function() -> None:
+    calls = []
+
+    @cg.cached(ttl=10)
+    def settings() -> dict[str, int]:
+        calls.append(1)
+        return {"a": 1}
+
+    assert settings() == settings() == {"a": 1}
+    assert len(calls) == 1

@@ -39,6 +39,7 @@ from cacheguard._errors import (
     FetchTimeout,
 )
 from cacheguard._events import HIT_LISTENERS, EventKind, emit
+from cacheguard._hotpath import build_wrapper
 from cacheguard._layers import MemoryLayer
 
 __all__ = ["AsyncCachedFunction", "CacheStats", "CachedFunction", "cached"]
@@ -193,7 +194,6 @@ def _health_of(layer: object, failure_threshold: int, reset_timeout: float) -> _
 
 
 _MISSING = object()
-_NOARG: Any = object()
 
 
 class _GuardedLayer:
@@ -791,61 +791,30 @@ class _Driver:
     # ---- the sync driver
 
     def sync_wrapper(self) -> Callable[..., Any]:
-        l1, now, serve, local_of = self.l1, self.s.clock.time, self.serve, self.local
-        if l1 is None:
+        if self.l1 is None:
+            serve, local_of = self.serve, self.local
 
             def plain(*args: Any, **kwargs: Any) -> Any:
                 return serve(local_of(args, kwargs), None, args, kwargs)
 
             return plain
-        lookup = l1._fast_get  # the one dict lookup of a hit
-        hits = 0
-        hit_listeners, source = HIT_LISTENERS, self.namespace
-        if self.s.key is not None:
+        return self.hot_wrapper(is_async=False)
 
-            def keyed(*args: Any, **kwargs: Any) -> Any:
-                nonlocal hits
-                local = local_of(args, kwargs)
-                entry = lookup(local)
-                if entry is not None and now() < entry.fresh_until:
-                    hits += 1
-                    if hit_listeners:
-                        emit(EventKind.HIT, source)
-                    return entry.value
-                return serve(local, entry, args, kwargs)
-
-            self.memory_hits = lambda: hits
-            return keyed
-
-        # The hot path: one positional str or int argument, a fresh entry in memory. Taking the
-        # first argument by name (not in *args) and counting hits in a closure cell are each
-        # worth ~15 % of a hit's cost.
-        def wrapper(first: Any = _NOARG, /, *args: Any, **kwargs: Any) -> Any:
-            nonlocal hits
-            if args or kwargs or (type(first) is not str and type(first) is not int):
-                return general(first, args, kwargs)
-            entry = lookup(first)
-            # Inlined from cacheguard._core.entry.classify: the freshness test of a hit.
-            if entry is not None and now() < entry.fresh_until:
-                hits += 1
-                if hit_listeners:
-                    emit(EventKind.HIT, source)
-                return entry.value
-            return serve(first, entry, (first,), {})
-
-        def general(first: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            nonlocal hits
-            call_args = args if first is _NOARG else (first, *args)
-            local = local_of(call_args, kwargs)
-            entry = lookup(local)
-            if entry is not None and now() < entry.fresh_until:
-                hits += 1
-                if hit_listeners:
-                    emit(EventKind.HIT, source)
-                return entry.value
-            return serve(local, entry, call_args, kwargs)
-
-        self.memory_hits = lambda: hits
+    def hot_wrapper(self, *, is_async: bool) -> Callable[..., Any]:
+        """The generated wrapper with the memory-hit hot path (see ``cacheguard._hotpath``)."""
+        wrapper, self.memory_hits = build_wrapper(
+            self.fn,
+            is_async=is_async,
+            keyed=self.s.key is not None,
+            lookup=cast(MemoryLayer, self.l1)._fast_get,
+            now=self.s.clock.time,
+            serve=self.aserve if is_async else self.serve,
+            local_of=self.local,
+            hit_listeners=HIT_LISTENERS,
+            emit=emit,
+            hit_kind=EventKind.HIT,
+            source=self.namespace,
+        )
         return wrapper
 
     def serve(
@@ -1000,59 +969,14 @@ class _Driver:
     # ---- the async driver
 
     def async_wrapper(self) -> Callable[..., Awaitable[Any]]:
-        l1, now, serve, local_of = self.l1, self.s.clock.time, self.aserve, self.local
-        if l1 is None:
+        if self.l1 is None:
+            serve, local_of = self.aserve, self.local
 
             async def plain(*args: Any, **kwargs: Any) -> Any:
                 return await serve(local_of(args, kwargs), None, args, kwargs)
 
             return plain
-        lookup = l1._fast_get  # the one dict lookup of a hit
-        hits = 0
-        hit_listeners, source = HIT_LISTENERS, self.namespace
-        if self.s.key is not None:
-
-            async def keyed(*args: Any, **kwargs: Any) -> Any:
-                nonlocal hits
-                local = local_of(args, kwargs)
-                entry = lookup(local)
-                if entry is not None and now() < entry.fresh_until:
-                    hits += 1
-                    if hit_listeners:
-                        emit(EventKind.HIT, source)
-                    return entry.value
-                return await serve(local, entry, args, kwargs)
-
-            self.memory_hits = lambda: hits
-            return keyed
-
-        async def wrapper(first: Any = _NOARG, /, *args: Any, **kwargs: Any) -> Any:
-            nonlocal hits
-            if args or kwargs or (type(first) is not str and type(first) is not int):
-                return await general(first, args, kwargs)
-            entry = lookup(first)
-            # Inlined from cacheguard._core.entry.classify: the freshness test of a hit.
-            if entry is not None and now() < entry.fresh_until:
-                hits += 1
-                if hit_listeners:
-                    emit(EventKind.HIT, source)
-                return entry.value
-            return await serve(first, entry, (first,), {})
-
-        async def general(first: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            nonlocal hits
-            call_args = args if first is _NOARG else (first, *args)
-            local = local_of(call_args, kwargs)
-            entry = lookup(local)
-            if entry is not None and now() < entry.fresh_until:
-                hits += 1
-                if hit_listeners:
-                    emit(EventKind.HIT, source)
-                return entry.value
-            return await serve(local, entry, call_args, kwargs)
-
-        self.memory_hits = lambda: hits
-        return wrapper
+        return self.hot_wrapper(is_async=True)
 
     async def aserve(
         self, local: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
