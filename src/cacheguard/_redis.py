@@ -53,6 +53,7 @@ EVENTS: Final = (
     "errors",
     "timeouts",
     "pool_exhausted",
+    "stalled",
     "encode_errors",
     "payload_truncated",
     "payload_corrupt",
@@ -148,6 +149,11 @@ def _pool_exhausted(exc: BaseException) -> bool:
     )
 
 
+def _replied(exc: BaseException) -> bool:
+    """Whether a failed command still heard from Redis (an error reply, a refused connect)."""
+    return not (_is_timeout(exc) or _pool_exhausted(exc) or isinstance(exc, asyncio.CancelledError))
+
+
 def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError"
 
@@ -178,8 +184,11 @@ def _kind(client: Any) -> tuple[bool, bool]:
     )
 
 
-def _check_client(client: Any) -> None:
-    """Refuse a client that could hang a caller; warn about one that retries on its own."""
+def _check_client(client: Any) -> float:
+    """Refuse a client that could hang a caller; warn about one that retries on its own.
+
+    Returns the client's socket timeout.
+    """
     kwargs = dict(client.get_connection_kwargs() or {})
     if kwargs.get("decode_responses"):
         raise ConfigurationError(
@@ -210,6 +219,7 @@ def _check_client(client: Any) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+    return float(kwargs["socket_timeout"])
 
 
 def _check_name(name: str, value: object, *, empty: bool) -> str:
@@ -239,6 +249,50 @@ class _Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
+
+
+class _Stall:
+    """Notices a stalled Redis before the first timeout expires.
+
+    If a command has been outstanding for ``after`` seconds and no reply of any kind has come
+    back meanwhile, Redis (or the path to it) is stalled: new commands are refused at once
+    instead of queueing behind it, so a hang costs only the callers already waiting, not every
+    caller that arrives before the first timeout opens the driver's breaker. A healthy Redis
+    answers in well under a millisecond, so ``after`` is never reached in normal operation.
+    """
+
+    __slots__ = ("_lock", "_mono", "after", "inflight", "since")
+
+    def __init__(self, after: float, mono: Any) -> None:
+        self.after = after
+        self._mono = mono
+        self._lock = threading.Lock()
+        self.inflight = 0
+        self.since = 0.0
+
+    def begin(self) -> bool:
+        """Count a command in; ``False`` (and nothing counted) when Redis looks stalled."""
+        now = self._mono()
+        with self._lock:
+            if self.inflight:
+                if now - self.since > self.after:
+                    return False
+            else:
+                self.since = now
+            self.inflight += 1
+        return True
+
+    def end(self, *, replied: bool) -> None:
+        """Count a command out; ``replied`` unless it timed out."""
+        now = self._mono() if replied else 0.0
+        with self._lock:
+            self.inflight -= 1
+            if replied:
+                self.since = now
+
+
+class _Stalled(TimeoutError):
+    """Raised instead of sending a command to a Redis that looks stalled."""
 
 
 class RedisLayer:
@@ -273,6 +327,11 @@ class RedisLayer:
         clock: the wall clock used to compute Redis TTLs.
         name: the layer's name in stats and errors.
         fence_ttl: how long a key's fencing counter lives after its last lease.
+        stall_timeout: when a command has been waiting this long with no reply of any kind
+            from Redis meanwhile, new commands are not sent: reads are misses and writes are
+            skipped at once (``stalled`` events), so a hung Redis holds only the callers
+            already waiting, for at most the client's timeout. Defaults to a quarter of the
+            client's ``socket_timeout``; ``0`` switches it off.
 
     Raises:
         ConfigurationError: an argument is invalid, redis-py is missing, or the client could
@@ -289,6 +348,7 @@ class RedisLayer:
         "_factory",
         "_fence_ms",
         "_owner",
+        "_stall",
         "_sync_client",
         "_sync_lock",
         "cluster",
@@ -311,6 +371,7 @@ class RedisLayer:
         clock: Clock | None = None,
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
+        stall_timeout: Duration | None = None,
     ) -> None:
         self.prefix = _check_name("prefix", prefix, empty=False)
         self.namespace = _check_name("namespace", namespace, empty=True)
@@ -339,13 +400,26 @@ class RedisLayer:
         )
         self._sync_lock = threading.Lock()
         self.cluster = False
+        self._stall = _Stall(0.0, self._clock.monotonic)
+        socket_timeout: float | None = None
         if client is not None:
             is_async, self.cluster = _kind(client)
-            _check_client(client)
+            socket_timeout = _check_client(client)
             if is_async:
                 self._async_client = client
             else:
                 self._sync_client = client
+        self._set_stall(stall_timeout, socket_timeout)
+
+    def _set_stall(self, stall_timeout: Duration | None, socket_timeout: float | None) -> None:
+        if stall_timeout is not None:
+            after = duration("stall_timeout", stall_timeout)
+        elif socket_timeout is not None:
+            after = socket_timeout / 4
+        else:
+            after = 0.0
+        # 0 switches the guard off (a client without a known timeout, or stall_timeout=0).
+        self._stall.after = after if after > 0 else math.inf
 
     @classmethod
     def from_url(
@@ -363,6 +437,7 @@ class RedisLayer:
         clock: Clock | None = None,
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
+        stall_timeout: Duration | None = None,
     ) -> RedisLayer:
         """Build a layer whose clients cacheguard creates, with safe settings.
 
@@ -386,6 +461,7 @@ class RedisLayer:
             clock: see :class:`RedisLayer`.
             name: see :class:`RedisLayer`.
             fence_ttl: see :class:`RedisLayer`.
+            stall_timeout: see :class:`RedisLayer` (default: ``timeout / 4``).
 
         Raises:
             ConfigurationError: an argument is invalid or redis-py is missing.
@@ -417,6 +493,7 @@ class RedisLayer:
         )
         layer._factory = factory
         layer.cluster = factory.cluster
+        layer._set_stall(stall_timeout, factory.timeout)
         return layer
 
     # --- clients ---
@@ -522,12 +599,42 @@ class RedisLayer:
         return stored
 
     def _failed(self, exc: BaseException) -> bool:
-        """Count a failed operation; ``True`` when it is only an exhausted pool (a miss)."""
+        """Count a failed operation; ``True`` when it is a miss rather than a Redis failure
+        (an exhausted pool, or a command not sent because Redis looks stalled)."""
+        if isinstance(exc, _Stalled):
+            self._counters.add("stalled")
+            return True
         if _pool_exhausted(exc):
             self._counters.add("pool_exhausted")
             return True
         self._counters.add("timeouts" if _is_timeout(exc) else "errors")
         return False
+
+    def _guarded(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` under the stall guard (see :class:`_Stall`)."""
+        stall = self._stall
+        if not stall.begin():
+            raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            stall.end(replied=_replied(exc))
+            raise
+        stall.end(replied=True)
+        return result
+
+    async def _aguarded(self, fn: Any, *args: Any) -> Any:
+        """Async :meth:`_guarded`."""
+        stall = self._stall
+        if not stall.begin():
+            raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
+        try:
+            result = await fn(*args)
+        except BaseException as exc:
+            stall.end(replied=_replied(exc))
+            raise
+        stall.end(replied=True)
+        return result
 
     # --- the Layer protocol ---
 
@@ -538,7 +645,7 @@ class RedisLayer:
             redis.RedisError: Redis failed or timed out (the driver's breaker counts it).
         """
         try:
-            data = self._sync().get(self.redis_key(key))
+            data = self._guarded(self._sync().get, self.redis_key(key))
         except Exception as exc:
             if self._failed(exc):
                 return None
@@ -571,7 +678,7 @@ class RedisLayer:
     async def aget(self, key: CacheKey) -> Entry | None:
         """Async :meth:`get`."""
         try:
-            data = await self._async().get(self.redis_key(key))
+            data = await self._aguarded(self._async().get, self.redis_key(key))
         except Exception as exc:
             if self._failed(exc):
                 return None
@@ -613,8 +720,8 @@ class RedisLayer:
                 then fetches without a lease, under its in-process protections.
         """
         try:
-            result = _script("cache_lease_acquire.lua").run(
-                self._sync(), *self._acquire_args(key, ttl)
+            result = self._guarded(
+                _script("cache_lease_acquire.lua").run, self._sync(), *self._acquire_args(key, ttl)
             )
         except Exception as exc:
             self._failed(exc)
@@ -628,8 +735,11 @@ class RedisLayer:
     def release_lease(self, key: CacheKey, token: int) -> None:
         """Give ``key``'s lease back if this process still holds it under ``token``."""
         value_key = self.redis_key(key)
-        result = _script("cache_lease_release.lua").run(
-            self._sync(), (value_key + ":lease",), (self._lease_value(token),)
+        result = self._guarded(
+            _script("cache_lease_release.lua").run,
+            self._sync(),
+            (value_key + ":lease",),
+            (self._lease_value(token),),
         )
         self._counters.add("leases_released" if result else "leases_lost")
 
@@ -648,7 +758,7 @@ class RedisLayer:
         if prepared is None:
             return False
         try:
-            result = _script("cache_put.lua").run(self._sync(), *prepared)
+            result = self._guarded(_script("cache_put.lua").run, self._sync(), *prepared)
         except Exception as exc:
             if self._failed(exc):
                 return False
@@ -658,8 +768,10 @@ class RedisLayer:
     async def aacquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
         """Async :meth:`acquire_lease`."""
         try:
-            result = await _script("cache_lease_acquire.lua").arun(
-                self._async(), *self._acquire_args(key, ttl)
+            result = await self._aguarded(
+                _script("cache_lease_acquire.lua").arun,
+                self._async(),
+                *self._acquire_args(key, ttl),
             )
         except Exception as exc:
             self._failed(exc)
@@ -673,8 +785,11 @@ class RedisLayer:
     async def arelease_lease(self, key: CacheKey, token: int) -> None:
         """Async :meth:`release_lease`."""
         value_key = self.redis_key(key)
-        result = await _script("cache_lease_release.lua").arun(
-            self._async(), (value_key + ":lease",), (self._lease_value(token),)
+        result = await self._aguarded(
+            _script("cache_lease_release.lua").arun,
+            self._async(),
+            (value_key + ":lease",),
+            (self._lease_value(token),),
         )
         self._counters.add("leases_released" if result else "leases_lost")
 
@@ -684,7 +799,7 @@ class RedisLayer:
         if prepared is None:
             return False
         try:
-            result = await _script("cache_put.lua").arun(self._async(), *prepared)
+            result = await self._aguarded(_script("cache_put.lua").arun, self._async(), *prepared)
         except Exception as exc:
             if self._failed(exc):
                 return False
