@@ -306,13 +306,14 @@ def test_the_observe_benchmark_reports_every_configuration(
 
     monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
     figures: dict[str, Any] = observe.run(quick=True)
-    assert figures["configs"] == ["bare", "listener", "prometheus"]
+    assert figures["configs"] == ["bare", "listener", "hit-listener", "prometheus"]
     rows = figures["rows"]
     for colour in ("sync", "async"):
         assert rows[f"bare {colour}"]["ratio"] == 1.0
         for config in ("listener", "prometheus"):
             assert rows[f"{config} {colour}"]["ratio"] > 0
             assert figures["targets"][f"{config} {colour}"]["met"] in (True, False)
+        assert rows[f"hit-listener {colour}"]["ratio"] > 0
         # Every timed call was a fresh hit, counted by .stats() whatever was attached.
         assert figures["hits_counted"][colour] >= sum(
             figures["raw"]["calls"][f"{c} {colour}"] for c in figures["configs"]
