@@ -109,7 +109,9 @@ def test_every_documented_instrument_exists(
     def load(x: int) -> int:
         return x
 
+    guarded = metrics.track(cg.guard(ttl=60, namespace="doc-guarded")(lambda: 1))
     load(1)
+    guarded()
     expected = {instrument_name(m.name) for m in STAT_METRICS}
     expected |= {"cacheguard.events", FETCH_DURATION_INSTRUMENT}
     assert set(collect(reader)) == expected

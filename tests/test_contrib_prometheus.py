@@ -271,6 +271,36 @@ def test_track_refuses_what_is_not_a_cached_function(metrics: PrometheusMetrics)
         PrometheusMetrics(registry=CollectorRegistry(), buckets=[0.0])
 
 
+def test_guarded_functions_export_the_protections_counters(
+    registry: CollectorRegistry, metrics: PrometheusMetrics
+) -> None:
+    clock = FakeClock()
+    bucket = cg.TokenBucket(rate=1, burst=1, clock=clock)
+
+    @metrics.track
+    @cg.guard(ttl=60, limiter=bucket, max_wait=0, clock=clock, namespace="guarded")
+    def load(customer: str) -> str:
+        return customer
+
+    load("a")
+    with pytest.raises(cg.RateLimited):
+        load("b")
+    fn = "guarded:v1"
+    assert value(registry, "cacheguard_calls_total", function=fn, outcome="miss") == 2
+    assert value(registry, "cacheguard_backend_attempts_total", function=fn) == 1
+    assert value(registry, "cacheguard_refusals_total", function=fn, outcome="rate_limited") == 1
+    assert value(registry, "cacheguard_retries_total", function=fn) == 0
+    state = "cacheguard_backend_breaker_state"
+    assert value(registry, state, function=fn, state="closed") == 1
+    assert value(registry, state, function=fn, state="open") == 0
+    # A plain cached function has no protection counters.
+    plain = cg.cached(ttl=60, namespace="plain")(lambda: 1)
+    metrics.track(plain)
+    plain()
+    assert value(registry, "cacheguard_calls_total", function="plain:v1", outcome="miss") == 1
+    assert value(registry, "cacheguard_backend_attempts_total", function="plain:v1") is None
+
+
 def test_every_documented_metric_is_exposed(
     registry: CollectorRegistry, metrics: PrometheusMetrics
 ) -> None:
@@ -279,6 +309,7 @@ def test_every_documented_metric_is_exposed(
     def load(x: int) -> int:
         return x
 
+    metrics.track(cg.guard(ttl=60, namespace="doc-guarded")(lambda: 1))
     load(1)
     exposed = set(re.findall(r"^# TYPE (\S+)", generate_latest(registry).decode(), re.MULTILINE))
     documented = set(re.findall(r"^\| `(cacheguard_[a-z_]+)`", DOCS.read_text(), re.MULTILINE))

@@ -25,7 +25,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from cacheguard._cached import CacheStats
 from cacheguard._errors import ConfigurationError, ConfigurationTypeError
 from cacheguard._events import Event, EventKind, listen, unlisten
 
@@ -33,15 +32,17 @@ __all__: list[str] = []
 
 
 class _HasStats(Protocol):
-    def stats(self) -> CacheStats: ...
+    def stats(self) -> object: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class StatMetric:
-    """One metric read from :class:`~cacheguard.CacheStats` at collection time.
+    """One metric read from ``.stats()`` at collection time.
 
-    ``fields`` maps an ``outcome`` label value to a ``CacheStats`` field; a single entry keyed
-    ``""`` means the metric has no ``outcome`` label.
+    ``fields`` maps a value of the label ``label`` to a field of :class:`~cacheguard.CacheStats`
+    (or of :class:`~cacheguard.GuardStats` when ``guard`` is set); a single entry keyed ``""``
+    means the metric has no such label. A field written ``name==value`` is 1 when the field
+    equals ``value`` and 0 otherwise (a state set).
     """
 
     name: str
@@ -49,10 +50,13 @@ class StatMetric:
     unit: str  # OpenTelemetry unit
     help: str
     fields: dict[str, str]
+    guard: bool = False
+    label: str = "outcome"
 
     @property
-    def labelled(self) -> bool:
-        return "" not in self.fields
+    def labels(self) -> list[str]:
+        """The metric's label names, ``function`` first."""
+        return ["function"] if "" in self.fields else ["function", self.label]
 
 
 #: The metrics read from ``.stats()``; the names are the Prometheus names without ``_total``
@@ -127,6 +131,64 @@ STAT_METRICS: tuple[StatMetric, ...] = (
         "Backend fetches running at the moment of collection.",
         {"": "in_flight"},
     ),
+    # Functions decorated with cg.guard: the backend protections' counters.
+    StatMetric(
+        "cacheguard_backend_attempts",
+        "counter",
+        "{attempt}",
+        "Backend attempts of a guarded function (each took a token): first attempts and retries.",
+        {"": "attempts"},
+        guard=True,
+    ),
+    StatMetric(
+        "cacheguard_retries",
+        "counter",
+        "{attempt}",
+        "Retries of a guarded function that the retry budget allowed.",
+        {"": "retries"},
+        guard=True,
+    ),
+    StatMetric(
+        "cacheguard_refusals",
+        "counter",
+        "{attempt}",
+        "Backend attempts or retries of a guarded function refused by a protection.",
+        {
+            "rate_limited": "rate_limited",
+            "budget_exhausted": "budget_exhausted",
+            "circuit_open": "circuit_open",
+        },
+        guard=True,
+    ),
+    StatMetric(
+        "cacheguard_gave_up",
+        "counter",
+        "{fetch}",
+        "Fetches of a guarded function that ran out of attempts or deadline.",
+        {"": "gave_up"},
+        guard=True,
+    ),
+    StatMetric(
+        "cacheguard_token_waits",
+        "counter",
+        "{attempt}",
+        "Backend attempts of a guarded function that queued for a token.",
+        {"": "token_waits"},
+        guard=True,
+    ),
+    StatMetric(
+        "cacheguard_backend_breaker_state",
+        "gauge",
+        "1",
+        "The guarded function's backend circuit breaker: 1 for its current state, 0 otherwise.",
+        {
+            "closed": "breaker_state==closed",
+            "half-open": "breaker_state==half-open",
+            "open": "breaker_state==open",
+        },
+        guard=True,
+        label="state",
+    ),
 )
 
 #: The event kinds the adapters listen to. Everything else is either counted by ``.stats()``
@@ -173,19 +235,22 @@ FETCH_DURATION_BUCKETS: tuple[float, ...] = (
 
 
 def function_label(fn: object) -> str:
-    """The ``function`` label of a cached function: the source its events carry.
+    """The ``function`` label of a cached or guarded function: the source its events carry.
 
     That is ``<namespace or module.qualname>:v<version>``, so counters read from ``.stats()``
     and events about the same function share one label value.
     """
     namespace = getattr(fn, "namespace", None)
-    if isinstance(namespace, str):
+    if isinstance(namespace, str) and namespace:
         return namespace
-    # cg.cached's wrapper keeps its driver behind the bound ``stats`` method.
-    driver = getattr(getattr(fn, "stats", None), "__self__", None)
-    driver_namespace = getattr(driver, "namespace", None)
-    if isinstance(driver_namespace, str) and driver_namespace:
-        return driver_namespace
+    # cg.cached's wrapper keeps its driver (which knows the namespace) behind the bound
+    # ``stats`` method; cg.guard's ``stats`` closes over that bound method.
+    stats = getattr(fn, "stats", None)
+    candidates = [stats, *(c.cell_contents for c in getattr(stats, "__closure__", None) or ())]
+    for candidate in candidates:
+        found = getattr(getattr(candidate, "__self__", None), "namespace", None)
+        if isinstance(found, str) and found:
+            return found
     module = getattr(fn, "__module__", "?")
     return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
 
@@ -201,7 +266,8 @@ class Tracked:
         stats = getattr(fn, "stats", None)
         if not callable(stats):
             raise ConfigurationTypeError(
-                f"track() takes a function decorated with cg.cached (it needs .stats()); "
+                f"track() takes a function decorated with cg.cached or cg.guard (it needs "
+                f".stats()); "
                 f"got {type(fn).__name__} {fn!r}"
             )
         given: object = name
@@ -220,20 +286,29 @@ class Tracked:
                 if tracked is fn:
                     del self._functions[label]
 
-    def snapshot(self) -> list[tuple[str, CacheStats]]:
+    def snapshot(self) -> list[tuple[str, object]]:
         with self._lock:
             functions = list(self._functions.items())
         return [(label, fn.stats()) for label, fn in functions]
 
 
 def stat_samples(
-    metric: StatMetric, snapshot: list[tuple[str, CacheStats]]
+    metric: StatMetric, snapshot: list[tuple[str, object]]
 ) -> Iterator[tuple[dict[str, str], int]]:
-    """``(labels, value)`` for ``metric`` over every tracked function's stats."""
+    """``(labels, value)`` for ``metric`` over every tracked function's stats.
+
+    A guarded function's stats (:class:`~cacheguard.GuardStats`) hold its caching counters in
+    ``.cache``; metrics marked ``guard`` are read from guarded functions only.
+    """
     for label, stats in snapshot:
-        for outcome, field in metric.fields.items():
-            labels = {"function": label, "outcome": outcome} if outcome else {"function": label}
-            yield labels, getattr(stats, field)
+        source = stats if metric.guard else getattr(stats, "cache", stats)
+        if metric.guard and not hasattr(stats, "cache"):
+            continue
+        for value, field in metric.fields.items():
+            labels = {"function": label, metric.label: value} if value else {"function": label}
+            name, _, wanted = field.partition("==")
+            current = getattr(source, name)
+            yield labels, int(current == wanted) if wanted else current
 
 
 class EventTally:

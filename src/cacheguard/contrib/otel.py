@@ -107,7 +107,7 @@ class OTelMetrics:
         """Observe ``fn.stats()`` at every collection, with the attribute ``function=name``.
 
         Args:
-            fn: a function decorated with :func:`cacheguard.cached` (anything with ``.stats()``).
+            fn: a function decorated with :func:`cacheguard.cached` or :func:`cacheguard.guard`.
             name: the ``function`` attribute; defaults to the source its events carry
                 (``<namespace or module.qualname>:v<version>``).
 

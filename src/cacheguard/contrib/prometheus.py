@@ -102,7 +102,7 @@ class PrometheusMetrics(Collector):
         """Export ``fn.stats()`` at every scrape, labelled ``function=name``.
 
         Args:
-            fn: a function decorated with :func:`cacheguard.cached` (anything with ``.stats()``).
+            fn: a function decorated with :func:`cacheguard.cached` or :func:`cacheguard.guard`.
             name: the ``function`` label; defaults to the source its events carry
                 (``<namespace or module.qualname>:v<version>``).
 
@@ -141,7 +141,7 @@ class PrometheusMetrics(Collector):
     def _families(self, *, with_samples: bool) -> Iterator[Metric]:
         snapshot = self._tracked.snapshot() if with_samples else []
         for metric in STAT_METRICS:
-            labels = ["function", "outcome"] if metric.labelled else ["function"]
+            labels = metric.labels
             family: CounterMetricFamily | GaugeMetricFamily
             if metric.kind == "counter":
                 family = CounterMetricFamily(metric.name, metric.help, labels=labels)
