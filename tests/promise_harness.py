@@ -24,6 +24,7 @@ from unittest import mock
 
 import cacheguard as cg
 import cacheguard._cached
+from cacheguard import Clock
 from cacheguard._core.readthrough import ReadThrough
 from cacheguard.testing import (
     CallRecord,
@@ -117,37 +118,48 @@ _ATTEMPT: contextvars.ContextVar[list[int]] = contextvars.ContextVar("attempt")
 @dataclasses.dataclass
 class Run:
     schedule: Schedule
-    clock: FakeClock
+    clock: Clock
     backend: ScriptedBackend
-    layers: list[ScriptedLayer]
+    layers: list[Any]
     trace: Trace
     records: list[CallRecord]
     is_async: bool
     fn: Any = None
     stack: str = "decorators"
+    #: Real seconds of scheduling noise tolerated by the timing checks (0 in simulated time).
+    slack: float = 0.0
+    #: Other processes' backends, whose values reach this one through a shared layer.
+    peers: list[ScriptedBackend] = dataclasses.field(default_factory=list)
 
 
 def build(
     schedule: Schedule,
-    clock: FakeClock,
+    clock: Clock,
     *,
     is_async: bool,
     switches: Switches,
     stack: str = "decorators",
-) -> tuple[Any, ScriptedBackend, list[ScriptedLayer], Trace, ManualExecutor]:
+    remote_layers: list[Any] | None = None,
+    namespace: str | None = None,
+) -> tuple[Any, ScriptedBackend, list[Any], Trace, ManualExecutor]:
     """The guarded function for ``schedule``'s configuration, with its scripted parts.
 
     ``stack="decorators"`` composes the public decorators with recorders between them;
     ``stack="guard"`` is ``cg.guard`` itself (no request recorder fits inside it, so the
     back-off clause, which needs to see requests, is checked on the decorators only).
+    ``remote_layers`` replaces the scripted remote layers (a real Redis layer, for example).
     """
     cfg = schedule.config
     trace = Trace()
     backend = ScriptedBackend(clock=clock, script=schedule.first_outcome)
-    remotes = [
-        ScriptedLayer(f"remote{i}", clock=clock, timeout=cfg.layer_timeout, capacity=1)
-        for i in range(cfg.remotes)
-    ]
+    remotes: list[Any] = (
+        [
+            ScriptedLayer(f"remote{i}", clock=clock, timeout=cfg.layer_timeout, capacity=1)
+            for i in range(cfg.remotes)
+        ]
+        if remote_layers is None
+        else remote_layers
+    )
     layers: list[Any] = [cg.MemoryLayer(maxsize=cfg.l1_maxsize)] if cfg.l1 else []
     layers.extend(remotes)
     bucket = cg.TokenBucket(rate=cfg.rate, burst=cfg.burst, clock=clock)
@@ -205,6 +217,7 @@ def build(
         breaker_failures=cfg.breaker_failures,
         breaker_reset=cfg.breaker_reset,
         key=None if switches.typed_keys else str,
+        namespace=namespace,
     )
 
     if is_async:
@@ -251,7 +264,7 @@ def build(
     return guarded, backend, remotes, trace, executor
 
 
-def _mark_attempt(trace: Trace, clock: FakeClock) -> None:
+def _mark_attempt(trace: Trace, clock: Clock) -> None:
     counter = _ATTEMPT.get()
     counter[0] += 1
     if counter[0] > 1:
@@ -259,14 +272,14 @@ def _mark_attempt(trace: Trace, clock: FakeClock) -> None:
 
 
 def _begin_request(
-    trace: Trace, clock: FakeClock, key: Any
+    trace: Trace, clock: Clock, key: Any
 ) -> tuple[contextvars.Token[list[int]], Request]:
     record = Request(key, clock.monotonic())
     trace.requests.append(record)
     return _ATTEMPT.set([0]), record
 
 
-def _end_request(token: contextvars.Token[list[int]], record: Request, clock: FakeClock) -> None:
+def _end_request(token: contextvars.Token[list[int]], record: Request, clock: Clock) -> None:
     _ATTEMPT.reset(token)
     record.end = clock.monotonic()
 
@@ -334,7 +347,7 @@ def check_rate(run: Run) -> None:
     times = sorted(a.start for a in run.backend.attempts)
     for i, first in enumerate(times):
         for j in range(i, len(times)):
-            allowed = cfg.burst + cfg.rate * (times[j] - first)
+            allowed = cfg.burst + cfg.rate * (times[j] - first + run.slack)
             assert j - i + 1 <= allowed + EPS, (
                 f"rate: {j - i + 1} backend attempts in [{first}, {times[j]}] "
                 f"> burst + rate*T = {allowed:.3f}"
@@ -434,7 +447,7 @@ def deadline_of(run: Run) -> float:
 
 def check_deadline(run: Run) -> None:
     """Clause 5a: no caller waits past its deadline."""
-    limit = deadline_of(run)
+    limit = deadline_of(run) + run.slack
     for call in run.records:
         assert call.end is not None, f"deadline: the caller of {call.args} never got an answer"
         assert call.end - call.start <= limit + EPS, (
@@ -446,11 +459,15 @@ def check_deadline(run: Run) -> None:
 def check_stale_limit(run: Run) -> None:
     """Clause 5b: a served value is never older than its stale limit."""
     cfg = run.schedule.config
-    limit = cfg.ttl + cfg.error_limit
+    limit = cfg.ttl + cfg.error_limit + run.slack
     for call in run.records:
         if call.error is not None or call.end is None:
             continue
-        produced = run.backend.value_of(call.value[1])
+        produced = next(
+            (found for b in [run.backend, *run.peers] if (found := b.value_of(call.value[1]))),
+            None,
+        )
+        assert produced is not None, f"stale_limit: {call.value!r} was never fetched"
         assert produced.end is not None
         age = call.end - produced.end
         assert age < limit + EPS, (

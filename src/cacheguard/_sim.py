@@ -25,6 +25,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
+from cacheguard._clock import Clock
 from cacheguard._core.entry import Entry
 from cacheguard._core.keys import CacheKey
 
@@ -188,7 +189,7 @@ class ScriptedLayer:
         self,
         name: str = "scripted",
         *,
-        clock: FakeClock,
+        clock: Clock,
         timeout: float = 0.5,
         capacity: int = 1,
         mode: LayerMode = "up",
@@ -361,16 +362,21 @@ class ScriptedBackend:
         clock: the clock slow attempts wait on and attempts are stamped with.
         script: the outcome of each attempt: one :class:`Outcome` for all, or a function of
             ``(key, attempt number, monotonic time)``. Change it with :attr:`script` at any time.
+        first_number: the number of the first attempt.
     """
 
     def __init__(
         self,
         *,
-        clock: FakeClock,
+        clock: Clock,
         script: Outcome | Callable[[Any, int, float], Outcome] = Outcome(),
+        first_number: int = 1,
     ) -> None:
         self.clock = clock
         self.script = script
+        #: The number of the first attempt (give backends of different processes disjoint
+        #: ranges, so a value tells which one produced it).
+        self.first_number = first_number
         #: Every attempt, in start order.
         self.attempts: list[Attempt] = []
         #: Attempts running now, per key.
@@ -381,7 +387,7 @@ class ScriptedBackend:
 
     def _begin(self, key: Any) -> Attempt:
         with self._lock:
-            number = len(self.attempts) + 1
+            number = len(self.attempts) + self.first_number
             now = self.clock.monotonic()
             script = self.script
             outcome = script if isinstance(script, Outcome) else script(key, number, now)
@@ -427,9 +433,10 @@ class ScriptedBackend:
             raise
         return self._answer(attempt)
 
-    def value_of(self, number: int) -> Attempt:
-        """The attempt that produced the value ``[key, number]``."""
-        return self.attempts[number - 1]
+    def value_of(self, number: int) -> Attempt | None:
+        """The attempt that produced the value ``[key, number]`` (``None``: not this backend)."""
+        index = number - self.first_number
+        return self.attempts[index] if 0 <= index < len(self.attempts) else None
 
 
 class ManualExecutor(concurrent.futures.Executor):
@@ -497,7 +504,7 @@ async def run_tasks(
     fn: Callable[..., Awaitable[Any]],
     calls: Iterable[tuple[float, tuple[Any, ...]]],
     *,
-    clock: FakeClock,
+    clock: Clock,
     events: Iterable[tuple[float, Callable[[], object]]] = (),
     horizon: float | None = None,
 ) -> list[CallRecord]:
@@ -608,7 +615,7 @@ def run_threads(
     fn: Callable[..., Any],
     calls: Sequence[tuple[Any, ...]],
     *,
-    clock: FakeClock,
+    clock: Clock,
     join_timeout: float = 30.0,
 ) -> list[CallRecord]:
     """Call ``fn`` from one real thread per call, all released at once by a barrier.
