@@ -7,21 +7,24 @@ Run it (from the repository root, with Redis on 127.0.0.1:6379 or ``REDIS_URL`` 
     curl localhost:8000/customers/c1/config
     curl localhost:8000/metrics
 
-``load_config`` is an ``async def`` fetch from the database, guarded from the outside in:
+``load_config`` is an ``async def`` fetch from the database under ``cg.guard``, which stacks,
+from the outside in:
 
-* ``cg.cached``: a ``MemoryLayer`` (L1) then a ``RedisLayer`` (L2) on a ``redis.asyncio``
-  client shared by every process; concurrent misses of one key make one database call (one per
+* caching: a ``MemoryLayer`` (L1) then a ``RedisLayer`` (L2) on a ``redis.asyncio`` client
+  shared by every process; concurrent misses of one key make one database call (one per
   cluster while Redis is up), stale values are served while refreshing or when the database
   fails, and a failing key backs off;
-* ``cg.retry`` with a ``cg.RetryBudget``: transient errors are retried, but retries stay a
+* retries within a ``cg.RetryBudget``: transient errors are retried, but retries stay a
   fraction of requests, so they cannot multiply the load;
-* ``cg.rate_limit`` with a ``cg.TokenBucket``: every database attempt takes a token; when there
+* a circuit breaker for the database;
+* a ``cg.RedisTokenBucket`` named ``<namespace>:db``, shared with every other process using
+  that name (the Flask service, the worker): every database attempt takes a token; when there
   is none within ``max_wait`` the caller gets ``cg.RateLimited`` (HTTP 503 with Retry-After)
   instead of queueing on the database.
 
-If Redis is down, hung or flushed, requests are still served from L1 and the database; the
-number of database calls stays bounded by the bucket. ``/metrics`` exports cacheguard's
-counters for Prometheus (``cacheguard.contrib.prometheus``).
+If Redis is down, hung or flushed, requests are still served from L1 and the database, and the
+bucket falls back to a local share of its rate. ``/metrics`` exports cacheguard's counters for
+Prometheus (``cacheguard.contrib.prometheus``).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def create_app(
     *,
     redis_url: str = REDIS_URL,
     db: Database | None = None,
-    namespace: str = "example-fastapi",
+    namespace: str = "example",
     rate: float = 50.0,
     burst: float = 100.0,
 ) -> FastAPI:
@@ -83,17 +86,19 @@ def create_app(
         retry=Retry(NoBackoff(), 0),
         max_connections=64,
     )
-    bucket = cg.TokenBucket(rate=rate, burst=burst)
-    budget = cg.RetryBudget(ratio=0.2, min_per_second=10)
+    # One bucket for every process that calls this database (same name, same Redis).
+    bucket = cg.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
 
-    @cg.cached(
+    @cg.guard(
         ttl=60,
         stale_ttl=600,
         layers=[cg.MemoryLayer(maxsize=10_000), cg.RedisLayer(client, namespace=namespace)],
+        limiter=bucket,
+        max_wait=0.5,
+        attempts=3,
+        budget=cg.RetryBudget(ratio=0.2, min_per_second=10),
         namespace=f"{namespace}.load_config",
     )
-    @cg.retry(attempts=3, budget=budget)
-    @cg.rate_limit(bucket, max_wait=0.5)
     async def load_config(customer_id: str) -> dict[str, Any] | None:
         # An unknown customer is cached too (as None): a flood of bad ids cannot reach the
         # database more often than good ones.
@@ -132,7 +137,7 @@ def create_app(
         return Response(status_code=204)
 
     @app.get("/stats")
-    async def stats() -> dict[str, int]:
+    async def stats() -> dict[str, Any]:
         return dataclasses.asdict(load_config.stats())
 
     @app.get("/metrics")

@@ -6,12 +6,15 @@ Run it (from the repository root, with Redis on 127.0.0.1:6379 or ``REDIS_URL`` 
     flask --app examples.flask_service:create_app run --with-threads --port 8001
     curl localhost:8001/customers/c1/config
 
-The same guard as the FastAPI example, in the synchronous colour: ``load_config`` is a plain
-``def``, called from many request threads at once. ``cg.cached`` puts a ``MemoryLayer`` in front
-of a ``RedisLayer`` on a synchronous ``redis.Redis`` client; concurrent misses of one key make
-one database call (the other threads wait for it, up to ``timeout``); ``cg.retry`` retries
-within a ``cg.RetryBudget``; ``cg.rate_limit`` makes every database attempt take a token from a
-``cg.TokenBucket`` shared by all the threads.
+The same guard as the FastAPI example, in the synchronous colour, spelled out decorator by
+decorator (``cg.guard`` stacks the same ones): ``load_config`` is a plain ``def``, called from
+many request threads at once. ``cg.cached`` puts a ``MemoryLayer`` in front of a ``RedisLayer``
+on a synchronous ``redis.Redis`` client; concurrent misses of one key make one database call
+(the other threads wait for it, up to ``timeout``); ``cg.retry`` retries within a
+``cg.RetryBudget``; ``cg.rate_limit`` makes every database attempt take a token from the
+``cg.RedisTokenBucket`` named ``<namespace>:db``, shared by all the threads and with every other
+process using that name. With the same ``namespace`` the FastAPI service, this one and the
+worker share both the cached entries and the bucket.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def create_app(
     *,
     redis_url: str = REDIS_URL,
     db: Database | None = None,
-    namespace: str = "example-flask",
+    namespace: str = "example",
     rate: float = 50.0,
     burst: float = 100.0,
 ) -> Flask:
@@ -70,7 +73,7 @@ def create_app(
         retry=Retry(NoBackoff(), 0),
         max_connections=64,
     )
-    bucket = cg.TokenBucket(rate=rate, burst=burst)
+    bucket = cg.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
     budget = cg.RetryBudget(ratio=0.2, min_per_second=10)
 
     @cg.cached(

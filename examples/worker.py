@@ -14,10 +14,8 @@ one bucket, so a batch of ten thousand changes cannot push the database past ``r
 bucket is empty the worker gets ``cg.RateLimited`` and sleeps ``retry_after`` seconds instead of
 queueing on the database.
 
-.. note::
-   This version uses an in-process ``cg.TokenBucket``: each process has its own bucket, so the
-   database sees at most ``processes x rate``. ``cg.RedisTokenBucket(client, name="db", ...)``
-   (one bucket in Redis for every process) is the drop-in replacement once it is available.
+The bucket is a ``cg.RedisTokenBucket`` named ``<namespace>:db``, the same one the web
+processes (``examples/fastapi_service.py``, ``examples/flask_service.py``) take from.
 """
 
 from __future__ import annotations
@@ -76,14 +74,16 @@ def guarded_fetch(
 ) -> Any:
     """The web processes' ``load_config``: same layers, same namespace, same limiter."""
 
-    @cg.cached(
+    @cg.guard(
         ttl=60,
         stale_ttl=600,
         layers=[cg.MemoryLayer(maxsize=1_000), cg.RedisLayer(client, namespace=namespace)],
+        limiter=limiter,
+        max_wait=0.5,
+        attempts=3,
+        budget=cg.RetryBudget(ratio=0.2, min_per_second=10),
         namespace=f"{namespace}.load_config",
     )
-    @cg.retry(attempts=3, budget=cg.RetryBudget(ratio=0.2, min_per_second=10))
-    @cg.rate_limit(limiter, max_wait=0.5)
     def load_config(customer_id: str) -> dict[str, Any] | None:
         return db.customer_config(customer_id)
 
@@ -93,7 +93,7 @@ def guarded_fetch(
 def run(
     *,
     redis_url: str = REDIS_URL,
-    namespace: str = "example-flask",
+    namespace: str = "example",
     queue_name: str = QUEUE,
     iterations: int = 0,
     idle_exit: float = 0.0,
@@ -109,14 +109,14 @@ def run(
         queue_name: the Redis list of changed customer ids.
         iterations: stop after this many jobs (0: run until stopped).
         idle_exit: stop when the queue has been empty this many seconds (0: never).
-        rate: the database's token rate (tokens per second).
-        burst: the bucket's size.
+        rate: the database's token rate (tokens per second), for all processes together.
+        burst: the bucket's size (the web processes must use the same rate and burst).
         sleep: how to wait when the bucket is empty.
     """
     client = connect(redis_url)
     queue = connect(redis_url, timeout=2.0)  # BRPOP blocks up to 1 s: a longer socket timeout
     db = Database()
-    limiter = cg.TokenBucket(rate=rate, burst=burst)
+    limiter = cg.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
     load_config = guarded_fetch(client, db, namespace=namespace, limiter=limiter)
     done = {"jobs": 0, "rebuilt": 0, "unknown": 0, "rate_limited": 0, "failed": 0}
     idle_since = time.monotonic()
@@ -159,7 +159,7 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", default=REDIS_URL)
-    parser.add_argument("--namespace", default="example-flask")
+    parser.add_argument("--namespace", default="example")
     parser.add_argument("--queue", default=QUEUE, help="the Redis list of changed customer ids")
     parser.add_argument("--iterations", type=int, default=0, help="stop after N jobs (0: never)")
     parser.add_argument("--idle-exit", type=float, default=0.0, help="stop after S idle seconds")

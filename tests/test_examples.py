@@ -81,14 +81,16 @@ def test_fastapi_serves_from_cache_invalidates_and_exports_metrics(
         assert client.get("/customers/c1/config").status_code == 200
         assert db.queries == 3
         stats = client.get("/stats").json()
-        assert stats["hits"] == 3
-        assert stats["misses"] == 3
-        assert stats["invalidations"] == 1
+        assert stats["cache"]["hits"] == 3
+        assert stats["cache"]["misses"] == 3
+        assert stats["cache"]["invalidations"] == 1
+        assert stats["attempts"] == 3  # cg.guard: each database call took a token
         metrics = client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         function = f"{namespace}.load_config:v1"
         assert f'cacheguard_calls_total{{function="{function}",outcome="hit"}} 3.0' in metrics.text
         assert f'cacheguard_fetches_total{{function="{function}"}} 3.0' in metrics.text
+        assert f'cacheguard_backend_attempts_total{{function="{function}"}} 3.0' in metrics.text
 
 
 def test_fastapi_concurrent_requests_make_one_database_call(redis_url: str, namespace: str) -> None:
@@ -200,6 +202,41 @@ def test_worker_process_rebuilds_queued_configs_into_the_shared_layer(
     web = app.test_client()
     assert web.get("/customers/c5/config").get_json() == {"customer": "c5", "plan": "pro"}
     assert web_db.queries == 0
+
+
+def test_the_worker_and_the_web_processes_share_one_token_bucket(
+    redis_url: str, namespace: str
+) -> None:
+    queue = f"{namespace}:queue"
+    client = redis.Redis.from_url(redis_url, socket_timeout=2)
+    try:
+        client.lpush(queue, "c1", "c2", "c3")
+    finally:
+        client.close()
+    # A bucket of 3 tokens that refills one token per 1,000 s: the worker's 3 rebuilds empty it.
+    bucket = ["--rate", "0.001", "--burst", "3"]
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "worker.py"),
+            *("--redis-url", redis_url, "--namespace", namespace, "--queue", queue),
+            *("--iterations", "3", "--idle-exit", "1", *bucket),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    db = flask_service.Database()
+    app = flask_service.create_app(
+        redis_url=redis_url, db=db, namespace=namespace, rate=0.001, burst=3
+    )
+    web = app.test_client()
+    assert web.get("/customers/c2/config").status_code == 200  # rebuilt by the worker: a hit
+    refused = web.get("/customers/c50/config")  # a miss, and the shared bucket is empty
+    assert refused.status_code == 503
+    assert int(refused.headers["Retry-After"]) > 100
+    assert db.queries == 0
 
 
 def test_worker_waits_for_tokens_instead_of_queueing_on_the_database(
