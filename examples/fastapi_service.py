@@ -55,14 +55,11 @@ class Database:
     def __init__(self, latency: float = 0.01) -> None:
         self.latency = latency
         self.queries = 0
-        self.failing = False
         self.rows = {f"c{i}": {"plan": "pro" if i % 2 else "free"} for i in range(100)}
 
     async def customer_config(self, customer_id: str) -> dict[str, Any] | None:
         self.queries += 1
         await asyncio.sleep(self.latency)
-        if self.failing:
-            raise ConnectionError("database unavailable")
         row = self.rows.get(customer_id)
         return None if row is None else {"customer": customer_id, **row}
 

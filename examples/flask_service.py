@@ -41,7 +41,6 @@ class Database:
 
     def __init__(self, latency: float = 0.01) -> None:
         self.latency = latency
-        self.failing = False
         self.rows = {f"c{i}": {"plan": "pro" if i % 2 else "free"} for i in range(100)}
         self._lock = threading.Lock()
         self.queries = 0
@@ -50,8 +49,6 @@ class Database:
         with self._lock:
             self.queries += 1
         time.sleep(self.latency)
-        if self.failing:
-            raise ConnectionError("database unavailable")
         row = self.rows.get(customer_id)
         return None if row is None else {"customer": customer_id, **row}
 
