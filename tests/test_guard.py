@@ -352,3 +352,36 @@ def test_threads_with_every_layer_failing_stay_within_the_bound() -> None:
         thread.join()
     assert len(attempts) > BURST
     assert window_excess(attempts, rate=RATE, burst=BURST) <= 1e-6
+
+
+def test_coalesced_callers_are_one_request_to_the_budget_and_the_bucket() -> None:
+    clock = VirtualClock()
+    bucket = cg.TokenBucket(rate=100, burst=100, clock=clock)
+    budget = cg.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+    attempts = 0
+
+    @cg.guard(ttl=60, limiter=bucket, budget=budget, attempts=3, clock=clock,
+              rng=random.Random(0))  # fmt: skip
+    async def load(key: str) -> str:
+        nonlocal attempts
+        attempts += 1
+        await clock.asleep(0.05)
+        if attempts < 3:
+            raise ConnectionError("flaky")
+        return key
+
+    results: list[str] = []
+
+    async def main() -> None:
+        async def one() -> None:
+            results.append(await load("hot"))
+
+        await asyncio.gather(*(one() for _ in range(500)))
+
+    run_virtual(clock, main())
+    assert results == ["hot"] * 500
+    assert attempts == 3  # one fetch, retried twice, for 500 callers
+    assert (budget.requests, budget.retries) == (1, 2)
+    assert bucket.taken + bucket.waited == 3
+    stats = load.stats()
+    assert stats.cache.coalesced_waits == 499

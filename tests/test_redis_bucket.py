@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -165,7 +166,10 @@ def test_falls_back_to_its_local_share_when_redis_is_killed_and_returns_after_re
 def test_asyncio_client_and_rate_limit(redis_url: str, name: str) -> None:
     async def main() -> tuple[list[object], str]:
         conn = redis.asyncio.Redis.from_url(
-            redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            redis_url,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=AsyncRetry(NoBackoff(), 0),
         )
         bucket = cg.RedisTokenBucket(conn, name=name, rate=0.001, burst=2)
 
@@ -325,3 +329,64 @@ def test_redis_cluster_sync_and_asyncio_clients() -> None:
             return sum(got)
 
         assert asyncio.run(main()) == 0  # the same bucket, already empty
+
+
+def test_a_hung_redis_costs_one_timeout_per_probe_interval(own_server: RedisServer) -> None:
+    clock = FakeClock()
+    conn = own_server.client(socket_timeout=0.2, socket_connect_timeout=0.2)
+    bucket = cg.RedisTokenBucket(
+        conn, name="db", rate=0.001, burst=100, fallback_share=0.05, probe_interval=2, clock=clock
+    )
+    assert bucket.reserve(0) == 0.0
+    with own_server.paused():  # SIGSTOP: connections stay open, nothing answers
+        started = time.monotonic()
+        results = [took(bucket) for _ in range(20)]
+        first_pass = time.monotonic() - started
+        clock.advance(2)
+        took(bucket)  # the probe: one more timeout
+    assert first_pass < 1.0  # one timeout (0.2 s), not twenty
+    assert bucket.errors == 2
+    assert sum(results) == 5  # the local share of burst 100 at 5 %, and nothing more
+    clock.advance(2)
+    assert bucket.reserve(0) == 0.0  # back to the shared bucket
+    assert bucket.mode == "shared"
+    conn.close()
+
+
+def test_async_guard_falls_back_when_its_redis_is_killed(own_server: RedisServer) -> None:
+    clock = FakeClock()
+
+    async def main() -> tuple[list[object], str, str]:
+        conn = redis.asyncio.Redis(
+            host=own_server.host, port=own_server.port, socket_timeout=0.3,
+            socket_connect_timeout=0.3, retry=AsyncRetry(NoBackoff(), 0),
+        )  # fmt: skip
+        bucket = cg.RedisTokenBucket(
+            conn, name="db", rate=0.001, burst=2, fallback_share=0.5, clock=clock
+        )
+        calls: list[str] = []
+
+        @cg.guard(ttl=60, limiter=bucket, max_wait=0, clock=clock, attempts=1)
+        async def load(key: str) -> str:
+            calls.append(key)
+            return key
+
+        async def outcome(key: str) -> object:
+            try:
+                return await load(key)
+            except cg.RateLimited as exc:
+                return type(exc)
+
+        out = [await outcome(k) for k in ("a", "b", "c")]  # burst 2 shared
+        own_server.kill()
+        out += [await outcome(k) for k in ("d", "e")]  # local share: 1 token
+        modes = bucket.mode
+        own_server.restart()
+        clock.advance(1)
+        out.append(await outcome("f"))
+        await conn.aclose()
+        return out, modes, bucket.mode
+
+    out, during, after = asyncio.run(main())
+    assert out == ["a", "b", cg.RateLimited, "d", cg.RateLimited, "f"]
+    assert (during, after) == ("fallback", "shared")
