@@ -426,7 +426,9 @@ def check_backoff(run: Run) -> None:
             if type(success.key) is not type(key) or success.key != key:
                 continue
             usable_until = success.end + cfg.ttl * (1 - cfg.jitter) + cfg.error_limit
-            assert not (success.end <= call.start and call.end < usable_until - EPS), (
+            # Strictly before: a fetch ending at the very instant a caller arrives may finish
+            # after that caller read the memory layer.
+            assert not (success.end < call.start and call.end < usable_until - EPS), (
                 f"backoff: a caller of {key!r} got {call.error!r} at {call.end} though the "
                 f"value fetched at {success.end} was usable until >= {usable_until:.3f}"
             )
