@@ -305,3 +305,54 @@ def test_retries_and_refusals_are_events() -> None:
         ("rate_limited", "db-bucket"),
     ]
     assert isinstance(seen[0].error, ConnectionError)
+
+
+# A storm through the real decorator: requests at generated times, each attempt failing or not.
+storms = st.lists(
+    st.tuples(st.floats(0.0, 1.0), st.lists(st.booleans(), min_size=4, max_size=4)),
+    min_size=1,
+    max_size=80,
+)
+
+
+def run_storm(
+    storm: list[tuple[float, list[bool]]], *, floor: float
+) -> tuple[list[float], list[float]]:
+    """Return (first-attempt times, retry times) of ``storm`` through ``cg.retry``."""
+    clock = FakeClock(monotonic_start=0.0)
+    budget = cg.RetryBudget(ratio=RATIO, min_per_second=floor, window=WINDOW, clock=clock)
+    firsts: list[float] = []
+    retries: list[float] = []
+    outcomes: list[bool] = []
+
+    def backend() -> None:
+        first = len(outcomes) == 4  # each request gets a fresh list of four outcomes
+        (firsts if first else retries).append(clock.monotonic())
+        if outcomes.pop(0):
+            raise ConnectionError("failed")
+
+    fetch = cg.retry(attempts=4, budget=budget, clock=clock, backoff=0.0, backoff_max=0.0)(backend)
+    for gap, fails in storm:
+        clock.advance(gap)
+        outcomes[:] = fails
+        with contextlib.suppress(ConnectionError, cg.RetryBudgetExhausted):
+            fetch()
+    return firsts, retries
+
+
+@given(storm=storms)
+def test_retries_through_the_decorator_stay_within_the_budget_bound(
+    storm: list[tuple[float, list[bool]]],
+) -> None:
+    firsts, retries = run_storm(storm, floor=FLOOR)
+    assert len(firsts) == len(storm)
+    assert worst_excess(firsts, retries) <= 1e-6
+
+
+def test_sibling_with_an_unbounded_budget_the_decorator_bound_fails() -> None:
+    found = find(
+        storms,
+        lambda storm: worst_excess(*run_storm(storm, floor=1e6)) > 1e-6,
+        settings=settings(database=None),
+    )
+    assert found
