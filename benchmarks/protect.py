@@ -253,7 +253,7 @@ def run(*, quick: bool) -> dict[str, object]:
         client.close()
     figures["raw"] = result.as_dict()
     figures["timing_seconds"] = time.perf_counter() - started
-    rows = {
+    rows: dict[str, dict[str, Any]] = {
         c.name: {
             "group": c.group,
             "config": c.config,
@@ -301,7 +301,7 @@ def run(*, quick: bool) -> dict[str, object]:
         ],
     )
 
-    targets = {
+    targets: dict[str, dict[str, Any]] = {
         "guard_hit_sync": {"ratio": rows["guard"]["ratio"], "target": HIT_TARGET},
         "guard_hit_async": {"ratio": rows["guard async"]["ratio"], "target": HIT_TARGET},
         "local_take_ns": {

@@ -167,7 +167,11 @@ def test_state_changes_are_events() -> None:
     clock = FakeClock()
     breaker, _, call = make(clock)
     seen: list[cg.Event] = []
-    with cg.listening(seen.append):
+
+    def listener(event: cg.Event) -> None:
+        seen.append(event)
+
+    with cg.listening(listener):
         for _ in range(3):
             with pytest.raises(ConnectionError):
                 call("fail")

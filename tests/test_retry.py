@@ -293,7 +293,11 @@ def test_retries_and_refusals_are_events() -> None:
     fetch = cg.retry(attempts=5, budget=budget, clock=clock)(backend)
     limited = cg.rate_limit(bucket, max_wait=0)(lambda: None)
     seen: list[cg.Event] = []
-    with cg.listening(seen.append):
+
+    def listener(event: cg.Event) -> None:
+        seen.append(event)
+
+    with cg.listening(listener):
         with pytest.raises(cg.RetryBudgetExhausted):
             fetch()
         limited()
