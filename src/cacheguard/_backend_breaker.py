@@ -170,7 +170,6 @@ def circuit_breaker(
     reset_timeout: Duration | None = None,
     failure_on: RetryOn | None = None,
     clock: Clock | None = None,
-    _counters: BreakerCounters | None = None,
 ) -> Decorator:
     """Guard the decorated function with a :class:`CircuitBreaker`.
 
@@ -205,8 +204,11 @@ def circuit_breaker(
             "give circuit_breaker either a CircuitBreaker or its settings, not both "
             "(the settings belong to the shared breaker)"
         )
-    shared = breaker
-    counters = BreakerCounters() if _counters is None else _counters
+    return breaking(breaker, BreakerCounters())
+
+
+def breaking(shared: CircuitBreaker, counters: BreakerCounters) -> Decorator:
+    """:func:`circuit_breaker` on ``shared``, counting into ``counters`` (for ``guard``)."""
 
     def admit() -> None:
         try:

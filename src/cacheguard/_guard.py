@@ -19,13 +19,13 @@ import random
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from cacheguard._backend_breaker import BreakerCounters, CircuitBreaker, circuit_breaker
+from cacheguard._backend_breaker import BreakerCounters, CircuitBreaker, breaking
 from cacheguard._cached import CacheStats, cached
 from cacheguard._clock import Clock
 from cacheguard._config import Duration, check_clock, duration
 from cacheguard._errors import ConfigurationTypeError
-from cacheguard._limit import LimitCounters, Limiter, TokenBucket, check_function, rate_limit
-from cacheguard._retry import RetryBudget, RetryCounters, RetryOn, retry
+from cacheguard._limit import LimitCounters, Limiter, TokenBucket, check_function, limiting
+from cacheguard._retry import RetryBudget, RetryCounters, RetryOn, retrying
 
 __all__ = ["AsyncGuardedFunction", "GuardStats", "GuardedFunction", "guard"]
 
@@ -236,11 +236,11 @@ def guard(
         )
         own_breaker = CircuitBreaker(clock=the_clock) if breaker is None else breaker
         limits, retries, rejections = LimitCounters(), RetryCounters(), BreakerCounters()
-        inner = rate_limit(
-            bucket, max_wait=max_wait, max_waiters=max_waiters, clock=the_clock, _counters=limits
+        inner = limiting(
+            bucket, max_wait=max_wait, max_waiters=max_waiters, clock=the_clock, counters=limits
         )(fn)
-        inner = circuit_breaker(own_breaker, _counters=rejections)(inner)
-        inner = retry(
+        inner = breaking(own_breaker, rejections)(inner)
+        inner = retrying(
             attempts=attempts,
             budget=budget,
             retry_on=retry_on,
@@ -249,7 +249,7 @@ def guard(
             deadline=deadline,
             clock=the_clock,
             rng=retry_rng,
-            _counters=retries,
+            counters=retries,
         )(inner)
         wrapper = caching(inner)
         cache_stats = wrapper.stats

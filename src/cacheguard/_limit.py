@@ -285,7 +285,6 @@ def rate_limit(
     max_wait: Duration = 0.5,
     max_waiters: int = 1000,
     clock: Clock | None = None,
-    _counters: LimitCounters | None = None,
 ) -> Decorator:
     """Make every call of the decorated function take a token from ``limiter`` first.
 
@@ -314,10 +313,23 @@ def rate_limit(
             "rate_limit needs a limiter with reserve()/areserve() such as cacheguard.TokenBucket, "
             f"got {type(limiter).__name__}"
         )
+    return limiting(
+        limiter, max_wait=max_wait, max_waiters=max_waiters, clock=clock, counters=LimitCounters()
+    )
+
+
+def limiting(
+    limiter: Limiter,
+    *,
+    max_wait: Duration,
+    max_waiters: int,
+    clock: Clock | None,
+    counters: LimitCounters,
+) -> Decorator:
+    """:func:`rate_limit` counting into ``counters`` (``guard`` reads them for its stats)."""
     wait_cap = duration("max_wait", max_wait)
     waiters_cap = check_positive_int("max_waiters", max_waiters, minimum=0)
     sleeper = limiter.clock if clock is None else check_clock(clock)
-    counters = LimitCounters() if _counters is None else _counters
 
     def cap() -> float:
         if counters.waiters >= waiters_cap:

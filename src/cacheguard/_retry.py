@@ -216,7 +216,6 @@ def retry(
     deadline: Duration = 10.0,
     clock: Clock | None = None,
     rng: random.Random | None = None,
-    _counters: RetryCounters | None = None,
 ) -> Decorator:
     """Retry the decorated function on transient errors, within attempts, deadline and budget.
 
@@ -248,6 +247,32 @@ def retry(
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
     """
+    return retrying(
+        attempts=attempts,
+        budget=budget,
+        retry_on=retry_on,
+        backoff=backoff,
+        backoff_max=backoff_max,
+        deadline=deadline,
+        clock=clock,
+        rng=rng,
+        counters=RetryCounters(),
+    )
+
+
+def retrying(
+    *,
+    attempts: int,
+    budget: RetryBudget | None,
+    retry_on: RetryOn | None,
+    backoff: Duration,
+    backoff_max: Duration,
+    deadline: Duration,
+    clock: Clock | None,
+    rng: random.Random | None,
+    counters: RetryCounters,
+) -> Decorator:
+    """:func:`retry` counting into ``counters`` (``guard`` reads them for its stats)."""
     max_attempts = check_positive_int("attempts", attempts)
     if max_attempts > 100:
         raise ConfigurationError(
@@ -267,7 +292,6 @@ def retry(
     limit = duration("deadline", deadline, allow_zero=False)
     the_clock = check_clock(clock)
     draws = random.Random() if rng is None else rng
-    counters = RetryCounters() if _counters is None else _counters
 
     def wait(state: tenacity.RetryCallState) -> float:
         return backoff_delay(
