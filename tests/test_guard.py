@@ -385,3 +385,62 @@ def test_coalesced_callers_are_one_request_to_the_budget_and_the_bucket() -> Non
     assert bucket.taken + bucket.waited == 3
     stats = load.stats()
     assert stats.cache.coalesced_waits == 499
+
+
+# The orders docs/protection.md calls wrong, shown to be wrong.
+
+
+def test_wrong_order_rate_limit_outside_cached_spends_tokens_on_hits() -> None:
+    clock = FakeClock()
+    bucket = cg.TokenBucket(rate=0.001, burst=3, clock=clock)
+
+    @cg.rate_limit(bucket, max_wait=0)
+    @cg.cached(ttl=60, clock=clock)
+    def load(key: str) -> str:
+        return key
+
+    assert [load("a") for _ in range(3)] == ["a"] * 3
+    with pytest.raises(cg.RateLimited):
+        load("a")  # a cache hit, refused for want of a token
+
+
+def test_wrong_order_retry_inside_rate_limit_lets_one_token_pay_for_every_attempt() -> None:
+    clock = FakeClock()
+    bucket = cg.TokenBucket(rate=0.001, burst=1, clock=clock)
+    calls = 0
+
+    def backend() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    wrong = cg.rate_limit(bucket, max_wait=0)(cg.retry(attempts=3, clock=clock)(backend))
+    with pytest.raises(ConnectionError):
+        wrong()
+    assert calls == 3  # three backend calls on one token: past burst + rate * T
+    right = cg.retry(attempts=3, clock=clock)(
+        cg.rate_limit(cg.TokenBucket(rate=0.001, burst=1, clock=clock), max_wait=0)(backend)
+    )
+    with pytest.raises(cg.RateLimited):
+        right()
+    assert calls == 4  # one attempt per token
+
+
+def test_wrong_order_retry_outside_cached_counts_every_waiter_as_a_request() -> None:
+    clock = VirtualClock()
+    budget = cg.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+
+    async def backend(key: str) -> str:
+        await clock.asleep(0.05)
+        raise ConnectionError("down")
+
+    wrong = cg.retry(attempts=3, budget=budget, clock=clock)(
+        cg.cached(ttl=60, clock=clock)(backend)
+    )
+
+    async def main() -> None:
+        await asyncio.gather(*(wrong("hot") for _ in range(100)), return_exceptions=True)
+
+    run_virtual(clock, main())
+    assert budget.requests == 100  # one request per waiter, each free to retry on its own
+    assert budget.retries > 1
