@@ -161,9 +161,11 @@ def test_under_allkeys_lru_a_lease_is_evicted_and_fencing_still_protects_the_val
     b.close()
 
 
-def test_under_noeviction_the_lease_survives_and_leases_keep_working_when_memory_is_full(
+def test_under_noeviction_the_lease_survives_and_full_memory_is_an_error_not_a_hang(
     url: str, server: RedisServer
 ) -> None:
+    import redis
+
     server.config_set("maxmemory", "2mb")
     a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
@@ -172,10 +174,12 @@ def test_under_noeviction_the_lease_survives_and_leases_keep_working_when_memory
     refused = _fill(server, 4000)
     assert "OOM" in refused
     assert server.command("EXISTS", a.redis_key(key) + ":lease") == 1
-    # Plain writes are refused, but scripts declared without flags still run on Redis 7, so
-    # the lease keeps excluding others and the holder's write goes through.
+    # The lease still excludes others (saying "busy" writes nothing)...
     assert b.acquire_lease(key, ttl=60) is None
-    assert a.set_fenced(key, entry("v", time.time()), token)
+    # ...but writes fail with OOM: an error the driver's breaker counts, a miss for callers.
+    with pytest.raises(redis.ResponseError, match="maxmemory"):
+        a.set_fenced(key, entry("v", time.time()), token)
+    assert a.events()["errors"] == 1
     a.close()
     b.close()
 

@@ -27,6 +27,7 @@ import secrets
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
 
@@ -259,36 +260,45 @@ class _Stall:
     instead of queueing behind it, so a hang costs only the callers already waiting, not every
     caller that arrives before the first timeout opens the driver's breaker. A healthy Redis
     answers in well under a millisecond, so ``after`` is never reached in normal operation.
+
+    Lock-free on purpose (it runs on every command): each step is one attribute read or write,
+    atomic under the GIL. Races only move the moment a stall is noticed by a command or two.
+    A command that ends (answered or timed out) clears the "waiting since" mark, so after a
+    timeout the next command is let through as a probe.
     """
 
-    __slots__ = ("_lock", "_mono", "after", "inflight", "since")
+    __slots__ = ("_mono", "after", "replied", "waiting")
 
-    def __init__(self, after: float, mono: Any) -> None:
+    def __init__(self, after: float, mono: Callable[[], float]) -> None:
         self.after = after
         self._mono = mono
-        self._lock = threading.Lock()
-        self.inflight = 0
-        self.since = 0.0
+        #: When the oldest command still counted as waiting was sent (``None``: none).
+        self.waiting: float | None = None
+        #: When Redis last answered anything.
+        self.replied = -math.inf
 
     def begin(self) -> bool:
-        """Count a command in; ``False`` (and nothing counted) when Redis looks stalled."""
+        """``False`` when Redis looks stalled and the command should not be sent."""
         now = self._mono()
-        with self._lock:
-            if self.inflight:
-                if now - self.since > self.after:
-                    return False
-            else:
-                self.since = now
-            self.inflight += 1
-        return True
+        waiting = self.waiting
+        if waiting is None:
+            self.waiting = now
+            return True
+        after = self.after
+        if now - waiting <= after or now - self.replied <= after:
+            return True
+        if now - waiting > max(1.0, 10 * after):
+            # Nobody has ended a command for far longer than any timeout: let one through
+            # as a probe rather than trust a mark that may have been left behind.
+            self.waiting = now
+            return True
+        return False
 
     def end(self, *, replied: bool) -> None:
-        """Count a command out; ``replied`` unless it timed out."""
-        now = self._mono() if replied else 0.0
-        with self._lock:
-            self.inflight -= 1
-            if replied:
-                self.since = now
+        """The command is over; ``replied`` unless it timed out."""
+        if replied:
+            self.replied = self._mono()
+        self.waiting = None
 
 
 class _Stalled(TimeoutError):
@@ -400,7 +410,7 @@ class RedisLayer:
         )
         self._sync_lock = threading.Lock()
         self.cluster = False
-        self._stall = _Stall(0.0, self._clock.monotonic)
+        self._stall = _Stall(math.inf, self._clock.monotonic)
         socket_timeout: float | None = None
         if client is not None:
             is_async, self.cluster = _kind(client)
@@ -644,12 +654,19 @@ class RedisLayer:
         Raises:
             redis.RedisError: Redis failed or timed out (the driver's breaker counts it).
         """
+        # The hot path: the stall guard inlined (see _guarded).
+        stall = self._stall
+        if not stall.begin():
+            self._counters.add("stalled")
+            return None
         try:
-            data = self._guarded(self._sync().get, self.redis_key(key))
-        except Exception as exc:
-            if self._failed(exc):
+            data = self._sync().get(f"{self._base}{{{key.text}}}")
+        except BaseException as exc:
+            stall.end(replied=_replied(exc))
+            if isinstance(exc, Exception) and self._failed(exc):
                 return None
             raise
+        stall.end(replied=True)
         return self._decode(data, key)
 
     def set(self, key: CacheKey, entry: Entry) -> None:
@@ -677,12 +694,18 @@ class RedisLayer:
 
     async def aget(self, key: CacheKey) -> Entry | None:
         """Async :meth:`get`."""
+        stall = self._stall
+        if not stall.begin():
+            self._counters.add("stalled")
+            return None
         try:
-            data = await self._aguarded(self._async().get, self.redis_key(key))
-        except Exception as exc:
-            if self._failed(exc):
+            data = await self._async().get(f"{self._base}{{{key.text}}}")
+        except BaseException as exc:
+            stall.end(replied=_replied(exc))
+            if isinstance(exc, Exception) and self._failed(exc):
                 return None
             raise
+        stall.end(replied=True)
         return self._decode(data, key)
 
     async def aset(self, key: CacheKey, entry: Entry) -> None:
