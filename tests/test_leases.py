@@ -173,6 +173,7 @@ def test_under_noeviction_the_lease_survives_and_full_memory_is_an_error_not_a_h
     assert token is not None
     refused = _fill(server, 4000)
     assert "OOM" in refused
+    server.config_set("maxmemory", "1mb")  # firmly over the limit, not hovering at it
     assert server.command("EXISTS", a.redis_key(key) + ":lease") == 1
     # The lease still excludes others (saying "busy" writes nothing)...
     assert b.acquire_lease(key, ttl=60) is None
