@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sqlite3
 from collections.abc import Callable
 
 import pytest
@@ -183,3 +184,27 @@ def test_state_changes_are_events() -> None:
         ("breaker_half_open", "backend"),
         ("breaker_closed", "backend"),
     ]
+
+
+def test_default_rule_counts_sick_backends_not_bad_calls() -> None:
+    assert cg.is_backend_failure(ConnectionResetError())
+    assert cg.is_backend_failure(TimeoutError())
+    assert cg.is_backend_failure(sqlite3.OperationalError("database is locked"))
+    assert not cg.is_backend_failure(sqlite3.IntegrityError("one bad row"))
+    assert not cg.is_backend_failure(KeyError("customer not found"))
+    assert not cg.is_backend_failure(cg.RateLimited("a refusal"))
+    clock = FakeClock()
+    breaker = cg.CircuitBreaker(failure_threshold=2, clock=clock)
+
+    @cg.circuit_breaker(breaker)
+    def lookup(error: Exception) -> None:
+        raise error
+
+    for _ in range(5):
+        with pytest.raises(KeyError):
+            lookup(KeyError("missing"))  # answers, not failures: it stays closed
+    assert breaker.state is cg.BreakerState.CLOSED
+    for _ in range(2):
+        with pytest.raises(sqlite3.OperationalError):
+            lookup(sqlite3.OperationalError("database is locked"))
+    assert breaker.state.value == "open"

@@ -6,7 +6,12 @@ private and may change.
 
 from __future__ import annotations
 
-from cacheguard._backend_breaker import BreakerState, CircuitBreaker, circuit_breaker
+from cacheguard._backend_breaker import (
+    BreakerState,
+    CircuitBreaker,
+    circuit_breaker,
+    is_backend_failure,
+)
 from cacheguard._cached import AsyncCachedFunction, CachedFunction, CacheStats, cached
 from cacheguard._clock import Clock, SystemClock
 from cacheguard._coalesce import coalesce
@@ -118,6 +123,7 @@ __all__ = [
     "coalesce",
     "collect_pages",
     "guard",
+    "is_backend_failure",
     "is_retryable",
     "iter_pages",
     "listen",

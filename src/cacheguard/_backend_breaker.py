@@ -18,16 +18,28 @@ from cacheguard._core.breaker import Breaker, BreakerState
 from cacheguard._errors import CacheGuardError, CircuitOpen, ConfigurationError
 from cacheguard._events import EventKind, emit
 from cacheguard._limit import Decorator, check_function
-from cacheguard._retry import RetryOn, _predicate
+from cacheguard._retry import RetryOn, _predicate, is_retryable
 
-__all__ = ["BreakerState", "CircuitBreaker", "circuit_breaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "circuit_breaker", "is_backend_failure"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _any_error(error: BaseException) -> bool:
-    return isinstance(error, Exception) and not isinstance(error, CacheGuardError)
+def is_backend_failure(error: BaseException) -> bool:
+    """The default breaker rule: errors that say the backend is sick, not that a call was bad.
+
+    Counted: what :func:`~cacheguard.is_retryable` retries (connection failures and timeouts,
+    redis-py's included) and any DB-API ``OperationalError`` (psycopg, sqlite3, MySQL drivers...:
+    lost connections, statement timeouts, "too many connections"). Not counted: application
+    errors such as ``KeyError`` or a driver's ``IntegrityError`` for one bad row — five "not
+    found" answers in a row must not cut every caller off the backend.
+    """
+    if isinstance(error, CacheGuardError) or not isinstance(error, Exception):
+        return False
+    if is_retryable(error):
+        return True
+    return any(kind.__name__ == "OperationalError" for kind in type(error).__mro__)
 
 
 class CircuitBreaker:
@@ -44,9 +56,10 @@ class CircuitBreaker:
         reset_timeout: how long it stays open before a probe (seconds or ``timedelta``;
             default 10).
         failure_on: which errors count as backend failures: exception types or a predicate.
-            Default: every :class:`Exception` except cacheguard's own refusals (a refusal such as
-            :class:`~cacheguard.RateLimited` says nothing about the backend's health). Other
-            errors count as successes (the backend answered).
+            Default: :func:`is_backend_failure` (connection failures, timeouts and DB-API
+            ``OperationalError``). Other errors count as successes (the backend answered), and
+            cacheguard's own refusals (such as :class:`~cacheguard.RateLimited`) count as
+            nothing: they say nothing about the backend's health.
         clock: the clock (``cacheguard.testing.FakeClock`` in tests).
         name: a name for messages and ``repr``.
 
@@ -79,7 +92,7 @@ class CircuitBreaker:
             failure_threshold=check_positive_int("failure_threshold", failure_threshold),
             reset_timeout=duration("reset_timeout", reset_timeout, allow_zero=False),
         )
-        self._is_failure = _any_error if failure_on is None else _predicate(failure_on)
+        self._is_failure = is_backend_failure if failure_on is None else _predicate(failure_on)
         self.clock = check_clock(clock)
         self.name = str(name)
         self._lock = threading.Lock()
