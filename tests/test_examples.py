@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -28,6 +28,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("flask")
 from examples import fastapi_service, flask_service, worker  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from flask import Flask  # noqa: E402
 
 pytestmark = pytest.mark.redis
 
@@ -43,6 +44,21 @@ def namespace(redis_url: str) -> Iterator[str]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def flask_app() -> Iterator[Callable[..., Flask]]:
+    """``flask_service.create_app``, with every app's Redis client closed at teardown."""
+    apps: list[Flask] = []
+
+    def make(**settings: Any) -> Flask:
+        app = flask_service.create_app(**settings)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.extensions["cacheguard"]["redis"].close()
 
 
 def closed_port_url() -> str:
@@ -130,9 +146,11 @@ def test_fastapi_keeps_serving_when_redis_refuses_connections() -> None:
 # ------------------------------------------------------------------------------ Flask
 
 
-def test_flask_threads_share_one_database_call_per_key(redis_url: str, namespace: str) -> None:
+def test_flask_threads_share_one_database_call_per_key(
+    redis_url: str, namespace: str, flask_app: Callable[..., Flask]
+) -> None:
     db = flask_service.Database(latency=0.2)
-    app = flask_service.create_app(redis_url=redis_url, db=db, namespace=namespace)
+    app = flask_app(redis_url=redis_url, db=db, namespace=namespace)
     client = app.test_client()
     responses = parallel(20, lambda: client.get("/customers/c4/config"))
     assert [r.status_code for r in responses] == [200] * 20
@@ -145,10 +163,10 @@ def test_flask_threads_share_one_database_call_per_key(redis_url: str, namespace
 
 
 def test_flask_rate_limit_answers_503_instead_of_queueing_on_the_database(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, flask_app: Callable[..., Flask]
 ) -> None:
     db = flask_service.Database(latency=0.0)
-    app = flask_service.create_app(redis_url=redis_url, db=db, namespace=namespace, rate=1, burst=1)
+    app = flask_app(redis_url=redis_url, db=db, namespace=namespace, rate=1, burst=1)
     client = app.test_client()
     responses = [client.get(f"/customers/c{i}/config") for i in range(4)]
     assert responses[0].status_code == 200
@@ -163,7 +181,7 @@ def test_flask_rate_limit_answers_503_instead_of_queueing_on_the_database(
 
 
 def test_worker_process_rebuilds_queued_configs_into_the_shared_layer(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, flask_app: Callable[..., Flask]
 ) -> None:
     queue = f"{namespace}:queue"
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
@@ -198,14 +216,14 @@ def test_worker_process_rebuilds_queued_configs_into_the_shared_layer(
     assert report["db_queries"] == 32
     # A web process with the same namespace now reads them from Redis, not its database.
     web_db = flask_service.Database()
-    app = flask_service.create_app(redis_url=redis_url, db=web_db, namespace=namespace)
+    app = flask_app(redis_url=redis_url, db=web_db, namespace=namespace)
     web = app.test_client()
     assert web.get("/customers/c5/config").get_json() == {"customer": "c5", "plan": "pro"}
     assert web_db.queries == 0
 
 
 def test_the_worker_and_the_web_processes_share_one_token_bucket(
-    redis_url: str, namespace: str
+    redis_url: str, namespace: str, flask_app: Callable[..., Flask]
 ) -> None:
     queue = f"{namespace}:queue"
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
@@ -228,9 +246,7 @@ def test_the_worker_and_the_web_processes_share_one_token_bucket(
         check=True,
     )
     db = flask_service.Database()
-    app = flask_service.create_app(
-        redis_url=redis_url, db=db, namespace=namespace, rate=0.001, burst=3
-    )
+    app = flask_app(redis_url=redis_url, db=db, namespace=namespace, rate=0.001, burst=3)
     web = app.test_client()
     assert web.get("/customers/c2/config").status_code == 200  # rebuilt by the worker: a hit
     refused = web.get("/customers/c50/config")  # a miss, and the shared bucket is empty
