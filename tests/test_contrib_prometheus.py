@@ -264,6 +264,14 @@ def test_one_adapter_per_registry(registry: CollectorRegistry, metrics: Promethe
         PrometheusMetrics(registry=registry)
 
 
+def test_two_functions_cannot_share_a_label(metrics: PrometheusMetrics) -> None:
+    one = metrics.track(cg.cached(ttl=60, namespace="same")(lambda: 1))
+    metrics.track(one)  # tracking the same function again is harmless
+    with pytest.raises(cg.ConfigurationError, match="already tracked"):
+        metrics.track(cg.cached(ttl=60, namespace="same")(lambda: 2))
+    metrics.track(cg.cached(ttl=60, namespace="same")(lambda: 3), name="same-but-named")
+
+
 def test_track_refuses_what_is_not_a_cached_function(metrics: PrometheusMetrics) -> None:
     with pytest.raises(cg.ConfigurationTypeError, match=r"cg\.cached"):
         metrics.track(len)

@@ -277,6 +277,12 @@ class Tracked:
             raise ConfigurationError("name must be a non-empty str (the 'function' label)")
         label = name if name is not None else function_label(fn)
         with self._lock:
+            known = self._functions.get(label)
+            if known is not None and known is not fn:
+                raise ConfigurationError(
+                    f"another function is already tracked as function={label!r}: give one of "
+                    "them its own name= (or namespace=), or their counters would be mixed"
+                )
             self._functions[label] = fn  # type: ignore[assignment]
         return label
 
