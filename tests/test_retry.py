@@ -360,3 +360,15 @@ def test_sibling_with_an_unbounded_budget_the_decorator_bound_fails() -> None:
         settings=settings(database=None),
     )
     assert found
+
+
+def test_a_retry_refused_by_the_limiter_chains_the_failure_that_led_to_it() -> None:
+    clock = FakeClock()
+    bucket = cg.TokenBucket(rate=0.001, burst=1, clock=clock)
+    first = ConnectionError("first attempt failed")
+    backend = Flaky(first)
+    fetch = cg.retry(attempts=3, clock=clock)(cg.rate_limit(bucket, max_wait=0)(backend))
+    with pytest.raises(cg.RateLimited) as caught:
+        fetch()
+    assert caught.value.__cause__ is first
+    assert backend.calls == 1

@@ -224,7 +224,9 @@ def retry(
     It stops, and re-raises the **last error itself**, when ``attempts`` are used up or the next
     sleep would pass the call's ``deadline``. When the budget refuses a retry it raises
     :class:`~cacheguard.RetryBudgetExhausted`, with the last error as ``__cause__``. Errors that
-    are not retryable propagate at once.
+    are not retryable propagate at once; a retry refused further in (by
+    :func:`~cacheguard.rate_limit` or :func:`~cacheguard.circuit_breaker`) raises that refusal with
+    the failure that led to the retry as its ``__cause__``.
 
     Put it *inside* :func:`~cacheguard.cached` (so coalesced callers make one request, not N)
     and *outside* :func:`rate_limit` (so that each attempt takes a token).
@@ -303,7 +305,7 @@ def retrying(
             counters.calls += 1
             own_budget.deposit()
 
-    def policy(deadline_at: float) -> dict[str, Any]:
+    def policy(deadline_at: float, failed: list[BaseException]) -> dict[str, Any]:
         def stop(state: tenacity.RetryCallState) -> bool:
             if state.attempt_number >= max_attempts:
                 counters.gave_up += 1
@@ -316,6 +318,8 @@ def retrying(
         def before_sleep(state: tenacity.RetryCallState) -> None:
             outcome = state.outcome
             last = outcome.exception() if outcome is not None else None
+            if last is not None:
+                failed.append(last)
             if own_budget.try_withdraw():
                 counters.retries += 1
                 emit(EventKind.RETRY, own_budget.name, error=last)
@@ -346,19 +350,37 @@ def retrying(
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 deadline_at = the_clock.monotonic() + limit
-                runner = tenacity.AsyncRetrying(sleep=the_clock.asleep, **policy(deadline_at))
+                failed: list[BaseException] = []
+                runner = tenacity.AsyncRetrying(
+                    sleep=the_clock.asleep, **policy(deadline_at, failed)
+                )
                 with deadline_scope(deadline_at):
-                    return await runner(afn, *args, **kwargs)
+                    try:
+                        return await runner(afn, *args, **kwargs)
+                    except CacheGuardError as exc:
+                        _chain(exc, failed)
+                        raise
 
             return cast("Callable[P, R]", awrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             deadline_at = the_clock.monotonic() + limit
-            runner = tenacity.Retrying(sleep=the_clock.sleep, **policy(deadline_at))
+            failed: list[BaseException] = []
+            runner = tenacity.Retrying(sleep=the_clock.sleep, **policy(deadline_at, failed))
             with deadline_scope(deadline_at):
-                return runner(fn, *args, **kwargs)
+                try:
+                    return runner(fn, *args, **kwargs)
+                except CacheGuardError as exc:
+                    _chain(exc, failed)
+                    raise
 
         return wrapper
 
     return decorate
+
+
+def _chain(refusal: CacheGuardError, failed: list[BaseException]) -> None:
+    """A retry refused by the limiter or the breaker keeps the failure that led to it."""
+    if failed and refusal.__cause__ is None and refusal is not failed[-1]:
+        refusal.__cause__ = failed[-1]
