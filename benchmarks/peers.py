@@ -290,11 +290,17 @@ def outage(quick: bool) -> dict[str, Any]:
     except ImportError:
         shared = None
     shared_run = getattr(shared, "refused_outage", None)
-    if callable(shared_run):
+    if not callable(shared_run):
+        return own_refused_outage(quick)
+    try:
         result: dict[str, Any] = shared_run(quick=quick)
-        result.setdefault("source", "benchmarks.outage.refused_outage")
+    except Exception as exc:  # e.g. no redis-server binary to start: run the simple version
+        print(f"  outage.refused_outage failed ({exc!r}); running the simple version", flush=True)
+        result = own_refused_outage(quick)
+        result["source"] += f" after benchmarks.outage failed: {exc!r}"
         return result
-    return own_refused_outage(quick)
+    result.setdefault("source", "benchmarks.outage.refused_outage")
+    return result
 
 
 def report_outage(figures: dict[str, Any]) -> None:
