@@ -102,7 +102,7 @@ class Listener(Protocol):
     exception it raises is swallowed (and counted in :func:`listener_errors`), never passed to
     the caller whose call produced the event."""
 
-    def __call__(self, event: Event) -> None: ...
+    def __call__(self, event: Event, /) -> None: ...
 
 
 _LOCK = threading.Lock()
