@@ -978,8 +978,8 @@ class _Progress:
             else:
                 self.rich = Progress(
                     TextColumn("[bold]{task.fields[stack]:8}"),
-                    BarColumn(),
-                    TextColumn("{task.fields[phase]:9}"),
+                    BarColumn(bar_width=20),
+                    TextColumn("{task.fields[phase]:8}"),
                     TextColumn("{task.fields[live]}"),
                     TimeElapsedColumn(),
                 )
@@ -996,9 +996,9 @@ class _Progress:
     @staticmethod
     def _live(meter: Meter) -> str:
         return (
-            f"queries {meter.queries.value:>7,}  rows {meter.rows.value:>11,}  "
-            f"timeouts {meter.timeouts.value:>5,}  active {meter.active.value:>3}  "
-            f"requests {meter.requests.value:>6,}  errors {meter.errors.value:>6,}"
+            f"db {meter.queries.value:,} q, {meter.rows.value / 1e6:.1f}M rows, "
+            f"{meter.timeouts.value:,} timeouts | callers {meter.errors.value:,}"
+            f"/{meter.requests.value:,} errors"
         )
 
     def add(self, stack: str, total: float) -> Any:
