@@ -192,3 +192,27 @@ def test_coalesce_does_not_cache() -> None:
     assert len(calls) == 2
     with pytest.raises(cg.ConfigurationError, match="timeout must be > 0"):
         cg.coalesce(timeout=0)
+
+
+def test_each_async_waiter_keeps_its_own_deadline() -> None:
+    """One timer serves a flight's waiters: each still fails at its own deadline, in arrival
+    order, and a late arrival whose deadline is after the fetch gets the value."""
+    done: list[tuple[str, object]] = []
+
+    @cg.coalesce(timeout=0.1)
+    async def work(key: str) -> str:
+        await asyncio.sleep(0.3)
+        return "value"
+
+    async def caller(name: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            done.append((name, await work("k")))
+        except cg.FetchTimeout:
+            done.append((name, "timeout"))
+
+    async def main() -> None:
+        await asyncio.gather(caller("a", 0), caller("b", 0.05), caller("c", 0.25))
+
+    asyncio.run(main())
+    assert done == [("a", "timeout"), ("b", "timeout"), ("c", "value")]

@@ -8,6 +8,7 @@ caller waits (a ``threading.Event`` for threads, a shared ``asyncio.Task`` for t
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -566,38 +567,59 @@ class _Expired(Exception):
 
 
 class _AsyncFlight(Flight):
-    """The fetch task and one plain future per waiting caller.
+    """The fetch task, one plain future per waiting caller, and one deadline timer.
 
-    Each waiter has its own future and its own deadline timer, and one done-callback on the
-    task resolves them all. That is what ``wait_for(shield(task))`` does too, at about a third
-    of the cost per waiter (no shield future, no wait_for wrapper), which matters when a
-    thousand tasks wait for one fetch.
+    Waiters of a flight all wait the same ``timeout``, so their deadlines come in arrival
+    order: a single timer expires the due prefix and re-arms itself for the next one, and one
+    done-callback on the task resolves every waiter still waiting. A thousand tasks waiting for
+    one fetch thus cost a thousand futures and one timer, where ``wait_for(shield(task))``
+    costs a shield future, a wrapper and a timer per waiter.
     """
 
-    __slots__ = ("task", "waiters")
+    __slots__ = ("task", "timer", "waiters")
 
     def __init__(self) -> None:
         super().__init__()
         self.task: asyncio.Task[Any] | None = None
-        self.waiters: list[asyncio.Future[Any]] | None = []
+        self.waiters: collections.deque[tuple[float, asyncio.Future[Any]]] | None = (
+            collections.deque()
+        )
+        self.timer: asyncio.TimerHandle | None = None
 
     def settle(self, task: asyncio.Task[Any]) -> None:
         """The task's done-callback: hand its outcome to every waiter still waiting."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         waiters, self.waiters = self.waiters, None
         if task.cancelled():
-            for waiter in waiters or ():
+            for _, waiter in waiters or ():
                 waiter.cancel()
             return
         # Retrieving the exception also keeps a failure nobody awaited (every waiter left)
         # from being reported as "never retrieved"; it was already counted and backed off.
         error = task.exception()
-        for waiter in waiters or ():
+        for _, waiter in waiters or ():
             if waiter.done():
                 continue
             if error is not None:
                 waiter.set_exception(error)
             else:
                 waiter.set_result(task.result())
+
+    def expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: fail the waiters whose deadline passed, re-arm for the next one."""
+        self.timer = None
+        waiters = self.waiters
+        if waiters is None:
+            return
+        now = loop.time()
+        while waiters and waiters[0][0] <= now:
+            waiter = waiters.popleft()[1]
+            if not waiter.done():
+                waiter.set_exception(_Expired())
+        if waiters:
+            self.timer = loop.call_at(waiters[0][0], self.expire_due, loop)
 
     async def wait(self, timeout: float) -> Any:
         """The task's result, or :class:`_Expired` after ``timeout`` (the task carries on)."""
@@ -606,17 +628,11 @@ class _AsyncFlight(Flight):
             return task.result()
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self.waiters.append(waiter)
-        timer = loop.call_later(timeout, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-
-
-def _expire(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():
-        waiter.set_exception(_Expired())
+        deadline = loop.time() + timeout
+        self.waiters.append((deadline, waiter))
+        if self.timer is None:
+            self.timer = loop.call_at(deadline, self.expire_due, loop)
+        return await waiter
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
