@@ -199,9 +199,9 @@ def test_each_async_waiter_keeps_its_own_deadline() -> None:
     order, and a late arrival whose deadline is after the fetch gets the value."""
     done: list[tuple[str, object]] = []
 
-    @cg.coalesce(timeout=0.1)
+    @cg.coalesce(timeout=0.2)
     async def work(key: str) -> str:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
         return "value"
 
     async def caller(name: str, delay: float) -> None:
@@ -212,7 +212,7 @@ def test_each_async_waiter_keeps_its_own_deadline() -> None:
             done.append((name, "timeout"))
 
     async def main() -> None:
-        await asyncio.gather(caller("a", 0), caller("b", 0.05), caller("c", 0.25))
+        await asyncio.gather(caller("a", 0), caller("b", 0.1), caller("c", 0.45))
 
     asyncio.run(main())
     assert done == [("a", "timeout"), ("b", "timeout"), ("c", "value")]
