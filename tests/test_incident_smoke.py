@@ -24,6 +24,8 @@ PHASE_FIELDS = {
     "perfect_rebuilds",
     "perfect_rows",
     "amplification",
+    "lossless_rebuilds",
+    "amplification_vs_lossless",
     "requests",
     "errors",
     "error_rate",
@@ -84,6 +86,17 @@ def test_perfect_cache_reference_counts_each_key_once_per_process_after_the_loss
     customers = sc.customers * sc.processes
     windows = int(sc.total // sc.ttl) + 2  # cold start, the loss, and each TTL after them
     assert len(rebuilds) <= customers * windows
+
+
+def test_a_cache_that_loses_nothing_needs_no_more_rebuilds_than_one_that_loses_its_layers() -> None:
+    sc = incident.SMOKE
+    stamps = dict.fromkeys(range(sc.customers), -0.5)
+    lossy = incident.perfect_rebuilds(sc, stamps)
+    lossless = incident.perfect_rebuilds(sc, stamps, lossless=True)
+    assert len(lossless) <= len(lossy)
+    # Entries written 0.5 s before the start stay fresh until ttl - 0.5: nothing to rebuild.
+    assert all(t >= sc.ttl - 0.5 for t in lossless)
+    assert lossless, "the run is longer than the entries' life, so some rebuilds are due"
 
 
 def test_guarded_amplification_is_bounded_and_naive_is_larger(result: dict[str, Any]) -> None:
