@@ -26,7 +26,12 @@ KEY_PREFIX = "cacheguard-bench:"
 class L2:
     """The shared cache server for one benchmark run: ``start``, ``down``, ``up``, ``stop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fault: str = "down") -> None:
+        if fault not in ("down", "hung"):
+            raise ValueError(f"fault must be 'down' or 'hung', got {fault!r}")
+        #: ``"down"``: the server dies (connections refused); ``"hung"``: it stops answering
+        #: (SIGSTOP, or a blackholing proxy) with its connections left open.
+        self.fault = fault
         self.url: str | None = None
         self.mode = "absent"
         self.reason = ""
@@ -44,10 +49,13 @@ class L2:
 
     def describe(self) -> str:
         """One line for the report."""
+        hung = self.fault == "hung"
         if self.mode == "private":
-            return "private redis-server on loopback (outage: SIGKILL; back: restarted empty)"
+            what = "SIGSTOP; back: SIGCONT, emptied" if hung else "SIGKILL; back: restarted empty"
+            return f"private redis-server on loopback (outage: {what})"
         if self.mode == "url":
-            return "REDIS_URL through a loopback proxy (outage: refused + reset; back: empty)"
+            what = "blackholed" if hung else "refused + reset"
+            return f"REDIS_URL through a loopback proxy (outage: {what}; back: empty)"
         return self.reason
 
     def start(self) -> None:
@@ -87,16 +95,26 @@ class L2:
                 client.close()
 
     def down(self) -> None:
-        """The outage: Redis disappears (connections refused)."""
+        """The outage: Redis disappears (connections refused) or hangs."""
         if self.mode == "private":
-            self._server.kill()
+            if self.fault == "hung":
+                self._server.pause()
+            else:
+                self._server.kill()
         elif self.mode == "url":
-            self._proxy.refuse()
+            if self.fault == "hung":
+                self._proxy.blackhole()
+            else:
+                self._proxy.refuse()
 
     def up(self) -> None:
         """Redis comes back, empty."""
         if self.mode == "private":
-            self._server.restart()
+            if self.fault == "hung":
+                self._server.resume()
+                self._server.flushall()
+            else:
+                self._server.restart()
         elif self.mode == "url":
             self.flush()
             self._proxy.heal()

@@ -18,7 +18,8 @@ a perfect cache with the same TTL would have had to read (the amplification), an
 saw (latency, errors, stale values).
 
 ``CACHEGUARD_BENCH_SMOKE=1`` runs a tiny version in a few seconds (the test suite uses it);
-``CACHEGUARD_BENCH_NO_REDIS=1`` runs without L2.
+``CACHEGUARD_BENCH_NO_REDIS=1`` runs without L2; ``CACHEGUARD_BENCH_REDIS_FAULT=hung`` makes the
+outage a hung Redis (SIGSTOP) instead of a dead one.
 """
 
 from __future__ import annotations
@@ -1085,7 +1086,7 @@ def run(*, quick: bool) -> dict[str, object]:
     """Run the incident replay for both stacks; print the report; return every figure."""
     sc = scenario_for(quick)
     smoke = sc is SMOKE
-    l2 = L2()
+    l2 = L2(fault=os.environ.get("CACHEGUARD_BENCH_REDIS_FAULT", "down"))
     if os.environ.get("CACHEGUARD_BENCH_NO_REDIS", "") not in ("", "0"):
         l2.mode, l2.reason = "absent", "CACHEGUARD_BENCH_NO_REDIS is set: L2 is absent"
     db = Database(sc.dataset)
