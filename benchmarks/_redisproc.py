@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from typing import Any
@@ -39,7 +40,11 @@ class L2:
         self._proxy: Any = None
         self._target_url: str | None = None
         target = os.environ.get("REDIS_URL")
-        if target:
+        if importlib.util.find_spec("redis") is None:
+            self.reason = (
+                "the redis package is not installed (pip install -e '.[bench]'): L2 is absent"
+            )
+        elif target:
             self.mode = "url"
             self._target_url = target
         elif shutil.which("redis-server"):
