@@ -19,7 +19,11 @@ Read path of ``NaiveStack.get(customer)``:
    returned; cachetools stores it in L1.
 
 Every setting is a library default or the library's own documented example; nothing is
-degraded on purpose. The payload is a string: ``"<built_at>|<json>"`` so that the benchmark can
+degraded on purpose. A sensitivity variant (``redis_timeouts=True``; the benchmark's
+``CACHEGUARD_BENCH_NAIVE_REDIS=timeouts``) gives redis-py 0.25 s socket and connect timeouts and
+no retries, so that a Redis outage costs the naive stack milliseconds instead of seconds.
+
+The payload is a string: ``"<built_at>|<json>"`` so that the benchmark can
 tell the age of a served value without parsing it.
 """
 
@@ -60,6 +64,7 @@ class NaiveStack:
         page_size: int,
         redis_url: str | None,
         key_prefix: str,
+        redis_timeouts: bool = False,
     ) -> None:
         self.store = store
         self.ttl = ttl
@@ -69,7 +74,19 @@ class NaiveStack:
         if redis_url is not None:
             import redis
 
-            self.redis = redis.Redis.from_url(redis_url)
+            if redis_timeouts:
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
+
+                # The sensitivity variant: what a team that read DESIGN.md's Redis facts sets.
+                self.redis = redis.Redis.from_url(
+                    redis_url,
+                    socket_timeout=0.25,
+                    socket_connect_timeout=0.25,
+                    retry=Retry(NoBackoff(), 0),
+                )
+            else:
+                self.redis = redis.Redis.from_url(redis_url)
         self.cache: cachetools.TTLCache[Any, str] = cachetools.TTLCache(maxsize=4096, ttl=ttl)
         self.lock = threading.Lock()
         self.redis_errors = 0

@@ -19,7 +19,8 @@ saw (latency, errors, stale values).
 
 ``CACHEGUARD_BENCH_SMOKE=1`` runs a tiny version in a few seconds (the test suite uses it);
 ``CACHEGUARD_BENCH_NO_REDIS=1`` runs without L2; ``CACHEGUARD_BENCH_REDIS_FAULT=hung`` makes the
-outage a hung Redis (SIGSTOP) instead of a dead one.
+outage a hung Redis (SIGSTOP) instead of a dead one; ``CACHEGUARD_BENCH_NAIVE_REDIS=timeouts``
+gives the naive stack's redis-py client 0.25 s timeouts and no retries (a sensitivity check).
 """
 
 from __future__ import annotations
@@ -385,6 +386,7 @@ class _Job:
     sc: Scenario
     db_spec: dict[str, Any]
     redis_url: str | None
+    naive_redis_timeouts: bool = False
 
 
 def _worker(job: _Job, meter: Meter, go: Any, start_at: Any, results: Any) -> None:
@@ -394,7 +396,12 @@ def _worker(job: _Job, meter: Meter, go: Any, start_at: Any, results: Any) -> No
     stack: Any
     if stack_name == "naive":
         stack = NaiveStack(
-            store, ttl=sc.ttl, page_size=sc.page_size, redis_url=redis_url, key_prefix=KEY_PREFIX
+            store,
+            ttl=sc.ttl,
+            page_size=sc.page_size,
+            redis_url=redis_url,
+            key_prefix=KEY_PREFIX,
+            redis_timeouts=job.naive_redis_timeouts,
         )
     else:
         stack = GuardedStack(store, sc, redis_url=redis_url)
@@ -571,6 +578,10 @@ def _all_rows(customer: int, page_size: int) -> list[Any]:
         after = rows[-1][0]
 
 
+def _naive_redis_timeouts() -> bool:
+    return os.environ.get("CACHEGUARD_BENCH_NAIVE_REDIS", "") == "timeouts"
+
+
 def _run_stack(
     sc: Scenario, stack_name: str, db: Database, l2: L2, progress: Any
 ) -> dict[str, Any]:
@@ -582,7 +593,13 @@ def _run_stack(
     procs = [
         ctx.Process(
             target=_worker,
-            args=(_Job(stack_name, i, sc, db.spec, l2.url), meter, go, start_at, results),
+            args=(
+                _Job(stack_name, i, sc, db.spec, l2.url, _naive_redis_timeouts()),
+                meter,
+                go,
+                start_at,
+                results,
+            ),
             daemon=True,
         )
         for i in range(sc.processes)
@@ -1130,7 +1147,17 @@ def run(*, quick: bool) -> dict[str, object]:
             "offset_rows_per_rebuild": ds.offset_rows_per_rebuild,
         },
         "capacity": capacity_dict(sc.capacity),
-        "naive_config": NAIVE_CONFIG,
+        "naive_config": {
+            **NAIVE_CONFIG,
+            **(
+                {
+                    "l2": "redis.Redis.from_url(url, socket_timeout=0.25, "
+                    "socket_connect_timeout=0.25, retry=Retry(NoBackoff(), 0))"
+                }
+                if _naive_redis_timeouts()
+                else {}
+            ),
+        },
         "guarded_config": guarded_config(sc, processes=sc.processes),
         "guarded_components": comps,
         "database": db.describe(),
