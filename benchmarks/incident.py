@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 import math
 import multiprocessing
 import os
@@ -275,7 +274,7 @@ def guarded_config(sc: Scenario, *, processes: int) -> dict[str, Any]:
 
 
 class GuardedStack:
-    """``cg.guard`` (or, while it has not landed, ``cg.cached``) over keyset pagination."""
+    """``cg.guard`` over ``[MemoryLayer, RedisLayer]``, rebuilding with keyset pagination."""
 
     def __init__(self, store: Store, sc: Scenario, *, redis_url: str | None) -> None:
         import cacheguard as cg
@@ -283,66 +282,37 @@ class GuardedStack:
         global _STORE
         _STORE = store
         self.sc = sc
-        self.components: list[str] = []
+        self.components: list[str] = ["guard", "collect_pages"]
         self.memory = cg.MemoryLayer(maxsize=4096)
         layers: list[Any] = [self.memory]
         self.client: Any = None
-        if redis_url is not None and hasattr(cg, "RedisLayer"):
+        if redis_url is not None:
             layers.append(cg.RedisLayer.from_url(redis_url, prefix=KEY_PREFIX + "cg"))
             self.components.append("RedisLayer")
         cfg = guarded_config(sc, processes=sc.processes)
         namespace = KEY_PREFIX + "guarded"
         page_size = sc.page_size
 
-        if hasattr(cg, "collect_pages"):
-            self.components.append("collect_pages")
-
-            def rebuild(customer: int) -> str:
-                items = cg.collect_pages(
-                    functools.partial(keyset_page, customer), page_size=page_size
-                )
-                return assemble(customer, items)
-
-        else:
-
-            def rebuild(customer: int) -> str:
-                items: list[Any] = []
-                cursor: str | None = None
-                while True:
-                    page = keyset_page(customer, cursor, page_size)
-                    items.extend(page.items)
-                    if page.next_cursor is None:
-                        return assemble(customer, items)
-                    cursor = page.next_cursor
+        def rebuild(customer: int) -> str:
+            items = cg.collect_pages(functools.partial(keyset_page, customer), page_size=page_size)
+            return assemble(customer, items)
 
         rebuild.__qualname__ = "incident.config"
-        limiter = self._limiter(cg, cfg, redis_url, namespace)
-        budget = cg.RetryBudget(ratio=0.2, min_per_second=10)
-        settings: dict[str, Any] = {
-            "ttl": sc.ttl,
-            "stale_ttl": sc.stale_ttl,
-            "layers": layers,
-            "namespace": namespace,
-            "timeout": sc.deadline,
-        }
-        if hasattr(cg, "guard"):
-            params = inspect.signature(cg.guard).parameters
-            extra = {k: v for k, v in settings.items() if k in params}
-            if "retry_on" in params:
-                extra["retry_on"] = retryable
-            self.fn = cg.guard(limiter=limiter, attempts=3, budget=budget, **extra)(rebuild)
-            self.components.insert(0, "guard")
-        else:
-            # guard() has not landed: the same pieces composed by hand, in the documented
-            # order (cached outside retry outside rate_limit).
-            limited = cg.rate_limit(limiter)(rebuild)
-            retried = cg.retry(attempts=3, budget=budget, retry_on=retryable)(limited)
-            self.fn = cg.cached(**settings)(retried)
-            self.components.insert(0, "cached+retry+rate_limit (guard not landed)")
+        self.fn = cg.guard(
+            ttl=sc.ttl,
+            stale_ttl=sc.stale_ttl,
+            layers=layers,
+            limiter=self._limiter(cg, cfg, redis_url),
+            attempts=3,
+            budget=cg.RetryBudget(ratio=0.2, min_per_second=10),
+            retry_on=retryable,
+            namespace=namespace,
+            timeout=sc.deadline,
+        )(rebuild)
         self.get = self.fn
 
-    def _limiter(self, cg: Any, cfg: dict[str, Any], redis_url: str | None, name: str) -> Any:
-        if redis_url is not None and hasattr(cg, "RedisTokenBucket"):
+    def _limiter(self, cg: Any, cfg: dict[str, Any], redis_url: str | None) -> Any:
+        if redis_url is not None:
             import redis
 
             self.client = redis.Redis.from_url(
