@@ -634,3 +634,17 @@ def test_zero_argument_function() -> None:
 
     assert settings() == settings() == {"a": 1}
     assert len(calls) == 1
+
+
+def test_namespace_is_public() -> None:
+    @cg.cached(ttl=1, namespace="configs", version=3)
+    def fetch(key: str) -> str:
+        return key
+
+    assert fetch.namespace == "configs:v3"
+
+    @cg.cached(ttl=1)
+    async def afetch(key: str) -> str:
+        return key
+
+    assert afetch.namespace.endswith("test_namespace_is_public.<locals>.afetch:v1")

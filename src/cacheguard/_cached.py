@@ -123,6 +123,9 @@ class CachedFunction(Protocol[P, R_co]):
     """What :func:`cached` returns for a plain function."""
 
     __wrapped__: Callable[..., Any]
+    #: ``"<namespace>:v<version>"``: the prefix of this function's shared keys, and the
+    #: ``source`` of its events.
+    namespace: str
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
@@ -143,6 +146,8 @@ class AsyncCachedFunction(Protocol[P, R_co]):
     """What :func:`cached` returns for an ``async def`` function."""
 
     __wrapped__: Callable[..., Any]
+    #: ``"<namespace>:v<version>"`` (see :attr:`CachedFunction.namespace`).
+    namespace: str
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
 
@@ -534,6 +539,7 @@ def _build(fn: Callable[..., Any], settings: _Settings) -> Any:
     functools.update_wrapper(wrapper, fn)
     wrapper.invalidate = driver.ainvalidate if is_async else driver.invalidate
     wrapper.stats = driver.stats
+    wrapper.namespace = driver.namespace
     return wrapper
 
 
