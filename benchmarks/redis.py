@@ -109,8 +109,14 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
     assert cg_loop.run_until_complete(aload(1)) == VALUE
     assert calls[0] == 2, "the async L2 hit benchmark reached the backend after warm-up"
 
+    async def drain() -> None:
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=5)
+
     def close_async() -> None:
         raw_loop.run_until_complete(araw.aclose())
+        cg_loop.run_until_complete(drain())
         cg_loop.run_until_complete(layer.aclose())
         for loop in (raw_loop, cg_loop):
             asyncio.set_event_loop(loop)

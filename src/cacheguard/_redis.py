@@ -544,6 +544,12 @@ class RedisLayer:
         """Close the synchronous client if this layer created it (:meth:`from_url`)."""
         if self._factory is not None and self._sync_client is not None:
             client, self._sync_client = self._sync_client, None
+            if self.cluster:
+                # RedisCluster.close() leaves its nodes' pooled sockets to the garbage
+                # collector; close them here.
+                for node in client.get_nodes():
+                    if node.redis_connection is not None:
+                        node.redis_connection.connection_pool.disconnect()
             client.close()
 
     async def aclose(self) -> None:
