@@ -137,13 +137,12 @@ def test_every_clause_holds_sync_with_invalidations(schedule: Schedule) -> None:
     "waiters) only after writing every shared layer, so a hung layer serves a value past its "
     "stale limit",
 )
-def test_a_sync_leader_answers_before_writing_shared_layers() -> None:
+def test_a_leader_answers_before_writing_shared_layers() -> None:
     """Found by the generated schedules: ttl=0.5 s, no stale window, one shared layer hung
     (1 s timeout), a 0.5 s backend. The caller's read times out at 1.0, the fetch returns at
     1.5 (fresh until 2.0), the write to the hung layer times out at 2.5, and only then does
-    the caller get the value: 0.5 s past its stale limit. The async driver holds its waiters
-    the same way (they get FetchTimeout at 2.0 although the value was there at 1.5), which the
-    promise allows but is no better."""
+    the caller get the value: 0.5 s past its stale limit. The async twin is in
+    test_promise_async.py."""
     config = dataclasses.replace(
         REGRESSION_CONFIG,
         ttl=0.5,
