@@ -303,7 +303,7 @@ def _events(
             events.append((at, functools.partial(fn.invalidate, key)))
     for at, index, mode in schedule.layer_events:
         layer = remotes[index]
-        action = layer.flush if mode == "flush" else functools.partial(layer.set_mode, mode)  # type: ignore[arg-type]
+        action = layer.flush if mode == "flush" else functools.partial(layer.set_mode, mode)
         events.append((at, action))
     for at, outcome in schedule.backend_events:
         events.append((at, functools.partial(setattr, backend, "script", outcome)))

@@ -34,7 +34,7 @@ from strategies import KEYS, Config, Schedule
 pytestmark = pytest.mark.redis
 
 #: Few schedules: each one takes about two real seconds.
-EXAMPLES = min(20, max(3, settings.default.max_examples // 10))
+EXAMPLES = min(20, max(3, (settings.default or settings()).max_examples // 10))
 
 REDIS_TIMEOUT = 0.1
 CONFIG = Config(

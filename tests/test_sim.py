@@ -118,13 +118,14 @@ def test_scripted_backend_records_attempts_and_concurrency() -> None:
     backend = ScriptedBackend(clock=clock, script=lambda k, n, now: script.get(n, Outcome("raise")))
 
     async def main() -> list[object]:
-        return await asyncio.gather(
+        results: list[object] = await asyncio.gather(
             backend.acall("a"),
             backend.acall("a"),
             backend.acall("b"),
             backend.acall("c"),
             return_exceptions=True,
         )
+        return results
 
     results = run_simulated(main(), clock=clock)
     assert results[:2] == [["a", 1], ["a", 2]]
