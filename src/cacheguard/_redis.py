@@ -16,6 +16,9 @@ What the layer promises the driver (``cacheguard._cached``), which wraps it in a
   :meth:`RedisLayer.set_fenced` (and ``a``-prefixed coroutines) give one process per key the
   right to fetch, with a fencing token so a holder that lost its lease cannot overwrite what a
   later holder stored. All three scripts are safe to run twice.
+- A stall guard (:class:`_Stall`): once Redis has been silent for ``stall_timeout`` while a
+  command waits, new commands are not sent (reads miss, writes are skipped) until something
+  answers or times out, so a hang holds only the callers already waiting.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import hashlib
 import math
 import secrets
+import select
 import threading
 import warnings
 import weakref
@@ -267,24 +271,34 @@ class _Stall:
     timeout the next command is let through as a probe.
     """
 
-    __slots__ = ("_mono", "after", "replied", "waiting")
+    __slots__ = ("_mono", "after", "probe", "replied", "waiting")
 
     def __init__(self, after: float, mono: Callable[[], float]) -> None:
         self.after = after
         self._mono = mono
+        #: Tells a silent Redis from a busy client: ``True`` when no in-flight connection has
+        #: bytes waiting to be read, ``False`` when one has (the replies came; this process
+        #: just has not read them yet), ``None`` when it cannot tell.
+        self.probe: Callable[[], bool | None] = lambda: None
         #: When the oldest command still counted as waiting was sent (``None``: none).
         self.waiting: float | None = None
         #: When Redis last answered anything.
         self.replied = -math.inf
 
-    def begin(self) -> bool:
-        """``False`` when Redis looks stalled and the command should not be sent."""
+    def begin(self, *, read: bool = True) -> bool:
+        """``False`` when Redis looks stalled and the command should not be sent.
+
+        A read is refused when Redis has been silent for ``after`` and the probe does not
+        show replies waiting; a write or lease command only after twice that silence and
+        when the probe confirms it (skipping one has a cost: see ``RedisLayer._guarded``).
+        """
         now = self._mono()
         waiting = self.waiting
         if waiting is None:
             self.waiting = now
             return True
-        after = self.after
+        # Writes and lease commands wait for twice the silence before they are refused.
+        after = self.after if read else 2 * self.after
         if now - waiting <= after or now - self.replied <= after:
             return True
         if now - waiting > max(1.0, 10 * after):
@@ -292,7 +306,12 @@ class _Stall:
             # as a probe rather than trust a mark that may have been left behind.
             self.waiting = now
             return True
-        return False
+        silent = self.probe()
+        if silent is False:
+            return True
+        if silent is True:
+            return False
+        return not read
 
     def end(self, *, replied: bool) -> None:
         """The command is over; ``replied`` unless it timed out."""
@@ -302,7 +321,7 @@ class _Stall:
 
 
 class _Stalled(TimeoutError):
-    """Raised instead of sending a command to a Redis that looks stalled."""
+    """Raised instead of sending a command to a Redis that has gone silent."""
 
 
 class RedisLayer:
@@ -411,6 +430,7 @@ class RedisLayer:
         self._sync_lock = threading.Lock()
         self.cluster = False
         self._stall = _Stall(math.inf, self._clock.monotonic)
+        self._stall.probe = self._silent
         socket_timeout: float | None = None
         if client is not None:
             is_async, self.cluster = _kind(client)
@@ -560,6 +580,33 @@ class RedisLayer:
         if client is not None:
             await client.aclose()
 
+    def _silent(self) -> bool | None:
+        """Whether every in-flight connection has nothing to read (see ``_Stall.probe``).
+
+        Looks at redis-py's pools (private attributes, so any surprise means "cannot tell").
+        """
+        try:
+            pools = []
+            if self._sync_client is not None and not self.cluster:
+                pools.append(self._sync_client.connection_pool)
+            asyncs = [self._async_client, *self._aclients.values()]
+            pools += [c.connection_pool for c in asyncs if c is not None and not self.cluster]
+            socks = []
+            for pool in pools:
+                for conn in list(pool._in_use_connections):
+                    sock = getattr(conn, "_sock", None)
+                    if sock is None:
+                        writer = getattr(conn, "_writer", None)
+                        sock = None if writer is None else writer.get_extra_info("socket")
+                    if sock is not None:
+                        socks.append(sock)
+            if not socks:
+                return None
+            readable, _, _ = select.select(socks, [], [], 0)
+        except Exception:  # a probe that cannot look says "cannot tell"
+            return None
+        return not readable
+
     # --- keys and bytes (shared by both colours) ---
 
     def redis_key(self, key: CacheKey) -> str:
@@ -616,7 +663,7 @@ class RedisLayer:
 
     def _failed(self, exc: BaseException) -> bool:
         """Count a failed operation; ``True`` when it is a miss rather than a Redis failure
-        (an exhausted pool, or a command not sent because Redis looks stalled)."""
+        (an exhausted pool, or a command not sent because Redis has gone silent)."""
         if isinstance(exc, _Stalled):
             self._counters.add("stalled")
             return True
@@ -627,9 +674,16 @@ class RedisLayer:
         return False
 
     def _guarded(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` under the stall guard (see :class:`_Stall`)."""
+        """``fn(*args)`` (a write or a lease command) under the stall guard.
+
+        Refused (``_Stalled``) only when the probe confirms that no reply is waiting on any
+        in-flight connection: skipping a lease or a write can cost an extra backend fetch
+        (a lease not taken, a value other processes wait for and never see), and a process
+        starved of CPU (threads queued for the GIL) can look like a silent Redis for tens of
+        milliseconds while the replies sit unread in its sockets.
+        """
         stall = self._stall
-        if not stall.begin():
+        if not stall.begin(read=False):
             raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
         try:
             result = fn(*args)
@@ -642,7 +696,7 @@ class RedisLayer:
     async def _aguarded(self, fn: Any, *args: Any) -> Any:
         """Async :meth:`_guarded`."""
         stall = self._stall
-        if not stall.begin():
+        if not stall.begin(read=False):
             raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
         try:
             result = await fn(*args)
