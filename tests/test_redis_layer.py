@@ -411,3 +411,37 @@ def test_threads_share_one_layer_safely(url: str) -> None:
     events = layer.events()
     assert events["hits"] + events["pool_exhausted"] == 16 * 100
     layer.close()
+
+
+# --- the stall guard's rule, on a fake clock -------------------------------------------------
+
+
+def test_stall_guard_rule() -> None:
+    from cacheguard._redis import _Stall
+    from cacheguard.testing import FakeClock
+
+    clock = FakeClock()
+    stall = _Stall(0.025, clock.monotonic)
+    verdict: list[bool | None] = [None]
+    stall.probe = lambda: verdict[0]
+    assert stall.begin()  # nothing outstanding: go
+    clock.advance(0.02)
+    assert stall.begin()  # outstanding for 20 ms: not yet a stall
+    clock.advance(0.01)
+    # 30 ms of silence, the probe cannot tell: reads miss, writes and leases still go out.
+    assert not stall.begin()
+    assert stall.begin(read=False)
+    verdict[0] = False  # replies are waiting unread: this process is slow, Redis is not
+    assert stall.begin()
+    verdict[0] = True  # confirmed silent: reads refused; writes only after twice the silence
+    assert not stall.begin()
+    assert stall.begin(read=False)
+    clock.advance(0.03)
+    assert not stall.begin(read=False)
+    stall.end(replied=False)  # the command timed out: the next one goes out as a probe
+    assert stall.begin()
+    stall.end(replied=True)
+    clock.advance(0.1)
+    assert stall.begin()  # a reply came back: healthy again
+    clock.advance(2.0)
+    assert stall.begin()  # a mark left far too long is not trusted
