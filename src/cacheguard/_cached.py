@@ -29,7 +29,7 @@ from cacheguard._config import (
     optional_duration,
 )
 from cacheguard._core.breaker import Breaker, BreakerState
-from cacheguard._core.entry import Entry, make_entry, usable_on_error
+from cacheguard._core.entry import Entry, Freshness, classify, make_entry, usable_on_error
 from cacheguard._core.keys import CacheKey, local_key
 from cacheguard._core.leasewait import LeaseWait
 from cacheguard._core.readthrough import Action, Flight, ReadThrough
@@ -582,7 +582,7 @@ class _AsyncFlight(Flight):
     costs a shield future, a wrapper and a timer per waiter.
     """
 
-    __slots__ = ("task", "timer", "waiters")
+    __slots__ = ("delivered", "task", "timer", "waiters")
 
     def __init__(self) -> None:
         super().__init__()
@@ -591,6 +591,18 @@ class _AsyncFlight(Flight):
             collections.deque()
         )
         self.timer: asyncio.TimerHandle | None = None
+        self.delivered: Any = _MISSING
+
+    def deliver(self, value: Any) -> None:
+        """Answer every waiter with ``value`` now, before the task's last steps."""
+        self.delivered = value
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        waiters, self.waiters = self.waiters, None
+        for _, waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(value)
 
     def settle(self, task: asyncio.Task[Any]) -> None:
         """The task's done-callback: hand its outcome to every waiter still waiting."""
@@ -629,6 +641,8 @@ class _AsyncFlight(Flight):
 
     async def wait(self, timeout: float) -> Any:
         """The task's result, or :class:`_Expired` after ``timeout`` (the task carries on)."""
+        if self.delivered is not _MISSING:
+            return self.delivered
         task = cast(asyncio.Task[Any], self.task)
         if self.waiters is None:
             return task.result()
@@ -741,6 +755,15 @@ class _Driver:
             )
         return action, state, flight, entry
 
+    def stale_servable(self, entry: Entry | None) -> bool:
+        """Whether the memory layer's entry may be served stale right now.
+
+        Such a caller does not read the shared layers: it is served at once, and the refresh
+        it may start reads them first (in the background). A hung shared layer thus never
+        delays a stale hit, only a miss.
+        """
+        return entry is not None and classify(entry, self.s.clock.time()) is Freshness.STALE
+
     def better(self, entry: Entry | None, found: Entry | None, now: float) -> bool:
         """Whether ``found`` (from a shared layer) beats ``entry`` (what the caller holds)."""
         if found is None or now >= found.error_until:
@@ -843,7 +866,7 @@ class _Driver:
         self, local: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         key = self.cache_key(local, args, kwargs)
-        if self.remotes:
+        if self.remotes and not self.stale_servable(entry):
             entry = self.read_remotes(key, entry)
         action, state, flight, entry = self.decide(key, entry, _SyncFlight)
         if action is Action.HIT:
@@ -852,7 +875,7 @@ class _Driver:
         if action is Action.STALE or action is Action.REFRESH:
             self.count("stale_hits", EventKind.STALE_SERVED)
             if action is Action.REFRESH:
-                self.start_refresh(key, flight, args, kwargs)
+                self.start_refresh(key, flight, args, kwargs, entry)
             return entry.value  # type: ignore[union-attr]
         if action is Action.BACKOFF:
             return self.fallback(entry, self.backoff_error(key, state))
@@ -882,11 +905,25 @@ class _Driver:
         return entry
 
     def run(
-        self, key: CacheKey, flight: _SyncFlight, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        key: CacheKey,
+        flight: _SyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None = None,
     ) -> Any:
-        """Fetch (or obtain from the lease holder), store, and resolve ``flight``."""
+        """Fetch (or obtain from the lease holder), store, and resolve ``flight``.
+
+        ``stale`` is set for a refresh: the shared layers, not read by the caller, are read
+        first, and a fresh entry there (another process refreshed) ends the flight.
+        """
         token: int | None = None
         try:
+            if stale is not None and self.remotes:
+                newer = self.read_remotes(key, stale)
+                if newer is not None and self.s.clock.time() < newer.fresh_until:
+                    self.finish(key, flight, newer, None, remote=False)
+                    return newer.value
             if self.coordinator is not None:
                 token, found = self.lease(key)
                 if found is not None:
@@ -912,17 +949,20 @@ class _Driver:
     def finish(
         self, key: CacheKey, flight: _SyncFlight, entry: Entry, token: int | None, *, remote: bool
     ) -> None:
+        # Waiters get the value before the shared layers are written: a slow or hung layer
+        # delays only this (leading) caller, by at most one write timeout per layer.
         try:
-            if self.settle_success(key, flight, entry) and remote:
-                for guarded in self.remotes:
-                    if token is not None and guarded is self.coordinator:
-                        guarded.call("set_fenced", key, entry, token)
-                    else:
-                        guarded.call("set", key, entry)
-            if token is not None:
-                self.coordinator.call("release_lease", key, token)  # type: ignore[union-attr]
+            store = self.settle_success(key, flight, entry)
         finally:
             flight.resolve(entry.value)
+        if store and remote:
+            for guarded in self.remotes:
+                if token is not None and guarded is self.coordinator:
+                    guarded.call("set_fenced", key, entry, token)
+                else:
+                    guarded.call("set", key, entry)
+        if token is not None:
+            self.coordinator.call("release_lease", key, token)  # type: ignore[union-attr]
 
     def lease(self, key: CacheKey) -> tuple[int | None, Entry | None]:
         """Take the key's cross-process lease, or wait for its holder's value.
@@ -951,7 +991,12 @@ class _Driver:
             clock.sleep(delay)
 
     def start_refresh(
-        self, key: CacheKey, flight: _SyncFlight, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        key: CacheKey,
+        flight: _SyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None,
     ) -> None:
         if not self.refresh_slots.acquire(blocking=False):
             self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
@@ -963,7 +1008,7 @@ class _Driver:
 
         def job() -> None:
             try:
-                self.run(key, flight, args, kwargs)
+                self.run(key, flight, args, kwargs, stale)
             except Exception:  # noqa: S110 - counted and backed off by run(); stale was served
                 pass
             finally:
@@ -1004,7 +1049,7 @@ class _Driver:
         self, local: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         key = self.cache_key(local, args, kwargs)
-        if self.remotes:
+        if self.remotes and not self.stale_servable(entry):
             entry = await self.aread_remotes(key, entry)
         action, state, flight, entry = self.decide(key, entry, _AsyncFlight)
         if action is Action.HIT:
@@ -1013,7 +1058,7 @@ class _Driver:
         if action is Action.STALE or action is Action.REFRESH:
             self.count("stale_hits", EventKind.STALE_SERVED)
             if action is Action.REFRESH:
-                self.start_arefresh(key, flight, args, kwargs)
+                self.start_arefresh(key, flight, args, kwargs, entry)
             return entry.value  # type: ignore[union-attr]
         if action is Action.BACKOFF:
             return self.fallback(entry, self.backoff_error(key, state))
@@ -1030,16 +1075,26 @@ class _Driver:
             return self.fallback(entry, exc)
 
     def start_task(
-        self, key: CacheKey, flight: _AsyncFlight, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        key: CacheKey,
+        flight: _AsyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None = None,
     ) -> None:
-        task = asyncio.get_running_loop().create_task(self.arun(key, flight, args, kwargs))
+        task = asyncio.get_running_loop().create_task(self.arun(key, flight, args, kwargs, stale))
         flight.task = task
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(flight.settle)
 
     def start_arefresh(
-        self, key: CacheKey, flight: _AsyncFlight, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        key: CacheKey,
+        flight: _AsyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None,
     ) -> None:
         if not self.refresh_slots.acquire(blocking=False):
             self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
@@ -1047,7 +1102,7 @@ class _Driver:
                 self.core.abandon(key.local, flight)
             return
         self.count("refreshes", EventKind.REFRESH_STARTED)
-        self.start_task(key, flight, args, kwargs)
+        self.start_task(key, flight, args, kwargs, stale)
         cast(asyncio.Task[Any], flight.task).add_done_callback(
             lambda _: self.refresh_slots.release()
         )
@@ -1065,10 +1120,21 @@ class _Driver:
         return entry
 
     async def arun(
-        self, key: CacheKey, flight: _AsyncFlight, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        key: CacheKey,
+        flight: _AsyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None = None,
     ) -> Any:
+        """The async twin of :meth:`run`."""
         token: int | None = None
         try:
+            if stale is not None and self.remotes:
+                newer = await self.aread_remotes(key, stale)
+                if newer is not None and self.s.clock.time() < newer.fresh_until:
+                    await self.afinish(key, flight, newer, None, remote=False)
+                    return newer.value
             if self.coordinator is not None:
                 token, found = await self.alease(key)
                 if found is not None:
@@ -1093,7 +1159,11 @@ class _Driver:
     async def afinish(
         self, key: CacheKey, flight: _AsyncFlight, entry: Entry, token: int | None, *, remote: bool
     ) -> None:
-        if self.settle_success(key, flight, entry) and remote:
+        # Every caller (the task's starter included: it waits like the others) gets the value
+        # before the shared layers are written, so a hung layer delays nobody.
+        store = self.settle_success(key, flight, entry)
+        flight.deliver(entry.value)
+        if store and remote:
             for guarded in self.remotes:
                 if token is not None and guarded is self.coordinator:
                     await guarded.acall("aset_fenced", key, entry, token)
