@@ -144,6 +144,7 @@ def build(
     stack: str = "decorators",
     remote_layers: list[Any] | None = None,
     namespace: str | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> tuple[Any, ScriptedBackend, list[Any], Trace, ManualExecutor]:
     """The guarded function for ``schedule``'s configuration, with its scripted parts.
 
@@ -151,28 +152,34 @@ def build(
     ``stack="guard"`` is ``cg.guard`` itself (no request recorder fits inside it, so the
     back-off clause, which needs to see requests, is checked on the decorators only).
     ``remote_layers`` replaces the scripted remote layers (a real Redis layer, for example).
+    ``shared`` (a dict, filled by the first call) makes several functions share one backend,
+    trace, bucket, budget and set of remote layers, as functions calling one database do.
     """
     cfg = schedule.config
-    trace = Trace()
-    backend = ScriptedBackend(clock=clock, script=schedule.first_outcome)
-    remotes: list[Any] = (
-        [
-            ScriptedLayer(f"remote{i}", clock=clock, timeout=cfg.layer_timeout, capacity=1)
-            for i in range(cfg.remotes)
-        ]
-        if remote_layers is None
-        else remote_layers
-    )
+    parts = {} if shared is None else shared
+    if not parts:
+        parts["trace"] = trace = Trace()
+        parts["backend"] = ScriptedBackend(clock=clock, script=schedule.first_outcome)
+        parts["remotes"] = (
+            [
+                ScriptedLayer(f"remote{i}", clock=clock, timeout=cfg.layer_timeout, capacity=1)
+                for i in range(cfg.remotes)
+            ]
+            if remote_layers is None
+            else remote_layers
+        )
+        parts["bucket"] = cg.TokenBucket(rate=cfg.rate, burst=cfg.burst, clock=clock)
+        parts["budget"] = budget = TracingBudget(
+            ratio=cfg.ratio,
+            min_per_second=cfg.min_per_second if switches.budget else 1e9,
+            window=cfg.window,
+            clock=clock,
+        )
+        budget.trace = trace
+    trace, backend, remotes = parts["trace"], parts["backend"], parts["remotes"]
+    bucket, budget = parts["bucket"], parts["budget"]
     layers: list[Any] = [cg.MemoryLayer(maxsize=cfg.l1_maxsize)] if cfg.l1 else []
     layers.extend(remotes)
-    bucket = cg.TokenBucket(rate=cfg.rate, burst=cfg.burst, clock=clock)
-    budget = TracingBudget(
-        ratio=cfg.ratio,
-        min_per_second=cfg.min_per_second if switches.budget else 1e9,
-        window=cfg.window,
-        clock=clock,
-    )
-    budget.trace = trace
     retrying = cg.retry(
         attempts=cfg.attempts,
         budget=budget,
@@ -317,6 +324,49 @@ def _invalidate_soon(fn: Any, key: Any) -> None:
     task = asyncio.ensure_future(fn.invalidate(key))
     _PENDING.add(task)
     task.add_done_callback(_PENDING.discard)
+
+
+def run_async_functions(schedule: Schedule, functions: int) -> Run:
+    """Run ``schedule`` through ``functions`` async guarded functions that share one backend,
+    bucket, budget and remote layers (callers dealt out in turn); one combined record."""
+    clock = SimClock()
+    shared: dict[str, Any] = {}
+    fns = [
+        build(
+            schedule,
+            clock,
+            is_async=True,
+            switches=Switches(),
+            namespace=f"function{i}",
+            shared=shared,
+        )[0]
+        for i in range(functions)
+    ]
+    backend, remotes = shared["backend"], shared["remotes"]
+
+    async def main() -> list[CallRecord]:
+        parts = await asyncio.gather(
+            *(
+                run_tasks(
+                    fn,
+                    [
+                        (at, (key,))
+                        for n, (at, key) in enumerate(schedule.calls)
+                        if n % functions == i
+                    ],
+                    clock=clock,
+                    events=_events(schedule, backend, remotes, fns[0], is_async=True)
+                    if i == 0
+                    else (),
+                    horizon=schedule.span + 10_000.0,
+                )
+                for i, fn in enumerate(fns)
+            )
+        )
+        return [record for part in parts for record in part]
+
+    records = run_simulated(main(), clock=clock)
+    return Run(schedule, clock, backend, remotes, shared["trace"], records, True, fns[0])
 
 
 def run_sync(

@@ -13,9 +13,10 @@ import dataclasses
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from cacheguard.testing import Outcome
-from promise_harness import CLAUSES, check_all, run_async
+from promise_harness import CLAUSES, check_all, run_async, run_async_functions
 from strategies import REGRESSION_CONFIG, Schedule, schedules
 
 
@@ -103,3 +104,16 @@ def test_a_leader_answers_before_writing_shared_layers() -> None:
     assert fetched is not None
     assert call.end is not None
     assert call.end - fetched < config.ttl + config.error_limit
+
+
+#: Per-function clauses (single flight and back-off are per function and key) left out.
+SHARED_CLAUSES = ("rate", "budget", "deadline", "stale_limit", "keys", "answers")
+
+
+@given(schedules(), st.integers(2, 3))
+def test_functions_sharing_a_bucket_and_budget_share_the_bound(
+    schedule: Schedule, functions: int
+) -> None:
+    """Assumption A2: the bounds are per bucket and budget object, so two or three functions
+    that share them (and a backend and shared layers) stay within one bound together."""
+    check_all(run_async_functions(schedule, functions), SHARED_CLAUSES)
