@@ -2,6 +2,10 @@
 
 ``FakeClock`` is a deterministic clock: time moves only when you call :meth:`FakeClock.advance`
 or when code sleeps on it (a sleep advances time at once instead of waiting).
+
+The simulation harness (``SimClock``, ``run_simulated``, ``ScriptedLayer``, ``ScriptedBackend``,
+``run_tasks``...) drives your guarded functions through scripted failures in simulated time;
+see ``docs/guarantees.md``.
 """
 
 from __future__ import annotations
