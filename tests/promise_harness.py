@@ -14,12 +14,13 @@ off at a time, for the tests that show each check can fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
 import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
@@ -266,12 +267,29 @@ def build(
             return value
 
         fn = sync_request
-    if switches.coalescing:
+    with contextlib.ExitStack() as patches:
+        if not switches.coalescing:
+            patches.enter_context(
+                mock.patch.object(cacheguard._cached, "ReadThrough", ForgetfulReadThrough)
+            )
         guarded = caching(fn)
-    else:
-        with mock.patch.object(cacheguard._cached, "ReadThrough", ForgetfulReadThrough):
-            guarded = caching(fn)
+
     return guarded, backend, remotes, trace, executor
+
+
+@contextlib.contextmanager
+def layer_errors_reach_callers() -> Iterator[None]:
+    """Switch off "a layer error is a miss": shared-layer calls go straight to the layer."""
+
+    def call(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.layer, method)(*args, **kwargs)
+
+    async def acall(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await getattr(self.layer, method)(*args, **kwargs)
+
+    guarded = cacheguard._cached._GuardedLayer
+    with mock.patch.object(guarded, "call", call), mock.patch.object(guarded, "acall", acall):
+        yield
 
 
 def _mark_attempt(trace: Trace, clock: Clock) -> None:

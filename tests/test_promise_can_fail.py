@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import Phase, given, settings
 
-from promise_harness import Switches, check_all, run_async, run_sync
+from promise_harness import Switches, check_all, layer_errors_reach_callers, run_async, run_sync
 from strategies import Schedule, schedules
 from test_promise import thread_keys, threaded_run
 
@@ -68,4 +68,19 @@ def test_threads_check_fails_without_the_flight_table() -> None:
         assert most <= 1, f"single_flight: {most} fetches of one key at once"
 
     with pytest.raises(AssertionError, match=r"^single_flight: "):
+        prop()
+
+
+@pytest.mark.parametrize("runner", [run_sync, run_async], ids=["sync", "async"])
+def test_answers_check_fails_when_layer_errors_reach_callers(runner: Any) -> None:
+    """Clause 5's "a value or a clear error": with layer errors no longer turned into misses,
+    a hung or refused layer's TimeoutError / ConnectionError reaches callers, and the search
+    finds it."""
+
+    @SEARCH
+    @given(schedules())
+    def prop(schedule: Schedule) -> None:
+        check_all(runner(schedule), ("answers",))
+
+    with layer_errors_reach_callers(), pytest.raises(AssertionError, match=r"^answers: "):
         prop()
