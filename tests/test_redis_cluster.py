@@ -157,3 +157,40 @@ def test_cross_process_single_flight_on_the_cluster(url: str) -> None:
     assert results == [{"name": "cold"}] * 40
     for _, layer in stacks:
         layer.close()
+
+
+def test_a_dead_shard_is_a_miss_for_its_keys_never_an_error_or_a_hang() -> None:
+    calls: list[int] = []
+    with RedisClusterServers.started() as own:
+        layer = RedisLayer.from_url(own.url, cluster=True, timeout=0.2)
+
+        @cg.cached(
+            ttl=0.2, stale_ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="shard"
+        )
+        def load(i: int) -> dict[str, int]:
+            calls.append(i)
+            return {"i": i}
+
+        for i in range(30):
+            load(i)
+        assert len(calls) == 30
+        own.nodes[0].kill()  # a third of the slots are gone
+        calls.clear()
+        started = time.monotonic()
+        deadline = started + 1.0
+        served = 0
+        slowest = 0.0
+        while time.monotonic() < deadline:  # stale entries refresh every 0.2 s
+            for i in range(30):
+                began = time.monotonic()
+                assert load(i) == {"i": i}
+                slowest = max(slowest, time.monotonic() - began)
+                served += 1
+            time.sleep(0.05)
+        assert served >= 30
+        # Bounded: a call pays at most the client's timeouts while the cluster client
+        # rediscovers the topology (connect + read on the dead node), never a hang.
+        assert slowest < 2.0, slowest
+        # Each key refreshed at most once per freshness period, never once per call.
+        assert len(calls) <= 30 * 7 < served
+        layer.close()
