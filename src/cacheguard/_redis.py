@@ -357,10 +357,12 @@ class RedisLayer:
         name: the layer's name in stats and errors.
         fence_ttl: how long a key's fencing counter lives after its last lease.
         stall_timeout: when a command has been waiting this long with no reply of any kind
-            from Redis meanwhile, new commands are not sent: reads are misses and writes are
-            skipped at once (``stalled`` events), so a hung Redis holds only the callers
-            already waiting, for at most the client's timeout. Defaults to a quarter of the
-            client's ``socket_timeout``; ``0`` switches it off.
+            from Redis meanwhile, new reads are not sent: they are misses at once
+            (``stalled`` events), so a hung Redis holds only the callers already waiting, for
+            at most the client's timeout. Writes and lease commands are held back only after
+            twice this silence and when no in-flight connection has a reply waiting to be
+            read. Defaults to a quarter of the client's ``socket_timeout``; ``0`` switches it
+            off.
 
     Raises:
         ConfigurationError: an argument is invalid, redis-py is missing, or the client could
