@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from unittest import mock
 
@@ -75,6 +75,8 @@ class Request:
     start: float
     end: float = float("nan")
     ok: bool = False
+    #: Ended by cancellation (no verdict on the backend: no back-off follows).
+    cancelled: bool = False
 
 
 class Trace:
@@ -243,6 +245,11 @@ def build(
             token, record = _begin_request(trace, clock, key)
             try:
                 value = await inner(key)
+            except Exception:
+                raise
+            except BaseException:
+                record.cancelled = True
+                raise
             finally:
                 _end_request(token, record, clock)
             record.ok = True
@@ -261,6 +268,11 @@ def build(
             token, record = _begin_request(trace, clock, key)
             try:
                 value = sync_inner(key)
+            except Exception:
+                raise
+            except BaseException:
+                record.cancelled = True
+                raise
             finally:
                 _end_request(token, record, clock)
             record.ok = True
@@ -383,7 +395,7 @@ def run_async_functions(schedule: Schedule, functions: int) -> Run:
         )
         return [record for part in parts for record in part]
 
-    records = run_simulated(main(), clock=clock)
+    records = run_simulated(_drained(main(), schedule.span + 10_000.0), clock=clock)
     return Run(schedule, clock, backend, remotes, shared["trace"], records, True, fns[0])
 
 
@@ -415,16 +427,29 @@ def run_async(
     )
     horizon = schedule.span + 10_000.0
     records = run_simulated(
-        run_tasks(
-            fn,
-            [(at, (key,)) for at, key in schedule.calls],
-            clock=clock,
-            events=_events(schedule, backend, remotes, fn, is_async=True),
-            horizon=horizon,
+        _drained(
+            run_tasks(
+                fn,
+                [(at, (key,)) for at, key in schedule.calls],
+                clock=clock,
+                events=_events(schedule, backend, remotes, fn, is_async=True),
+                horizon=horizon,
+            ),
+            horizon,
         ),
         clock=clock,
     )
     return Run(schedule, clock, backend, remotes, trace, records, True, fn, stack)
+
+
+async def _drained(main: Awaitable[list[CallRecord]], horizon: float) -> list[CallRecord]:
+    """Await ``main``, then let fetches and refreshes that outlived their callers finish (in
+    simulated time), so none is cut off, and checked, half-way."""
+    records = await main
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=horizon)
+    return records
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,6 +521,8 @@ def check_backoff(run: Run) -> None:
         for failed in by_end:
             if failed.ok:
                 failures = 0
+                continue
+            if failed.cancelled:
                 continue
             failures += 1  # in a row, by end time (the core counts at least as many)
             # Equal jitter: the back-off lasts at least half its ceiling.
