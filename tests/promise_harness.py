@@ -87,6 +87,8 @@ class Trace:
         self.retry_attempts: list[float] = []
         self.deposits: list[float] = []
         self.withdrawals: list[float] = []
+        #: ``(monotonic time, key)`` of every ``invalidate`` call, when it happened.
+        self.invalidations: list[tuple[float, Any]] = []
 
 
 class TracingBudget(cg.RetryBudget):
@@ -134,8 +136,6 @@ class Run:
     slack: float = 0.0
     #: Other processes' backends, whose values reach this one through a shared layer.
     peers: list[ScriptedBackend] = dataclasses.field(default_factory=list)
-    #: The clock's monotonic time when the schedule started (its time 0).
-    t0: float = 1_000.0
 
 
 def build(
@@ -331,13 +331,15 @@ def _events(
     fn: Any,
     *,
     is_async: bool,
+    trace: Trace,
+    clock: Clock,
 ) -> list[tuple[float, Callable[[], object]]]:
     events: list[tuple[float, Callable[[], object]]] = []
     for at, key in schedule.invalidations:
         if is_async:
-            events.append((at, functools.partial(_invalidate_soon, fn, key)))
+            events.append((at, functools.partial(_invalidate_soon, fn, key, trace, clock)))
         else:
-            events.append((at, functools.partial(fn.invalidate, key)))
+            events.append((at, functools.partial(_invalidate_now, fn, key, trace, clock)))
     for at, index, mode in schedule.layer_events:
         layer = remotes[index]
         action = layer.flush if mode == "flush" else functools.partial(layer.set_mode, mode)
@@ -350,8 +352,19 @@ def _events(
 _PENDING: set[asyncio.Task[None]] = set()
 
 
-def _invalidate_soon(fn: Any, key: Any) -> None:
-    task = asyncio.ensure_future(fn.invalidate(key))
+def _invalidate_now(fn: Any, key: Any, trace: Trace, clock: Clock) -> None:
+    # Recorded when it happens: a sync schedule runs events late when calls take time.
+    trace.invalidations.append((clock.monotonic(), key))
+    fn.invalidate(key)
+
+
+async def _ainvalidate(fn: Any, key: Any, trace: Trace, clock: Clock) -> None:
+    trace.invalidations.append((clock.monotonic(), key))
+    await fn.invalidate(key)
+
+
+def _invalidate_soon(fn: Any, key: Any, trace: Trace, clock: Clock) -> None:
+    task = asyncio.ensure_future(_ainvalidate(fn, key, trace, clock))
     _PENDING.add(task)
     task.add_done_callback(_PENDING.discard)
 
@@ -385,7 +398,15 @@ def run_async_functions(schedule: Schedule, functions: int) -> Run:
                         if n % functions == i
                     ],
                     clock=clock,
-                    events=_events(schedule, backend, remotes, fns[0], is_async=True)
+                    events=_events(
+                        schedule,
+                        backend,
+                        remotes,
+                        fns[0],
+                        is_async=True,
+                        trace=shared["trace"],
+                        clock=clock,
+                    )
                     if i == 0
                     else (),
                     horizon=schedule.span + 10_000.0,
@@ -411,7 +432,7 @@ def run_sync(
         fn,
         [(at, (key,)) for at, key in schedule.calls],
         clock=clock,
-        events=_events(schedule, backend, remotes, fn, is_async=False),
+        events=_events(schedule, backend, remotes, fn, is_async=False, trace=trace, clock=clock),
         after_call=executor.run_pending,
     )
     return Run(schedule, clock, backend, remotes, trace, records, False, fn, stack)
@@ -432,7 +453,9 @@ def run_async(
                 fn,
                 [(at, (key,)) for at, key in schedule.calls],
                 clock=clock,
-                events=_events(schedule, backend, remotes, fn, is_async=True),
+                events=_events(
+                    schedule, backend, remotes, fn, is_async=True, trace=trace, clock=clock
+                ),
                 horizon=horizon,
             ),
             horizon,
@@ -545,9 +568,7 @@ def check_backoff(run: Run) -> None:
         if call.error is None or call.end is None:
             continue
         key = call.args[0]
-        dropped = [
-            run.t0 + at for at, k in run.schedule.invalidations if type(k) is type(key) and k == key
-        ]
+        dropped = [at for at, k in run.trace.invalidations if type(k) is type(key) and k == key]
         for success in successes:
             if type(success.key) is not type(key) or success.key != key:
                 continue
