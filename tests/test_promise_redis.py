@@ -31,7 +31,19 @@ from promise_harness import CLAUSES, Run, Switches, build, check_all
 from servers import RedisServer, TcpProxy
 from strategies import KEYS, Config, Schedule
 
-pytestmark = pytest.mark.redis
+pytestmark = [
+    pytest.mark.redis,
+    # The faults cut connections mid-flight on purpose (SIGKILL, resets, refusals): the proxy's
+    # and the clients' abandoned sockets are sometimes collected unclosed. Only those
+    # collection warnings are ignored; any other unraisable exception still fails the test.
+    pytest.mark.filterwarnings(
+        r"ignore:Exception ignored in. <(socket\.socket|function (_SelectorTransport|"
+        r"AbstractConnection|StreamWriter)\.__del__):pytest.PytestUnraisableExceptionWarning"
+    ),
+]
+
+#: Real seconds of scheduling noise tolerated by the timing checks (a shared 2-core machine).
+SLACK = 0.5
 
 #: Few schedules: each one takes about two real seconds.
 EXAMPLES = min(20, max(3, (settings.default or settings()).max_examples // 10))
@@ -224,7 +236,7 @@ async def two_processes(
                 records,
                 True,
                 fn,
-                slack=0.3,
+                slack=SLACK,
                 peers=peers,
             )
         )
