@@ -131,14 +131,9 @@ def test_every_clause_holds_sync_with_invalidations(schedule: Schedule) -> None:
     check_all(run_sync(schedule))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN DEFECT in cacheguard._cached: a sync leader's own caller gets the value "
-    "only after the leader has written every shared layer, so a hung layer serves it past its "
-    "stale limit (waiters are answered before the writes since 0f89bf2)",
-)
 def test_a_leader_answers_before_writing_shared_layers() -> None:
-    """Found by the generated schedules: ttl=0.5 s, no stale window, one shared layer hung
+    """A regression test (fixed: writes never probe a layer whose breaker is not closed).
+    Found by the generated schedules: ttl=0.5 s, no stale window, one shared layer hung
     (1 s timeout), a 0.5 s backend. The caller's read times out at 1.0, the fetch returns at
     1.5 (fresh until 2.0), the write to the hung layer times out at 2.5, and only then does
     the caller get the value: 0.5 s past its stale limit. The async twin (now fixed) is in

@@ -200,6 +200,18 @@ def _health_of(layer: object, failure_threshold: int, reset_timeout: float) -> _
 
 
 _MISSING = object()
+_WRITES = frozenset(
+    {
+        "set",
+        "aset",
+        "set_fenced",
+        "aset_fenced",
+        "delete",
+        "adelete",
+        "release_lease",
+        "arelease_lease",
+    }
+)
 
 
 class _GuardedLayer:
@@ -219,12 +231,17 @@ class _GuardedLayer:
         self._counters = counters
         self._health = health
 
-    def _admit(self) -> bool:
+    def _admit(self, method: str) -> bool:
         health = self._health
         now = self._mono()
         with health.lock:
             before = health.breaker.state(now)
-            allowed = health.breaker.allow(now)
+            # Only reads probe a sick layer: a write is on a caller's path after its fetch,
+            # and must not be the call that waits out a hung layer's timeout.
+            if before is not BreakerState.CLOSED and method in _WRITES:
+                allowed = False
+            else:
+                allowed = health.breaker.allow(now)
         if not allowed:
             self._counters.layer_skips += 1
             emit(EventKind.LAYER_SKIPPED, self._source, layer=self.layer.name)
@@ -249,7 +266,7 @@ class _GuardedLayer:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``layer.method(*args, **kwargs)``; ``_MISSING`` when skipped or failed."""
-        if not self._admit():
+        if not self._admit(method):
             return _MISSING
         try:
             result = getattr(self.layer, method)(*args, **kwargs)
@@ -261,7 +278,7 @@ class _GuardedLayer:
 
     async def acall(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Await ``layer.method(*args, **kwargs)``; ``_MISSING`` when skipped or failed."""
-        if not self._admit():
+        if not self._admit(method):
             return _MISSING
         try:
             result = await getattr(self.layer, method)(*args, **kwargs)
