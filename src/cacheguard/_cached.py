@@ -772,6 +772,30 @@ class _Driver:
             )
         return action, state, flight, entry
 
+    def answer_now(self, key: CacheKey, action: Action, state: Any, entry: Entry | None) -> Any:
+        """The answer of the actions that need no fetch (both colours), else ``_MISSING``."""
+        if action is Action.HIT:
+            self.count("hits", EventKind.HIT)
+            return cast(Entry, entry).value
+        if action is Action.STALE or action is Action.REFRESH:
+            self.count("stale_hits", EventKind.STALE_SERVED)
+            return cast(Entry, entry).value
+        if action is Action.BACKOFF:
+            return self.fallback(entry, self.backoff_error(key, state))
+        return _MISSING
+
+    def absorb(
+        self, key: CacheKey, entry: Entry | None, found: Entry | None, now: float
+    ) -> tuple[Entry | None, bool]:
+        """Take a shared layer's answer into account (both colours): returns the best entry so
+        far and whether it is fresh (no need to read further layers)."""
+        if not self.better(entry, found, now):
+            return entry, False
+        found = cast(Entry, found)
+        if self.l1 is not None and self.s.stores:
+            self.l1.set(key, found)
+        return found, now < found.fresh_until
+
     def stale_servable(self, entry: Entry | None) -> bool:
         """Whether the memory layer's entry may be served stale right now.
 
@@ -886,16 +910,11 @@ class _Driver:
         if self.remotes and not self.stale_servable(entry):
             entry = self.read_remotes(key, entry)
         action, state, flight, entry = self.decide(key, entry, _SyncFlight)
-        if action is Action.HIT:
-            self.count("hits", EventKind.HIT)
-            return entry.value  # type: ignore[union-attr]
-        if action is Action.STALE or action is Action.REFRESH:
-            self.count("stale_hits", EventKind.STALE_SERVED)
-            if action is Action.REFRESH:
-                self.start_refresh(key, flight, args, kwargs, entry)
-            return entry.value  # type: ignore[union-attr]
-        if action is Action.BACKOFF:
-            return self.fallback(entry, self.backoff_error(key, state))
+        if action is Action.REFRESH:
+            self.start_refresh(key, flight, args, kwargs, entry)
+        answer = self.answer_now(key, action, state, entry)
+        if answer is not _MISSING:
+            return answer
         if action is Action.WAIT:
             self.count("coalesced_waits", EventKind.COALESCED_WAIT)
             if not flight.wait(self.s.timeout):
@@ -912,13 +931,9 @@ class _Driver:
     def read_remotes(self, key: CacheKey, entry: Entry | None) -> Entry | None:
         now = self.s.clock.time()
         for guarded in self.remotes:
-            found = guarded.entry(guarded.call("get", key))
-            if self.better(entry, found, now):
-                entry = found
-                if self.l1 is not None and self.s.stores:
-                    self.l1.set(key, cast(Entry, found))
-                if now < cast(Entry, found).fresh_until:
-                    break
+            entry, fresh = self.absorb(key, entry, guarded.entry(guarded.call("get", key)), now)
+            if fresh:
+                break
         return entry
 
     def run(
@@ -1069,16 +1084,11 @@ class _Driver:
         if self.remotes and not self.stale_servable(entry):
             entry = await self.aread_remotes(key, entry)
         action, state, flight, entry = self.decide(key, entry, _AsyncFlight)
-        if action is Action.HIT:
-            self.count("hits", EventKind.HIT)
-            return entry.value  # type: ignore[union-attr]
-        if action is Action.STALE or action is Action.REFRESH:
-            self.count("stale_hits", EventKind.STALE_SERVED)
-            if action is Action.REFRESH:
-                self.start_arefresh(key, flight, args, kwargs, entry)
-            return entry.value  # type: ignore[union-attr]
-        if action is Action.BACKOFF:
-            return self.fallback(entry, self.backoff_error(key, state))
+        if action is Action.REFRESH:
+            self.start_arefresh(key, flight, args, kwargs, entry)
+        answer = self.answer_now(key, action, state, entry)
+        if answer is not _MISSING:
+            return answer
         if action is Action.WAIT:
             self.count("coalesced_waits", EventKind.COALESCED_WAIT)
         else:
@@ -1128,12 +1138,9 @@ class _Driver:
         now = self.s.clock.time()
         for guarded in self.remotes:
             found = guarded.entry(await guarded.acall("aget", key))
-            if self.better(entry, found, now):
-                entry = found
-                if self.l1 is not None and self.s.stores:
-                    self.l1.set(key, cast(Entry, found))
-                if now < cast(Entry, found).fresh_until:
-                    break
+            entry, fresh = self.absorb(key, entry, found, now)
+            if fresh:
+                break
         return entry
 
     async def arun(
