@@ -162,3 +162,30 @@ def test_a_leader_answers_before_writing_shared_layers() -> None:
     assert fetched is not None
     assert call.end is not None
     assert call.end - fetched < config.ttl + config.error_limit
+
+
+def test_requests_a_microsecond_apart_are_ordered_by_time_not_by_tolerance() -> None:
+    """Found by the thorough profile: with no layers every call fetches; the limiter's tiny
+    wait moved the clock by 1 µs, and a request that *started* 1 µs before a RateLimited
+    failure was taken for a fetch made after it. The check orders same-instant records with
+    float noise only; the run itself honours every clause."""
+    config = dataclasses.replace(
+        REGRESSION_CONFIG,
+        l1=False,
+        remotes=0,
+        rate=0.2,
+        burst=5.0,
+        max_wait=0.1,
+        timeout=1.0,
+        deadline=1.0,
+    )
+    schedule = Schedule(
+        config=config,
+        calls=[(0.0, "a")] * 4 + [(15.0, "a")] * 5,
+        layer_events=[],
+        backend_events=[(1.0, Outcome("ok", delay=0.0))],
+        first_outcome=Outcome("ok", delay=3.0),
+    )
+    run = run_sync(schedule)
+    assert isinstance(run.records[-1].error, cg.RateLimited)
+    check_all(run)
