@@ -1004,23 +1004,44 @@ class _Driver:
         ``(None, entry)`` when the holder's value arrived.
         """
         coordinator = cast(_GuardedLayer, self.coordinator)
-        clock = self.s.clock
-        wait = LeaseWait(start=clock.monotonic(), timeout=self.s.timeout)
+        wait = LeaseWait(start=self.s.clock.monotonic(), timeout=self.s.timeout)
         while True:
             token = coordinator.call("acquire_lease", key, ttl=self.s.lease_ttl)
-            if token is _MISSING:
-                return None, None
-            if token is not None:
-                return int(token), None
-            if wait.polls == 0:
-                self.count("lease_waits", EventKind.LEASE_WAIT)
+            if token is _MISSING or token is not None:
+                return self.lease_taken(token)
             found = coordinator.entry(coordinator.call("get", key))
-            if found is not None and clock.time() < found.fresh_until:
-                return None, found
-            delay = wait.next_delay(clock.monotonic())
-            if delay is None:
-                raise self.timeout_error("the process holding this key's lease")
-            clock.sleep(delay)
+            answer = self.after_poll(wait, found)
+            if isinstance(answer, Entry):
+                return None, answer
+            self.s.clock.sleep(answer)
+
+    def lease_taken(self, token: Any) -> tuple[int | None, None]:
+        """The lease was taken (a token), or no lease service answered (fetch without one)."""
+        return (None if token is _MISSING else int(token)), None
+
+    def after_poll(self, wait: LeaseWait, found: Entry | None) -> Entry | float:
+        """After a poll while another process holds the lease (both colours): its fresh value,
+        or the delay before the next poll; raises :class:`FetchTimeout` at the deadline."""
+        clock = self.s.clock
+        if wait.polls == 0:
+            self.count("lease_waits", EventKind.LEASE_WAIT)
+        if found is not None and clock.time() < found.fresh_until:
+            return found
+        delay = wait.next_delay(clock.monotonic())
+        if delay is None:
+            raise self.timeout_error("the process holding this key's lease")
+        return delay
+
+    def take_refresh_slot(self, key: CacheKey, flight: Flight) -> bool:
+        """Take one of ``max_refreshes`` slots for a background refresh (both colours); when
+        all are busy, the refresh is abandoned (the stale value was served anyway)."""
+        if not self.refresh_slots.acquire(blocking=False):
+            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
+            with self.lock:
+                self.core.abandon(key.local, flight)
+            return False
+        self.count("refreshes", EventKind.REFRESH_STARTED)
+        return True
 
     def start_refresh(
         self,
@@ -1030,13 +1051,9 @@ class _Driver:
         kwargs: dict[str, Any],
         stale: Entry | None,
     ) -> None:
-        if not self.refresh_slots.acquire(blocking=False):
-            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
-            with self.lock:
-                self.core.abandon(key.local, flight)
+        if not self.take_refresh_slot(key, flight):
             flight.reject(RuntimeError("refresh skipped"))
             return
-        self.count("refreshes", EventKind.REFRESH_STARTED)
 
         def job() -> None:
             try:
@@ -1123,12 +1140,8 @@ class _Driver:
         kwargs: dict[str, Any],
         stale: Entry | None,
     ) -> None:
-        if not self.refresh_slots.acquire(blocking=False):
-            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
-            with self.lock:
-                self.core.abandon(key.local, flight)
+        if not self.take_refresh_slot(key, flight):
             return
-        self.count("refreshes", EventKind.REFRESH_STARTED)
         self.start_task(key, flight, args, kwargs, stale)
         cast(asyncio.Task[Any], flight.task).add_done_callback(
             lambda _: self.refresh_slots.release()
@@ -1199,23 +1212,16 @@ class _Driver:
     async def alease(self, key: CacheKey) -> tuple[int | None, Entry | None]:
         """The async twin of :meth:`lease` (same protocol, awaited I/O)."""
         coordinator = cast(_GuardedLayer, self.coordinator)
-        clock = self.s.clock
-        wait = LeaseWait(start=clock.monotonic(), timeout=self.s.timeout)
+        wait = LeaseWait(start=self.s.clock.monotonic(), timeout=self.s.timeout)
         while True:
             token = await coordinator.acall("aacquire_lease", key, ttl=self.s.lease_ttl)
-            if token is _MISSING:
-                return None, None
-            if token is not None:
-                return int(token), None
-            if wait.polls == 0:
-                self.count("lease_waits", EventKind.LEASE_WAIT)
+            if token is _MISSING or token is not None:
+                return self.lease_taken(token)
             found = coordinator.entry(await coordinator.acall("aget", key))
-            if found is not None and clock.time() < found.fresh_until:
-                return None, found
-            delay = wait.next_delay(clock.monotonic())
-            if delay is None:
-                raise self.timeout_error("the process holding this key's lease")
-            await clock.asleep(delay)
+            answer = self.after_poll(wait, found)
+            if isinstance(answer, Entry):
+                return None, answer
+            await self.s.clock.asleep(answer)
 
     async def ainvalidate(self, *args: Any, **kwargs: Any) -> None:
         local = self.local(args, kwargs)
