@@ -1,4 +1,4 @@
-"""cacheguard's benchmarks: programs that measure cacheguard and its peers side by side.
+"""cacheward's benchmarks: programs that measure cacheward and its peers side by side.
 
 Run them from the repository root: ``python -m benchmarks NAME [--quick] [--json PATH]``.
 """

@@ -51,7 +51,7 @@ __all__ = [
     "Store",
 ]
 
-TABLE = "cacheguard_bench_items"
+TABLE = "cacheward_bench_items"
 OK = 0
 TIMEOUT = 1
 ERROR = 2
@@ -149,7 +149,7 @@ class Database:
             for i in range(1, ds.rows_per_customer + 1)
         )
         if self.kind == "sqlite":
-            self._tmp = Path(tempfile.mkdtemp(prefix="cacheguard-incident-"))
+            self._tmp = Path(tempfile.mkdtemp(prefix="cacheward-incident-"))
             self.path = str(self._tmp / "incident.sqlite3")
             conn = sqlite3.connect(self.path)
             try:

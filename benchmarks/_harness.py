@@ -11,7 +11,7 @@ What every benchmark here needs, in one place:
 * **statistics**: :func:`median`, :func:`percentile` (nearest rank), :func:`summary`;
 * **reporting**: :func:`print_table` (``rich`` when it is installed, plain text otherwise) and
   :func:`machine` (what the figures were measured on);
-* **size knobs**: :func:`smoke` is true under ``CACHEGUARD_BENCH_SMOKE=1``, which the smoke tests
+* **size knobs**: :func:`smoke` is true under ``CACHEWARD_BENCH_SMOKE=1``, which the smoke tests
   set so each benchmark runs in a tiny mode that checks its shape, not its speed.
 """
 
@@ -50,11 +50,11 @@ __all__ = [
     "versions",
 ]
 
-SMOKE_ENV = "CACHEGUARD_BENCH_SMOKE"
+SMOKE_ENV = "CACHEWARD_BENCH_SMOKE"
 
 
 def smoke() -> bool:
-    """True when ``CACHEGUARD_BENCH_SMOKE=1``: run a tiny version that only checks the shape."""
+    """True when ``CACHEWARD_BENCH_SMOKE=1``: run a tiny version that only checks the shape."""
     return os.environ.get(SMOKE_ENV, "") not in ("", "0")
 
 

@@ -20,7 +20,7 @@ Read path of ``NaiveStack.get(customer)``:
 
 Every setting is a library default or the library's own documented example; nothing is
 degraded on purpose. A sensitivity variant (``redis_timeouts=True``; the benchmark's
-``CACHEGUARD_BENCH_NAIVE_REDIS=timeouts``) gives redis-py 0.25 s socket and connect timeouts and
+``CACHEWARD_BENCH_NAIVE_REDIS=timeouts``) gives redis-py 0.25 s socket and connect timeouts and
 no retries, so that a Redis outage costs the naive stack milliseconds instead of seconds.
 
 The payload is a string: ``"<built_at>|<json>"`` so that the benchmark can

@@ -1,11 +1,11 @@
-"""cacheguard and its peers, each configured the way its documentation recommends.
+"""cacheward and its peers, each configured the way its documentation recommends.
 
 One row per (library, configuration). Each :class:`Lib` knows how to decorate a function with a
 fresh cache, so the hit benchmark, the stampede benchmark and the peers summary all time the
 very same configurations. ``docs/benchmarks.md`` lists these configurations; keep them in step.
 
-A library that is not installed yields no row (the report says so); cacheguard's rows appear as
-soon as ``cacheguard.cached`` imports.
+A library that is not installed yields no row (the report says so); cacheward's rows appear as
+soon as ``cacheward.cached`` imports.
 """
 
 from __future__ import annotations
@@ -48,20 +48,20 @@ class Lib:
     stampede: bool = True
 
 
-def cacheguard_missing() -> str | None:
-    """Why cacheguard's rows cannot run, or ``None`` when ``cacheguard.cached`` imports."""
+def cacheward_missing() -> str | None:
+    """Why cacheward's rows cannot run, or ``None`` when ``cacheward.cached`` imports."""
     try:
-        cg = importlib.import_module("cacheguard")
-        cg.cached  # noqa: B018
+        cw = importlib.import_module("cacheward")
+        cw.cached  # noqa: B018
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
 
-def _cacheguard() -> Decorate:
-    import cacheguard as cg
+def _cacheward() -> Decorate:
+    import cacheward as cw
 
-    decorate: Decorate = cg.cached(ttl=TTL)
+    decorate: Decorate = cw.cached(ttl=TTL)
     return decorate
 
 
@@ -158,7 +158,7 @@ def _aiocache(*, stampede: bool = False, **options: Any) -> Callable[[], Decorat
     return make
 
 
-CACHEGUARD_CONFIG = f"cg.cached(ttl={TTL}): default MemoryLayer, typed keys, stats, single-flight"
+CACHEWARD_CONFIG = f"cw.cached(ttl={TTL}): default MemoryLayer, typed keys, stats, single-flight"
 
 SYNC_REFERENCE = Lib(
     "functools.lru_cache(128)",
@@ -169,7 +169,7 @@ SYNC_REFERENCE = Lib(
 )
 
 SYNC_LIBS: list[Lib] = [
-    Lib("cacheguard", "cacheguard", False, CACHEGUARD_CONFIG, _cacheguard),
+    Lib("cacheward", "cacheward", False, CACHEWARD_CONFIG, _cacheward),
     Lib("functools.cache", "python", False, "functools.cache (unbounded)", _functools_cache),
     Lib(
         "cachetools TTLCache",
@@ -227,7 +227,7 @@ SYNC_LIBS: list[Lib] = [
 ]
 
 ASYNC_LIBS: list[Lib] = [
-    Lib("cacheguard async", "cacheguard", True, CACHEGUARD_CONFIG, _cacheguard),
+    Lib("cacheward async", "cacheward", True, CACHEWARD_CONFIG, _cacheward),
     Lib(
         "cachebox TTLCache async",
         "cachebox",
@@ -292,8 +292,8 @@ ASYNC_LIBS: list[Lib] = [
 
 def available(lib: Lib) -> str | None:
     """Why ``lib`` cannot run here, or ``None`` when it can."""
-    if lib.dist == "cacheguard":
-        return cacheguard_missing()
+    if lib.dist == "cacheward":
+        return cacheward_missing()
     try:
         lib.make()
     except ImportError as exc:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["KEY_PREFIX", "L2"]
 
 #: Every key the benchmark writes starts with this.
-KEY_PREFIX = "cacheguard-bench:"
+KEY_PREFIX = "cacheward-bench:"
 
 
 class L2:

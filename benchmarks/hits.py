@@ -1,4 +1,4 @@
-"""Fresh-hit cost of ``cg.cached``, sync and async, side by side with the peers.
+"""Fresh-hit cost of ``cw.cached``, sync and async, side by side with the peers.
 
 ``python -m benchmarks hits [--quick] [--json PATH]``
 
@@ -9,7 +9,7 @@ rotated order, with its group's reference timed in the same round:
 * async: awaiting a coroutine function that does one ``dict`` lookup.
 
 The figure for a contender is the median over rounds of its per-call time divided by the
-reference's from the same round. cacheguard's row is its whole hot path: building the typed key,
+reference's from the same round. cacheward's row is its whole hot path: building the typed key,
 looking the entry up, checking freshness against the clock and counting the hit in its stats.
 Targets: sync <= 4x ``lru_cache``, async <= 3.5x the async reference.
 """
@@ -207,7 +207,7 @@ def report(figures: dict[str, Any]) -> None:
         print(f"  skipped {name}: {why}")
     for label, target in figures["targets"].items():
         if target["ratio"] is None:
-            print(f"  target {label}: not measured (cacheguard unavailable)")
+            print(f"  target {label}: not measured (cacheward unavailable)")
         else:
             verdict = "met" if target["met"] else "MISSED"
             print(
@@ -217,15 +217,15 @@ def report(figures: dict[str, Any]) -> None:
 
 
 def run(*, quick: bool) -> dict[str, object]:
-    """Measure fresh hits for cacheguard and every installed peer; print and return the figures."""
+    """Measure fresh hits for cacheward and every installed peer; print and return the figures."""
     figures = measure(quick=quick)
     figures["targets"] = {
-        "sync (x lru_cache)": _target(figures["rows"], "cacheguard", SYNC_TARGET),
-        "async (x await dict lookup)": _target(figures["rows"], "cacheguard async", ASYNC_TARGET),
+        "sync (x lru_cache)": _target(figures["rows"], "cacheward", SYNC_TARGET),
+        "async (x await dict lookup)": _target(figures["rows"], "cacheward async", ASYNC_TARGET),
     }
     figures["machine"] = h.machine()
     figures["versions"] = h.versions(
-        "cacheguard", "cachetools", "cachebox", "async-lru", "cashews", "aiocache", "dogpile.cache"
+        "cacheward", "cachetools", "cachebox", "async-lru", "cashews", "aiocache", "dogpile.cache"
     )
     report(figures)
     return figures

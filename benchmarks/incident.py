@@ -1,4 +1,4 @@
-"""The incident replay: both cache layers lost at once, naive stack vs ``cacheguard.guard``.
+"""The incident replay: both cache layers lost at once, naive stack vs ``cacheward.guard``.
 
 ``python -m benchmarks incident [--quick] [--json PATH]`` (also what ``python -m benchmarks``
 runs). Several worker processes serve requests for many customers' large, paginated
@@ -8,8 +8,8 @@ arrivals, Zipf-distributed customers -- is replayed against two stacks, one afte
 
 * **naive** (:mod:`benchmarks._naive`): cachetools ``TTLCache`` + Redis via redis-py with its
   defaults + tenacity retries + OFFSET pagination restarted on failure;
-* **guarded**: ``cg.guard(...)`` over ``[cg.MemoryLayer, cg.RedisLayer]`` with a token bucket
-  and a retry budget, rebuilding with keyset pagination through ``cg.collect_pages``.
+* **guarded**: ``cw.guard(...)`` over ``[cw.MemoryLayer, cw.RedisLayer]`` with a token bucket
+  and a retry budget, rebuilding with keyset pagination through ``cw.collect_pages``.
 
 Timeline of each run: *warm-up* (Redis pre-filled, as for a service that has been up a while)
 -> *outage* (Redis killed and every process's in-process cache flushed at the same instant) ->
@@ -17,9 +17,9 @@ Timeline of each run: *warm-up* (Redis pre-filled, as for a service that has bee
 a perfect cache with the same TTL would have had to read (the amplification), and what callers
 saw (latency, errors, stale values).
 
-``CACHEGUARD_BENCH_SMOKE=1`` runs a tiny version in a few seconds (the test suite uses it);
-``CACHEGUARD_BENCH_NO_REDIS=1`` runs without L2; ``CACHEGUARD_BENCH_REDIS_FAULT=hung`` makes the
-outage a hung Redis (SIGSTOP) instead of a dead one; ``CACHEGUARD_BENCH_NAIVE_REDIS=timeouts``
+``CACHEWARD_BENCH_SMOKE=1`` runs a tiny version in a few seconds (the test suite uses it);
+``CACHEWARD_BENCH_NO_REDIS=1`` runs without L2; ``CACHEWARD_BENCH_REDIS_FAULT=hung`` makes the
+outage a hung Redis (SIGSTOP) instead of a dead one; ``CACHEWARD_BENCH_NAIVE_REDIS=timeouts``
 gives the naive stack's redis-py client 0.25 s timeouts and no retries (a sensitivity check).
 """
 
@@ -237,19 +237,19 @@ _STORE: Store | None = None
 
 
 def keyset_page(customer: int, cursor: str | None, limit: int) -> Any:
-    """One keyset page of a customer's configuration, as a ``cg.Page``."""
-    import cacheguard as cg
+    """One keyset page of a customer's configuration, as a ``cw.Page``."""
+    import cacheward as cw
 
     assert _STORE is not None
     rows = _STORE.keyset_page(customer, int(cursor) if cursor else 0, limit)
-    return cg.Page(items=rows, next_cursor=str(rows[-1][0]) if len(rows) == limit else None)
+    return cw.Page(items=rows, next_cursor=str(rows[-1][0]) if len(rows) == limit else None)
 
 
 def retryable(error: BaseException) -> bool:
-    """What the guarded stack retries: statement timeouts, plus cacheguard's default rule."""
-    import cacheguard as cg
+    """What the guarded stack retries: statement timeouts, plus cacheward's default rule."""
+    import cacheward as cw
 
-    return isinstance(error, StatementTimeout) or cg.is_retryable(error)
+    return isinstance(error, StatementTimeout) or cw.is_retryable(error)
 
 
 def guarded_config(sc: Scenario, *, processes: int) -> dict[str, Any]:
@@ -263,55 +263,55 @@ def guarded_config(sc: Scenario, *, processes: int) -> dict[str, Any]:
         "limiter_burst": max(1.0, round(rate, 2)),
         "limiter_local_share": round(1.0 / processes, 3),
         "attempts": 3,
-        "retry_on": "StatementTimeout, and cacheguard's default (connection errors, timeouts)",
+        "retry_on": "StatementTimeout, and cacheward's default (connection errors, timeouts)",
         "budget": "RetryBudget(ratio=0.2, min_per_second=10)",
         "max_wait": "the library default",
         "timeout": sc.deadline,
-        "pagination": f"keyset via cg.collect_pages(page_size={sc.page_size}), resume on failure",
+        "pagination": f"keyset via cw.collect_pages(page_size={sc.page_size}), resume on failure",
         "why_rate": f"{sc.limiter_share:.0%} of the database's capacity in keyset rebuilds "
         f"({sc.capacity.rows_per_second:,.0f} rows/s / {rebuild_rows} rows)",
     }
 
 
 class GuardedStack:
-    """``cg.guard`` over ``[MemoryLayer, RedisLayer]``, rebuilding with keyset pagination."""
+    """``cw.guard`` over ``[MemoryLayer, RedisLayer]``, rebuilding with keyset pagination."""
 
     def __init__(self, store: Store, sc: Scenario, *, redis_url: str | None) -> None:
-        import cacheguard as cg
+        import cacheward as cw
 
         global _STORE
         _STORE = store
         self.sc = sc
         self.components: list[str] = ["guard", "collect_pages"]
-        self.memory = cg.MemoryLayer(maxsize=4096)
+        self.memory = cw.MemoryLayer(maxsize=4096)
         layers: list[Any] = [self.memory]
         self.client: Any = None
         if redis_url is not None:
-            layers.append(cg.RedisLayer.from_url(redis_url, prefix=KEY_PREFIX + "cg"))
+            layers.append(cw.RedisLayer.from_url(redis_url, prefix=KEY_PREFIX + "cacheward"))
             self.components.append("RedisLayer")
         cfg = guarded_config(sc, processes=sc.processes)
         namespace = KEY_PREFIX + "guarded"
         page_size = sc.page_size
 
         def rebuild(customer: int) -> str:
-            items = cg.collect_pages(functools.partial(keyset_page, customer), page_size=page_size)
+            items = cw.collect_pages(functools.partial(keyset_page, customer), page_size=page_size)
             return assemble(customer, items)
 
         rebuild.__qualname__ = "incident.config"
-        self.fn = cg.guard(
+        self.fn = cw.guard(
             ttl=sc.ttl,
             stale_ttl=sc.stale_ttl,
             layers=layers,
-            limiter=self._limiter(cg, cfg, redis_url),
+            limiter=self._limiter(cw, cfg, redis_url),
             attempts=3,
-            budget=cg.RetryBudget(ratio=0.2, min_per_second=10),
+            budget=cw.RetryBudget(ratio=0.2, min_per_second=10),
             retry_on=retryable,
             namespace=namespace,
             timeout=sc.deadline,
         )(rebuild)
         self.get = self.fn
 
-    def _limiter(self, cg: Any, cfg: dict[str, Any], redis_url: str | None) -> Any:
+    def _limiter(self, cw: Any, cfg: dict[str, Any], redis_url: str | None) -> Any:
         if redis_url is not None:
             import redis
 
@@ -320,7 +320,7 @@ class GuardedStack:
             )
             self.components.append("RedisTokenBucket")
             # fallback_share: the documented advice, 1 / number of processes.
-            return cg.RedisTokenBucket(
+            return cw.RedisTokenBucket(
                 self.client,
                 name="db",
                 rate=cfg["limiter_rate_per_s"],
@@ -329,7 +329,7 @@ class GuardedStack:
                 prefix=KEY_PREFIX + "bucket",
             )
         self.components.append("TokenBucket (per process)")
-        return cg.TokenBucket(
+        return cw.TokenBucket(
             rate=cfg["limiter_rate_per_s"] / self.sc.processes,
             burst=max(1.0, cfg["limiter_burst"] / self.sc.processes),
         )
@@ -508,14 +508,14 @@ def _prefill(sc: Scenario, stack_name: str, db: Database, redis_url: str) -> dic
         finally:
             client.close()
         return written
-    # The guarded stack: cacheguard's own code writes the entries (so the format is its own),
+    # The guarded stack: cacheward's own code writes the entries (so the format is its own),
     # on a fake clock set to when each entry was written.
-    import cacheguard as cg
-    from cacheguard.testing import FakeClock
+    import cacheward as cw
+    from cacheward.testing import FakeClock
 
     global _STORE
     _STORE = store
-    layer = cg.RedisLayer.from_url(redis_url, prefix=KEY_PREFIX + "cg")
+    layer = cw.RedisLayer.from_url(redis_url, prefix=KEY_PREFIX + "cacheward")
     for customer, stamp in written.items():
         clock = FakeClock(start=stamp)
 
@@ -523,7 +523,7 @@ def _prefill(sc: Scenario, stack_name: str, db: Database, redis_url: str) -> dic
             items = [tuple(r) for r in _all_rows(customer, sc.page_size)]
             return f"{stamp:.3f}|" + assemble(customer, items).split("|", 1)[1]
 
-        fn = cg.cached(
+        fn = cw.cached(
             ttl=sc.ttl,
             stale_ttl=sc.stale_ttl,
             layers=[layer],
@@ -549,7 +549,7 @@ def _all_rows(customer: int, page_size: int) -> list[Any]:
 
 
 def _naive_redis_timeouts() -> bool:
-    return os.environ.get("CACHEGUARD_BENCH_NAIVE_REDIS", "") == "timeouts"
+    return os.environ.get("CACHEWARD_BENCH_NAIVE_REDIS", "") == "timeouts"
 
 
 def _run_stack(
@@ -889,7 +889,7 @@ def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 
 def targets(sc: Scenario, g: dict[str, Any]) -> dict[str, Any]:
-    """cacheguard's targets during the outage: value, limit, met."""
+    """cacheward's targets during the outage: value, limit, met."""
     o = g["phases"]["outage"]
     amp = o["amplification"]
     stale_ratio = o["stale_p99_vs_healthy_p99"]
@@ -1046,12 +1046,12 @@ def _print_report(sc: Scenario, result: dict[str, Any]) -> None:
         table = Table(title=f"incident replay ({sc.name})")
         table.add_column("")
         table.add_column("naive", justify="right")
-        table.add_column("cacheguard", justify="right")
+        table.add_column("cacheward", justify="right")
         for row in rows:
             table.add_row(*row)
         Console().print(table)
     print("naive / guarded:", ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
-    print("cacheguard targets (outage):")
+    print("cacheward targets (outage):")
     for name, t in result["targets"].items():
         mark = {True: "met", False: "NOT met", None: "n/a"}[t["met"]]
         note = f" ({t['note']})" if t.get("note") else ""
@@ -1063,8 +1063,8 @@ def _print_report(sc: Scenario, result: dict[str, Any]) -> None:
 
 
 def scenario_for(quick: bool) -> Scenario:
-    """The scenario ``run`` uses (the smoke one under ``CACHEGUARD_BENCH_SMOKE=1``)."""
-    if os.environ.get("CACHEGUARD_BENCH_SMOKE", "") not in ("", "0"):
+    """The scenario ``run`` uses (the smoke one under ``CACHEWARD_BENCH_SMOKE=1``)."""
+    if os.environ.get("CACHEWARD_BENCH_SMOKE", "") not in ("", "0"):
         return SMOKE
     return QUICK if quick else FULL
 
@@ -1073,9 +1073,9 @@ def run(*, quick: bool) -> dict[str, object]:
     """Run the incident replay for both stacks; print the report; return every figure."""
     sc = scenario_for(quick)
     smoke = sc is SMOKE
-    l2 = L2(fault=os.environ.get("CACHEGUARD_BENCH_REDIS_FAULT", "down"))
-    if os.environ.get("CACHEGUARD_BENCH_NO_REDIS", "") not in ("", "0"):
-        l2.mode, l2.reason = "absent", "CACHEGUARD_BENCH_NO_REDIS is set: L2 is absent"
+    l2 = L2(fault=os.environ.get("CACHEWARD_BENCH_REDIS_FAULT", "down"))
+    if os.environ.get("CACHEWARD_BENCH_NO_REDIS", "") not in ("", "0"):
+        l2.mode, l2.reason = "absent", "CACHEWARD_BENCH_NO_REDIS is set: L2 is absent"
     db = Database(sc.dataset)
     quiet = smoke or not sys.stdout.isatty()
     if not smoke:

@@ -1,4 +1,4 @@
-"""What observing cacheguard costs on its hot path: a fresh hit with and without listeners.
+"""What observing cacheward costs on its hot path: a fresh hit with and without listeners.
 
 ``python -m benchmarks observe [--quick] [--json PATH]``
 
@@ -6,7 +6,7 @@ One cached function (the key already cached) is timed under four configurations,
 async:
 
 * **bare**: no listener attached for anything but the default logging listener (the reference);
-* **listener**: a no-op listener attached for every kind but ``hit`` (``cg.listen(fn)``);
+* **listener**: a no-op listener attached for every kind but ``hit`` (``cw.listen(fn)``);
 * **hit-listener**: a no-op listener for ``hit`` itself, what counting hits from events would
   cost (reported, not a target: it is why the adapters read ``.stats()`` instead);
 * **prometheus**: the Prometheus adapter attached (its listener) and tracking the function; its
@@ -27,7 +27,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import cacheguard as cg
+import cacheward as cw
 from benchmarks import _harness as h
 
 TARGET = 1.10
@@ -42,7 +42,7 @@ def _settings(quick: bool) -> dict[str, Any]:
     return {"rounds": 31, "block_seconds": 0.02, "repeat": 3}
 
 
-def _noop(event: cg.Event) -> None:
+def _noop(event: cw.Event) -> None:
     return None
 
 
@@ -53,16 +53,16 @@ def _attached(config: str, fn: Any, scrapes: list[int]) -> Iterator[None]:
         yield
         return
     if config == "listener":
-        with cg.listening(_noop):
+        with cw.listening(_noop):
             yield
         return
     if config == "hit-listener":
-        with cg.listening(_noop, kinds=[cg.EventKind.HIT]):
+        with cw.listening(_noop, kinds=[cw.EventKind.HIT]):
             yield
         return
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from cacheguard.contrib.prometheus import PrometheusMetrics
+    from cacheward.contrib.prometheus import PrometheusMetrics
 
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(fn, registry=registry)
@@ -76,14 +76,14 @@ def _attached(config: str, fn: Any, scrapes: list[int]) -> Iterator[None]:
 def _make(is_async: bool) -> Any:
     if is_async:
 
-        @cg.cached(ttl=3600, jitter=0)
+        @cw.cached(ttl=3600, jitter=0)
         async def afetch(k: int) -> int:
             return k * 2
 
         asyncio.run(afetch(ARG))
         return afetch
 
-    @cg.cached(ttl=3600, jitter=0)
+    @cw.cached(ttl=3600, jitter=0)
     def fetch(k: int) -> int:
         return k * 2
 
@@ -213,6 +213,6 @@ def run(*, quick: bool) -> dict[str, object]:
         if not name.startswith(("bare", "hit-listener"))
     }
     figures["machine"] = h.machine()
-    figures["versions"] = h.versions("cacheguard", "prometheus-client")
+    figures["versions"] = h.versions("cacheward", "prometheus-client")
     report(figures)
     return figures

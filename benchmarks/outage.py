@@ -1,4 +1,4 @@
-"""Redis refused and Redis hung under load: cacheguard next to cashews, aiocache and dogpile.cache.
+"""Redis refused and Redis hung under load: cacheward next to cashews, aiocache and dogpile.cache.
 
 ``python -m benchmarks outage [--quick] [--json PATH]``
 
@@ -13,7 +13,7 @@ For each contender and each fault, on a private ``redis-server`` (stopped by PID
    20 ms. A caller that does not get the right value within 15 s counts as an error.
 
 Counted per run: backend calls (ideal: 10, one per key), callers served and failed, and the
-callers' p50 / p99 / max latency. Targets for cacheguard: 10 backend calls, every caller served,
+callers' p50 / p99 / max latency. Targets for cacheward: 10 backend calls, every caller served,
 p99 <= 100 ms, in both modes. The peers run with the configurations of ``benchmarks/peers.py``
 (their documented defaults plus explicit socket timeouts where they have them).
 """
@@ -51,26 +51,26 @@ def _settings(quick: bool) -> dict[str, Any]:
     return {"rate": 200, "duration": 5.0}
 
 
-def _cacheguard(port: int, *, timeout: float | None = None, is_async: bool = False) -> Any:
-    import cacheguard as cg
+def _cacheward(port: int, *, timeout: float | None = None, is_async: bool = False) -> Any:
+    import cacheward as cw
 
     options = {} if timeout is None else {"timeout": timeout}
-    layer = cg.RedisLayer.from_url(f"redis://127.0.0.1:{port}/0", **options)
+    layer = cw.RedisLayer.from_url(f"redis://127.0.0.1:{port}/0", **options)
     config = (
-        "cg.cached(ttl=3600, layers=[cg.MemoryLayer(), cg.RedisLayer.from_url(url"
+        "cw.cached(ttl=3600, layers=[cw.MemoryLayer(), cw.RedisLayer.from_url(url"
         + ("" if timeout is None else f", timeout={timeout}")
         + ")]) "
         + ("(defaults: 0.1 s timeouts, no client retries)" if timeout is None else "")
         + (" on async def" if is_async else " on def, one thread per caller")
     )
-    return is_async, cg.cached(ttl=3600, layers=[cg.MemoryLayer(), layer]), config
+    return is_async, cw.cached(ttl=3600, layers=[cw.MemoryLayer(), layer]), config
 
 
 CONTENDERS: dict[str, Callable[[int], tuple[bool, Any, str]]] = {
-    "cacheguard": _cacheguard,
-    "cacheguard async": lambda port: _cacheguard(port, is_async=True),
-    "cacheguard timeout=0.05": lambda port: _cacheguard(port, timeout=0.05),
-    **{name: make for name, make in OUTAGE_CONTENDERS.items() if name != "cacheguard"},
+    "cacheward": _cacheward,
+    "cacheward async": lambda port: _cacheward(port, is_async=True),
+    "cacheward timeout=0.05": lambda port: _cacheward(port, timeout=0.05),
+    **{name: make for name, make in OUTAGE_CONTENDERS.items() if name != "cacheward"},
 }
 
 
@@ -138,7 +138,7 @@ def _one_run(server: Any, name: str, mode: str, settings: dict[str, Any]) -> dic
     stats = getattr(fn, "stats", None)
     if callable(stats):
         s = stats()
-        row["cacheguard_stats"] = {
+        row["cacheward_stats"] = {
             "fetches": s.fetches,
             "hits": s.hits,
             "coalesced_waits": s.coalesced_waits,
@@ -161,7 +161,7 @@ def measure(modes: tuple[str, ...], settings: dict[str, Any]) -> dict[str, Any]:
         for mode in modes:
             for name in CONTENDERS:
                 if h.smoke() and (
-                    name.startswith("dogpile") or (mode == "hung" and "cacheguard" not in name)
+                    name.startswith("dogpile") or (mode == "hung" and "cacheward" not in name)
                 ):
                     skipped[f"{name} ({mode})"] = "left out of smoke runs (its waits take seconds)"
                     continue
@@ -229,10 +229,10 @@ def run(*, quick: bool) -> dict[str, object]:
     figures = measure(MODES, _settings(quick))
     targets = {}
     for mode in MODES:
-        row = figures["modes"][mode].get("cacheguard")
+        row = figures["modes"][mode].get("cacheward")
         if row is None:
             continue
-        targets[f"cacheguard {mode}"] = {
+        targets[f"cacheward {mode}"] = {
             "value": (
                 f"{row['backend_calls']} backend calls, {row['served']}/{row['callers']} served, "
                 f"p99 {h.fmt_ns(row['p99'])}"
@@ -241,6 +241,6 @@ def run(*, quick: bool) -> dict[str, object]:
         }
     figures["targets"] = targets
     figures["machine"] = h.machine()
-    figures["versions"] = h.versions("cacheguard", "redis", "cashews", "aiocache", "dogpile.cache")
+    figures["versions"] = h.versions("cacheward", "redis", "cashews", "aiocache", "dogpile.cache")
     report(figures)
     return figures

@@ -18,10 +18,10 @@ Contenders:
 
 * ``OFFSET, restart`` -- what the incident did: ``LIMIT 500 OFFSET n``, and a failed rebuild
   starts again from page one;
-* ``OFFSET, resume`` -- cacheguard's driver with an OFFSET cursor: resume alone;
+* ``OFFSET, resume`` -- cacheward's driver with an OFFSET cursor: resume alone;
 * ``keyset, restart`` -- keyset queries, ``resume=False``: keyset alone;
-* ``keyset, resume`` -- cacheguard's recipe: keyset queries with ``LIMIT 501`` (a look-ahead
-  row), ``cg.CursorCodec`` cursors, ``cg.collect_pages`` with resume.
+* ``keyset, resume`` -- cacheward's recipe: keyset queries with ``LIMIT 501`` (a look-ahead
+  row), ``cw.CursorCodec`` cursors, ``cw.collect_pages`` with resume.
 
 Target: keyset with resume returns at most 1.05x the table's rows.
 """
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cacheguard as cg
+import cacheward as cw
 from benchmarks._harness import machine, median, print_table, smoke
 
 TARGET = 1.05
@@ -56,11 +56,11 @@ class Db:
         self.page_size = page_size
         self.url = os.environ.get("DATABASE_URL")
         self.backend = "postgresql" if self.url else "sqlite"
-        self.tmp = tempfile.TemporaryDirectory(prefix="cg-bench-pages-")
+        self.tmp = tempfile.TemporaryDirectory(prefix="cacheward-bench-pages-")
         self.conn: Any
         self.mark = "%s" if self.url else "?"
         self._connect_and_load()
-        self.codec = cg.CursorCodec(scope="bench", arity=2)
+        self.codec = cw.CursorCodec(scope="bench", arity=2)
         self.reset()
 
     def _connect_and_load(self) -> None:
@@ -148,16 +148,16 @@ _DB: dict[str, Db] = {}
 
 # The page functions live at module level and take the database's name through
 # functools.partial: the rebuild identity the guide recommends.
-def keyset_page(db: str, cursor: str | None, limit: int) -> cg.Page[tuple[Any, ...]]:
+def keyset_page(db: str, cursor: str | None, limit: int) -> cw.Page[tuple[Any, ...]]:
     d = _DB[db]
     rows = d.keyset_page(d.codec.decode(cursor), limit + 1)
     return d.codec.page(rows, limit, key=lambda row: (row[0], row[1]))
 
 
-def offset_cursor_page(db: str, cursor: str | None, limit: int) -> cg.Page[tuple[Any, ...]]:
+def offset_cursor_page(db: str, cursor: str | None, limit: int) -> cw.Page[tuple[Any, ...]]:
     offset = int(cursor or 0)
     rows = _DB[db].offset_page(offset, limit)
-    return cg.Page(rows, str(offset + limit) if len(rows) == limit else None)
+    return cw.Page(rows, str(offset + limit) if len(rows) == limit else None)
 
 
 def naive_offset_rebuild(db: Db) -> list[tuple[Any, ...]]:
@@ -179,14 +179,14 @@ def naive_offset_rebuild(db: Db) -> list[tuple[Any, ...]]:
 
 def driver_rebuild(page: Callable[..., Any], *, resume: bool) -> Callable[[Db], list[Any]]:
     def rebuild(db: Db) -> list[Any]:
-        store = cg.MemoryCheckpoints()
+        store = cw.MemoryCheckpoints()
         fetch = functools.partial(page, "db")
         for _ in range(len(FAILURE_POINTS) + 1):
             try:
-                return cg.collect_pages(
+                return cw.collect_pages(
                     fetch, page_size=db.page_size, checkpoints=store, resume=resume, deadline=None
                 )
-            except cg.PaginationError as exc:  # noqa: PERF203 - each failure is one rebuild
+            except cw.PaginationError as exc:  # noqa: PERF203 - each failure is one rebuild
                 if not isinstance(exc.__cause__, Injected):
                     raise
         raise AssertionError("more failures than injected")
@@ -198,9 +198,9 @@ CONTENDERS: dict[str, Callable[[Db], list[Any]]] = {
     "OFFSET, restart (the incident)": naive_offset_rebuild,
     "OFFSET, resume": driver_rebuild(offset_cursor_page, resume=True),
     "keyset, restart": driver_rebuild(keyset_page, resume=False),
-    "keyset, resume (cacheguard)": driver_rebuild(keyset_page, resume=True),
+    "keyset, resume (cacheward)": driver_rebuild(keyset_page, resume=True),
 }
-OURS = "keyset, resume (cacheguard)"
+OURS = "keyset, resume (cacheward)"
 BASELINE = "OFFSET, restart (the incident)"
 
 

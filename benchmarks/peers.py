@@ -1,4 +1,4 @@
-"""cacheguard vs every peer, in one run: hit latency, cold-key stampede and a Redis-down outage.
+"""cacheward vs every peer, in one run: hit latency, cold-key stampede and a Redis-down outage.
 
 ``python -m benchmarks peers [--quick] [--json PATH]``
 
@@ -27,11 +27,11 @@ from typing import Any
 
 from benchmarks import _harness as h
 from benchmarks import hits, stampede
-from benchmarks._peerlibs import TTL, cacheguard_missing
+from benchmarks._peerlibs import TTL, cacheward_missing
 
 #: The summary: one row per (library, configuration), and which rows of each section it uses.
 SUMMARY: list[tuple[str, dict[str, str | None]]] = [
-    ("cacheguard", {"sync": "cacheguard", "async": "cacheguard async", "outage": "cacheguard"}),
+    ("cacheward", {"sync": "cacheward", "async": "cacheward async", "outage": "cacheward"}),
     (
         "cachetools (lock=)",
         {"sync": "cachetools TTLCache lock=", "async": None, "outage": None},
@@ -101,14 +101,14 @@ class _Backend:
 # ------------------------------------------------------------------ Redis-backed contenders
 
 
-def _cacheguard_outage(port: int) -> tuple[bool, Any, str]:
-    import cacheguard as cg
+def _cacheward_outage(port: int) -> tuple[bool, Any, str]:
+    import cacheward as cw
 
-    layers: list[Any] = [cg.MemoryLayer()]
-    config = f"cg.cached(ttl={TTL}, layers=[MemoryLayer()"
-    redis_layer = getattr(cg, "RedisLayer", None)
+    layers: list[Any] = [cw.MemoryLayer()]
+    config = f"cw.cached(ttl={TTL}, layers=[MemoryLayer()"
+    redis_layer = getattr(cw, "RedisLayer", None)
     if redis_layer is None:  # before the Redis layer was exported
-        from cacheguard import _redis
+        from cacheward import _redis
 
         redis_layer = getattr(_redis, "RedisLayer", None)
     if redis_layer is not None:
@@ -116,7 +116,7 @@ def _cacheguard_outage(port: int) -> tuple[bool, Any, str]:
         config += ', RedisLayer.from_url("redis://...")]) (defaults: 0.25 s timeouts, no retries)'
     else:
         config += "]) - no RedisLayer in this version, so no L2"
-    return True, cg.cached(ttl=TTL, layers=layers), config
+    return True, cw.cached(ttl=TTL, layers=layers), config
 
 
 def _cashews_outage(port: int) -> tuple[bool, Any, str]:
@@ -170,7 +170,7 @@ def _dogpile_outage(port: int) -> tuple[bool, Any, str]:
 
 
 OUTAGE_CONTENDERS: dict[str, Callable[[int], tuple[bool, Any, str]]] = {
-    "cacheguard": _cacheguard_outage,
+    "cacheward": _cacheward_outage,
     "cashews redis": _cashews_outage,
     "aiocache redis": _aiocache_outage,
     "dogpile redis": _dogpile_outage,
@@ -244,7 +244,7 @@ def own_refused_outage(quick: bool) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name, make in OUTAGE_CONTENDERS.items():
-        if name == "cacheguard" and (why := cacheguard_missing()) is not None:
+        if name == "cacheward" and (why := cacheward_missing()) is not None:
             skipped[name] = why
             continue
         if name == "dogpile redis" and h.smoke():
@@ -375,7 +375,7 @@ def run(*, quick: bool) -> dict[str, object]:
     report_outage(down)
     table = summary(hit, storm, down)
     h.print_table(
-        "cacheguard vs the peers",
+        "cacheward vs the peers",
         [
             "library",
             "hit sync (x lru_cache)",
@@ -393,7 +393,7 @@ def run(*, quick: bool) -> dict[str, object]:
         "summary": table,
         "machine": h.machine(),
         "versions": h.versions(
-            "cacheguard",
+            "cacheward",
             "cachetools",
             "cachebox",
             "async-lru",

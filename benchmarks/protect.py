@@ -2,7 +2,7 @@
 
 ``python -m benchmarks protect [--quick] [--json PATH]``
 
-1. **Fresh-hit overhead** of ``cg.guard(...)`` against ``cg.cached(...)`` alone, the same
+1. **Fresh-hit overhead** of ``cw.guard(...)`` against ``cw.cached(...)`` alone, the same
    function shape, sync and async, in interleaved rounds (median of same-round ratios).
    Target: <= 1.10x.
 2. **A token take**: ``TokenBucket.reserve(0)`` (and a ``rate_limit``-decorated no-op against the
@@ -13,10 +13,10 @@
 4. **The retry storm**: a backend that fails 50 % of calls (seeded, the same sequence for
    everyone) for 10 s under a steady 200 requests/s, behind plain tenacity
    (``stop_after_attempt(5)``), stamina's defaults (10 attempts; its test mode switches off the
-   back-off sleeps) and ``cg.retry(attempts=5)`` with ``cg.RetryBudget(ratio=0.2,
+   back-off sleeps) and ``cw.retry(attempts=5)`` with ``cw.RetryBudget(ratio=0.2,
    min_per_second=10)``. Time is simulated (the real retry code runs; sleeps take no time and
    requests arrive every 5 ms of simulated time), so the run is exact and takes well under a
-   second. Target for cacheguard: attempts per request <= 1 + ratio + floor / request rate
+   second. Target for cacheward: attempts per request <= 1 + ratio + floor / request rate
    = 1.25. A second scenario has the backend fail every call.
 """
 
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import cacheguard as cg
+import cacheward as cw
 from benchmarks import _harness as h
 
 HIT_TARGET = 1.10
@@ -51,19 +51,19 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 
 def _hit_contenders() -> list[h.Contender]:
-    @cg.cached(ttl=3600, jitter=0)
+    @cw.cached(ttl=3600, jitter=0)
     def cached_fn(k: int) -> int:
         return k * 2
 
-    @cg.guard(ttl=3600, jitter=0)
+    @cw.guard(ttl=3600, jitter=0)
     def guard_fn(k: int) -> int:
         return k * 2
 
-    @cg.cached(ttl=3600, jitter=0)
+    @cw.cached(ttl=3600, jitter=0)
     async def acached_fn(k: int) -> int:
         return k * 2
 
-    @cg.guard(ttl=3600, jitter=0)
+    @cw.guard(ttl=3600, jitter=0)
     async def aguard_fn(k: int) -> int:
         return k * 2
 
@@ -76,8 +76,8 @@ def _hit_contenders() -> list[h.Contender]:
 
     asyncio.run(warm())
     return [
-        h.Contender("cached", "sync", cached_fn, ARG, config="cg.cached(ttl=3600)", reference=True),
-        h.Contender("guard", "sync", guard_fn, ARG, config="cg.guard(ttl=3600)"),
+        h.Contender("cached", "sync", cached_fn, ARG, config="cw.cached(ttl=3600)", reference=True),
+        h.Contender("guard", "sync", guard_fn, ARG, config="cw.guard(ttl=3600)"),
         h.Contender(
             "cached async",
             "async",
@@ -85,10 +85,10 @@ def _hit_contenders() -> list[h.Contender]:
             ARG,
             is_async=True,
             reference=True,
-            config="cg.cached(ttl=3600)",
+            config="cw.cached(ttl=3600)",
         ),
         h.Contender(
-            "guard async", "async", aguard_fn, ARG, is_async=True, config="cg.guard(ttl=3600)"
+            "guard async", "async", aguard_fn, ARG, is_async=True, config="cw.guard(ttl=3600)"
         ),
     ]
 
@@ -101,9 +101,9 @@ def _noop(arg: object) -> object:
 
 
 def _take_contenders() -> list[h.Contender]:
-    bucket = cg.TokenBucket(rate=1e15, burst=1e15)  # never empty: we time the take itself
-    limited_bucket = cg.TokenBucket(rate=1e15, burst=1e15)
-    limited = cg.rate_limit(limited_bucket, max_wait=0)(_noop)
+    bucket = cw.TokenBucket(rate=1e15, burst=1e15)  # never empty: we time the take itself
+    limited_bucket = cw.TokenBucket(rate=1e15, burst=1e15)
+    limited = cw.rate_limit(limited_bucket, max_wait=0)(_noop)
     return [
         h.Contender("python call", "take", _noop, 0.0, config="def f(x): return x", reference=True),
         h.Contender("TokenBucket.reserve(0)", "take", bucket.reserve, 0.0, config="rate=1e15"),
@@ -130,8 +130,8 @@ def _redis_contenders() -> tuple[list[h.Contender], Any, str | None]:
     except redis.RedisError as exc:
         client.close()
         return [], None, f"no Redis at {url}: {exc}"
-    client.set("cacheguard-bench:protect:get", b"x")
-    bucket = cg.RedisTokenBucket(client, name="bench-protect", rate=1e12, burst=1e12)
+    client.set("cacheward-bench:protect:get", b"x")
+    bucket = cw.RedisTokenBucket(client, name="bench-protect", rate=1e12, burst=1e12)
     bucket.reserve(0)  # loads the script
     return (
         [
@@ -139,7 +139,7 @@ def _redis_contenders() -> tuple[list[h.Contender], Any, str | None]:
                 "redis GET",
                 "redis",
                 client.get,
-                "cacheguard-bench:protect:get",
+                "cacheward-bench:protect:get",
                 config="raw redis-py, one round trip",
                 reference=True,
             ),
@@ -209,8 +209,8 @@ def _storm(name: str, failure: float, *, seconds: float, rps: float, seed: int) 
             stamina.instrumentation.set_on_retry_hooks(hooks)
 
     else:
-        budget = cg.RetryBudget(ratio=RATIO, min_per_second=FLOOR, window=WINDOW, clock=clock)
-        call = cg.retry(attempts=5, budget=budget, clock=clock, rng=random.Random(seed))(backend)
+        budget = cw.RetryBudget(ratio=RATIO, min_per_second=FLOOR, window=WINDOW, clock=clock)
+        call = cw.retry(attempts=5, budget=budget, clock=clock, rng=random.Random(seed))(backend)
     requests = int(seconds * rps)
     failed = 0
     try:
@@ -218,7 +218,7 @@ def _storm(name: str, failure: float, *, seconds: float, rps: float, seed: int) 
             clock.now = i / rps
             try:
                 call(i)
-            except (ConnectionError, cg.RetryBudgetExhausted):
+            except (ConnectionError, cw.RetryBudgetExhausted):
                 failed += 1
     finally:
         restore()
@@ -230,7 +230,7 @@ def _storm(name: str, failure: float, *, seconds: float, rps: float, seed: int) 
     }
 
 
-STORM_CONTENDERS = ("tenacity stop_after_attempt(5)", "stamina defaults", "cg.retry + budget")
+STORM_CONTENDERS = ("tenacity stop_after_attempt(5)", "stamina defaults", "cw.retry + budget")
 
 
 # --------------------------------------------------------------------------- run
@@ -277,7 +277,7 @@ def run(*, quick: bool) -> dict[str, object]:
 
     storms: dict[str, dict[str, dict[str, float]]] = {}
     rps = 200.0
-    logger = logging.getLogger("cacheguard")
+    logger = logging.getLogger("cacheward")
     level = logger.level
     logger.setLevel(logging.ERROR)  # a warning per spent budget would drown the report
     try:
@@ -309,7 +309,7 @@ def run(*, quick: bool) -> dict[str, object]:
             "target": TAKE_TARGET_NS,
         },
         "storm_attempts_per_request": {
-            "ratio": storms["fail 50%"]["cg.retry + budget"]["attempts_per_request"],
+            "ratio": storms["fail 50%"]["cw.retry + budget"]["attempts_per_request"],
             "target": storm_target,
         },
     }

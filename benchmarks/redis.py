@@ -2,7 +2,7 @@
 
 ``python -m benchmarks redis [--quick] [--json PATH]``
 
-1. **L2 hit**: ``cg.cached(layers=[cg.RedisLayer.from_url(url)])`` on a small JSON value, so
+1. **L2 hit**: ``cw.cached(layers=[cw.RedisLayer.from_url(url)])`` on a small JSON value, so
    every call misses in-process and hits Redis, timed in interleaved rounds against the floor
    it cannot beat: a raw redis-py ``GET`` plus ``json.loads`` on the same server, through a
    client with the same settings. Sync and asyncio. Target: <= 1.05x.
@@ -61,7 +61,7 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
     import redis
     import redis.asyncio
 
-    import cacheguard as cg
+    import cacheward as cw
 
     closers: list[Any] = []
     raw = redis.Redis.from_url(url, **_raw_options())
@@ -74,11 +74,11 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
     def raw_get(key: str) -> Any:
         return loads(get(key))
 
-    layer = cg.RedisLayer.from_url(url, namespace="bench")
+    layer = cw.RedisLayer.from_url(url, namespace="bench")
     closers.append(layer.close)
     calls = [0]
 
-    @cg.cached(ttl=3600, layers=[layer], namespace="l2hit")
+    @cw.cached(ttl=3600, layers=[layer], namespace="l2hit")
     def load(customer: int) -> dict[str, Any]:
         calls[0] += 1
         return dict(VALUE)
@@ -87,7 +87,7 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
     assert load(1) == VALUE
     assert load(1) == VALUE
     assert calls[0] == 1, "the L2 hit benchmark reached the backend after warm-up"
-    key = cg.CacheKey(1, "l2hit:v1", (1,), {}, ("customer",))
+    key = cw.CacheKey(1, "l2hit:v1", (1,), {}, ("customer",))
     layer_get = layer.get
     assert layer_get(key) is not None
 
@@ -100,7 +100,7 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
 
     assert raw_loop.run_until_complete(araw_get(raw_key)) == VALUE
 
-    @cg.cached(ttl=3600, layers=[layer], namespace="l2hit-async")
+    @cw.cached(ttl=3600, layers=[layer], namespace="l2hit-async")
     async def aload(customer: int) -> dict[str, Any]:
         calls[0] += 1
         return dict(VALUE)
@@ -133,11 +133,11 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
             reference=True,
         ),
         h.Contender(
-            "cacheguard L2 hit",
+            "cacheward L2 hit",
             "sync",
             load,
             1,
-            config="cg.cached(ttl=3600, layers=[cg.RedisLayer.from_url(url)])",
+            config="cw.cached(ttl=3600, layers=[cw.RedisLayer.from_url(url)])",
         ),
         h.Contender(
             "RedisLayer.get",
@@ -157,7 +157,7 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
             loop=raw_loop,
         ),
         h.Contender(
-            "cacheguard L2 hit async",
+            "cacheward L2 hit async",
             "async",
             aload,
             1,
@@ -201,11 +201,11 @@ def measure_hits(url: str, settings: dict[str, Any]) -> dict[str, Any]:
 def _stampede_worker(
     url: str, barrier: Any, counter: Any, results: Any, *, rounds: int, threads: int
 ) -> None:
-    import cacheguard as cg
+    import cacheward as cw
 
-    layer = cg.RedisLayer.from_url(url, namespace="bench-stampede")
+    layer = cw.RedisLayer.from_url(url, namespace="bench-stampede")
 
-    @cg.cached(ttl=3600, layers=[cg.MemoryLayer(maxsize=1000), layer], namespace="storm")
+    @cw.cached(ttl=3600, layers=[cw.MemoryLayer(maxsize=1000), layer], namespace="storm")
     def load(key: str) -> dict[str, Any]:
         with counter.get_lock():
             counter.value += 1
@@ -243,7 +243,7 @@ def measure_stampede(url: str, settings: dict[str, Any]) -> dict[str, Any]:
     rounds = settings["stampedes"]
     threads = 10
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["cacheguard", "redis", "benchmarks.redis"])
+    ctx.set_forkserver_preload(["cacheward", "redis", "benchmarks.redis"])
     barrier = ctx.Barrier(processes)
     counter = ctx.Value("i", 0)
     results = ctx.Queue()
@@ -343,8 +343,8 @@ def run(*, quick: bool) -> dict[str, object]:
         hits = measure_hits(server.url, settings)
         print("cross-process stampede ...", file=sys.stderr, flush=True)
         storm = measure_stampede(server.url, settings)
-    sync_ratio = hits["rows"]["cacheguard L2 hit"]["ratio"]
-    async_ratio = hits["rows"]["cacheguard L2 hit async"]["ratio"]
+    sync_ratio = hits["rows"]["cacheward L2 hit"]["ratio"]
+    async_ratio = hits["rows"]["cacheward L2 hit async"]["ratio"]
     figures: dict[str, Any] = {
         "settings": settings,
         "hits": hits,
@@ -372,7 +372,7 @@ def run(*, quick: bool) -> dict[str, object]:
             },
         },
         "machine": h.machine(),
-        "versions": h.versions("cacheguard", "redis", "hiredis"),
+        "versions": h.versions("cacheward", "redis", "hiredis"),
     }
     report(figures)
     return figures

@@ -1,4 +1,4 @@
-"""Cold-key stampede: backend calls and wall time, cacheguard vs the peers.
+"""Cold-key stampede: backend calls and wall time, cacheward vs the peers.
 
 ``python -m benchmarks stampede [--quick] [--json PATH]``
 
@@ -10,7 +10,7 @@ takes 50 ms to answer:
 
 Each round uses a key no contender has seen, so every round is a cold stampede. We count backend
 calls, caller errors and the wall time from release until the last caller has its value, as a
-ratio to the backend latency. Target for cacheguard: 1 backend call, wall <= 1.2x the latency.
+ratio to the backend latency. Target for cacheward: 1 backend call, wall <= 1.2x the latency.
 """
 
 from __future__ import annotations
@@ -280,9 +280,9 @@ def measure(*, quick: bool, libs: list[Lib] | None = None, title: str = "") -> d
 
 
 def targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """cacheguard's verdicts: 1 backend call and wall <= 1.2x latency, per mode."""
+    """cacheward's verdicts: 1 backend call and wall <= 1.2x latency, per mode."""
     found: dict[str, Any] = {}
-    for name in ("cacheguard", "cacheguard async"):
+    for name in ("cacheward", "cacheward async"):
         row = rows.get(name)
         if row is None:
             found[name] = {"met": None}
@@ -339,7 +339,7 @@ def report(figures: dict[str, Any]) -> None:
         print(f"  skipped {name}: {why}")
     for name, verdict in figures["targets"].items():
         if verdict["met"] is None:
-            print(f"  target {name}: not measured (cacheguard unavailable)")
+            print(f"  target {name}: not measured (cacheward unavailable)")
         else:
             print(
                 f"  target {name}: {verdict['calls_max']} backend call(s), wall "
@@ -349,12 +349,12 @@ def report(figures: dict[str, Any]) -> None:
 
 
 def run(*, quick: bool) -> dict[str, object]:
-    """Stampede cacheguard and every installed peer; print and return the figures."""
+    """Stampede cacheward and every installed peer; print and return the figures."""
     figures = measure(quick=quick)
     figures["targets"] = targets(figures["rows"])
     figures["machine"] = h.machine()
     figures["versions"] = h.versions(
-        "cacheguard", "cachetools", "cachebox", "async-lru", "cashews", "aiocache", "dogpile.cache"
+        "cacheward", "cachetools", "cachebox", "async-lru", "cashews", "aiocache", "dogpile.cache"
     )
     report(figures)
     return figures

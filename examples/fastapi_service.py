@@ -7,24 +7,24 @@ Run it (from the repository root, with Redis on 127.0.0.1:6379 or ``REDIS_URL`` 
     curl localhost:8000/customers/c1/config
     curl localhost:8000/metrics
 
-``load_config`` is an ``async def`` fetch from the database under ``cg.guard``, which stacks,
+``load_config`` is an ``async def`` fetch from the database under ``cw.guard``, which stacks,
 from the outside in:
 
 * caching: a ``MemoryLayer`` (L1) then a ``RedisLayer`` (L2) on a ``redis.asyncio`` client
   shared by every process; concurrent misses of one key make one database call (one per
   cluster while Redis is up), stale values are served while refreshing or when the database
   fails, and a failing key backs off;
-* retries within a ``cg.RetryBudget``: transient errors are retried, but retries stay a
+* retries within a ``cw.RetryBudget``: transient errors are retried, but retries stay a
   fraction of requests, so they cannot multiply the load;
 * a circuit breaker for the database;
-* a ``cg.RedisTokenBucket`` named ``<namespace>:db``, shared with every other process using
+* a ``cw.RedisTokenBucket`` named ``<namespace>:db``, shared with every other process using
   that name (the Flask service, the worker): every database attempt takes a token; when there
-  is none within ``max_wait`` the caller gets ``cg.RateLimited`` (HTTP 503 with Retry-After)
+  is none within ``max_wait`` the caller gets ``cw.RateLimited`` (HTTP 503 with Retry-After)
   instead of queueing on the database.
 
 If Redis is down, hung or flushed, requests are still served from L1 and the database, and the
-bucket falls back to a local share of its rate. ``/metrics`` exports cacheguard's counters for
-Prometheus (``cacheguard.contrib.prometheus``).
+bucket falls back to a local share of its rate. ``/metrics`` exports cacheward's counters for
+Prometheus (``cacheward.contrib.prometheus``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-import cacheguard as cg
-from cacheguard.contrib.prometheus import PrometheusMetrics
+import cacheward as cw
+from cacheward.contrib.prometheus import PrometheusMetrics
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -75,7 +75,7 @@ def create_app(
     """Build the service: its Redis client, cache layers, guarded fetch and routes."""
     database = Database() if db is None else db
     # Short timeouts and no client-side retries: a hung Redis costs one short timeout, and
-    # cacheguard's per-layer breaker stops even that while Redis stays sick.
+    # cacheward's per-layer breaker stops even that while Redis stays sick.
     client = redis.asyncio.Redis.from_url(
         redis_url,
         socket_timeout=0.25,
@@ -84,16 +84,16 @@ def create_app(
         max_connections=64,
     )
     # One bucket for every process that calls this database (same name, same Redis).
-    bucket = cg.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
+    bucket = cw.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
 
-    @cg.guard(
+    @cw.guard(
         ttl=60,
         stale_ttl=600,
-        layers=[cg.MemoryLayer(maxsize=10_000), cg.RedisLayer(client, namespace=namespace)],
+        layers=[cw.MemoryLayer(maxsize=10_000), cw.RedisLayer(client, namespace=namespace)],
         limiter=bucket,
         max_wait=0.5,
         attempts=3,
-        budget=cg.RetryBudget(ratio=0.2, min_per_second=10),
+        budget=cw.RetryBudget(ratio=0.2, min_per_second=10),
         namespace=f"{namespace}.load_config",
     )
     async def load_config(customer_id: str) -> dict[str, Any] | None:
@@ -110,7 +110,7 @@ def create_app(
         metrics.close()
         await client.aclose()
 
-    app = FastAPI(title="cacheguard example", lifespan=lifespan)
+    app = FastAPI(title="cacheward example", lifespan=lifespan)
     app.state.db = database
     app.state.load_config = load_config
     app.state.metrics = metrics
@@ -119,10 +119,10 @@ def create_app(
     async def get_config(customer_id: str) -> dict[str, Any]:
         try:
             config = await load_config(customer_id)
-        except cg.RateLimited as exc:
+        except cw.RateLimited as exc:
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
             raise HTTPException(503, "busy, retry later", headers=headers) from None
-        except (cg.CacheGuardError, ConnectionError, TimeoutError):
+        except (cw.CacheWardError, ConnectionError, TimeoutError):
             raise HTTPException(503, "configuration temporarily unavailable") from None
         if config is None:
             raise HTTPException(404, f"no customer {customer_id}")

@@ -7,12 +7,12 @@ Run it (from the repository root, with Redis on 127.0.0.1:6379 or ``REDIS_URL`` 
     curl localhost:8001/customers/c1/config
 
 The same guard as the FastAPI example, in the synchronous colour, spelled out decorator by
-decorator (``cg.guard`` stacks the same ones): ``load_config`` is a plain ``def``, called from
-many request threads at once. ``cg.cached`` puts a ``MemoryLayer`` in front of a ``RedisLayer``
+decorator (``cw.guard`` stacks the same ones): ``load_config`` is a plain ``def``, called from
+many request threads at once. ``cw.cached`` puts a ``MemoryLayer`` in front of a ``RedisLayer``
 on a synchronous ``redis.Redis`` client; concurrent misses of one key make one database call
-(the other threads wait for it, up to ``timeout``); ``cg.retry`` retries within a
-``cg.RetryBudget``; ``cg.rate_limit`` makes every database attempt take a token from the
-``cg.RedisTokenBucket`` named ``<namespace>:db``, shared by all the threads and with every other
+(the other threads wait for it, up to ``timeout``); ``cw.retry`` retries within a
+``cw.RetryBudget``; ``cw.rate_limit`` makes every database attempt take a token from the
+``cw.RedisTokenBucket`` named ``<namespace>:db``, shared by all the threads and with every other
 process using that name. With the same ``namespace`` the FastAPI service, this one and the
 worker share both the cached entries and the bucket.
 """
@@ -31,7 +31,7 @@ from flask import Flask, Response, abort, jsonify
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-import cacheguard as cg
+import cacheward as cw
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -70,33 +70,33 @@ def create_app(
         retry=Retry(NoBackoff(), 0),
         max_connections=64,
     )
-    bucket = cg.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
-    budget = cg.RetryBudget(ratio=0.2, min_per_second=10)
+    bucket = cw.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
+    budget = cw.RetryBudget(ratio=0.2, min_per_second=10)
 
-    @cg.cached(
+    @cw.cached(
         ttl=60,
         stale_ttl=600,
-        layers=[cg.MemoryLayer(maxsize=10_000), cg.RedisLayer(client, namespace=namespace)],
+        layers=[cw.MemoryLayer(maxsize=10_000), cw.RedisLayer(client, namespace=namespace)],
         namespace=f"{namespace}.load_config",
     )
-    @cg.retry(attempts=3, budget=budget)
-    @cg.rate_limit(bucket, max_wait=0.5)
+    @cw.retry(attempts=3, budget=budget)
+    @cw.rate_limit(bucket, max_wait=0.5)
     def load_config(customer_id: str) -> dict[str, Any] | None:
         return database.customer_config(customer_id)
 
     app = Flask(__name__)
-    app.extensions["cacheguard"] = {"db": database, "load_config": load_config, "redis": client}
+    app.extensions["cacheward"] = {"db": database, "load_config": load_config, "redis": client}
 
     @app.get("/customers/<customer_id>/config")
     def get_config(customer_id: str) -> Any:
         try:
             config = load_config(customer_id)
-        except cg.RateLimited as exc:
+        except cw.RateLimited as exc:
             response = jsonify(error="busy, retry later")
             response.status_code = 503
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after or 1)))
             return response
-        except (cg.CacheGuardError, ConnectionError, TimeoutError):
+        except (cw.CacheWardError, ConnectionError, TimeoutError):
             return jsonify(error="configuration temporarily unavailable"), 503
         if config is None:
             abort(404)

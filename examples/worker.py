@@ -11,10 +11,10 @@ processes use (same namespace, so the rebuilt value lands in the shared Redis la
 
 Every database attempt, from the web processes and from the worker alike, takes a token from
 one bucket, so a batch of ten thousand changes cannot push the database past ``rate``: when the
-bucket is empty the worker gets ``cg.RateLimited`` and sleeps ``retry_after`` seconds instead of
+bucket is empty the worker gets ``cw.RateLimited`` and sleeps ``retry_after`` seconds instead of
 queueing on the database.
 
-The bucket is a ``cg.RedisTokenBucket`` named ``<namespace>:db``, the same one the web
+The bucket is a ``cw.RedisTokenBucket`` named ``<namespace>:db``, the same one the web
 processes (``examples/fastapi_service.py``, ``examples/flask_service.py``) take from.
 """
 
@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-import cacheguard as cg
+import cacheward as cw
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 #: The Redis list the web processes push changed customer ids onto.
@@ -70,18 +70,18 @@ def guarded_fetch(
     db: Database,
     *,
     namespace: str,
-    limiter: cg.Limiter,
+    limiter: cw.Limiter,
 ) -> Any:
     """The web processes' ``load_config``: same layers, same namespace, same limiter."""
 
-    @cg.guard(
+    @cw.guard(
         ttl=60,
         stale_ttl=600,
-        layers=[cg.MemoryLayer(maxsize=1_000), cg.RedisLayer(client, namespace=namespace)],
+        layers=[cw.MemoryLayer(maxsize=1_000), cw.RedisLayer(client, namespace=namespace)],
         limiter=limiter,
         max_wait=0.5,
         attempts=3,
-        budget=cg.RetryBudget(ratio=0.2, min_per_second=10),
+        budget=cw.RetryBudget(ratio=0.2, min_per_second=10),
         namespace=f"{namespace}.load_config",
     )
     def load_config(customer_id: str) -> dict[str, Any] | None:
@@ -116,7 +116,7 @@ def run(
     client = connect(redis_url)
     queue = connect(redis_url, timeout=2.0)  # BRPOP blocks up to 1 s: a longer socket timeout
     db = Database()
-    limiter = cg.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
+    limiter = cw.RedisTokenBucket(client, name=f"{namespace}:db", rate=rate, burst=burst)
     load_config = guarded_fetch(client, db, namespace=namespace, limiter=limiter)
     done = {"jobs": 0, "rebuilt": 0, "unknown": 0, "rate_limited": 0, "failed": 0}
     idle_since = time.monotonic()
@@ -138,14 +138,14 @@ def run(
             try:
                 load_config.invalidate(customer_id)
                 config = load_config(customer_id)
-            except (cg.RateLimited, cg.BackoffActive) as exc:
+            except (cw.RateLimited, cw.BackoffActive) as exc:
                 # No token (or the key backs off after a refused fetch): the database is at
                 # its rate. Put the job back and wait instead of queueing on the database.
                 done["rate_limited"] += 1
                 queue.rpush(queue_name, customer_id)
                 sleep(exc.retry_after or 0.1)
                 continue
-            except (cg.CacheGuardError, ConnectionError, TimeoutError):
+            except (cw.CacheWardError, ConnectionError, TimeoutError):
                 done["failed"] += 1
                 continue
             done["rebuilt" if config is not None else "unknown"] += 1

@@ -1,7 +1,7 @@
 """Shared test configuration: Hypothesis profiles and the service gate.
 
 Tests that need Redis or PostgreSQL call :func:`needs` when the service is missing: on a user's
-machine that skips with the reason; with ``CACHEGUARD_REQUIRE_SERVICES=1`` (set by ``.ci/run``)
+machine that skips with the reason; with ``CACHEWARD_REQUIRE_SERVICES=1`` (set by ``.ci/run``)
 it fails, so CI can never pass by skipping.
 """
 
@@ -25,16 +25,16 @@ settings.register_profile(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-settings.load_profile(os.environ.get("CACHEGUARD_HYPOTHESIS_PROFILE", "fast"))
+settings.load_profile(os.environ.get("CACHEWARD_HYPOTHESIS_PROFILE", "fast"))
 
-REQUIRE_SERVICES = os.environ.get("CACHEGUARD_REQUIRE_SERVICES", "") not in ("", "0")
+REQUIRE_SERVICES = os.environ.get("CACHEWARD_REQUIRE_SERVICES", "") not in ("", "0")
 
 
 def needs(service: str, reason: str) -> NoReturn:
-    """Skip (or, under ``CACHEGUARD_REQUIRE_SERVICES=1``, fail) because ``service`` is missing."""
+    """Skip (or, under ``CACHEWARD_REQUIRE_SERVICES=1``, fail) because ``service`` is missing."""
     message = f"needs {service}: {reason}"
     if REQUIRE_SERVICES:
-        pytest.fail(f"{message} (CACHEGUARD_REQUIRE_SERVICES=1 turns this skip into a failure)")
+        pytest.fail(f"{message} (CACHEWARD_REQUIRE_SERVICES=1 turns this skip into a failure)")
     pytest.skip(message)
 
 

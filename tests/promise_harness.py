@@ -3,10 +3,10 @@
 The function under test is the stack ``DESIGN.md`` promises about, built from the real public
 decorators::
 
-    cg.cached(...)(request(cg.retry(budget=...)(attempt(cg.rate_limit(bucket)(backend)))))
+    cw.cached(...)(request(cw.retry(budget=...)(attempt(cw.rate_limit(bucket)(backend)))))
 
 ``request`` and ``attempt`` are thin recorders (what a request and a retry are, seen from
-outside); the backend and the remote layers are ``cacheguard.testing``'s scripted ones; time is
+outside); the backend and the remote layers are ``cacheward.testing``'s scripted ones; time is
 a fake clock (a simulated event loop for ``async def``). :class:`Switches` turns one mechanism
 off at a time, for the tests that show each check can fail.
 """
@@ -24,11 +24,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from unittest import mock
 
-import cacheguard as cg
-import cacheguard._cached
-from cacheguard import Clock
-from cacheguard._core.readthrough import ReadThrough
-from cacheguard.testing import (
+import cacheward as cw
+import cacheward._cached
+from cacheward import Clock
+from cacheward._core.readthrough import ReadThrough
+from cacheward.testing import (
     CallRecord,
     FakeClock,
     ManualExecutor,
@@ -93,7 +93,7 @@ class Trace:
         self.invalidations: list[tuple[float, Any]] = []
 
 
-class TracingBudget(cg.RetryBudget):
+class TracingBudget(cw.RetryBudget):
     """The real budget, recording when it counted a request and when it allowed a retry."""
 
     __slots__ = ("trace",)
@@ -154,7 +154,7 @@ def build(
     """The guarded function for ``schedule``'s configuration, with its scripted parts.
 
     ``stack="decorators"`` composes the public decorators with recorders between them;
-    ``stack="guard"`` is ``cg.guard`` itself (no request recorder fits inside it, so the
+    ``stack="guard"`` is ``cw.guard`` itself (no request recorder fits inside it, so the
     back-off clause, which needs to see requests, is checked on the decorators only).
     ``remote_layers`` replaces the scripted remote layers (a real Redis layer, for example).
     ``shared`` (a dict, filled by the first call) makes several functions share one backend,
@@ -173,7 +173,7 @@ def build(
             if remote_layers is None
             else remote_layers
         )
-        parts["bucket"] = cg.TokenBucket(rate=cfg.rate, burst=cfg.burst, clock=clock)
+        parts["bucket"] = cw.TokenBucket(rate=cfg.rate, burst=cfg.burst, clock=clock)
         parts["budget"] = budget = TracingBudget(
             ratio=cfg.ratio,
             min_per_second=cfg.min_per_second if switches.budget else 1e9,
@@ -183,9 +183,9 @@ def build(
         budget.trace = trace
     trace, backend, remotes = parts["trace"], parts["backend"], parts["remotes"]
     bucket, budget = parts["bucket"], parts["budget"]
-    layers: list[Any] = [cg.MemoryLayer(maxsize=cfg.l1_maxsize)] if cfg.l1 else []
+    layers: list[Any] = [cw.MemoryLayer(maxsize=cfg.l1_maxsize)] if cfg.l1 else []
     layers.extend(remotes)
-    retrying = cg.retry(
+    retrying = cw.retry(
         attempts=cfg.attempts,
         budget=budget,
         backoff=cfg.retry_backoff,
@@ -194,10 +194,10 @@ def build(
         clock=clock,
         rng=random.Random(cfg.seed),
     )
-    limiting = cg.rate_limit(bucket, max_wait=cfg.max_wait)
+    limiting = cw.rate_limit(bucket, max_wait=cfg.max_wait)
     executor = ManualExecutor()
     if stack == "guard":
-        guarded = cg.guard(
+        guarded = cw.guard(
             ttl=cfg.ttl,
             stale_ttl=cfg.stale_ttl,
             stale_if_error=cfg.stale_if_error,
@@ -217,7 +217,7 @@ def build(
             refresh_executor=None if is_async else executor,
         )(backend.acall if is_async else backend)
         return guarded, backend, remotes, trace, executor
-    caching = cg.cached(
+    caching = cw.cached(
         ttl=cfg.ttl,
         stale_ttl=cfg.stale_ttl,
         stale_if_error=cfg.stale_if_error if switches.stale_limit else 1e6,
@@ -284,7 +284,7 @@ def build(
     with contextlib.ExitStack() as patches:
         if not switches.coalescing:
             patches.enter_context(
-                mock.patch.object(cacheguard._cached, "ReadThrough", ForgetfulReadThrough)
+                mock.patch.object(cacheward._cached, "ReadThrough", ForgetfulReadThrough)
             )
         guarded = caching(fn)
 
@@ -301,7 +301,7 @@ def layer_errors_reach_callers() -> Iterator[None]:
     async def acall(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
         return await getattr(self.layer, method)(*args, **kwargs)
 
-    guarded = cacheguard._cached._GuardedLayer
+    guarded = cacheward._cached._GuardedLayer
     with mock.patch.object(guarded, "call", call), mock.patch.object(guarded, "acall", acall):
         yield
 
@@ -661,7 +661,7 @@ def check_answers(run: Run) -> None:
             assert isinstance(call.value, list), f"answers: {call.value!r} is not a value"
             assert len(call.value) == 2, f"answers: {call.value!r} is not a value"
             continue
-        ours = isinstance(error, cg.CacheGuardError)
+        ours = isinstance(error, cw.CacheWardError)
         backends = type(error) in (ConnectionError, ValueError) and str(error).startswith(
             "backend "
         )

@@ -202,7 +202,7 @@ class RedisServer:
         self.port = port if port is not None else free_port(cluster_bus=cluster)
         self.extra_args = list(args)
         self.startup_timeout = startup_timeout
-        self.dir = Path(tempfile.mkdtemp(prefix="cacheguard-redis-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="cacheward-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from cacheguard.testing import LayerMode, Outcome
+from cacheward.testing import LayerMode, Outcome
 
 #: Keys whose typed encodings differ though some compare or print alike: ``1`` vs ``"1"`` vs
 #: ``True`` vs ``1.0``... a value served for the wrong one of them is caught by the checks.
@@ -24,7 +24,7 @@ keys = st.sampled_from(KEYS)
 class Config:
     """Every setting of the guarded function under test (the documented parameters)."""
 
-    # cg.cached
+    # cw.cached
     ttl: float
     stale_ttl: float
     stale_if_error: float | None
@@ -39,11 +39,11 @@ class Config:
     l1_maxsize: int
     remotes: int
     layer_timeout: float
-    # cg.TokenBucket + cg.rate_limit
+    # cw.TokenBucket + cw.rate_limit
     rate: float
     burst: float
     max_wait: float
-    # cg.retry + cg.RetryBudget
+    # cw.retry + cw.RetryBudget
     attempts: int
     ratio: float
     min_per_second: float

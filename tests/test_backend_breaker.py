@@ -9,19 +9,19 @@ from collections.abc import Callable
 
 import pytest
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward.testing import FakeClock
 
 
 def make(
     clock: FakeClock, failure_on: type[BaseException] | None = None
-) -> tuple[cg.CircuitBreaker, list[str], Callable[[str], str]]:
-    breaker = cg.CircuitBreaker(
+) -> tuple[cw.CircuitBreaker, list[str], Callable[[str], str]]:
+    breaker = cw.CircuitBreaker(
         failure_threshold=3, reset_timeout=5, clock=clock, failure_on=failure_on
     )
     outcomes: list[str] = []
 
-    @cg.circuit_breaker(breaker)
+    @cw.circuit_breaker(breaker)
     def call(outcome: str) -> str:
         outcomes.append(outcome)
         if outcome == "fail":
@@ -39,8 +39,8 @@ def test_opens_after_consecutive_failures_then_probes_and_closes() -> None:
     for _ in range(3):
         with pytest.raises(ConnectionError):
             call("fail")
-    assert breaker.state is cg.BreakerState.OPEN
-    with pytest.raises(cg.CircuitOpen, match="open") as caught:
+    assert breaker.state is cw.BreakerState.OPEN
+    with pytest.raises(cw.CircuitOpen, match="open") as caught:
         call("ok")
     assert caught.value.retry_after == pytest.approx(5.0)
     assert len(outcomes) == 3  # the backend was not called
@@ -60,15 +60,15 @@ def test_a_failed_probe_reopens_for_a_whole_period_and_only_one_probe_goes() -> 
     clock.advance(5)
     with pytest.raises(ConnectionError):
         call("fail")
-    assert breaker.state is cg.BreakerState.OPEN
+    assert breaker.state is cw.BreakerState.OPEN
     assert breaker.opened == 2
     clock.advance(4.9)
-    with pytest.raises(cg.CircuitOpen):
+    with pytest.raises(cw.CircuitOpen):
         call("ok")
     # A probe that never reports (its caller is cancelled) does not wedge the breaker.
     clock.advance(0.1)
     breaker.before_call()  # the probe goes out and never comes back
-    with pytest.raises(cg.CircuitOpen):
+    with pytest.raises(cw.CircuitOpen):
         breaker.before_call()
     clock.advance(5)
     breaker.before_call()
@@ -84,34 +84,34 @@ def test_successes_reset_the_count_and_non_failures_count_as_answers() -> None:
         with pytest.raises(ConnectionError):
             call("fail")
         assert call("ok") == "ok"
-    assert breaker.state is cg.BreakerState.CLOSED
+    assert breaker.state is cw.BreakerState.CLOSED
     breaker2, _, call2 = make(clock, failure_on=ConnectionError)
     for _ in range(5):
         with pytest.raises(ValueError):
             call2("bad")
-    assert breaker2.state is cg.BreakerState.CLOSED
+    assert breaker2.state is cw.BreakerState.CLOSED
 
 
-def test_cacheguard_refusals_are_not_backend_failures() -> None:
+def test_cacheward_refusals_are_not_backend_failures() -> None:
     clock = FakeClock()
-    breaker = cg.CircuitBreaker(failure_threshold=1, clock=clock)
+    breaker = cw.CircuitBreaker(failure_threshold=1, clock=clock)
 
-    @cg.circuit_breaker(breaker)
+    @cw.circuit_breaker(breaker)
     def call() -> None:
-        raise cg.RateLimited("no token")
+        raise cw.RateLimited("no token")
 
     for _ in range(3):
-        with pytest.raises(cg.RateLimited):
+        with pytest.raises(cw.RateLimited):
             call()
-    assert breaker.state is cg.BreakerState.CLOSED
+    assert breaker.state is cw.BreakerState.CLOSED
 
 
 def test_async_functions_and_signatures() -> None:
     clock = FakeClock()
-    breaker = cg.CircuitBreaker(failure_threshold=2, reset_timeout=1, clock=clock)
+    breaker = cw.CircuitBreaker(failure_threshold=2, reset_timeout=1, clock=clock)
     calls = 0
 
-    @cg.circuit_breaker(breaker)
+    @cw.circuit_breaker(breaker)
     async def fetch(key: str, *, fail: bool = False) -> str:
         nonlocal calls
         calls += 1
@@ -122,7 +122,7 @@ def test_async_functions_and_signatures() -> None:
     async def outcome(fail: bool) -> object:
         try:
             return await fetch("a", fail=fail)
-        except (TimeoutError, cg.CircuitOpen) as exc:
+        except (TimeoutError, cw.CircuitOpen) as exc:
             return type(exc)
 
     async def main() -> list[object]:
@@ -131,7 +131,7 @@ def test_async_functions_and_signatures() -> None:
         out.append(await fetch("b"))
         return out
 
-    assert asyncio.run(main()) == [TimeoutError, TimeoutError, cg.CircuitOpen, "b"]
+    assert asyncio.run(main()) == [TimeoutError, TimeoutError, cw.CircuitOpen, "b"]
     assert calls == 3
     assert inspect.iscoroutinefunction(fetch)
     assert inspect.signature(fetch) == inspect.signature(fetch.__wrapped__)  # type: ignore[attr-defined]
@@ -139,40 +139,40 @@ def test_async_functions_and_signatures() -> None:
 
 def test_cancellation_gives_no_verdict() -> None:
     clock = FakeClock()
-    breaker = cg.CircuitBreaker(failure_threshold=1, clock=clock)
+    breaker = cw.CircuitBreaker(failure_threshold=1, clock=clock)
 
-    @cg.circuit_breaker(breaker)
+    @cw.circuit_breaker(breaker)
     async def fetch() -> None:
         raise asyncio.CancelledError
 
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(fetch())
-    assert breaker.state is cg.BreakerState.CLOSED
+    assert breaker.state is cw.BreakerState.CLOSED
 
 
 def test_circuit_breaker_validates() -> None:
-    with pytest.raises(cg.ConfigurationError, match="failure_threshold"):
-        cg.CircuitBreaker(failure_threshold=0)
-    with pytest.raises(cg.ConfigurationError, match="reset_timeout"):
-        cg.CircuitBreaker(reset_timeout=0)
-    with pytest.raises(cg.ConfigurationError, match="not both"):
-        cg.circuit_breaker(cg.CircuitBreaker(), failure_threshold=3)
-    with pytest.raises(cg.ConfigurationError, match="CircuitBreaker"):
-        cg.circuit_breaker("breaker")  # type: ignore[arg-type]
-    own = cg.circuit_breaker(failure_threshold=1, clock=FakeClock())(lambda: 1)
+    with pytest.raises(cw.ConfigurationError, match="failure_threshold"):
+        cw.CircuitBreaker(failure_threshold=0)
+    with pytest.raises(cw.ConfigurationError, match="reset_timeout"):
+        cw.CircuitBreaker(reset_timeout=0)
+    with pytest.raises(cw.ConfigurationError, match="not both"):
+        cw.circuit_breaker(cw.CircuitBreaker(), failure_threshold=3)
+    with pytest.raises(cw.ConfigurationError, match="CircuitBreaker"):
+        cw.circuit_breaker("breaker")  # type: ignore[arg-type]
+    own = cw.circuit_breaker(failure_threshold=1, clock=FakeClock())(lambda: 1)
     assert own() == 1
-    assert "CircuitBreaker(name='backend', state='closed'" in repr(cg.CircuitBreaker())
+    assert "CircuitBreaker(name='backend', state='closed'" in repr(cw.CircuitBreaker())
 
 
 def test_state_changes_are_events() -> None:
     clock = FakeClock()
     breaker, _, call = make(clock)
-    seen: list[cg.Event] = []
+    seen: list[cw.Event] = []
 
-    def listener(event: cg.Event) -> None:
+    def listener(event: cw.Event) -> None:
         seen.append(event)
 
-    with cg.listening(listener):
+    with cw.listening(listener):
         for _ in range(3):
             with pytest.raises(ConnectionError):
                 call("fail")
@@ -187,23 +187,23 @@ def test_state_changes_are_events() -> None:
 
 
 def test_default_rule_counts_sick_backends_not_bad_calls() -> None:
-    assert cg.is_backend_failure(ConnectionResetError())
-    assert cg.is_backend_failure(TimeoutError())
-    assert cg.is_backend_failure(sqlite3.OperationalError("database is locked"))
-    assert not cg.is_backend_failure(sqlite3.IntegrityError("one bad row"))
-    assert not cg.is_backend_failure(KeyError("customer not found"))
-    assert not cg.is_backend_failure(cg.RateLimited("a refusal"))
+    assert cw.is_backend_failure(ConnectionResetError())
+    assert cw.is_backend_failure(TimeoutError())
+    assert cw.is_backend_failure(sqlite3.OperationalError("database is locked"))
+    assert not cw.is_backend_failure(sqlite3.IntegrityError("one bad row"))
+    assert not cw.is_backend_failure(KeyError("customer not found"))
+    assert not cw.is_backend_failure(cw.RateLimited("a refusal"))
     clock = FakeClock()
-    breaker = cg.CircuitBreaker(failure_threshold=2, clock=clock)
+    breaker = cw.CircuitBreaker(failure_threshold=2, clock=clock)
 
-    @cg.circuit_breaker(breaker)
+    @cw.circuit_breaker(breaker)
     def lookup(error: Exception) -> None:
         raise error
 
     for _ in range(5):
         with pytest.raises(KeyError):
             lookup(KeyError("missing"))  # answers, not failures: it stays closed
-    assert breaker.state is cg.BreakerState.CLOSED
+    assert breaker.state is cw.BreakerState.CLOSED
     for _ in range(2):
         with pytest.raises(sqlite3.OperationalError):
             lookup(sqlite3.OperationalError("database is locked"))

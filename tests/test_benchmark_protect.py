@@ -11,7 +11,7 @@ from benchmarks import protect
 
 @pytest.fixture(autouse=True)
 def _smoke(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+    monkeypatch.setenv("CACHEWARD_BENCH_SMOKE", "1")
 
 
 def test_protect_reports_every_figure() -> None:
@@ -24,7 +24,7 @@ def test_protect_reports_every_figure() -> None:
     for label in ("fail 50%", "fail 100%"):
         assert set(runs[label]) == set(protect.STORM_CONTENDERS)
     # The storm is simulated and seeded: these are exact, not timings.
-    ours = runs["fail 100%"]["cg.retry + budget"]
+    ours = runs["fail 100%"]["cw.retry + budget"]
     assert ours["attempts_per_request"] <= figures["storm"]["target_attempts_per_request"]
     assert runs["fail 100%"]["tenacity stop_after_attempt(5)"]["attempts_per_request"] == 5.0
     assert runs["fail 100%"]["stamina defaults"]["attempts_per_request"] == 10.0

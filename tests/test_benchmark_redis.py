@@ -17,13 +17,13 @@ pytestmark = pytest.mark.redis
 @pytest.fixture(autouse=True)
 def _smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     RedisServer.require()
-    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+    monkeypatch.setenv("CACHEWARD_BENCH_SMOKE", "1")
 
 
 def test_redis_benchmark_reports_hits_and_a_one_call_stampede() -> None:
     figures: dict[str, Any] = redis_bench.run(quick=True)
     rows = figures["hits"]["rows"]
-    for name in ("redis-py GET + json.loads", "cacheguard L2 hit", "RedisLayer.get"):
+    for name in ("redis-py GET + json.loads", "cacheward L2 hit", "RedisLayer.get"):
         assert math.isfinite(rows[name]["ratio"])
         assert rows[name]["ratio"] > 0
     assert rows["redis-py GET + json.loads"]["ratio"] == 1.0
@@ -33,11 +33,11 @@ def test_redis_benchmark_reports_hits_and_a_one_call_stampede() -> None:
     assert all(target["met"] in (True, False) for target in figures["targets"].values())
 
 
-def test_outage_benchmark_cacheguard_fetches_each_key_once_and_serves_everyone() -> None:
+def test_outage_benchmark_cacheward_fetches_each_key_once_and_serves_everyone() -> None:
     figures: dict[str, Any] = outage.run(quick=True)
     for mode in outage.MODES:
         rows = figures["modes"][mode]
-        for name in ("cacheguard", "cacheguard async"):
+        for name in ("cacheward", "cacheward async"):
             row = rows[name]
             assert row["backend_calls"] == 10, (mode, name)
             assert row["errors"] == 0, (mode, name)

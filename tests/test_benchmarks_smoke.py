@@ -1,9 +1,9 @@
 """Smoke tests for the hit, stampede and peers benchmarks: shape and sanity, never speed.
 
-Each benchmark runs in its tiny mode (``CACHEGUARD_BENCH_SMOKE=1``: a few rounds, 100 tasks,
+Each benchmark runs in its tiny mode (``CACHEWARD_BENCH_SMOKE=1``: a few rounds, 100 tasks,
 10 threads) and we check that it reports every figure it promises, with sane values. The peers
 (cachebox, cashews, ...) come from the ``bench`` extra; rows for peers that are not installed
-are reported as skipped, so only cacheguard's rows and the references are required here.
+are reported as skipped, so only cacheward's rows and the references are required here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from benchmarks import hits, peers, stampede
 
 @pytest.fixture(autouse=True)
 def _smoke(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+    monkeypatch.setenv("CACHEWARD_BENCH_SMOKE", "1")
 
 
 def _finite_positive(value: Any) -> bool:
@@ -30,8 +30,8 @@ def test_hits_reports_every_contender_with_sane_ratios() -> None:
     for required in (
         "functools.lru_cache(128)",
         hits.ASYNC_REFERENCE,
-        "cacheguard",
-        "cacheguard async",
+        "cacheward",
+        "cacheward async",
     ):
         assert required in rows, figures["skipped"]
     assert rows["functools.lru_cache(128)"]["ratio"] == 1.0
@@ -50,11 +50,11 @@ def test_hits_reports_every_contender_with_sane_ratios() -> None:
         assert target["met"] in (True, False)
 
 
-def test_stampede_cacheguard_makes_one_backend_call() -> None:
+def test_stampede_cacheward_makes_one_backend_call() -> None:
     figures: dict[str, Any] = stampede.run(quick=True)
     rows = figures["rows"]
     settings = figures["settings"]
-    for name in ("cacheguard", "cacheguard async"):
+    for name in ("cacheward", "cacheward async"):
         row = rows[name]
         assert [o["calls"] for o in row["rounds"]] == [1] * settings["rounds"], name
         assert row["errors"] == 0, name
@@ -72,7 +72,7 @@ def test_peers_summary_covers_every_library() -> None:
     figures: dict[str, Any] = peers.run(quick=True)
     assert [row[0] for row in figures["summary"]] == [label for label, _ in peers.SUMMARY]
     assert all(len(row) == 6 for row in figures["summary"])
-    outage = figures["outage"]["rows"]["cacheguard"]
+    outage = figures["outage"]["rows"]["cacheward"]
     # Redis refused: one backend fetch per key, then every caller is served from memory.
     assert outage["backend_calls"] == peers.KEYS, outage
     assert outage["errors"] == 0, outage

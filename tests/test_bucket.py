@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import cacheguard as cg
-from cacheguard._core.bucket import BucketState
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward._core.bucket import BucketState
+from cacheward.testing import FakeClock
 
 
 def test_fresh_bucket_holds_burst_then_refills_at_rate() -> None:
@@ -95,23 +95,23 @@ def test_token_bucket_validates_its_settings() -> None:
         ({"rate": 1, "burst": 0.5}, "burst"),
         ({"rate": 1, "burst": 0}, "burst"),
     ]:
-        with pytest.raises(cg.ConfigurationError, match=word):
-            cg.TokenBucket(**kwargs)  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationTypeError, match="rate"):
-        cg.TokenBucket(rate="50")  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationTypeError, match="clock"):
-        cg.TokenBucket(rate=1, clock=object())  # type: ignore[arg-type]
-    assert cg.TokenBucket(rate=0.5).burst == 1.0  # default burst: a second's worth, >= 1
-    assert cg.TokenBucket(rate=50).burst == 50.0
+        with pytest.raises(cw.ConfigurationError, match=word):
+            cw.TokenBucket(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationTypeError, match="rate"):
+        cw.TokenBucket(rate="50")  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationTypeError, match="clock"):
+        cw.TokenBucket(rate=1, clock=object())  # type: ignore[arg-type]
+    assert cw.TokenBucket(rate=0.5).burst == 1.0  # default burst: a second's worth, >= 1
+    assert cw.TokenBucket(rate=50).burst == 50.0
 
 
 def test_token_bucket_takes_refuses_and_counts() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=2, burst=2, clock=clock)
+    bucket = cw.TokenBucket(rate=2, burst=2, clock=clock)
     assert bucket.try_take()
     assert bucket.reserve(0.0) == 0.0
     assert not bucket.try_take()
-    with pytest.raises(cg.RateLimited, match="max_wait") as caught:
+    with pytest.raises(cw.RateLimited, match="max_wait") as caught:
         bucket.reserve(0.1)
     assert caught.value.retry_after == pytest.approx(0.5)
     assert bucket.reserve(1.0) == pytest.approx(0.5)  # queued
@@ -124,7 +124,7 @@ def test_token_bucket_takes_refuses_and_counts() -> None:
 
 def test_token_bucket_is_thread_safe() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=1, burst=500, clock=clock)
+    bucket = cw.TokenBucket(rate=1, burst=500, clock=clock)
     taken: list[bool] = []
 
     def worker() -> None:
@@ -141,7 +141,7 @@ def test_token_bucket_is_thread_safe() -> None:
 
 def test_token_bucket_async_reserve() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=10, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=10, burst=1, clock=clock)
 
     async def main() -> list[float]:
         waits = [await bucket.areserve(1.0) for _ in range(3)]

@@ -1,4 +1,4 @@
-"""Unit tests of ``cg.cached`` on a fake clock: every rule of the read-through cache."""
+"""Unit tests of ``cw.cached`` on a fake clock: every rule of the read-through cache."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock, InlineExecutor
+import cacheward as cw
+from cacheward.testing import FakeClock, InlineExecutor
 
 
 class Backend:
@@ -59,7 +59,7 @@ def make(clock: FakeClock, backend: Backend | None = None, **settings: Any) -> t
     settings.setdefault("rng", Zero())
     settings.setdefault("refresh_executor", InlineExecutor())
 
-    @cg.cached(clock=clock, **settings)
+    @cw.cached(clock=clock, **settings)
     def fetch(*args: Any) -> tuple[Any, ...]:
         return backend(*args)
 
@@ -119,7 +119,7 @@ def test_async_stale_while_revalidate() -> None:
     clock = FakeClock()
     backend = Backend()
 
-    @cg.cached(ttl=10, stale_ttl=30, clock=clock, rng=Zero())
+    @cw.cached(ttl=10, stale_ttl=30, clock=clock, rng=Zero())
     async def fetch(key: str) -> tuple[Any, ...]:
         await asyncio.sleep(0)
         return backend(key)
@@ -165,7 +165,7 @@ def test_backoff_blocks_refetch_and_chains_the_failure() -> None:
     backend.error = ConnectionError("db down")
     with pytest.raises(ConnectionError):
         fetch("a")
-    with pytest.raises(cg.BackoffActive) as info:
+    with pytest.raises(cw.BackoffActive) as info:
         fetch("a")
     assert isinstance(info.value.__cause__, ConnectionError)
     assert info.value.retry_after == pytest.approx(2.0)
@@ -176,7 +176,7 @@ def test_backoff_blocks_refetch_and_chains_the_failure() -> None:
         fetch("a")  # second failure: back-off doubles to 4 s
     assert len(backend.calls) == 2
     clock.advance(3.9)
-    with pytest.raises(cg.BackoffActive):
+    with pytest.raises(cw.BackoffActive):
         fetch("a")
     clock.advance(0.1)
     backend.error = None
@@ -216,7 +216,7 @@ def test_backoff_serves_stale_when_there_is_one() -> None:
 
 def test_ttl_jitter_spreads_expiry() -> None:
     clock = FakeClock()
-    layer = cg.MemoryLayer()
+    layer = cw.MemoryLayer()
     fetch, _ = make(clock, layers=[layer], jitter=0.2, rng=random.Random(7))
     for i in range(50):
         fetch(f"k{i}")
@@ -240,7 +240,7 @@ def test_invalidation_during_a_fetch_wins() -> None:
     started, release = threading.Event(), threading.Event()
     calls = []
 
-    @cg.cached(ttl=60)
+    @cw.cached(ttl=60)
     def fetch(key: str) -> int:
         calls.append(key)
         if len(calls) == 1:
@@ -273,7 +273,7 @@ def test_keys_keep_types_and_argument_boundaries_apart() -> None:
 def test_keyword_and_positional_share_a_key() -> None:
     backend = Backend()
 
-    @cg.cached(ttl=10)
+    @cw.cached(ttl=10)
     def fetch(customer: str, region: str = "eu") -> tuple[Any, ...]:
         return backend(customer, region)
 
@@ -284,17 +284,17 @@ def test_keyword_and_positional_share_a_key() -> None:
 
 
 def test_long_arguments_make_a_bounded_key() -> None:
-    key = cg.CacheKey(b"x", "ns:v1", ("x" * 100_000,), {}, ("a",))
+    key = cw.CacheKey(b"x", "ns:v1", ("x" * 100_000,), {}, ("a",))
     assert len(key.text) < 100
     assert key.text.startswith("ns:v1:")
 
 
 def test_unhashable_argument_fails_naming_it() -> None:
     fetch, backend = make(FakeClock())
-    with pytest.raises(cg.ConfigurationTypeError, match=r"argument '#0' is a list"):
+    with pytest.raises(cw.ConfigurationTypeError, match=r"argument '#0' is a list"):
         fetch([1, 2])
 
-    @cg.cached(ttl=1)
+    @cw.cached(ttl=1)
     def named(customer_ids: list[str]) -> int:
         return 1
 
@@ -308,7 +308,7 @@ def test_custom_key_function() -> None:
         def __init__(self) -> None:
             self.calls = 0
 
-        @cg.cached(ttl=10, key=lambda self, customer: customer)
+        @cw.cached(ttl=10, key=lambda self, customer: customer)
         def config(self, customer: str) -> str:
             self.calls += 1
             return customer.upper()
@@ -336,8 +336,8 @@ def test_custom_key_function() -> None:
     ],
 )
 def test_bad_settings_fail_at_decoration_time(settings: dict[str, Any], message: str) -> None:
-    with pytest.raises(cg.ConfigurationError, match=message):
-        cg.cached(**settings)
+    with pytest.raises(cw.ConfigurationError, match=message):
+        cw.cached(**settings)
 
 
 def test_durations_accept_timedelta() -> None:
@@ -350,48 +350,48 @@ def test_durations_accept_timedelta() -> None:
 
 
 def test_bad_layer_settings() -> None:
-    with pytest.raises(cg.ConfigurationError, match=r"maxsize must be >= 1"):
-        cg.MemoryLayer(maxsize=0)
-    with pytest.raises(cg.ConfigurationError, match="policy"):
-        cg.MemoryLayer(policy="random")  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationError, match="must come first"):
-        cg.cached(ttl=1, layers=[cg.MemoryLayer(), cg.MemoryLayer()])
+    with pytest.raises(cw.ConfigurationError, match=r"maxsize must be >= 1"):
+        cw.MemoryLayer(maxsize=0)
+    with pytest.raises(cw.ConfigurationError, match="policy"):
+        cw.MemoryLayer(policy="random")  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="must come first"):
+        cw.cached(ttl=1, layers=[cw.MemoryLayer(), cw.MemoryLayer()])
 
 
 def test_a_memory_layer_belongs_to_one_function() -> None:
-    layer = cg.MemoryLayer()
+    layer = cw.MemoryLayer()
 
-    @cg.cached(ttl=1, layers=[layer])
+    @cw.cached(ttl=1, layers=[layer])
     def one(x: str) -> str:
         return x
 
-    with pytest.raises(cg.ConfigurationError, match="already used by"):
+    with pytest.raises(cw.ConfigurationError, match="already used by"):
 
-        @cg.cached(ttl=1, layers=[layer])
+        @cw.cached(ttl=1, layers=[layer])
         def two(x: str) -> str:
             return x
 
 
 def test_decorating_the_wrong_things_fails_at_decoration() -> None:
-    decorator = cg.cached(ttl=1)
-    with pytest.raises(cg.ConfigurationTypeError, match="wrap a function"):
+    decorator = cw.cached(ttl=1)
+    with pytest.raises(cw.ConfigurationTypeError, match="wrap a function"):
         decorator(42)  # type: ignore[call-overload]
 
     def gen() -> Any:
         yield 1
 
-    with pytest.raises(cg.ConfigurationTypeError, match="generator function"):
+    with pytest.raises(cw.ConfigurationTypeError, match="generator function"):
         decorator(gen)
 
     async def agen() -> Any:
         yield 1
 
-    with pytest.raises(cg.ConfigurationTypeError, match="generator function"):
+    with pytest.raises(cw.ConfigurationTypeError, match="generator function"):
         decorator(agen)
 
 
 def test_wrapper_preserves_metadata() -> None:
-    @cg.cached(ttl=1)
+    @cw.cached(ttl=1)
     def documented(x: str) -> str:
         """Docstring."""
         return x
@@ -403,7 +403,7 @@ def test_wrapper_preserves_metadata() -> None:
 
 def test_policies_evict_within_maxsize() -> None:
     for policy in ("fifo", "lru", "lfu"):
-        layer = cg.MemoryLayer(maxsize=3, policy=policy)  # type: ignore[arg-type]
+        layer = cw.MemoryLayer(maxsize=3, policy=policy)  # type: ignore[arg-type]
         fetch, backend = make(FakeClock(), layers=[layer])
         for i in range(10):
             fetch(i)
@@ -413,7 +413,7 @@ def test_policies_evict_within_maxsize() -> None:
 
 
 def test_lru_policy_keeps_the_recently_used() -> None:
-    layer = cg.MemoryLayer(maxsize=2, policy="lru")
+    layer = cw.MemoryLayer(maxsize=2, policy="lru")
     fetch, backend = make(FakeClock(), layers=[layer])
     fetch("a")
     fetch("b")
@@ -425,7 +425,7 @@ def test_lru_policy_keeps_the_recently_used() -> None:
 
 def test_fifo_eviction_drops_expired_entries_first() -> None:
     clock = FakeClock()
-    layer = cg.MemoryLayer(maxsize=3)
+    layer = cw.MemoryLayer(maxsize=3)
     fetch, backend = make(clock, layers=[layer], ttl=5)
     fetch("old")
     clock.advance(6)
@@ -447,7 +447,7 @@ def test_sync_waiter_times_out_and_gets_stale_or_an_error() -> None:
     release = threading.Event()
     calls = []
 
-    @cg.cached(ttl=60, timeout=0.05)
+    @cw.cached(ttl=60, timeout=0.05)
     def fetch(key: str) -> int:
         calls.append(key)
         release.wait(5)
@@ -457,7 +457,7 @@ def test_sync_waiter_times_out_and_gets_stale_or_an_error() -> None:
     leader.start()
     while not calls:
         threading.Event().wait(0.001)
-    with pytest.raises(cg.FetchTimeout, match=r"timeout=0\.05s"):
+    with pytest.raises(cw.FetchTimeout, match=r"timeout=0\.05s"):
         fetch("a")
     release.set()
     leader.join(5)
@@ -470,7 +470,7 @@ def test_async_timeout_serves_stale_if_error_and_keeps_the_fetch() -> None:
     gate = asyncio.Event()
     calls: list[str] = []
 
-    @cg.cached(ttl=1, stale_if_error=100, timeout=0.05, clock=clock)
+    @cw.cached(ttl=1, stale_if_error=100, timeout=0.05, clock=clock)
     async def fetch(key: str) -> int:
         calls.append(key)
         if len(calls) > 1:
@@ -496,7 +496,7 @@ class FlakyLayer:
     name = "flaky"
 
     def __init__(self) -> None:
-        self.data: dict[str, cg.Entry] = {}
+        self.data: dict[str, cw.Entry] = {}
         self.broken = False
         self.calls = 0
 
@@ -505,15 +505,15 @@ class FlakyLayer:
         if self.broken:
             raise ConnectionError("layer down")
 
-    def get(self, key: cg.CacheKey) -> cg.Entry | None:
+    def get(self, key: cw.CacheKey) -> cw.Entry | None:
         self._check()
         return self.data.get(key.text)
 
-    def set(self, key: cg.CacheKey, entry: cg.Entry) -> None:
+    def set(self, key: cw.CacheKey, entry: cw.Entry) -> None:
         self._check()
         self.data[key.text] = entry
 
-    def delete(self, key: cg.CacheKey) -> None:
+    def delete(self, key: cw.CacheKey) -> None:
         self._check()
         self.data.pop(key.text, None)
 
@@ -524,7 +524,7 @@ class FlakyLayer:
 def test_shared_layer_hit_backfills_memory() -> None:
     clock = FakeClock()
     shared = FlakyLayer()
-    memory = cg.MemoryLayer()
+    memory = cw.MemoryLayer()
     fetch, backend = make(clock, layers=[memory, shared])
     fetch("a")
     memory.clear()
@@ -537,7 +537,7 @@ def test_shared_layer_hit_backfills_memory() -> None:
 def test_a_failing_layer_is_a_miss_and_its_breaker_skips_it() -> None:
     clock = FakeClock()
     shared = FlakyLayer()
-    fetch, backend = make(clock, layers=[cg.MemoryLayer(maxsize=1), shared], breaker_reset=5)
+    fetch, backend = make(clock, layers=[cw.MemoryLayer(maxsize=1), shared], breaker_reset=5)
     shared.broken = True
     for i in range(10):
         assert fetch(f"k{i}") == (f"k{i}", i + 1)
@@ -556,7 +556,7 @@ def test_garbage_from_a_layer_is_a_miss() -> None:
     clock = FakeClock()
 
     class Garbage(FlakyLayer):
-        def get(self, key: cg.CacheKey) -> Any:
+        def get(self, key: cw.CacheKey) -> Any:
             return "not an entry"
 
     fetch, backend = make(clock, layers=[Garbage()])
@@ -565,9 +565,9 @@ def test_garbage_from_a_layer_is_a_miss() -> None:
 
 
 def test_async_function_needs_async_layers() -> None:
-    with pytest.raises(cg.ConfigurationTypeError, match="lacks aget"):
+    with pytest.raises(cw.ConfigurationTypeError, match="lacks aget"):
 
-        @cg.cached(ttl=1, layers=[FlakyLayer()])
+        @cw.cached(ttl=1, layers=[FlakyLayer()])
         async def fetch(key: str) -> str:
             return key
 
@@ -576,7 +576,7 @@ def test_async_basics_and_invalidate() -> None:
     clock = FakeClock()
     backend = Backend()
 
-    @cg.cached(ttl=10, clock=clock)
+    @cw.cached(ttl=10, clock=clock)
     async def fetch(key: str) -> tuple[Any, ...]:
         return backend(key)
 
@@ -589,7 +589,7 @@ def test_async_basics_and_invalidate() -> None:
         clock.advance(10)
         with pytest.raises(ConnectionError):
             await fetch("a")
-        with pytest.raises(cg.BackoffActive):
+        with pytest.raises(cw.BackoffActive):
             await fetch("a")
 
     asyncio.run(main())
@@ -599,7 +599,7 @@ def test_async_basics_and_invalidate() -> None:
 def test_single_parameter_wrapper_binds_like_the_function() -> None:
     backend = Backend()
 
-    @cg.cached(ttl=10)
+    @cw.cached(ttl=10)
     def fetch(customer: str) -> tuple[Any, ...]:
         return backend(customer)
 
@@ -615,7 +615,7 @@ def test_single_parameter_wrapper_binds_like_the_function() -> None:
 
 
 def test_positional_only_parameter() -> None:
-    @cg.cached(ttl=10)
+    @cw.cached(ttl=10)
     def fetch(customer: str, /) -> str:
         return customer * 2
 
@@ -627,7 +627,7 @@ def test_positional_only_parameter() -> None:
 def test_zero_argument_function() -> None:
     calls = []
 
-    @cg.cached(ttl=10)
+    @cw.cached(ttl=10)
     def settings() -> dict[str, int]:
         calls.append(1)
         return {"a": 1}
@@ -637,13 +637,13 @@ def test_zero_argument_function() -> None:
 
 
 def test_namespace_is_public() -> None:
-    @cg.cached(ttl=1, namespace="configs", version=3)
+    @cw.cached(ttl=1, namespace="configs", version=3)
     def fetch(key: str) -> str:
         return key
 
     assert fetch.namespace == "configs:v3"
 
-    @cg.cached(ttl=1)
+    @cw.cached(ttl=1)
     async def afetch(key: str) -> str:
         return key
 

@@ -1,4 +1,4 @@
-"""A stateful Hypothesis test: ``cg.cached`` against a trivially correct model.
+"""A stateful Hypothesis test: ``cw.cached`` against a trivially correct model.
 
 The machine calls, advances the fake clock, breaks and mends the backend and invalidates keys;
 after every step the real cache must have returned (or raised) exactly what the model says and
@@ -15,8 +15,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock, InlineExecutor
+import cacheward as cw
+from cacheward.testing import FakeClock, InlineExecutor
 
 TTL, STALE, ERROR, BACKOFF, BACKOFF_MAX = 10.0, 20.0, 50.0, 2.0, 8.0
 KEYS = st.sampled_from(["a", "b", "c"])
@@ -50,7 +50,7 @@ def machine(real_backoff: float = BACKOFF) -> type[RuleBasedStateMachine]:
             self.failures: dict[str, int] = {}
             self.backoff_until: dict[str, float] = {}
 
-            @cg.cached(
+            @cw.cached(
                 ttl=TTL,
                 stale_ttl=STALE,
                 stale_if_error=ERROR,
@@ -96,7 +96,7 @@ def machine(real_backoff: float = BACKOFF) -> type[RuleBasedStateMachine]:
                 return "value", entry.value
             usable = entry is not None and now < entry.error_until
             if backing_off:
-                return ("value", entry.value) if usable else ("raises", cg.BackoffActive)  # type: ignore[union-attr]
+                return ("value", entry.value) if usable else ("raises", cw.BackoffActive)  # type: ignore[union-attr]
             ok, result = self.model_fetch(key)
             if ok:
                 return "value", result

@@ -9,16 +9,16 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard._events import HIT_LISTENERS, EventKind, emit
-from cacheguard.contrib import STAT_METRICS
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward._events import HIT_LISTENERS, EventKind, emit
+from cacheward.contrib import STAT_METRICS
+from cacheward.testing import FakeClock
 
 pytest.importorskip("opentelemetry.sdk.metrics")
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from cacheguard.contrib.otel import (
+from cacheward.contrib.otel import (
     FETCH_DURATION_INSTRUMENT,
     OTelMetrics,
     instrument_name,
@@ -78,7 +78,7 @@ def test_counters_are_observed_from_stats(
     reader: InMemoryMetricReader, metrics: OTelMetrics
 ) -> None:
     @metrics.track
-    @cg.cached(ttl=60, namespace="configs")
+    @cw.cached(ttl=60, namespace="configs")
     def load(customer: str) -> str:
         return customer
 
@@ -87,16 +87,16 @@ def test_counters_are_observed_from_stats(
     load("c2")
     seen = collect(reader)
     fn = "configs:v1"
-    assert point(seen, "cacheguard.calls", function=fn, outcome="hit").value == 2
-    assert point(seen, "cacheguard.calls", function=fn, outcome="miss").value == 2
-    assert point(seen, "cacheguard.fetches", function=fn).value == 2
-    assert point(seen, "cacheguard.fetches_in_flight", function=fn).value == 0
-    assert seen["cacheguard.calls"].unit == "{call}"
-    assert seen["cacheguard.calls"].data.is_monotonic
+    assert point(seen, "cacheward.calls", function=fn, outcome="hit").value == 2
+    assert point(seen, "cacheward.calls", function=fn, outcome="miss").value == 2
+    assert point(seen, "cacheward.fetches", function=fn).value == 2
+    assert point(seen, "cacheward.fetches_in_flight", function=fn).value == 0
+    assert seen["cacheward.calls"].unit == "{call}"
+    assert seen["cacheward.calls"].data.is_monotonic
     assert HIT_LISTENERS == []  # hits were read from .stats(), never listened to
     load("c1")
     again = collect(reader)
-    assert point(again, "cacheguard.calls", function=fn, outcome="hit").value == 3
+    assert point(again, "cacheward.calls", function=fn, outcome="hit").value == 3
 
 
 def test_every_documented_instrument_exists(
@@ -105,15 +105,15 @@ def test_every_documented_instrument_exists(
     broken = BrokenLayer()
 
     @metrics.track
-    @cg.cached(ttl=60, layers=[cg.MemoryLayer(), broken], namespace="doc")
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(), broken], namespace="doc")
     def load(x: int) -> int:
         return x
 
-    guarded = metrics.track(cg.guard(ttl=60, namespace="doc-guarded")(lambda: 1))
+    guarded = metrics.track(cw.guard(ttl=60, namespace="doc-guarded")(lambda: 1))
     load(1)
     guarded()
     expected = {instrument_name(m.name) for m in STAT_METRICS}
-    expected |= {"cacheguard.events", FETCH_DURATION_INSTRUMENT}
+    expected |= {"cacheward.events", FETCH_DURATION_INSTRUMENT}
     assert set(collect(reader)) == expected
 
 
@@ -122,7 +122,7 @@ def test_events_carry_function_layer_and_outcome(
 ) -> None:
     broken = BrokenLayer()
 
-    @cg.cached(ttl=60, layers=[cg.MemoryLayer(), broken], namespace="layered")
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(), broken], namespace="layered")
     def load(customer: str) -> str:
         return customer
 
@@ -131,10 +131,10 @@ def test_events_carry_function_layer_and_outcome(
     emit(EventKind.BUDGET_EXHAUSTED, "db-budget")
     seen = collect(reader)
     fn = "layered:v1"
-    errors = point(seen, "cacheguard.events", function=fn, layer="broken", outcome="layer_error")
-    opened = point(seen, "cacheguard.events", function=fn, layer="broken", outcome="breaker_opened")
+    errors = point(seen, "cacheward.events", function=fn, layer="broken", outcome="layer_error")
+    opened = point(seen, "cacheward.events", function=fn, layer="broken", outcome="breaker_opened")
     budget = point(
-        seen, "cacheguard.events", function="db-budget", layer="", outcome="budget_exhausted"
+        seen, "cacheward.events", function="db-budget", layer="", outcome="budget_exhausted"
     )
     assert errors.value == broken.calls
     assert opened.value == 1
@@ -146,7 +146,7 @@ def test_fetch_durations_are_a_histogram_in_seconds(
 ) -> None:
     clock = FakeClock()
 
-    @cg.cached(ttl=60, clock=clock, namespace="slow")
+    @cw.cached(ttl=60, clock=clock, namespace="slow")
     def load(seconds: float) -> float:
         clock.sleep(seconds)
         return seconds
@@ -163,27 +163,27 @@ def test_fetch_durations_are_a_histogram_in_seconds(
 
 def test_close_stops_reporting(reader: InMemoryMetricReader, metrics: OTelMetrics) -> None:
     @metrics.track
-    @cg.cached(ttl=60, namespace="closing")
+    @cw.cached(ttl=60, namespace="closing")
     def load(x: int) -> int:
         return x
 
     load(1)
     emit(EventKind.RATE_LIMITED, "bucket")
-    assert point(collect(reader), "cacheguard.calls", function="closing:v1", outcome="miss")
+    assert point(collect(reader), "cacheward.calls", function="closing:v1", outcome="miss")
     metrics.close()
     emit(EventKind.RATE_LIMITED, "bucket")
     assert metrics._tally.counts()[("bucket", "", "rate_limited")] == 1
     seen = collect(reader)
-    assert point(seen, "cacheguard.calls", function="closing:v1", outcome="miss") is None
+    assert point(seen, "cacheward.calls", function="closing:v1", outcome="miss") is None
 
 
 def test_track_refuses_what_is_not_a_cached_function(metrics: OTelMetrics) -> None:
-    with pytest.raises(cg.ConfigurationTypeError, match=r"cg\.cached"):
+    with pytest.raises(cw.ConfigurationTypeError, match=r"cw\.cached"):
         metrics.track(print)
-    with pytest.raises(cg.ConfigurationError, match="name"):
-        metrics.track(cg.cached(ttl=1)(lambda: 1), name="")
-    with pytest.raises(cg.ConfigurationTypeError, match="name"):
-        metrics.track(cg.cached(ttl=1)(lambda: 2), name=3)  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="name"):
+        metrics.track(cw.cached(ttl=1)(lambda: 1), name="")
+    with pytest.raises(cw.ConfigurationTypeError, match="name"):
+        metrics.track(cw.cached(ttl=1)(lambda: 2), name=3)  # type: ignore[arg-type]
 
 
 def test_a_missing_opentelemetry_says_which_extra_to_install(
@@ -191,6 +191,6 @@ def test_a_missing_opentelemetry_says_which_extra_to_install(
 ) -> None:
     for name in [m for m in sys.modules if m.split(".")[0] == "opentelemetry"]:
         monkeypatch.setitem(sys.modules, name, None)  # type: ignore[arg-type]
-    monkeypatch.delitem(sys.modules, "cacheguard.contrib.otel")
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'cacheguard\[otel\]'"):
-        importlib.import_module("cacheguard.contrib.otel")
+    monkeypatch.delitem(sys.modules, "cacheward.contrib.otel")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'cacheward\[otel\]'"):
+        importlib.import_module("cacheward.contrib.otel")

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard._events import HIT_LISTENERS, EventKind, emit
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward._events import HIT_LISTENERS, EventKind, emit
+from cacheward.testing import FakeClock
 
 prometheus_client = pytest.importorskip("prometheus_client")
 from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
 
-from cacheguard.contrib.prometheus import PrometheusMetrics  # noqa: E402
+from cacheward.contrib.prometheus import PrometheusMetrics  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
 
@@ -65,7 +65,7 @@ def test_hits_and_misses_are_read_from_stats_at_scrape_time(
     registry: CollectorRegistry, metrics: PrometheusMetrics
 ) -> None:
     @metrics.track
-    @cg.cached(ttl=60, namespace="configs")
+    @cw.cached(ttl=60, namespace="configs")
     def load(customer: str) -> dict[str, str]:
         return {"customer": customer}
 
@@ -73,42 +73,42 @@ def test_hits_and_misses_are_read_from_stats_at_scrape_time(
         load("c1")
     load("c2")
     fn = "configs:v1"
-    assert value(registry, "cacheguard_calls_total", function=fn, outcome="hit") == 4
-    assert value(registry, "cacheguard_calls_total", function=fn, outcome="miss") == 2
-    assert value(registry, "cacheguard_calls_total", function=fn, outcome="stale") == 0
-    assert value(registry, "cacheguard_fetches_total", function=fn) == 2
-    assert value(registry, "cacheguard_fetch_errors_total", function=fn) == 0
-    assert value(registry, "cacheguard_fetches_in_flight", function=fn) == 0
+    assert value(registry, "cacheward_calls_total", function=fn, outcome="hit") == 4
+    assert value(registry, "cacheward_calls_total", function=fn, outcome="miss") == 2
+    assert value(registry, "cacheward_calls_total", function=fn, outcome="stale") == 0
+    assert value(registry, "cacheward_fetches_total", function=fn) == 2
+    assert value(registry, "cacheward_fetch_errors_total", function=fn) == 0
+    assert value(registry, "cacheward_fetches_in_flight", function=fn) == 0
     load.invalidate("c1")
-    assert value(registry, "cacheguard_invalidations_total", function=fn) == 1
+    assert value(registry, "cacheward_invalidations_total", function=fn) == 1
     # The hits were counted without any listener for HIT: the adapter never asks for them.
     assert HIT_LISTENERS == []
-    assert value(registry, "cacheguard_calls_total", function=fn, outcome="hit") == 4
+    assert value(registry, "cacheward_calls_total", function=fn, outcome="hit") == 4
 
 
 def test_the_function_label_is_the_events_source_unless_named(
     registry: CollectorRegistry, metrics: PrometheusMetrics
 ) -> None:
-    @cg.cached(ttl=60)
+    @cw.cached(ttl=60)
     def plain(x: int) -> int:
         return x
 
-    @cg.cached(ttl=60)
+    @cw.cached(ttl=60)
     def other(x: int) -> int:
         return x
 
     metrics.track(plain)
     metrics.track(other, name="other-one")
-    events: list[cg.Event] = []
-    with cg.listening(events.append):
+    events: list[cw.Event] = []
+    with cw.listening(events.append):
         plain(1)
     source = events[0].source
     assert source.endswith("plain:v1")
-    assert value(registry, "cacheguard_calls_total", function=source, outcome="miss") == 1
+    assert value(registry, "cacheward_calls_total", function=source, outcome="miss") == 1
     other(1)
-    assert value(registry, "cacheguard_calls_total", function="other-one", outcome="miss") == 1
+    assert value(registry, "cacheward_calls_total", function="other-one", outcome="miss") == 1
     metrics.untrack(other)
-    assert value(registry, "cacheguard_calls_total", function="other-one", outcome="miss") is None
+    assert value(registry, "cacheward_calls_total", function="other-one", outcome="miss") is None
 
 
 def test_a_failing_backend_counts_errors_and_backoff(
@@ -117,19 +117,19 @@ def test_a_failing_backend_counts_errors_and_backoff(
     clock = FakeClock()
 
     @metrics.track
-    @cg.cached(ttl=60, clock=clock, namespace="flaky")
+    @cw.cached(ttl=60, clock=clock, namespace="flaky")
     def load(customer: str) -> str:
         raise TimeoutError("database timed out")
 
     with pytest.raises(TimeoutError):
         load("c1")
-    with pytest.raises(cg.BackoffActive):
+    with pytest.raises(cw.BackoffActive):
         load("c1")
     fn = "flaky:v1"
-    assert value(registry, "cacheguard_fetches_total", function=fn) == 1
-    assert value(registry, "cacheguard_fetch_errors_total", function=fn) == 1
-    assert value(registry, "cacheguard_calls_total", function=fn, outcome="miss") == 1
-    assert value(registry, "cacheguard_calls_total", function=fn, outcome="backoff") == 1
+    assert value(registry, "cacheward_fetches_total", function=fn) == 1
+    assert value(registry, "cacheward_fetch_errors_total", function=fn) == 1
+    assert value(registry, "cacheward_calls_total", function=fn, outcome="miss") == 1
+    assert value(registry, "cacheward_calls_total", function=fn, outcome="backoff") == 1
 
 
 def test_stale_served_on_error_is_counted(
@@ -139,7 +139,7 @@ def test_stale_served_on_error_is_counted(
     fail = False
 
     @metrics.track
-    @cg.cached(ttl=10, stale_if_error=600, clock=clock, jitter=0, namespace="stale")
+    @cw.cached(ttl=10, stale_if_error=600, clock=clock, jitter=0, namespace="stale")
     def load(customer: str) -> str:
         if fail:
             raise TimeoutError("database timed out")
@@ -149,7 +149,7 @@ def test_stale_served_on_error_is_counted(
     clock.advance(11)
     fail = True
     assert load("c1") == "c1"
-    assert value(registry, "cacheguard_stale_on_error_total", function="stale:v1") == 1
+    assert value(registry, "cacheward_stale_on_error_total", function="stale:v1") == 1
 
 
 def test_layer_failures_and_breaker_trips_carry_the_layer_label(
@@ -157,7 +157,7 @@ def test_layer_failures_and_breaker_trips_carry_the_layer_label(
 ) -> None:
     broken = BrokenLayer()
 
-    @cg.cached(ttl=60, layers=[cg.MemoryLayer(), broken], namespace="layered")
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(), broken], namespace="layered")
     def load(customer: str) -> str:
         return customer
 
@@ -165,13 +165,13 @@ def test_layer_failures_and_breaker_trips_carry_the_layer_label(
         load(f"c{i}")
     fn = "layered:v1"
     errors = value(
-        registry, "cacheguard_events_total", function=fn, layer="broken", outcome="layer_error"
+        registry, "cacheward_events_total", function=fn, layer="broken", outcome="layer_error"
     )
     opened = value(
-        registry, "cacheguard_events_total", function=fn, layer="broken", outcome="breaker_opened"
+        registry, "cacheward_events_total", function=fn, layer="broken", outcome="breaker_opened"
     )
     skipped = value(
-        registry, "cacheguard_events_total", function=fn, layer="broken", outcome="layer_skipped"
+        registry, "cacheward_events_total", function=fn, layer="broken", outcome="layer_skipped"
     )
     assert errors == broken.calls  # every failed operation, and nothing else
     assert opened == 1
@@ -184,7 +184,7 @@ def test_fetch_durations_land_in_the_histogram(
 ) -> None:
     clock = FakeClock()
 
-    @cg.cached(ttl=60, clock=clock, namespace="slow")
+    @cw.cached(ttl=60, clock=clock, namespace="slow")
     def load(seconds: float) -> float:
         clock.sleep(seconds)
         return seconds
@@ -192,13 +192,13 @@ def test_fetch_durations_land_in_the_histogram(
     for seconds in (0.003, 0.2, 0.21, 3.0):  # four keys, four fetches
         load(seconds)
     fn = "slow:v1"
-    bucket = "cacheguard_fetch_duration_seconds_bucket"
+    bucket = "cacheward_fetch_duration_seconds_bucket"
     assert value(registry, bucket, function=fn, le="0.005") == 1
     assert value(registry, bucket, function=fn, le="0.25") == 3
     assert value(registry, bucket, function=fn, le="2.5") == 3
     assert value(registry, bucket, function=fn, le="+Inf") == 4
-    assert value(registry, "cacheguard_fetch_duration_seconds_count", function=fn) == 4
-    total = value(registry, "cacheguard_fetch_duration_seconds_sum", function=fn)
+    assert value(registry, "cacheward_fetch_duration_seconds_count", function=fn) == 4
+    total = value(registry, "cacheward_fetch_duration_seconds_sum", function=fn)
     assert total == pytest.approx(3.413)
 
 
@@ -210,7 +210,7 @@ def test_protection_events_are_counted_by_source(
     emit(EventKind.RETRY, "db-budget", error=TimeoutError())
     emit(EventKind.BUDGET_EXHAUSTED, "db-budget")
     emit(EventKind.MISS, "ignored")  # counted by .stats(), not by events
-    events = "cacheguard_events_total"
+    events = "cacheward_events_total"
     assert value(registry, events, function="db-bucket", layer="", outcome="rate_limited") == 2
     assert value(registry, events, function="db-budget", layer="", outcome="retry") == 1
     assert value(registry, events, function="db-budget", layer="", outcome="budget_exhausted") == 1
@@ -221,7 +221,7 @@ def test_counts_add_up_under_threads(
     registry: CollectorRegistry, metrics: PrometheusMetrics
 ) -> None:
     @metrics.track
-    @cg.cached(ttl=60, namespace="threads")
+    @cw.cached(ttl=60, namespace="threads")
     def load(key: int) -> int:
         return key
 
@@ -237,11 +237,10 @@ def test_counts_add_up_under_threads(
         t.join(timeout=30)
     outcomes = ("hit", "stale", "miss", "coalesced", "backoff")
     calls = [
-        value(registry, "cacheguard_calls_total", function="threads:v1", outcome=o)
-        for o in outcomes
+        value(registry, "cacheward_calls_total", function="threads:v1", outcome=o) for o in outcomes
     ]
     assert sum(c or 0 for c in calls) == 800
-    assert value(registry, "cacheguard_fetches_total", function="threads:v1") == 10
+    assert value(registry, "cacheward_fetches_total", function="threads:v1") == 10
 
 
 def test_close_unregisters_and_stops_listening(registry: CollectorRegistry) -> None:
@@ -249,14 +248,14 @@ def test_close_unregisters_and_stops_listening(registry: CollectorRegistry) -> N
     emit(EventKind.RATE_LIMITED, "bucket")
     assert (
         value(
-            registry, "cacheguard_events_total", function="bucket", layer="", outcome="rate_limited"
+            registry, "cacheward_events_total", function="bucket", layer="", outcome="rate_limited"
         )
         == 1
     )
     adapter.close()
     emit(EventKind.RATE_LIMITED, "bucket")
     assert adapter._tally.counts()[("bucket", "", "rate_limited")] == 1
-    assert b"cacheguard" not in generate_latest(registry)
+    assert b"cacheward" not in generate_latest(registry)
 
 
 def test_one_adapter_per_registry(registry: CollectorRegistry, metrics: PrometheusMetrics) -> None:
@@ -265,15 +264,15 @@ def test_one_adapter_per_registry(registry: CollectorRegistry, metrics: Promethe
 
 
 def test_two_functions_cannot_share_a_label(metrics: PrometheusMetrics) -> None:
-    one = metrics.track(cg.cached(ttl=60, namespace="same")(lambda: 1))
+    one = metrics.track(cw.cached(ttl=60, namespace="same")(lambda: 1))
     metrics.track(one)  # tracking the same function again is harmless
-    with pytest.raises(cg.ConfigurationError, match="already tracked"):
-        metrics.track(cg.cached(ttl=60, namespace="same")(lambda: 2))
-    metrics.track(cg.cached(ttl=60, namespace="same")(lambda: 3), name="same-but-named")
+    with pytest.raises(cw.ConfigurationError, match="already tracked"):
+        metrics.track(cw.cached(ttl=60, namespace="same")(lambda: 2))
+    metrics.track(cw.cached(ttl=60, namespace="same")(lambda: 3), name="same-but-named")
 
 
 def test_track_refuses_what_is_not_a_cached_function(metrics: PrometheusMetrics) -> None:
-    with pytest.raises(cg.ConfigurationTypeError, match=r"cg\.cached"):
+    with pytest.raises(cw.ConfigurationTypeError, match=r"cw\.cached"):
         metrics.track(len)
     with pytest.raises(ValueError, match="buckets"):
         PrometheusMetrics(registry=CollectorRegistry(), buckets=[0.0])
@@ -283,44 +282,44 @@ def test_guarded_functions_export_the_protections_counters(
     registry: CollectorRegistry, metrics: PrometheusMetrics
 ) -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=1, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=1, burst=1, clock=clock)
 
     @metrics.track
-    @cg.guard(ttl=60, limiter=bucket, max_wait=0, clock=clock, namespace="guarded")
+    @cw.guard(ttl=60, limiter=bucket, max_wait=0, clock=clock, namespace="guarded")
     def load(customer: str) -> str:
         return customer
 
     load("a")
-    with pytest.raises(cg.RateLimited):
+    with pytest.raises(cw.RateLimited):
         load("b")
     fn = "guarded:v1"
-    assert value(registry, "cacheguard_calls_total", function=fn, outcome="miss") == 2
-    assert value(registry, "cacheguard_backend_attempts_total", function=fn) == 1
-    assert value(registry, "cacheguard_refusals_total", function=fn, outcome="rate_limited") == 1
-    assert value(registry, "cacheguard_retries_total", function=fn) == 0
-    state = "cacheguard_backend_breaker_state"
+    assert value(registry, "cacheward_calls_total", function=fn, outcome="miss") == 2
+    assert value(registry, "cacheward_backend_attempts_total", function=fn) == 1
+    assert value(registry, "cacheward_refusals_total", function=fn, outcome="rate_limited") == 1
+    assert value(registry, "cacheward_retries_total", function=fn) == 0
+    state = "cacheward_backend_breaker_state"
     assert value(registry, state, function=fn, state="closed") == 1
     assert value(registry, state, function=fn, state="open") == 0
     # A plain cached function has no protection counters.
-    plain = cg.cached(ttl=60, namespace="plain")(lambda: 1)
+    plain = cw.cached(ttl=60, namespace="plain")(lambda: 1)
     metrics.track(plain)
     plain()
-    assert value(registry, "cacheguard_calls_total", function="plain:v1", outcome="miss") == 1
-    assert value(registry, "cacheguard_backend_attempts_total", function="plain:v1") is None
+    assert value(registry, "cacheward_calls_total", function="plain:v1", outcome="miss") == 1
+    assert value(registry, "cacheward_backend_attempts_total", function="plain:v1") is None
 
 
 def test_every_documented_metric_is_exposed(
     registry: CollectorRegistry, metrics: PrometheusMetrics
 ) -> None:
     @metrics.track
-    @cg.cached(ttl=60, layers=[cg.MemoryLayer(), BrokenLayer()], namespace="doc")
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(), BrokenLayer()], namespace="doc")
     def load(x: int) -> int:
         return x
 
-    metrics.track(cg.guard(ttl=60, namespace="doc-guarded")(lambda: 1))
+    metrics.track(cw.guard(ttl=60, namespace="doc-guarded")(lambda: 1))
     load(1)
     exposed = set(re.findall(r"^# TYPE (\S+)", generate_latest(registry).decode(), re.MULTILINE))
-    documented = set(re.findall(r"^\| `(cacheguard_[a-z_]+)`", DOCS.read_text(), re.MULTILINE))
+    documented = set(re.findall(r"^\| `(cacheward_[a-z_]+)`", DOCS.read_text(), re.MULTILINE))
     assert documented, "docs/integrations.md lists no Prometheus metric"
     exposed_names = {n + "_total" if n + "_total" in documented else n for n in exposed}
     assert documented == exposed_names
@@ -333,9 +332,9 @@ def test_a_missing_prometheus_client_says_which_extra_to_install(
         m for m in sys.modules if m == "prometheus_client" or m.startswith("prometheus_client.")
     ]:
         monkeypatch.setitem(sys.modules, name, None)  # type: ignore[arg-type]
-    monkeypatch.delitem(sys.modules, "cacheguard.contrib.prometheus")
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'cacheguard\[prometheus\]'"):
-        importlib.import_module("cacheguard.contrib.prometheus")
+    monkeypatch.delitem(sys.modules, "cacheward.contrib.prometheus")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'cacheward\[prometheus\]'"):
+        importlib.import_module("cacheward.contrib.prometheus")
 
 
 def test_the_observe_benchmark_reports_every_configuration(
@@ -343,7 +342,7 @@ def test_the_observe_benchmark_reports_every_configuration(
 ) -> None:
     from benchmarks import observe
 
-    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+    monkeypatch.setenv("CACHEWARD_BENCH_SMOKE", "1")
     figures: dict[str, Any] = observe.run(quick=True)
     assert figures["configs"] == ["bare", "listener", "hit-listener", "prometheus"]
     rows = figures["rows"]

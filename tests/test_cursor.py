@@ -14,8 +14,8 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-import cacheguard as cg
-from cacheguard import _cursor
+import cacheward as cw
+from cacheward import _cursor
 
 SECRET = "s3cret-s3cret-s3cret"  # noqa: S105 - a test key
 
@@ -35,7 +35,7 @@ key_values = st.one_of(
 sort_keys = st.lists(key_values, min_size=1, max_size=4).map(tuple)
 
 
-def check_round_trip(codec: cg.CursorCodec, key: tuple[Any, ...]) -> None:
+def check_round_trip(codec: cw.CursorCodec, key: tuple[Any, ...]) -> None:
     cursor = codec.encode(key)
     assert cursor.isascii()
     assert all(c.isalnum() or c in "-_." for c in cursor)  # URL-safe as is
@@ -46,7 +46,7 @@ def check_round_trip(codec: cg.CursorCodec, key: tuple[Any, ...]) -> None:
 
 @given(sort_keys, st.booleans())
 def test_property_cursors_round_trip_with_their_types(key: tuple[Any, ...], signed: bool) -> None:
-    check_round_trip(cg.CursorCodec(secret=SECRET if signed else None), key)
+    check_round_trip(cw.CursorCodec(secret=SECRET if signed else None), key)
 
 
 def test_property_search_catches_a_lossy_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,19 +55,19 @@ def test_property_search_catches_a_lossy_encoding(monkeypatch: pytest.MonkeyPatc
     @settings(max_examples=200, database=None, phases=[Phase.generate])
     @given(sort_keys)
     def broken(key: tuple[Any, ...]) -> None:
-        check_round_trip(cg.CursorCodec(), key)
+        check_round_trip(cw.CursorCodec(), key)
 
     with pytest.raises(AssertionError):
         broken()
 
 
-def check_tamper_rejected(codec: cg.CursorCodec, key: tuple[Any, ...], pos: int, ch: str) -> None:
+def check_tamper_rejected(codec: cw.CursorCodec, key: tuple[Any, ...], pos: int, ch: str) -> None:
     cursor = codec.encode(key)
     i = pos % len(cursor)
     forged = cursor[:i] + ch + cursor[i + 1 :]
     if forged == cursor:
         return
-    with pytest.raises(cg.InvalidCursor):
+    with pytest.raises(cw.InvalidCursor):
         codec.decode(forged)
 
 
@@ -78,7 +78,7 @@ b64_chars = st.sampled_from("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxy
 def test_property_any_edit_of_a_signed_cursor_is_rejected(
     key: tuple[Any, ...], pos: int, ch: str
 ) -> None:
-    check_tamper_rejected(cg.CursorCodec(secret=SECRET, scope="config"), key, pos, ch)
+    check_tamper_rejected(cw.CursorCodec(secret=SECRET, scope="config"), key, pos, ch)
 
 
 def test_property_search_catches_a_codec_that_skips_the_signature_check(
@@ -89,7 +89,7 @@ def test_property_search_catches_a_codec_that_skips_the_signature_check(
     @settings(max_examples=300, database=None, phases=[Phase.generate])
     @given(sort_keys, st.integers(0, 10_000), b64_chars)
     def broken(key: tuple[Any, ...], pos: int, ch: str) -> None:
-        check_tamper_rejected(cg.CursorCodec(secret=SECRET, scope="config"), key, pos, ch)
+        check_tamper_rejected(cw.CursorCodec(secret=SECRET, scope="config"), key, pos, ch)
 
     with pytest.raises((AssertionError, pytest.fail.Exception)):
         broken()
@@ -123,10 +123,10 @@ garbage = st.one_of(
 
 def check_garbage(cursor: str) -> None:
     """Any string decodes to a tuple or raises InvalidCursor, nothing else."""
-    codec = cg.CursorCodec()
+    codec = cw.CursorCodec()
     try:
         key = codec.decode(cursor)
-    except cg.InvalidCursor:
+    except cw.InvalidCursor:
         return
     assert isinstance(key, tuple)
 
@@ -155,72 +155,72 @@ def test_property_search_catches_unchecked_tags(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_examples_of_bad_cursors_name_the_problem() -> None:
-    signed = cg.CursorCodec(secret=SECRET, scope="config", arity=2)
+    signed = cw.CursorCodec(secret=SECRET, scope="config", arity=2)
     good = signed.encode(("name", 7))
     assert signed.decode(good) == ("name", 7)
-    other = cg.CursorCodec(secret=SECRET[::-1], scope="config")
+    other = cw.CursorCodec(secret=SECRET[::-1], scope="config")
     cases = {
         "": "garbled or truncated",
         "hello": "garbled or truncated",
         good[:-3]: "signature does not match",
-        cg.CursorCodec().encode(("name", 7)): "requires a signature",
-        cg.CursorCodec(secret=SECRET, scope="users").encode(("name", 7)): "another scope",
+        cw.CursorCodec().encode(("name", 7)): "requires a signature",
+        cw.CursorCodec(secret=SECRET, scope="users").encode(("name", 7)): "another scope",
         other.encode(("name", 7)): "another secret",
         "c1." + "A" * 5000: "max_length",
     }
     for bad, message in cases.items():
-        with pytest.raises(cg.InvalidCursor, match=message):
+        with pytest.raises(cw.InvalidCursor, match=message):
             signed.decode(bad)
-    with pytest.raises(cg.InvalidCursor, match="expected 2"):
-        cg.CursorCodec(arity=2).decode(cg.CursorCodec().encode((1, 2, 3)))
-    with pytest.raises(cg.InvalidCursor, match="must be a str"):
+    with pytest.raises(cw.InvalidCursor, match="expected 2"):
+        cw.CursorCodec(arity=2).decode(cw.CursorCodec().encode((1, 2, 3)))
+    with pytest.raises(cw.InvalidCursor, match="must be a str"):
         signed.decode(7)  # type: ignore[call-overload]
     assert signed.decode(None) is None
-    assert isinstance(cg.InvalidCursor("x"), ValueError)
+    assert isinstance(cw.InvalidCursor("x"), ValueError)
 
 
 def test_construction_and_encoding_errors() -> None:
-    with pytest.raises(cg.ConfigurationError, match="at least 16 bytes"):
-        cg.CursorCodec(secret="short")  # noqa: S106 - too short on purpose
-    with pytest.raises(cg.ConfigurationTypeError):
-        cg.CursorCodec(secret=123)  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationError):
-        cg.CursorCodec(arity=0)
-    codec = cg.CursorCodec(arity=2)
-    with pytest.raises(cg.ConfigurationError, match="arity=2"):
+    with pytest.raises(cw.ConfigurationError, match="at least 16 bytes"):
+        cw.CursorCodec(secret="short")  # noqa: S106 - too short on purpose
+    with pytest.raises(cw.ConfigurationTypeError):
+        cw.CursorCodec(secret=123)  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError):
+        cw.CursorCodec(arity=0)
+    codec = cw.CursorCodec(arity=2)
+    with pytest.raises(cw.ConfigurationError, match="arity=2"):
         codec.encode((1,))
-    with pytest.raises(cg.ConfigurationTypeError, match="tuple"):
+    with pytest.raises(cw.ConfigurationTypeError, match="tuple"):
         codec.encode("ab")
-    with pytest.raises(cg.ConfigurationTypeError, match="object"):
+    with pytest.raises(cw.ConfigurationTypeError, match="object"):
         codec.encode((object(), 1))
-    with pytest.raises(cg.ConfigurationError):
+    with pytest.raises(cw.ConfigurationError):
         codec.encode((float("nan"), 1))
-    with pytest.raises(cg.ConfigurationError, match="max_length"):
-        cg.CursorCodec(max_length=32).encode(("x" * 100,))
+    with pytest.raises(cw.ConfigurationError, match="max_length"):
+        cw.CursorCodec(max_length=32).encode(("x" * 100,))
 
 
 def test_page_builds_the_next_cursor_from_the_last_row() -> None:
-    codec = cg.CursorCodec()
+    codec = cw.CursorCodec()
     rows = [("a", 1), ("b", 2), ("c", 3)]
     # LIMIT limit + 1 (the default): the look-ahead row says there is more, and is left out
     page = codec.page(rows, 2, key=lambda r: r)
     assert page.items == rows[:2]
     assert page.next_cursor is not None
     assert codec.decode(page.next_cursor) == ("b", 2)
-    assert codec.page(rows, 3, key=lambda r: r) == cg.Page(rows, None)
-    assert codec.page(rows, 4, key=lambda r: r) == cg.Page(rows, None)
+    assert codec.page(rows, 3, key=lambda r: r) == cw.Page(rows, None)
+    assert codec.page(rows, 4, key=lambda r: r) == cw.Page(rows, None)
     # LIMIT limit: a full page may have a next one
     page = codec.page(rows, 3, key=lambda r: r, lookahead=False)
     assert page.items == rows
     assert page.next_cursor is not None
     assert codec.decode(page.next_cursor) == ("c", 3)
-    assert codec.page(rows, 4, key=lambda r: r, lookahead=False) == cg.Page(rows, None)
-    assert codec.page([], 4, key=lambda r: r) == cg.Page([], None)
-    assert codec.page([], 4, key=lambda r: r, lookahead=False) == cg.Page([], None)
+    assert codec.page(rows, 4, key=lambda r: r, lookahead=False) == cw.Page(rows, None)
+    assert codec.page([], 4, key=lambda r: r) == cw.Page([], None)
+    assert codec.page([], 4, key=lambda r: r, lookahead=False) == cw.Page([], None)
 
 
 def test_typed_values_survive() -> None:
-    codec = cg.CursorCodec(secret=SECRET)
+    codec = cw.CursorCodec(secret=SECRET)
     key = (
         datetime.datetime(2026, 11, 27, 13, 0, tzinfo=datetime.timezone.utc),
         decimal.Decimal("1.50"),

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward.testing import FakeClock
 
 
 class Broken:
@@ -28,15 +28,15 @@ class Broken:
         pass
 
 
-def kinds(events: list[cg.Event]) -> list[str]:
+def kinds(events: list[cw.Event]) -> list[str]:
     return [e.kind.value for e in events]
 
 
 def test_miss_fetch_and_hit_events() -> None:
-    events: list[cg.Event] = []
-    with cg.listening(events.append, kinds=list(cg.EventKind)):
+    events: list[cw.Event] = []
+    with cw.listening(events.append, kinds=list(cw.EventKind)):
 
-        @cg.cached(ttl=10, namespace="cfg")
+        @cw.cached(ttl=10, namespace="cfg")
         def fetch(key: str) -> str:
             return key
 
@@ -49,82 +49,82 @@ def test_miss_fetch_and_hit_events() -> None:
 
 
 def test_hits_are_not_delivered_unless_asked_for() -> None:
-    events: list[cg.Event] = []
+    events: list[cw.Event] = []
 
-    @cg.cached(ttl=10)
+    @cw.cached(ttl=10)
     def fetch(key: str) -> str:
         return key
 
-    with cg.listening(events.append):
+    with cw.listening(events.append):
         fetch("a")
         fetch("a")
     assert "hit" not in kinds(events)
 
 
 def test_failures_backoff_layer_errors_and_breaker_trips() -> None:
-    events: list[cg.Event] = []
+    events: list[cw.Event] = []
     clock = FakeClock()
 
-    @cg.cached(ttl=10, layers=[cg.MemoryLayer(), Broken()], clock=clock, breaker_failures=2)
+    @cw.cached(ttl=10, layers=[cw.MemoryLayer(), Broken()], clock=clock, breaker_failures=2)
     def fetch(key: str) -> str:
         raise TimeoutError("db slow")
 
-    with cg.listening(events.append):
+    with cw.listening(events.append):
         with pytest.raises(TimeoutError):
             fetch("a")
-        with pytest.raises(cg.BackoffActive):
+        with pytest.raises(cw.BackoffActive):
             fetch("a")
     seen = kinds(events)
     assert "fetch_error" in seen
     assert "backoff_rejected" in seen
     assert seen.count("layer_error") == 2
     assert "breaker_opened" in seen
-    opened = next(e for e in events if e.kind is cg.EventKind.BREAKER_OPENED)
+    opened = next(e for e in events if e.kind is cw.EventKind.BREAKER_OPENED)
     assert opened.layer == "broken-redis"
     assert isinstance(next(e for e in events if e.kind.value == "fetch_error").error, TimeoutError)
 
 
 def test_a_raising_listener_never_breaks_a_call() -> None:
-    def bad(event: cg.Event) -> None:
+    def bad(event: cw.Event) -> None:
         raise RuntimeError("listener bug")
 
-    before = cg.listener_errors()
+    before = cw.listener_errors()
 
-    @cg.cached(ttl=10)
+    @cw.cached(ttl=10)
     def fetch(key: str) -> str:
         return key.upper()
 
-    with cg.listening(bad, kinds=list(cg.EventKind)):
+    with cw.listening(bad, kinds=list(cw.EventKind)):
         assert fetch("a") == "A"
         assert fetch("a") == "A"
-    assert cg.listener_errors() - before == 3  # miss, fetch, hit
+    assert cw.listener_errors() - before == 3  # miss, fetch, hit
 
 
 def test_logging_is_quiet_by_default_and_warns_on_breaker_trips(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    @cg.cached(ttl=10, layers=[cg.MemoryLayer(), Broken()], breaker_failures=1)
+    @cw.cached(ttl=10, layers=[cw.MemoryLayer(), Broken()], breaker_failures=1)
     def fetch(key: str) -> str:
         return key
 
-    with caplog.at_level(logging.DEBUG, logger="cacheguard"):
+    with caplog.at_level(logging.DEBUG, logger="cacheward"):
         fetch("a")
-    records = [r for r in caplog.records if r.name == "cacheguard"]
+    records = [r for r in caplog.records if r.name == "cacheward"]
     assert [r.levelno for r in records] == [logging.WARNING]
     assert "breaker_opened" in records[0].getMessage()
     assert "broken-redis" in records[0].getMessage()
 
 
 def test_unlisten_and_bad_kinds() -> None:
-    events: list[cg.Event] = []
-    cg.listen(events.append)
-    cg.unlisten(events.append)
+    events: list[cw.Event] = []
+    cw.listen(events.append)
+    cw.unlisten(events.append)
 
-    @cg.cached(ttl=10)
+    @cw.cached(ttl=10)
     def fetch(key: str) -> str:
         return key
 
     fetch("a")
     assert events == []
     with pytest.raises(ValueError, match="not_a_kind"):
-        cg.listen(events.append, kinds=["not_a_kind"])
+        cw.listen(events.append, kinds=["not_a_kind"])

@@ -58,7 +58,7 @@ def flask_app() -> Iterator[Callable[..., Flask]]:
 
     yield make
     for app in apps:
-        app.extensions["cacheguard"]["redis"].close()
+        app.extensions["cacheward"]["redis"].close()
 
 
 def closed_port_url() -> str:
@@ -100,13 +100,13 @@ def test_fastapi_serves_from_cache_invalidates_and_exports_metrics(
         assert stats["cache"]["hits"] == 3
         assert stats["cache"]["misses"] == 3
         assert stats["cache"]["invalidations"] == 1
-        assert stats["attempts"] == 3  # cg.guard: each database call took a token
+        assert stats["attempts"] == 3  # cw.guard: each database call took a token
         metrics = client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         function = f"{namespace}.load_config:v1"
-        assert f'cacheguard_calls_total{{function="{function}",outcome="hit"}} 3.0' in metrics.text
-        assert f'cacheguard_fetches_total{{function="{function}"}} 3.0' in metrics.text
-        assert f'cacheguard_backend_attempts_total{{function="{function}"}} 3.0' in metrics.text
+        assert f'cacheward_calls_total{{function="{function}",outcome="hit"}} 3.0' in metrics.text
+        assert f'cacheward_fetches_total{{function="{function}"}} 3.0' in metrics.text
+        assert f'cacheward_backend_attempts_total{{function="{function}"}} 3.0' in metrics.text
 
 
 def test_fastapi_concurrent_requests_make_one_database_call(redis_url: str, namespace: str) -> None:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard._core.entry import Entry
-from cacheguard._core.keys import CacheKey
-from cacheguard.testing import FakeClock, InlineExecutor
+import cacheward as cw
+from cacheward._core.entry import Entry
+from cacheward._core.keys import CacheKey
+from cacheward.testing import FakeClock, InlineExecutor
 
 
 class BrokenLayer:
@@ -113,10 +113,10 @@ def window_excess(times: list[float], *, rate: float, burst: float) -> float:
 
 def test_a_hit_takes_no_token_and_a_miss_takes_one() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=1, burst=5, clock=clock)
+    bucket = cw.TokenBucket(rate=1, burst=5, clock=clock)
     calls: list[str] = []
 
-    @cg.guard(ttl=60, limiter=bucket, clock=clock)
+    @cw.guard(ttl=60, limiter=bucket, clock=clock)
     def load(key: str) -> str:
         calls.append(key)
         return key.upper()
@@ -125,17 +125,17 @@ def test_a_hit_takes_no_token_and_a_miss_takes_one() -> None:
     assert calls == ["a"]
     assert bucket.taken == 1
     stats = load.stats()
-    assert isinstance(stats, cg.GuardStats)
+    assert isinstance(stats, cw.GuardStats)
     assert (stats.cache.hits, stats.cache.misses, stats.attempts) == (99, 1, 1)
     assert stats.breaker_state == "closed"
 
 
 def test_each_retry_attempt_takes_a_token_and_counts() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=1, burst=10, clock=clock)
+    bucket = cw.TokenBucket(rate=1, burst=10, clock=clock)
     failures = [ConnectionError("a"), TimeoutError("b")]
 
-    @cg.guard(ttl=60, limiter=bucket, attempts=3, clock=clock, rng=random.Random(0))
+    @cw.guard(ttl=60, limiter=bucket, attempts=3, clock=clock, rng=random.Random(0))
     def load(key: str) -> str:
         if failures:
             raise failures.pop(0)
@@ -152,7 +152,7 @@ def seeded(clock: FakeClock, **options: Any) -> tuple[Any, list[str], dict[str, 
     state: dict[str, Any] = {"fail": False}
     calls: list[str] = []
 
-    @cg.guard(ttl=10, stale_if_error=600, clock=clock, backoff=1, **options)
+    @cw.guard(ttl=10, stale_if_error=600, clock=clock, backoff=1, **options)
     def load(key: str) -> str:
         calls.append(key)
         if state["fail"]:
@@ -167,7 +167,7 @@ def seeded(clock: FakeClock, **options: Any) -> tuple[Any, list[str], dict[str, 
 
 def test_stale_is_served_when_the_limiter_says_no() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=0.001, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=0.001, burst=1, clock=clock)
     load, calls, state = seeded(clock, limiter=bucket, max_wait=0.1)
     assert load("k") == state["first"]  # no token: served the old value
     assert len(calls) == 1
@@ -178,7 +178,7 @@ def test_stale_is_served_when_the_limiter_says_no() -> None:
 
 def test_stale_is_served_when_the_budget_says_no() -> None:
     clock = FakeClock()
-    budget = cg.RetryBudget(ratio=0.0, min_per_second=0.0, clock=clock)
+    budget = cw.RetryBudget(ratio=0.0, min_per_second=0.0, clock=clock)
     load, calls, state = seeded(clock, budget=budget, attempts=5)
     state["fail"] = True
     assert load("k") == state["first"]
@@ -188,7 +188,7 @@ def test_stale_is_served_when_the_budget_says_no() -> None:
 
 def test_stale_is_served_when_the_breaker_says_no() -> None:
     clock = FakeClock()
-    breaker = cg.CircuitBreaker(failure_threshold=1, reset_timeout=60, clock=clock)
+    breaker = cw.CircuitBreaker(failure_threshold=1, reset_timeout=60, clock=clock)
     load, calls, state = seeded(clock, breaker=breaker, attempts=1)
     state["fail"] = True
     assert load("k") == state["first"]  # the attempt fails and opens the breaker
@@ -202,27 +202,27 @@ def test_stale_is_served_when_the_breaker_says_no() -> None:
 
 def test_refusal_without_stale_data_is_a_clear_error() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=0.001, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=0.001, burst=1, clock=clock)
 
-    @cg.guard(ttl=10, limiter=bucket, max_wait=0, clock=clock)
+    @cw.guard(ttl=10, limiter=bucket, max_wait=0, clock=clock)
     def load(key: str) -> str:
         return key
 
     assert load("a") == "a"
-    with pytest.raises(cg.RateLimited):
+    with pytest.raises(cw.RateLimited):
         load("b")
-    with pytest.raises(cg.BackoffActive):
+    with pytest.raises(cw.BackoffActive):
         load("b")  # the key now backs off instead of asking the bucket again
 
 
 def test_guard_keeps_signatures_and_async_works() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=10, burst=10, clock=clock)
+    bucket = cw.TokenBucket(rate=10, burst=10, clock=clock)
 
     async def source(key: str, *, scale: int = 1) -> int:
         return len(key) * scale
 
-    load = cg.guard(ttl=60, limiter=bucket, clock=clock)(source)
+    load = cw.guard(ttl=60, limiter=bucket, clock=clock)(source)
     assert inspect.iscoroutinefunction(load)
     assert load.__wrapped__ is source
     assert inspect.signature(load) == inspect.signature(source)
@@ -236,27 +236,27 @@ def test_guard_keeps_signatures_and_async_works() -> None:
 
 
 def test_guard_validates_at_decoration_time() -> None:
-    with pytest.raises(cg.ConfigurationTypeError, match="limiter"):
-        cg.guard(ttl=1, limiter=object())  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationTypeError, match="breaker"):
-        cg.guard(ttl=1, breaker=object())  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationError, match="attempts"):
-        cg.guard(ttl=1, attempts=0)(lambda: 1)
-    with pytest.raises(cg.ConfigurationError, match="timeout"):
-        cg.guard(ttl=1, timeout=0)
-    with pytest.raises(cg.ConfigurationError, match="max_wait"):
-        cg.guard(ttl=1, max_wait=-1)(lambda: 1)
+    with pytest.raises(cw.ConfigurationTypeError, match="limiter"):
+        cw.guard(ttl=1, limiter=object())  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationTypeError, match="breaker"):
+        cw.guard(ttl=1, breaker=object())  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="attempts"):
+        cw.guard(ttl=1, attempts=0)(lambda: 1)
+    with pytest.raises(cw.ConfigurationError, match="timeout"):
+        cw.guard(ttl=1, timeout=0)
+    with pytest.raises(cw.ConfigurationError, match="max_wait"):
+        cw.guard(ttl=1, max_wait=-1)(lambda: 1)
 
 
 def test_defaults_are_bounded() -> None:
     def source(key: str) -> str:
         return key
 
-    load = cg.guard(ttl=1)(source)
+    load = cw.guard(ttl=1)(source)
     bucket = load.limiter
-    assert isinstance(bucket, cg.TokenBucket)
+    assert isinstance(bucket, cw.TokenBucket)
     assert (bucket.rate, bucket.burst) == (100.0, 100.0)
-    assert isinstance(load.breaker, cg.CircuitBreaker)
+    assert isinstance(load.breaker, cw.CircuitBreaker)
 
 
 RATE, BURST = 20.0, 10.0
@@ -264,13 +264,13 @@ RATE, BURST = 20.0, 10.0
 
 def test_thousand_async_callers_over_many_keys_with_every_layer_failing() -> None:
     clock = VirtualClock()
-    bucket = cg.TokenBucket(rate=RATE, burst=BURST, clock=clock)
-    budget = cg.RetryBudget(ratio=0.2, min_per_second=1, window=10, clock=clock)
+    bucket = cw.TokenBucket(rate=RATE, burst=BURST, clock=clock)
+    budget = cw.RetryBudget(ratio=0.2, min_per_second=1, window=10, clock=clock)
     layer = BrokenLayer()
     attempts: list[float] = []
     rng = random.Random(3)
 
-    @cg.guard(ttl=5, stale_ttl=30, layers=[layer], limiter=bucket, budget=budget, clock=clock,
+    @cw.guard(ttl=5, stale_ttl=30, layers=[layer], limiter=bucket, budget=budget, clock=clock,
               rng=random.Random(4), max_wait=0.2, timeout=2, backoff=0.5,
               backoff_max=2)  # fmt: skip
     async def load(key: int) -> int:
@@ -289,7 +289,7 @@ def test_thousand_async_callers_over_many_keys_with_every_layer_failing() -> Non
             try:
                 await load((i * 7 + round_) % 400)
                 served += 1
-            except (cg.CacheGuardError, ConnectionError):
+            except (cw.CacheWardError, ConnectionError):
                 pass
             await clock.asleep(rng.random())
 
@@ -311,10 +311,10 @@ def test_thousand_async_callers_over_many_keys_with_every_layer_failing() -> Non
 
 def test_sibling_without_a_limiter_the_same_load_breaks_the_bound() -> None:
     clock = FakeClock(monotonic_start=0.0)
-    unlimited = cg.TokenBucket(rate=1e9, burst=1e9, clock=clock)
+    unlimited = cw.TokenBucket(rate=1e9, burst=1e9, clock=clock)
     attempts: list[float] = []
 
-    @cg.guard(ttl=5, layers=[BrokenLayer()], limiter=unlimited, clock=clock)
+    @cw.guard(ttl=5, layers=[BrokenLayer()], limiter=unlimited, clock=clock)
     async def load(key: int) -> int:
         attempts.append(clock.monotonic())
         return key
@@ -328,11 +328,11 @@ def test_sibling_without_a_limiter_the_same_load_breaks_the_bound() -> None:
 
 def test_threads_with_every_layer_failing_stay_within_the_bound() -> None:
     clock = FakeClock(monotonic_start=0.0)
-    bucket = cg.TokenBucket(rate=RATE, burst=BURST, clock=clock)
+    bucket = cw.TokenBucket(rate=RATE, burst=BURST, clock=clock)
     attempts: list[float] = []
     lock = threading.Lock()
 
-    @cg.guard(ttl=5, layers=[BrokenLayer()], limiter=bucket, clock=clock, max_wait=0.1,
+    @cw.guard(ttl=5, layers=[BrokenLayer()], limiter=bucket, clock=clock, max_wait=0.1,
               refresh_executor=InlineExecutor())  # fmt: skip
     def load(key: int) -> int:
         with lock:
@@ -341,7 +341,7 @@ def test_threads_with_every_layer_failing_stay_within_the_bound() -> None:
 
     def worker(n: int) -> None:
         for i in range(100):
-            with contextlib.suppress(cg.CacheGuardError):
+            with contextlib.suppress(cw.CacheWardError):
                 load((n * 100 + i) % 500)
             clock.advance(0.001)
 
@@ -356,11 +356,11 @@ def test_threads_with_every_layer_failing_stay_within_the_bound() -> None:
 
 def test_coalesced_callers_are_one_request_to_the_budget_and_the_bucket() -> None:
     clock = VirtualClock()
-    bucket = cg.TokenBucket(rate=100, burst=100, clock=clock)
-    budget = cg.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+    bucket = cw.TokenBucket(rate=100, burst=100, clock=clock)
+    budget = cw.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
     attempts = 0
 
-    @cg.guard(ttl=60, limiter=bucket, budget=budget, attempts=3, clock=clock,
+    @cw.guard(ttl=60, limiter=bucket, budget=budget, attempts=3, clock=clock,
               rng=random.Random(0))  # fmt: skip
     async def load(key: str) -> str:
         nonlocal attempts
@@ -392,21 +392,21 @@ def test_coalesced_callers_are_one_request_to_the_budget_and_the_bucket() -> Non
 
 def test_wrong_order_rate_limit_outside_cached_spends_tokens_on_hits() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=0.001, burst=3, clock=clock)
+    bucket = cw.TokenBucket(rate=0.001, burst=3, clock=clock)
 
-    @cg.rate_limit(bucket, max_wait=0)
-    @cg.cached(ttl=60, clock=clock)
+    @cw.rate_limit(bucket, max_wait=0)
+    @cw.cached(ttl=60, clock=clock)
     def load(key: str) -> str:
         return key
 
     assert [load("a") for _ in range(3)] == ["a"] * 3
-    with pytest.raises(cg.RateLimited):
+    with pytest.raises(cw.RateLimited):
         load("a")  # a cache hit, refused for want of a token
 
 
 def test_wrong_order_retry_inside_rate_limit_lets_one_token_pay_for_every_attempt() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=0.001, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=0.001, burst=1, clock=clock)
     calls = 0
 
     def backend() -> None:
@@ -414,28 +414,28 @@ def test_wrong_order_retry_inside_rate_limit_lets_one_token_pay_for_every_attemp
         calls += 1
         raise ConnectionError("down")
 
-    wrong = cg.rate_limit(bucket, max_wait=0)(cg.retry(attempts=3, clock=clock)(backend))
+    wrong = cw.rate_limit(bucket, max_wait=0)(cw.retry(attempts=3, clock=clock)(backend))
     with pytest.raises(ConnectionError):
         wrong()
     assert calls == 3  # three backend calls on one token: past burst + rate * T
-    right = cg.retry(attempts=3, clock=clock)(
-        cg.rate_limit(cg.TokenBucket(rate=0.001, burst=1, clock=clock), max_wait=0)(backend)
+    right = cw.retry(attempts=3, clock=clock)(
+        cw.rate_limit(cw.TokenBucket(rate=0.001, burst=1, clock=clock), max_wait=0)(backend)
     )
-    with pytest.raises(cg.RateLimited):
+    with pytest.raises(cw.RateLimited):
         right()
     assert calls == 4  # one attempt per token
 
 
 def test_wrong_order_retry_outside_cached_counts_every_waiter_as_a_request() -> None:
     clock = VirtualClock()
-    budget = cg.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+    budget = cw.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
 
     async def backend(key: str) -> str:
         await clock.asleep(0.05)
         raise ConnectionError("down")
 
-    wrong = cg.retry(attempts=3, budget=budget, clock=clock)(
-        cg.cached(ttl=60, clock=clock)(backend)
+    wrong = cw.retry(attempts=3, budget=budget, clock=clock)(
+        cw.cached(ttl=60, clock=clock)(backend)
     )
 
     async def main() -> None:

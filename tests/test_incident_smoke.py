@@ -1,7 +1,7 @@
 """Smoke test for the incident replay (``python -m benchmarks incident``): shape and bounds.
 
-The replay runs in its tiny mode (``CACHEGUARD_BENCH_SMOKE=1``: 2 worker processes, 8
-customers, phases of about a second) without Redis (``CACHEGUARD_BENCH_NO_REDIS=1``: the outage
+The replay runs in its tiny mode (``CACHEWARD_BENCH_SMOKE=1``: 2 worker processes, 8
+customers, phases of about a second) without Redis (``CACHEWARD_BENCH_NO_REDIS=1``: the outage
 is the in-process caches being flushed), in a few seconds. It checks that every promised figure
 is reported and that the accounting adds up, then the claim itself in counts, never in time: the
 guarded stack reads at most 1.5x what a perfect cache with the same TTL reads during the outage,
@@ -40,8 +40,8 @@ PHASE_FIELDS = {
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CACHEGUARD_BENCH_SMOKE", "1")
-        mp.setenv("CACHEGUARD_BENCH_NO_REDIS", "1")
+        mp.setenv("CACHEWARD_BENCH_SMOKE", "1")
+        mp.setenv("CACHEWARD_BENCH_NO_REDIS", "1")
         return incident.run(quick=True)
 
 

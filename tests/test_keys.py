@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cacheguard import CacheKey, ConfigurationTypeError
-from cacheguard._core.keys import encode_call, local_key
+from cacheward import CacheKey, ConfigurationTypeError
+from cacheward._core.keys import encode_call, local_key
 
 scalars = st.one_of(
     st.none(),

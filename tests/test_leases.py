@@ -1,4 +1,4 @@
-"""Cross-process single-flight: Redis leases with fencing, alone and under cg.cached."""
+"""Cross-process single-flight: Redis leases with fencing, alone and under cw.cached."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard._core.entry import Entry
-from cacheguard._core.keys import CacheKey
-from cacheguard._redis import RedisLayer
+import cacheward as cw
+from cacheward._core.entry import Entry
+from cacheward._core.keys import CacheKey
+from cacheward._redis import RedisLayer
 from servers import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -196,13 +196,13 @@ def _fill(server: RedisServer, count: int) -> str:
     return ""
 
 
-# --- leases under cg.cached: one fetch per key across "processes" ---------------------------------
+# --- leases under cw.cached: one fetch per key across "processes" ---------------------------------
 
 
 def _guarded(url: str, calls: list[str], **options: Any) -> Any:
     layer = RedisLayer.from_url(url, timeout=1.0)
 
-    @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="leased", **options)
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="leased", **options)
     def load(name: str) -> dict[str, Any]:
         calls.append(name)
         time.sleep(0.2)
@@ -268,7 +268,7 @@ def test_a_lease_wait_that_times_out_serves_stale_or_raises_and_never_fetches(
     holder = RedisLayer.from_url(url, timeout=1.0)
     assert holder.acquire_lease(key, ttl=30) is not None  # alive, but slow
     started = time.monotonic()
-    with pytest.raises(cg.FetchTimeout):
+    with pytest.raises(cw.FetchTimeout):
         load("held")
     assert time.monotonic() - started < 5  # bounded by timeout (0.3 s), not by the lease
     assert calls == []
@@ -295,7 +295,7 @@ def _process_worker(
 
     if use_async:
 
-        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="procs")
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="procs")
         async def aload(name: str) -> dict[str, Any]:
             await asyncio.sleep(0.3)
             return backend(name)
@@ -312,7 +312,7 @@ def _process_worker(
         values = asyncio.run(main())
     else:
 
-        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="procs")
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="procs")
         def load(name: str) -> dict[str, Any]:
             time.sleep(0.3)
             return backend(name)
@@ -339,7 +339,7 @@ def _run_processes(url: str, processes: int, threads: int, *, use_async: bool) -
     # forkserver: children fork from a clean server process that has imported the heavy
     # modules once (no fork of this threaded test process, no re-import per child).
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["cacheguard", "redis", "redis.asyncio", "servers", "test_leases"])
+    ctx.set_forkserver_preload(["cacheward", "redis", "redis.asyncio", "servers", "test_leases"])
     start = ctx.Barrier(processes)
     counter = ctx.Value("i", 0)
     results = ctx.Queue()

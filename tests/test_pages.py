@@ -15,10 +15,10 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-import cacheguard as cg
-from cacheguard._core import pages as core
-from cacheguard._core.entry import Entry
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward._core import pages as core
+from cacheward._core.entry import Entry
+from cacheward.testing import FakeClock
 
 # --- a list-backed source: cursor = str(offset of the next item) ------------------------------
 
@@ -31,34 +31,34 @@ class Source:
         self.fail_calls = set(fail_calls)
         self.calls: list[str | None] = []
 
-    def __call__(self, cursor: str | None, limit: int) -> cg.Page[int]:
+    def __call__(self, cursor: str | None, limit: int) -> cw.Page[int]:
         self.calls.append(cursor)
         if len(self.calls) in self.fail_calls:
             raise ConnectionError(f"injected failure on call {len(self.calls)}")
         start = 0 if cursor is None else int(cursor)
         end = min(start + limit, self.n)
-        return cg.Page(list(range(start, end)), str(end) if end < self.n else None)
+        return cw.Page(list(range(start, end)), str(end) if end < self.n else None)
 
 
-def run(mode: str, fn: Callable[[str | None, int], cg.Page[Any]], **kwargs: Any) -> list[Any]:
+def run(mode: str, fn: Callable[[str | None, int], cw.Page[Any]], **kwargs: Any) -> list[Any]:
     """collect_pages or acollect_pages over the same (sync) source."""
     if mode == "sync":
-        return cg.collect_pages(fn, **kwargs)
+        return cw.collect_pages(fn, **kwargs)
 
-    async def afetch(cursor: str | None, limit: int) -> cg.Page[Any]:
+    async def afetch(cursor: str | None, limit: int) -> cw.Page[Any]:
         await asyncio.sleep(0)
         return fn(cursor, limit)
 
     kwargs.setdefault("checkpoint_key", "async-test")
-    return asyncio.run(cg.acollect_pages(afetch, **kwargs))
+    return asyncio.run(cw.acollect_pages(afetch, **kwargs))
 
 
 modes = pytest.mark.parametrize("mode", ["sync", "async"])
 
 
 @pytest.fixture
-def store() -> cg.MemoryCheckpoints:
-    return cg.MemoryCheckpoints(ttl=60)
+def store() -> cw.MemoryCheckpoints:
+    return cw.MemoryCheckpoints(ttl=60)
 
 
 @modes
@@ -72,10 +72,10 @@ def test_collects_every_item_in_order_with_one_call_per_page(mode: str, store: A
 
 def test_iter_pages_yields_each_page_before_fetching_the_next(store: Any) -> None:
     src = Source(10)
-    pages = cg.iter_pages(src, page_size=4, checkpoints=store, checkpoint_key="k")
+    pages = cw.iter_pages(src, page_size=4, checkpoints=store, checkpoint_key="k")
     assert src.calls == []  # settings are checked at once, nothing is fetched until asked
     first = next(pages)
-    assert first == cg.Page([0, 1, 2, 3], "4")
+    assert first == cw.Page([0, 1, 2, 3], "4")
     assert len(src.calls) == 1
     assert [p.items for p in pages] == [[4, 5, 6, 7], [8, 9]]
     assert len(src.calls) == 3
@@ -84,12 +84,12 @@ def test_iter_pages_yields_each_page_before_fetching_the_next(store: Any) -> Non
 def test_aiter_pages_yields_pages_as_they_arrive(store: Any) -> None:
     src = Source(10)
 
-    async def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+    async def fetch(cursor: str | None, limit: int) -> cw.Page[int]:
         return src(cursor, limit)
 
     async def main() -> list[list[int]]:
         seen = []
-        async for page in cg.aiter_pages(fetch, page_size=4, checkpoints=store, checkpoint_key="k"):
+        async for page in cw.aiter_pages(fetch, page_size=4, checkpoints=store, checkpoint_key="k"):
             seen.append(page.items)
             assert len(src.calls) == len(seen)
         return seen
@@ -100,13 +100,13 @@ def test_aiter_pages_yields_pages_as_they_arrive(store: Any) -> None:
 @modes
 def test_a_failed_page_is_resumed_not_restarted(mode: str, store: Any) -> None:
     src = Source(23, fail_calls=frozenset({3, 6}))
-    with pytest.raises(cg.PaginationError) as first:
+    with pytest.raises(cw.PaginationError) as first:
         run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k")
     err = first.value
     assert (err.cursor, err.pages_done, err.reason) == ("10", 2, "page-failed")
     assert isinstance(err.__cause__, ConnectionError)
     assert len(store) == 1
-    with pytest.raises(cg.PaginationError) as second:
+    with pytest.raises(cw.PaginationError) as second:
         run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k")
     assert (second.value.cursor, second.value.pages_done) == ("20", 4)
     assert run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k") == list(range(23))
@@ -118,22 +118,22 @@ def test_a_failed_page_is_resumed_not_restarted(mode: str, store: Any) -> None:
 @modes
 def test_resume_false_starts_over(mode: str, store: Any) -> None:
     src = Source(15, fail_calls=frozenset({3}))
-    with pytest.raises(cg.PaginationError, match="starts over"):
+    with pytest.raises(cw.PaginationError, match="starts over"):
         run(mode, src, page_size=5, checkpoints=store, resume=False)
     assert run(mode, src, page_size=5, checkpoints=store, resume=False) == list(range(15))
     assert src.calls == [None, "5", "10", None, "5", "10"]
     assert len(store) == 0
 
 
-def by_customer(customer: Any, cursor: str | None, limit: int) -> cg.Page[str]:
+def by_customer(customer: Any, cursor: str | None, limit: int) -> cw.Page[str]:
     """A module-level page function: its identity is its name plus its partial arguments."""
     start = 0 if cursor is None else int(cursor)
     end = min(start + limit, 6)
-    return cg.Page([f"{customer}{i}" for i in range(start, end)], str(end) if end < 6 else None)
+    return cw.Page([f"{customer}{i}" for i in range(start, end)], str(end) if end < 6 else None)
 
 
 def test_rebuild_identity_is_the_function_plus_typed_partial_arguments(store: Any) -> None:
-    identity = cg._pages.rebuild_identity
+    identity = cw._pages.rebuild_identity
     keys = {
         identity(functools.partial(by_customer, "a"), None),
         identity(functools.partial(by_customer, "b"), None),
@@ -148,54 +148,54 @@ def test_rebuild_identity_is_the_function_plus_typed_partial_arguments(store: An
     )
 
     # Decorators that set __wrapped__ are looked through.
-    def wrapper(*args: Any) -> cg.Page[str]:
+    def wrapper(*args: Any) -> cw.Page[str]:
         return by_customer(*args)
 
     wrapped = functools.wraps(by_customer)(wrapper)
     assert identity(functools.partial(wrapped, "a"), None) == identity(
         functools.partial(by_customer, "a"), None
     )
-    # An argument with no stable encoding: cacheguard refuses to guess.
-    with pytest.raises(cg.ConfigurationTypeError, match=r"checkpoint_key.*resume=False"):
-        cg.collect_pages(functools.partial(by_customer, ["a"]), page_size=2, checkpoints=store)
+    # An argument with no stable encoding: cacheward refuses to guess.
+    with pytest.raises(cw.ConfigurationTypeError, match=r"checkpoint_key.*resume=False"):
+        cw.collect_pages(functools.partial(by_customer, ["a"]), page_size=2, checkpoints=store)
 
-    def closure(cursor: str | None, limit: int) -> cg.Page[str]:
+    def closure(cursor: str | None, limit: int) -> cw.Page[str]:
         return by_customer(store, cursor, limit)
 
-    with pytest.raises(cg.ConfigurationError, match="closure"):
-        cg.collect_pages(closure, page_size=2, checkpoints=store)
-    with pytest.raises(cg.ConfigurationError, match="bound method"):
-        cg.collect_pages(Source(3).__call__, page_size=2, checkpoints=store)
-    with pytest.raises(cg.ConfigurationError, match="callable object"):
-        cg.collect_pages(Source(3), page_size=2, checkpoints=store)
-    assert cg.collect_pages(closure, page_size=4, checkpoints=store, checkpoint_key="c") == [
+    with pytest.raises(cw.ConfigurationError, match="closure"):
+        cw.collect_pages(closure, page_size=2, checkpoints=store)
+    with pytest.raises(cw.ConfigurationError, match="bound method"):
+        cw.collect_pages(Source(3).__call__, page_size=2, checkpoints=store)
+    with pytest.raises(cw.ConfigurationError, match="callable object"):
+        cw.collect_pages(Source(3), page_size=2, checkpoints=store)
+    assert cw.collect_pages(closure, page_size=4, checkpoints=store, checkpoint_key="c") == [
         f"{store}{i}" for i in range(6)
     ]
-    assert cg.collect_pages(Source(3), page_size=2, resume=False) == [0, 1, 2]
+    assert cw.collect_pages(Source(3), page_size=2, resume=False) == [0, 1, 2]
 
 
 _CALLS: dict[str, list[tuple[str, str | None]]] = {}
 
 
-def recording(run_id: str, customer: str, cursor: str | None, limit: int) -> cg.Page[str]:
+def recording(run_id: str, customer: str, cursor: str | None, limit: int) -> cw.Page[str]:
     calls = _CALLS.setdefault(run_id, [])
     calls.append((customer, cursor))
     if cursor == "2" and calls.count((customer, cursor)) == 1:
         raise ConnectionError("injected")
     start = 0 if cursor is None else int(cursor)
     end = min(start + limit, 4)
-    return cg.Page([f"{customer}{i}" for i in range(start, end)], str(end) if end < 4 else None)
+    return cw.Page([f"{customer}{i}" for i in range(start, end)], str(end) if end < 4 else None)
 
 
 def test_each_arguments_rebuild_resumes_its_own_pages(store: Any) -> None:
     fetch_a = functools.partial(recording, "t1", "a")
     fetch_b = functools.partial(recording, "t1", "b")
     for fn in (fetch_a, fetch_b):
-        with pytest.raises(cg.PaginationError):
-            cg.collect_pages(fn, page_size=2, checkpoints=store)
+        with pytest.raises(cw.PaginationError):
+            cw.collect_pages(fn, page_size=2, checkpoints=store)
     assert len(store) == 2
-    assert cg.collect_pages(fetch_b, page_size=2, checkpoints=store) == ["b0", "b1", "b2", "b3"]
-    assert cg.collect_pages(fetch_a, page_size=2, checkpoints=store) == ["a0", "a1", "a2", "a3"]
+    assert cw.collect_pages(fetch_b, page_size=2, checkpoints=store) == ["b0", "b1", "b2", "b3"]
+    assert cw.collect_pages(fetch_a, page_size=2, checkpoints=store) == ["a0", "a1", "a2", "a3"]
     assert _CALLS["t1"] == [
         ("a", None), ("a", "2"), ("b", None), ("b", "2"), ("b", "2"), ("a", "2")
     ]  # fmt: skip
@@ -203,20 +203,20 @@ def test_each_arguments_rebuild_resumes_its_own_pages(store: Any) -> None:
 
 
 def test_lambda_without_captured_state_has_an_identity(store: Any) -> None:
-    fetch = lambda cursor, limit: cg.Page([1, 2], None)  # noqa: E731
-    assert cg.collect_pages(fetch, checkpoints=store) == [1, 2]
+    fetch = lambda cursor, limit: cw.Page([1, 2], None)  # noqa: E731
+    assert cw.collect_pages(fetch, checkpoints=store) == [1, 2]
 
 
 # --- loops and bounds -------------------------------------------------------------------------
 
 
-def scripted(pages: dict[str | None, tuple[list[int], str | None]]) -> Callable[..., cg.Page[int]]:
+def scripted(pages: dict[str | None, tuple[list[int], str | None]]) -> Callable[..., cw.Page[int]]:
     calls: list[str | None] = []
 
-    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+    def fetch(cursor: str | None, limit: int) -> cw.Page[int]:
         calls.append(cursor)
         items, nxt = pages[cursor]
-        return cg.Page(items, nxt)
+        return cw.Page(items, nxt)
 
     fetch.calls = calls  # type: ignore[attr-defined]
     return fetch
@@ -225,7 +225,7 @@ def scripted(pages: dict[str | None, tuple[list[int], str | None]]) -> Callable[
 @modes
 def test_a_repeated_cursor_is_a_loop_and_drops_the_checkpoint(mode: str, store: Any) -> None:
     fetch = scripted({None: ([1], "a"), "a": ([2], "b"), "b": ([3], "a")})
-    with pytest.raises(cg.CursorLoopError) as info:
+    with pytest.raises(cw.CursorLoopError) as info:
         run(mode, fetch, checkpoints=store, checkpoint_key="k")
     assert (info.value.cursor, info.value.pages_done, info.value.reason) == (
         "a",
@@ -239,7 +239,7 @@ def test_a_repeated_cursor_is_a_loop_and_drops_the_checkpoint(mode: str, store: 
 @modes
 def test_a_page_returning_its_own_cursor_makes_no_progress(mode: str, store: Any) -> None:
     fetch = scripted({None: ([1], "a"), "a": ([2], "a")})
-    with pytest.raises(cg.CursorLoopError) as info:
+    with pytest.raises(cw.CursorLoopError) as info:
         run(mode, fetch, checkpoints=store, checkpoint_key="k")
     assert info.value.reason == "no-progress"
     assert info.value.cursor == "a"
@@ -251,7 +251,7 @@ def test_empty_pages_with_a_cursor_are_allowed_up_to_the_limit(mode: str, store:
         {None: ([1], "a"), "a": ([], "b"), "b": ([], "c"), "c": ([], "d"), "d": ([2], None)}
     )
     assert run(mode, fetch, max_empty_pages=3, checkpoints=store, checkpoint_key="k") == [1, 2]
-    with pytest.raises(cg.CursorLoopError) as info:
+    with pytest.raises(cw.CursorLoopError) as info:
         run(mode, fetch, max_empty_pages=2, checkpoints=store, checkpoint_key="k")
     assert info.value.reason == "empty-pages"
     assert info.value.pages_done == 3
@@ -260,31 +260,31 @@ def test_empty_pages_with_a_cursor_are_allowed_up_to_the_limit(mode: str, store:
 def test_the_run_of_empty_pages_carries_over_a_resume(store: Any) -> None:
     failed: list[str] = []
 
-    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+    def fetch(cursor: str | None, limit: int) -> cw.Page[int]:
         if cursor == "b" and not failed:
             failed.append(cursor)
             raise ConnectionError("injected")
         items, nxt = {None: ([1], "a"), "a": ([], "b"), "b": ([], "c"), "c": ([], "d")}.get(
             cursor, ([2], None)
         )
-        return cg.Page(items, nxt)
+        return cw.Page(items, nxt)
 
     kw: dict[str, Any] = {"max_empty_pages": 2, "checkpoints": store, "checkpoint_key": "k"}
-    with pytest.raises(cg.PaginationError):
-        cg.collect_pages(fetch, **kw)
-    with pytest.raises(cg.CursorLoopError) as info:  # a, b, c: three empty pages in a row
-        cg.collect_pages(fetch, **kw)
+    with pytest.raises(cw.PaginationError):
+        cw.collect_pages(fetch, **kw)
+    with pytest.raises(cw.CursorLoopError) as info:  # a, b, c: three empty pages in a row
+        cw.collect_pages(fetch, **kw)
     assert info.value.reason == "empty-pages"
 
 
-def endless(cursor: str | None, limit: int) -> cg.Page[int]:
+def endless(cursor: str | None, limit: int) -> cw.Page[int]:
     n = 0 if cursor is None else int(cursor)
-    return cg.Page([n], str(n + 1))
+    return cw.Page([n], str(n + 1))
 
 
 @modes
 def test_max_pages_raises_instead_of_truncating(mode: str, store: Any) -> None:
-    with pytest.raises(cg.PaginationError) as info:
+    with pytest.raises(cw.PaginationError) as info:
         run(mode, endless, max_pages=7, checkpoints=store, checkpoint_key="k")
     assert (info.value.reason, info.value.pages_done, info.value.cursor) == ("max-pages", 7, "7")
     assert info.value.__cause__ is None
@@ -293,7 +293,7 @@ def test_max_pages_raises_instead_of_truncating(mode: str, store: Any) -> None:
 @modes
 def test_max_items_raises_instead_of_truncating(mode: str, store: Any) -> None:
     src = Source(30)
-    with pytest.raises(cg.PaginationError) as info:
+    with pytest.raises(cw.PaginationError) as info:
         run(mode, src, page_size=4, max_items=10, checkpoints=store, checkpoint_key="k")
     assert (info.value.reason, info.value.pages_done, info.value.cursor) == ("max-items", 2, "8")
     assert run(
@@ -302,11 +302,11 @@ def test_max_items_raises_instead_of_truncating(mode: str, store: Any) -> None:
 
 
 def test_default_max_items_is_max_pages_times_page_size(store: Any) -> None:
-    def oversized(cursor: str | None, limit: int) -> cg.Page[int]:
-        return cg.Page(list(range(limit * 3)), None if cursor else "x")
+    def oversized(cursor: str | None, limit: int) -> cw.Page[int]:
+        return cw.Page(list(range(limit * 3)), None if cursor else "x")
 
-    with pytest.raises(cg.PaginationError, match="max_items=6"):
-        cg.collect_pages(oversized, page_size=2, max_pages=3, checkpoints=store)
+    with pytest.raises(cw.PaginationError, match="max_items=6"):
+        cw.collect_pages(oversized, page_size=2, max_pages=3, checkpoints=store)
 
 
 @modes
@@ -314,15 +314,15 @@ def test_deadline_stops_between_pages_and_the_next_call_resumes(mode: str, store
     clock = FakeClock()
     src = Source(50)
 
-    def slow(cursor: str | None, limit: int) -> cg.Page[int]:
+    def slow(cursor: str | None, limit: int) -> cw.Page[int]:
         clock.advance(1.0)
         return src(cursor, limit)
 
     kw: dict[str, Any] = {"page_size": 5, "deadline": 3.5, "clock": clock, "checkpoints": store}
-    with pytest.raises(cg.PaginationError) as info:
+    with pytest.raises(cw.PaginationError) as info:
         run(mode, slow, checkpoint_key="k", **kw)
     assert (info.value.reason, info.value.pages_done, info.value.cursor) == ("deadline", 4, "20")
-    with pytest.raises(cg.PaginationError):
+    with pytest.raises(cw.PaginationError):
         run(mode, slow, checkpoint_key="k", **kw)
     assert run(mode, slow, checkpoint_key="k", **kw) == list(range(50))
     assert len(src.calls) == 10  # every page fetched exactly once across the three calls
@@ -331,9 +331,9 @@ def test_deadline_stops_between_pages_and_the_next_call_resumes(mode: str, store
 @modes
 def test_an_expired_checkpoint_is_not_resumed(mode: str) -> None:
     clock = FakeClock()
-    store = cg.MemoryCheckpoints(ttl=30)
+    store = cw.MemoryCheckpoints(ttl=30)
     src = Source(15, fail_calls=frozenset({2}))
-    with pytest.raises(cg.PaginationError):
+    with pytest.raises(cw.PaginationError):
         run(mode, src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k")
     clock.advance(30.0)
     assert run(mode, src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k") == list(
@@ -344,14 +344,14 @@ def test_an_expired_checkpoint_is_not_resumed(mode: str) -> None:
 
 def test_a_failure_without_progress_does_not_extend_the_checkpoint() -> None:
     clock = FakeClock()
-    store = cg.MemoryCheckpoints(ttl=30)
+    store = cw.MemoryCheckpoints(ttl=30)
     src = Source(15, fail_calls=frozenset({2, 3}))
     for _ in range(2):
-        with pytest.raises(cg.PaginationError):
-            cg.collect_pages(src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k")
+        with pytest.raises(cw.PaginationError):
+            cw.collect_pages(src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k")
         clock.advance(20.0)
     # The second failure made no progress, so the checkpoint still dates from the first: expired.
-    assert cg.collect_pages(
+    assert cw.collect_pages(
         src, page_size=5, checkpoints=store, clock=clock, checkpoint_key="k"
     ) == list(range(15))
     assert src.calls == [None, "5", "5", None, "5", "10"]
@@ -361,11 +361,11 @@ def test_checkpoint_every_saves_during_the_rebuild(store: Any) -> None:
     seen_sizes: list[int] = []
     src = Source(30)
 
-    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+    def fetch(cursor: str | None, limit: int) -> cw.Page[int]:
         seen_sizes.append(len(store))
         return src(cursor, limit)
 
-    assert cg.collect_pages(
+    assert cw.collect_pages(
         fetch, page_size=5, checkpoint_every=2, checkpoints=store, checkpoint_key="k"
     ) == list(range(30))
     assert seen_sizes == [0, 0, 1, 1, 1, 1]
@@ -373,7 +373,7 @@ def test_checkpoint_every_saves_during_the_rebuild(store: Any) -> None:
 
 
 def test_memory_checkpoints_are_bounded() -> None:
-    store = cg.MemoryCheckpoints(ttl=60, maxsize=2)
+    store = cw.MemoryCheckpoints(ttl=60, maxsize=2)
     for key in "abc":
         store.save(key, core.Checkpoint([([1], "x")], saved_at=0.0, expires_at=100.0))
     assert len(store) == 2
@@ -386,10 +386,10 @@ def test_memory_checkpoints_are_bounded() -> None:
 
 @modes
 def test_layer_checkpoints_resume_through_a_layer(mode: str) -> None:
-    layer = cg.MemoryLayer()
-    store = cg.LayerCheckpoints(layer, ttl=60)
+    layer = cw.MemoryLayer()
+    store = cw.LayerCheckpoints(layer, ttl=60)
     src = Source(12, fail_calls=frozenset({2}))
-    with pytest.raises(cg.PaginationError):
+    with pytest.raises(cw.PaginationError):
         run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k")
     assert len(layer) == 1
     assert run(mode, src, page_size=5, checkpoints=store, checkpoint_key="k") == list(range(12))
@@ -404,15 +404,15 @@ class BrokenLayer:
     def __init__(self) -> None:
         self.calls = 0
 
-    def get(self, key: cg.CacheKey) -> Entry | None:
+    def get(self, key: cw.CacheKey) -> Entry | None:
         self.calls += 1
         raise ConnectionError("layer down")
 
-    def set(self, key: cg.CacheKey, entry: Entry) -> None:
+    def set(self, key: cw.CacheKey, entry: Entry) -> None:
         self.calls += 1
         raise ConnectionError("layer down")
 
-    def delete(self, key: cg.CacheKey) -> None:
+    def delete(self, key: cw.CacheKey) -> None:
         self.calls += 1
         raise ConnectionError("layer down")
 
@@ -422,28 +422,28 @@ class BrokenLayer:
 
 def test_a_failing_checkpoint_store_never_fails_the_rebuild() -> None:
     layer = BrokenLayer()
-    store = cg.LayerCheckpoints(layer, ttl=60)
+    store = cw.LayerCheckpoints(layer, ttl=60)
     src = Source(12, fail_calls=frozenset({2}))
-    with pytest.raises(cg.PaginationError) as info:
-        cg.collect_pages(src, page_size=5, checkpoints=store, checkpoint_key="k")
+    with pytest.raises(cw.PaginationError) as info:
+        cw.collect_pages(src, page_size=5, checkpoints=store, checkpoint_key="k")
     assert isinstance(info.value.__cause__, ConnectionError)
     assert "injected" in str(info.value.__cause__)
-    assert cg.collect_pages(src, page_size=5, checkpoints=store, checkpoint_key="k") == list(
+    assert cw.collect_pages(src, page_size=5, checkpoints=store, checkpoint_key="k") == list(
         range(12)
     )
     assert layer.calls >= 3  # load, save, load: all failed, all ignored
 
 
 def test_garbage_on_the_layer_is_a_miss() -> None:
-    layer = cg.MemoryLayer()
-    store = cg.LayerCheckpoints(layer, ttl=60)
+    layer = cw.MemoryLayer()
+    store = cw.LayerCheckpoints(layer, ttl=60)
     key = store._key("k")
-    junks: list[object] = [{"cacheguard-checkpoint": 1, "pages": "x"}, [1, 2], None, {"pages": []}]
+    junks: list[object] = [{"cacheward-checkpoint": 1, "pages": "x"}, [1, 2], None, {"pages": []}]
     for junk in junks:
         layer.set(key, Entry(junk, 0.0, 2e9, 2e9))
         assert store.load("k", 1.0) is None
     # Wrong shapes inside pages, or an ended sequence in the middle, are misses too.
-    bad = {"cacheguard-checkpoint": 1, "pages": [[[1], None], [[2], "x"]], "saved_at": 0,
+    bad = {"cacheward-checkpoint": 1, "pages": [[[1], None], [[2], "x"]], "saved_at": 0,
            "expires_at": 2e9}  # fmt: skip
     assert core.checkpoint_from_value(bad) is None
     assert core.checkpoint_from_value({**bad, "pages": [[[1], 5]]}) is None
@@ -458,15 +458,15 @@ def test_garbage_on_the_layer_is_a_miss() -> None:
 
 
 def test_wrong_use_is_a_configuration_error(store: Any) -> None:
-    async def afetch(cursor: str | None, limit: int) -> cg.Page[int]:
-        return cg.Page([], None)
+    async def afetch(cursor: str | None, limit: int) -> cw.Page[int]:
+        return cw.Page([], None)
 
-    with pytest.raises(cg.ConfigurationTypeError, match="aiter_pages"):
-        cg.collect_pages(afetch, checkpoints=store)  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationTypeError, match=r"must return cacheguard\.Page"):
-        cg.collect_pages(lambda c, n: [1, 2], checkpoints=store)  # type: ignore[arg-type,return-value]
-    with pytest.raises(cg.ConfigurationTypeError, match="next_cursor"):
-        cg.Page([1], 5)  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationTypeError, match="aiter_pages"):
+        cw.collect_pages(afetch, checkpoints=store)  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationTypeError, match=r"must return cacheward\.Page"):
+        cw.collect_pages(lambda c, n: [1, 2], checkpoints=store)  # type: ignore[arg-type,return-value]
+    with pytest.raises(cw.ConfigurationTypeError, match="next_cursor"):
+        cw.Page([1], 5)  # type: ignore[arg-type]
     bad: list[dict[str, Any]] = [
         {"page_size": 0},
         {"max_pages": "10"},
@@ -481,17 +481,17 @@ def test_wrong_use_is_a_configuration_error(store: Any) -> None:
         {"clock": object()},
     ]
     for kwargs in bad:
-        with pytest.raises(cg.ConfigurationError):
-            cg.iter_pages(endless, **kwargs)
-    with pytest.raises(cg.ConfigurationError):
-        cg.MemoryCheckpoints(ttl=0)
-    with pytest.raises(cg.ConfigurationTypeError):
-        cg.LayerCheckpoints(object())  # type: ignore[arg-type]
+        with pytest.raises(cw.ConfigurationError):
+            cw.iter_pages(endless, **kwargs)
+    with pytest.raises(cw.ConfigurationError):
+        cw.MemoryCheckpoints(ttl=0)
+    with pytest.raises(cw.ConfigurationTypeError):
+        cw.LayerCheckpoints(object())  # type: ignore[arg-type]
 
 
 def test_a_sync_page_function_is_accepted_by_the_async_driver(store: Any) -> None:
     fetch: Any = Source(7)
-    items = asyncio.run(cg.acollect_pages(fetch, page_size=3, checkpoints=store, resume=False))
+    items = asyncio.run(cw.acollect_pages(fetch, page_size=3, checkpoints=store, resume=False))
     assert items == list(range(7))
 
 
@@ -502,15 +502,15 @@ def test_pages_go_through_the_guard_and_the_driver_never_retries(store: Any) -> 
     attempts: list[str | None] = []
     src = Source(20)
 
-    def flaky(cursor: str | None, limit: int) -> cg.Page[int]:
+    def flaky(cursor: str | None, limit: int) -> cw.Page[int]:
         attempts.append(cursor)
         if attempts.count(cursor) == 1 and cursor == "10":
             raise ConnectionError("transient")
         return src(cursor, limit)
 
-    def guard(fn: Callable[[str | None, int], cg.Page[int]]) -> Any:
+    def guard(fn: Callable[[str | None, int], cw.Page[int]]) -> Any:
         @functools.wraps(fn)
-        def wrapper(cursor: str | None, limit: int) -> cg.Page[int]:
+        def wrapper(cursor: str | None, limit: int) -> cw.Page[int]:
             try:
                 return fn(cursor, limit)
             except ConnectionError:
@@ -519,14 +519,14 @@ def test_pages_go_through_the_guard_and_the_driver_never_retries(store: Any) -> 
         return wrapper
 
     guarded = guard(flaky)
-    assert cg.collect_pages(guarded, page_size=5, checkpoints=store, checkpoint_key="k") == list(
+    assert cw.collect_pages(guarded, page_size=5, checkpoints=store, checkpoint_key="k") == list(
         range(20)
     )
     assert attempts == [None, "5", "10", "10", "15"]
     # Without the guard the same error stops the rebuild: the driver itself never retries.
     attempts.clear()
-    with pytest.raises(cg.PaginationError):
-        cg.collect_pages(flaky, page_size=5, checkpoints=store, checkpoint_key="k2")
+    with pytest.raises(cw.PaginationError):
+        cw.collect_pages(flaky, page_size=5, checkpoints=store, checkpoint_key="k2")
     assert attempts == [None, "5", "10"]
 
 
@@ -534,11 +534,11 @@ def test_pages_go_through_the_guard_and_the_driver_never_retries(store: Any) -> 
 
 
 def _graph_fetch(succ: list[int | None], calls: list[str | None]) -> Any:
-    def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+    def fetch(cursor: str | None, limit: int) -> cw.Page[int]:
         calls.append(cursor)
         node = 0 if cursor is None else int(cursor)
         nxt = succ[node]
-        return cg.Page([node], None if nxt is None else str(nxt))
+        return cw.Page([node], None if nxt is None else str(nxt))
 
     return fetch
 
@@ -549,10 +549,10 @@ def check_terminates(succ: list[int | None]) -> None:
     calls: list[str | None] = []
     fetch = _graph_fetch(succ, calls)
     try:
-        items = cg.collect_pages(fetch, resume=False, max_pages=1000)
-    except cg.CursorLoopError:
+        items = cw.collect_pages(fetch, resume=False, max_pages=1000)
+    except cw.CursorLoopError:
         pass
-    except cg.PaginationError as exc:
+    except cw.PaginationError as exc:
         raise AssertionError(f"the loop was not detected: {exc}") from exc
     else:
         assert items[-1] is not None
@@ -601,38 +601,38 @@ def test_layer_checkpoints_on_redis_resume_in_another_process(mode: str, redis_u
 
     namespace = f"pages-{uuid.uuid4().hex[:12]}"
     # Two layers with their own clients: "process A" fails part-way, "process B" resumes.
-    layer_a = cg.RedisLayer.from_url(redis_url, namespace=namespace)
-    layer_b = cg.RedisLayer.from_url(redis_url, namespace=namespace)
-    store_a = cg.LayerCheckpoints(layer_a, ttl=30)
-    store_b = cg.LayerCheckpoints(layer_b, ttl=30)
+    layer_a = cw.RedisLayer.from_url(redis_url, namespace=namespace)
+    layer_b = cw.RedisLayer.from_url(redis_url, namespace=namespace)
+    store_a = cw.LayerCheckpoints(layer_a, ttl=30)
+    store_b = cw.LayerCheckpoints(layer_b, ttl=30)
     src = Source(12, fail_calls=frozenset({2}))
-    key = store_b._key(cg._pages.rebuild_identity(src, "k"))
+    key = store_b._key(cw._pages.rebuild_identity(src, "k"))
 
     if mode == "sync":
         try:
-            with pytest.raises(cg.PaginationError):
-                cg.collect_pages(src, page_size=5, checkpoints=store_a, checkpoint_key="k")
+            with pytest.raises(cw.PaginationError):
+                cw.collect_pages(src, page_size=5, checkpoints=store_a, checkpoint_key="k")
             assert layer_b.get(key) is not None  # the checkpoint is in Redis
-            items = cg.collect_pages(src, page_size=5, checkpoints=store_b, checkpoint_key="k")
+            items = cw.collect_pages(src, page_size=5, checkpoints=store_b, checkpoint_key="k")
             assert layer_b.get(key) is None  # finished: discarded
         finally:
             layer_a.close()
             layer_b.close()
     else:
 
-        async def fetch(cursor: str | None, limit: int) -> cg.Page[int]:
+        async def fetch(cursor: str | None, limit: int) -> cw.Page[int]:
             return src(cursor, limit)
 
-        key = store_b._key(cg._pages.rebuild_identity(fetch, "k"))
+        key = store_b._key(cw._pages.rebuild_identity(fetch, "k"))
 
         async def main() -> list[int]:
             try:
-                with pytest.raises(cg.PaginationError):
-                    await cg.acollect_pages(
+                with pytest.raises(cw.PaginationError):
+                    await cw.acollect_pages(
                         fetch, page_size=5, checkpoints=store_a, checkpoint_key="k"
                     )
                 assert await layer_b.aget(key) is not None
-                result = await cg.acollect_pages(
+                result = await cw.acollect_pages(
                     fetch, page_size=5, checkpoints=store_b, checkpoint_key="k"
                 )
                 assert await layer_b.aget(key) is None
@@ -651,53 +651,53 @@ def test_layer_checkpoints_on_redis_resume_in_another_process(mode: str, redis_u
 
 def test_page_calls_go_through_cg_retry_and_its_budget() -> None:
     clock = FakeClock()
-    store = cg.MemoryCheckpoints(ttl=600)
+    store = cw.MemoryCheckpoints(ttl=600)
     src = Source(25)
     attempts: list[str | None] = []
     transient = {"10": 1, "20": 2}  # cursor -> failures before it answers
 
-    def flaky(cursor: str | None, limit: int) -> cg.Page[int]:
+    def flaky(cursor: str | None, limit: int) -> cw.Page[int]:
         attempts.append(cursor)
         if transient.get(cursor or "", 0) > 0:
             transient[cursor or ""] -= 1
             raise ConnectionResetError("connection reset by peer")
         return src(cursor, limit)
 
-    budget = cg.RetryBudget(ratio=0.0, min_per_second=0.1, window=10, clock=clock)
-    guarded = cg.retry(attempts=3, budget=budget, clock=clock)(flaky)
+    budget = cw.RetryBudget(ratio=0.0, min_per_second=0.1, window=10, clock=clock)
+    guarded = cw.retry(attempts=3, budget=budget, clock=clock)(flaky)
     kw: dict[str, Any] = {"page_size": 5, "checkpoints": store, "clock": clock}
-    with pytest.raises(cg.PaginationError) as info:
-        cg.collect_pages(guarded, checkpoint_key="k", **kw)
+    with pytest.raises(cw.PaginationError) as info:
+        cw.collect_pages(guarded, checkpoint_key="k", **kw)
     # "10" failed once and was retried from the budget's reserve (one retry); at "20" the
     # budget refused the retry, so the page failed and stopped the rebuild.
     assert attempts == [None, "5", "10", "10", "15", "20"]
     assert (info.value.cursor, info.value.pages_done) == ("20", 4)
-    assert isinstance(info.value.__cause__, cg.RetryBudgetExhausted)
+    assert isinstance(info.value.__cause__, cw.RetryBudgetExhausted)
     # The next rebuild resumes at "20" (once the reserve refilled); nothing before is re-read.
     attempts.clear()
     clock.advance(60)
-    assert cg.collect_pages(guarded, checkpoint_key="k", **kw) == list(range(25))
+    assert cw.collect_pages(guarded, checkpoint_key="k", **kw) == list(range(25))
     assert attempts == ["20", "20"]
 
 
 def test_every_page_call_takes_a_token_and_a_refusal_is_resumed() -> None:
     clock = FakeClock()
-    store = cg.MemoryCheckpoints(ttl=600)
+    store = cw.MemoryCheckpoints(ttl=600)
     src = Source(60)
-    bucket = cg.TokenBucket(rate=1.0, burst=5, clock=clock)
-    limited = cg.rate_limit(bucket, max_wait=0, clock=clock)(src)
+    bucket = cw.TokenBucket(rate=1.0, burst=5, clock=clock)
+    limited = cw.rate_limit(bucket, max_wait=0, clock=clock)(src)
     kw: dict[str, Any] = {"page_size": 5, "checkpoints": store, "clock": clock}
-    with pytest.raises(cg.PaginationError) as info:
-        cg.collect_pages(limited, checkpoint_key="k", **kw)
-    assert isinstance(info.value.__cause__, cg.RateLimited)
+    with pytest.raises(cw.PaginationError) as info:
+        cw.collect_pages(limited, checkpoint_key="k", **kw)
+    assert isinstance(info.value.__cause__, cw.RateLimited)
     assert info.value.pages_done == 5  # the burst: five pages, five tokens
     assert len(src.calls) == 5
     clock.advance(3)  # three more tokens
-    with pytest.raises(cg.PaginationError):
-        cg.collect_pages(limited, checkpoint_key="k", **kw)
+    with pytest.raises(cw.PaginationError):
+        cw.collect_pages(limited, checkpoint_key="k", **kw)
     assert len(src.calls) == 8
     clock.advance(60)
-    assert cg.collect_pages(limited, checkpoint_key="k", **kw) == list(range(60))
+    assert cw.collect_pages(limited, checkpoint_key="k", **kw) == list(range(60))
     assert len(src.calls) == 12  # 12 pages, each fetched once: no token was spent twice
 
 
@@ -724,16 +724,16 @@ def _outcomes(mode: str, script: Script) -> list[object]:
     nodes, fails, max_pages, max_empty = script
     calls: list[str | None] = []
 
-    def page(cursor: str | None, limit: int) -> cg.Page[str]:
+    def page(cursor: str | None, limit: int) -> cw.Page[str]:
         calls.append(cursor)
         if len(calls) in fails:
             raise ConnectionError("injected")
         node = 0 if cursor is None else int(cursor)
         count, nxt = nodes[node]
         items = [f"{node}.{i}" for i in range(count)]
-        return cg.Page(items, None if nxt is None else str(nxt))
+        return cw.Page(items, None if nxt is None else str(nxt))
 
-    store = cg.MemoryCheckpoints(ttl=60)
+    store = cw.MemoryCheckpoints(ttl=60)
     out: list[object] = []
     for _ in range(len(fails) + 1):  # rebuild until it stops failing
         try:
@@ -745,9 +745,9 @@ def _outcomes(mode: str, script: Script) -> list[object]:
                 checkpoints=store,
                 checkpoint_key="k",
             )
-        except (cg.PaginationError, cg.CursorLoopError) as exc:  # noqa: PERF203
+        except (cw.PaginationError, cw.CursorLoopError) as exc:  # noqa: PERF203
             out.append((type(exc).__name__, exc.reason, exc.cursor, exc.pages_done))
-            if isinstance(exc, cg.CursorLoopError) or exc.reason != "page-failed":
+            if isinstance(exc, cw.CursorLoopError) or exc.reason != "page-failed":
                 break
         else:
             out.append(("items", items))
@@ -772,8 +772,8 @@ def test_property_search_catches_an_async_driver_that_skips_saves(
         if action is not core.CheckpointAction.SAVE:
             await original(plan, run, action)
 
-    original = cg._pages._asettle
-    monkeypatch.setattr(cg._pages, "_asettle", no_save)
+    original = cw._pages._asettle
+    monkeypatch.setattr(cw._pages, "_asettle", no_save)
 
     # No shrinking: finding one counterexample is the point, not the smallest one.
     @settings(max_examples=300, database=None, phases=[Phase.generate])

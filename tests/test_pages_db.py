@@ -1,7 +1,7 @@
 """Paginated rebuilds against a real database: SQLite always, PostgreSQL via ``DATABASE_URL``.
 
 Every test runs a keyset query (``WHERE (name, id) > (?, ?) ORDER BY name, id LIMIT ?``) built
-with :class:`cacheguard.CursorCodec` and counts the rows the database returned, so "reads each
+with :class:`cacheward.CursorCodec` and counts the rows the database returned, so "reads each
 row once" and "re-reads at most the failed page" are measured, not assumed.
 """
 
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock, InlineExecutor
+import cacheward as cw
+from cacheward.testing import FakeClock, InlineExecutor
 
 Row = tuple[str, int]
 
@@ -32,7 +32,7 @@ class Table:
         self.conn = conn
         self.lock = threading.Lock()
         self.mark = "?" if backend == "sqlite" else "%s"
-        self.codec = cg.CursorCodec(scope="config", arity=2)
+        self.codec = cw.CursorCodec(scope="config", arity=2)
         self.rows_read = 0
         self.calls = 0
         self.fail_calls: set[int] = set()
@@ -61,7 +61,7 @@ class Table:
         rows = self.conn.execute(sql, params).fetchall()
         return [(name, ident) for name, ident in rows]
 
-    def page(self, cursor: str | None, limit: int, *, lookahead: bool = False) -> cg.Page[Row]:
+    def page(self, cursor: str | None, limit: int, *, lookahead: bool = False) -> cw.Page[Row]:
         """The keyset page; a call listed in ``fail_calls`` reads its rows, then fails."""
         after = self.codec.decode(cursor)
         m = self.mark
@@ -88,15 +88,15 @@ class Table:
 _TABLES: dict[str, Table] = {}
 
 
-def keyset_page(table: str, cursor: str | None, limit: int) -> cg.Page[Row]:
+def keyset_page(table: str, cursor: str | None, limit: int) -> cw.Page[Row]:
     return _TABLES[table].page(cursor, limit)
 
 
-def lookahead_page(table: str, cursor: str | None, limit: int) -> cg.Page[Row]:
+def lookahead_page(table: str, cursor: str | None, limit: int) -> cw.Page[Row]:
     return _TABLES[table].page(cursor, limit, lookahead=True)
 
 
-async def akeyset_page(table: str, cursor: str | None, limit: int) -> cg.Page[Row]:
+async def akeyset_page(table: str, cursor: str | None, limit: int) -> cw.Page[Row]:
     return _TABLES[table].page(cursor, limit)
 
 
@@ -138,13 +138,13 @@ def table(request: pytest.FixtureRequest) -> Table:
 
 def rebuild(
     fetch: Any, attempts: int, **kwargs: Any
-) -> tuple[list[Row] | None, list[cg.PaginationError]]:
+) -> tuple[list[Row] | None, list[cw.PaginationError]]:
     """Call collect_pages until it succeeds, at most ``attempts`` times; returns its errors."""
-    errors: list[cg.PaginationError] = []
+    errors: list[cw.PaginationError] = []
     for _ in range(attempts):
         try:
-            return cg.collect_pages(fetch, **kwargs), errors
-        except cg.PaginationError as exc:  # noqa: PERF203 - each failure is one rebuild
+            return cw.collect_pages(fetch, **kwargs), errors
+        except cw.PaginationError as exc:  # noqa: PERF203 - each failure is one rebuild
             errors.append(exc)
     return None, errors
 
@@ -154,8 +154,8 @@ NAMES = [f"setting-{(i * 7919) % 97:02d}" for i in range(1_037)]  # many duplica
 
 def test_a_full_keyset_rebuild_reads_each_row_once(table: Table) -> None:
     expected = table.load(NAMES)
-    store = cg.MemoryCheckpoints()
-    items = cg.collect_pages(
+    store = cw.MemoryCheckpoints()
+    items = cw.collect_pages(
         functools.partial(keyset_page, table.backend), page_size=100, checkpoints=store
     )
     assert items == expected
@@ -163,7 +163,7 @@ def test_a_full_keyset_rebuild_reads_each_row_once(table: Table) -> None:
     assert table.calls == 11  # 10 full pages and the short last one
     # With LIMIT limit + 1 the look-ahead row is read again on the next page: one per page.
     table.load(NAMES)
-    items = cg.collect_pages(functools.partial(lookahead_page, table.backend), page_size=100)
+    items = cw.collect_pages(functools.partial(lookahead_page, table.backend), page_size=100)
     assert items == expected
     assert table.rows_read == len(expected) + 10
 
@@ -171,7 +171,7 @@ def test_a_full_keyset_rebuild_reads_each_row_once(table: Table) -> None:
 def test_injected_failures_reread_at_most_the_failed_page(table: Table) -> None:
     expected = table.load(NAMES)
     table.fail_calls = {3, 7, 8}
-    store = cg.MemoryCheckpoints()
+    store = cw.MemoryCheckpoints()
     fetch = functools.partial(keyset_page, table.backend)
     items, errors = rebuild(fetch, 4, page_size=100, checkpoints=store)
     assert len(errors) == 3
@@ -187,14 +187,14 @@ def test_async_rebuild_with_failures_reads_the_same_rows(table: Table) -> None:
 
     expected = table.load(NAMES)
     table.fail_calls = {2, 5}
-    store = cg.MemoryCheckpoints()
+    store = cw.MemoryCheckpoints()
     fetch = functools.partial(akeyset_page, table.backend)
 
     async def arebuild() -> list[Row]:
         for _ in range(3):
             try:
-                return await cg.acollect_pages(fetch, page_size=100, checkpoints=store)
-            except cg.PaginationError:  # noqa: PERF203 - each failure is one rebuild
+                return await cw.acollect_pages(fetch, page_size=100, checkpoints=store)
+            except cw.PaginationError:  # noqa: PERF203 - each failure is one rebuild
                 continue
         raise AssertionError("three attempts must be enough for two failures")
 
@@ -202,12 +202,12 @@ def test_async_rebuild_with_failures_reads_the_same_rows(table: Table) -> None:
     assert table.rows_read == len(expected) + 2 * 100
 
 
-def cursor_ignored_page(table_name: str, cursor: str | None, limit: int) -> cg.Page[Row]:
+def cursor_ignored_page(table_name: str, cursor: str | None, limit: int) -> cw.Page[Row]:
     """Forgets to pass the cursor to the query: every call returns the first page again."""
     return _TABLES[table_name].page(None, limit)
 
 
-def inclusive_page(table_name: str, cursor: str | None, limit: int) -> cg.Page[Row]:
+def inclusive_page(table_name: str, cursor: str | None, limit: int) -> cw.Page[Row]:
     """Compares with ``>=`` on a non-unique key: a run of duplicates longer than a page loops."""
     table = _TABLES[table_name]
     m = table.mark
@@ -220,14 +220,14 @@ def inclusive_page(table_name: str, cursor: str | None, limit: int) -> cg.Page[R
             sql = f"SELECT name, id FROM config WHERE name >= {m} ORDER BY name, id LIMIT {m}"  # noqa: S608
             rows = table.query(sql, (cursor, limit))
         table.rows_read += len(rows)
-    return cg.Page(rows, rows[-1][0] if len(rows) == limit else None)
+    return cw.Page(rows, rows[-1][0] if len(rows) == limit else None)
 
 
 def test_cursor_loops_terminate_with_cursor_loop_error(table: Table) -> None:
     table.load(NAMES)
-    store = cg.MemoryCheckpoints()
-    with pytest.raises(cg.CursorLoopError) as info:
-        cg.collect_pages(
+    store = cw.MemoryCheckpoints()
+    with pytest.raises(cw.CursorLoopError) as info:
+        cw.collect_pages(
             functools.partial(cursor_ignored_page, table.backend), page_size=100, checkpoints=store
         )
     assert info.value.reason == "no-progress"
@@ -235,8 +235,8 @@ def test_cursor_loops_terminate_with_cursor_loop_error(table: Table) -> None:
     assert len(store) == 0
 
     table.load(["same-name"] * 50 + ["z"])
-    with pytest.raises(cg.CursorLoopError) as info:
-        cg.collect_pages(
+    with pytest.raises(cw.CursorLoopError) as info:
+        cw.collect_pages(
             functools.partial(inclusive_page, table.backend), page_size=10, checkpoints=store
         )
     assert info.value.reason in ("repeated-cursor", "no-progress")
@@ -246,15 +246,15 @@ def test_cursor_loops_terminate_with_cursor_loop_error(table: Table) -> None:
 # --- the property: any table, any page size, any failure points --------------------------------
 
 
-class DroppingStore(cg.MemoryCheckpoints):
+class DroppingStore(cw.MemoryCheckpoints):
     """A broken checkpoint store: it loses the last page's items but keeps its cursor."""
 
-    def save(self, key: str, checkpoint: cg.Checkpoint) -> None:
+    def save(self, key: str, checkpoint: cw.Checkpoint) -> None:
         pages = list(checkpoint.pages)
         pages[-1] = ([], pages[-1][1])
         super().save(
             key,
-            cg.Checkpoint(pages, saved_at=checkpoint.saved_at, expires_at=checkpoint.expires_at),
+            cw.Checkpoint(pages, saved_at=checkpoint.saved_at, expires_at=checkpoint.expires_at),
         )
 
 
@@ -265,11 +265,11 @@ def check_rebuild(
     fail_calls: set[int],
     *,
     resume: bool = True,
-    store: cg.MemoryCheckpoints | None = None,
+    store: cw.MemoryCheckpoints | None = None,
 ) -> None:
     expected = table.load(names)
     table.fail_calls = set(fail_calls)
-    store = cg.MemoryCheckpoints() if store is None else store
+    store = cw.MemoryCheckpoints() if store is None else store
     fetch = functools.partial(keyset_page, table.backend)
     items, errors = rebuild(
         fetch, len(fail_calls) + 1, page_size=page_size, checkpoints=store, resume=resume
@@ -326,16 +326,16 @@ def test_property_search_catches_a_checkpoint_that_loses_a_page(sqlite_table: Ta
 
 
 def cached_config(table: Table, **kwargs: Any) -> Any:
-    @cg.cached(**kwargs)
+    @cw.cached(**kwargs)
     def config(name: str) -> list[Row]:
-        return cg.collect_pages(functools.partial(keyset_page, name), page_size=100)
+        return cw.collect_pages(functools.partial(keyset_page, name), page_size=100)
 
     return config
 
 
 def test_the_payload_is_cached_as_one_entry(table: Table) -> None:
     expected = table.load(NAMES)
-    layer = cg.MemoryLayer()
+    layer = cw.MemoryLayer()
     config = cached_config(table, ttl=60, layers=[layer], clock=FakeClock())
     for _ in range(5):
         assert config(table.backend) == expected
@@ -377,7 +377,7 @@ def test_a_stale_payload_is_served_while_it_rebuilds(table: Table) -> None:
     entered = threading.Event()
     original = table.page
 
-    def held(cursor: str | None, limit: int, *, lookahead: bool = False) -> cg.Page[Row]:
+    def held(cursor: str | None, limit: int, *, lookahead: bool = False) -> cw.Page[Row]:
         entered.set()
         assert gate.wait(timeout=10)
         return original(cursor, limit, lookahead=lookahead)
@@ -431,7 +431,7 @@ def test_a_failed_rebuild_under_the_cache_resumes_on_the_next_fetch(table: Table
 def test_pages_benchmark_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import pages
 
-    monkeypatch.setenv("CACHEGUARD_BENCH_SMOKE", "1")
+    monkeypatch.setenv("CACHEWARD_BENCH_SMOKE", "1")
     monkeypatch.delenv("DATABASE_URL", raising=False)
     figures: dict[str, Any] = pages.run(quick=True)
     rows = figures["rows"]
@@ -453,9 +453,9 @@ def test_concurrent_async_misses_coalesce_into_one_rebuild(table: Table) -> None
 
     expected = table.load(NAMES)
 
-    @cg.cached(ttl=60, timeout=30)
+    @cw.cached(ttl=60, timeout=30)
     async def config(name: str) -> list[Row]:
-        return await cg.acollect_pages(functools.partial(akeyset_page, name), page_size=100)
+        return await cw.acollect_pages(functools.partial(akeyset_page, name), page_size=100)
 
     async def main() -> list[list[Row]]:
         return await asyncio.gather(*(config(table.backend) for _ in range(200)))

@@ -2,8 +2,8 @@
 
 ``test_every_clause_holds_sync``: each example is a generated failure schedule (configuration,
 callers in bursts, layer faults, backend faults) run one caller at a time on a fake clock through
-``cg.cached`` over ``cg.retry`` (with a ``cg.RetryBudget``) over ``cg.rate_limit`` (with a
-``cg.TokenBucket``); after it, every clause is checked (see ``promise_harness``).
+``cw.cached`` over ``cw.retry`` (with a ``cw.RetryBudget``) over ``cw.rate_limit`` (with a
+``cw.TokenBucket``); after it, every clause is checked (see ``promise_harness``).
 
 ``test_threads_share_one_fetch_per_key``: real threads at once, held at the backend until every
 caller has either answered, joined a fetch or entered the backend, so the interleaving that
@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock, Outcome, ScriptedBackend, run_threads
+import cacheward as cw
+from cacheward.testing import FakeClock, Outcome, ScriptedBackend, run_threads
 from promise_harness import CLAUSES, ForgetfulReadThrough, check_all, run_sync
 from strategies import REGRESSION_CONFIG, Schedule, keys, schedules
 
@@ -70,17 +70,17 @@ def threaded_run(
                 per_key[marker] -= 1
 
     if decorator == "coalesce":
-        make = cg.coalesce(clock=clock)
+        make = cw.coalesce(clock=clock)
     else:
-        make = cg.cached(ttl=60, clock=clock, backoff=5.0)
+        make = cw.cached(ttl=60, clock=clock, backoff=5.0)
     if coalescing:
         guarded = make(gated)
     else:
         from unittest import mock
 
-        import cacheguard._cached
+        import cacheward._cached
 
-        with mock.patch.object(cacheguard._cached, "ReadThrough", ForgetfulReadThrough):
+        with mock.patch.object(cacheward._cached, "ReadThrough", ForgetfulReadThrough):
             guarded = make(gated)
 
     def call(key: Any) -> Any:
@@ -112,7 +112,7 @@ def test_threads_share_one_fetch_per_key(decorator: str, thread_keys: list[Any],
             assert record.value[0] == record.args[0]
             assert type(record.value[0]) is type(record.args[0])
         else:
-            assert isinstance(record.error, (cg.CacheGuardError, ConnectionError, ValueError))
+            assert isinstance(record.error, (cw.CacheWardError, ConnectionError, ValueError))
 
 
 GUARD_CLAUSES = tuple(c for c in CLAUSES if c != "backoff")
@@ -120,7 +120,7 @@ GUARD_CLAUSES = tuple(c for c in CLAUSES if c != "backoff")
 
 @given(schedules())
 def test_every_clause_holds_sync_guard(schedule: Schedule) -> None:
-    """The same schedules through ``cg.guard`` (which adds the backend circuit breaker)."""
+    """The same schedules through ``cw.guard`` (which adds the backend circuit breaker)."""
     check_all(run_sync(schedule, stack="guard"), GUARD_CLAUSES)
 
 
@@ -187,5 +187,5 @@ def test_requests_a_microsecond_apart_are_ordered_by_time_not_by_tolerance() -> 
         first_outcome=Outcome("ok", delay=3.0),
     )
     run = run_sync(schedule)
-    assert isinstance(run.records[-1].error, cg.RateLimited)
+    assert isinstance(run.records[-1].error, cw.RateLimited)
     check_all(run)

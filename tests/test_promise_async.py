@@ -2,8 +2,8 @@
 ``test_promise.py``).
 
 Every caller is its own asyncio task, arriving at its generated time on an event loop whose
-time is a fake clock (``cacheguard.testing.run_simulated``): tasks interleave exactly as in
-real time, timeouts (``asyncio.wait_for`` inside ``cg.cached``) fire at their simulated
+time is a fake clock (``cacheward.testing.run_simulated``): tasks interleave exactly as in
+real time, timeouts (``asyncio.wait_for`` inside ``cw.cached``) fire at their simulated
 moment, and a schedule spanning minutes runs in milliseconds.
 """
 
@@ -14,7 +14,7 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cacheguard.testing import Outcome
+from cacheward.testing import Outcome
 from promise_harness import CLAUSES, check_all, run_async, run_async_functions
 from strategies import REGRESSION_CONFIG, Schedule, schedules
 
@@ -35,7 +35,7 @@ GUARD_CLAUSES = tuple(c for c in CLAUSES if c != "backoff")
 
 @given(schedules())
 def test_every_clause_holds_async_guard(schedule: Schedule) -> None:
-    """The same schedules through ``cg.guard`` (which adds the backend circuit breaker)."""
+    """The same schedules through ``cw.guard`` (which adds the backend circuit breaker)."""
     check_all(run_async(schedule, stack="guard"), GUARD_CLAUSES)
 
 

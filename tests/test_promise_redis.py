@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from cacheguard import RedisLayer
-from cacheguard._clock import SYSTEM_CLOCK
-from cacheguard.testing import Outcome, run_tasks
+from cacheward import RedisLayer
+from cacheward._clock import SYSTEM_CLOCK
+from cacheward.testing import Outcome, run_tasks
 from promise_harness import CLAUSES, Run, Switches, build, check_all
 from servers import RedisServer, TcpProxy
 from strategies import KEYS, Config, Schedule

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
-import cacheguard as cg
-from cacheguard._limit import deadline_scope
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward._limit import deadline_scope
+from cacheward.testing import FakeClock
 
 # A schedule: requests as (gap since the previous one, how long that caller may wait).
 schedules = st.lists(
@@ -25,7 +25,7 @@ def backend_times(
 ) -> list[float]:
     """Replay ``schedule`` through a bucket; return when each admitted attempt hits the backend."""
     clock = FakeClock(monotonic_start=0.0)
-    bucket = cg.TokenBucket(rate=rate, burst=burst, clock=clock)
+    bucket = cw.TokenBucket(rate=rate, burst=burst, clock=clock)
     times: list[float] = []
     sleepers: list[tuple[float, float]] = []
     now = 0.0
@@ -37,7 +37,7 @@ def backend_times(
             continue
         try:
             wait = bucket.reserve(max_wait)
-        except cg.RateLimited:
+        except cw.RateLimited:
             continue
         if wait == 0.0:
             times.append(now)
@@ -92,10 +92,10 @@ def test_sibling_without_the_limiter_the_bound_is_violated() -> None:
 
 def test_decorator_waits_for_a_token_then_refuses_beyond_max_wait() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=10, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=10, burst=1, clock=clock)
     calls: list[float] = []
 
-    @cg.rate_limit(bucket, max_wait=0.15)
+    @cw.rate_limit(bucket, max_wait=0.15)
     def fetch(key: str) -> str:
         calls.append(clock.monotonic())
         return key.upper()
@@ -105,7 +105,7 @@ def test_decorator_waits_for_a_token_then_refuses_beyond_max_wait() -> None:
     assert clock.sleeps == [pytest.approx(0.1)]
     assert calls[1] - calls[0] == pytest.approx(0.1)
     assert bucket.reserve(0.2) > 0  # someone else queued for the next token
-    with pytest.raises(cg.RateLimited) as caught:
+    with pytest.raises(cw.RateLimited) as caught:
         fetch("c")
     assert caught.value.retry_after is not None
     assert len(calls) == 2
@@ -113,9 +113,9 @@ def test_decorator_waits_for_a_token_then_refuses_beyond_max_wait() -> None:
 
 def test_decorator_on_async_functions_and_signatures_are_kept() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=10, burst=2, clock=clock)
+    bucket = cw.TokenBucket(rate=10, burst=2, clock=clock)
 
-    @cg.rate_limit(bucket, max_wait=0.0)
+    @cw.rate_limit(bucket, max_wait=0.0)
     async def fetch(key: str, *, scale: int = 1) -> int:
         return len(key) * scale
 
@@ -123,11 +123,11 @@ def test_decorator_on_async_functions_and_signatures_are_kept() -> None:
         out: list[Any] = [await fetch("ab"), await fetch("abc", scale=2)]
         try:
             await fetch("x")
-        except cg.RateLimited as exc:
+        except cw.RateLimited as exc:
             out.append(type(exc))
         return out
 
-    assert asyncio.run(main()) == [2, 6, cg.RateLimited]
+    assert asyncio.run(main()) == [2, 6, cw.RateLimited]
     assert inspect.iscoroutinefunction(fetch)
     assert inspect.signature(fetch) == inspect.signature(fetch.__wrapped__)  # type: ignore[attr-defined]
     assert list(inspect.signature(fetch).parameters) == ["key", "scale"]
@@ -135,14 +135,14 @@ def test_decorator_on_async_functions_and_signatures_are_kept() -> None:
 
 def test_waits_honour_the_deadline() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=1, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=1, burst=1, clock=clock)
 
-    @cg.rate_limit(bucket, max_wait=5.0)
+    @cw.rate_limit(bucket, max_wait=5.0)
     def fetch() -> int:
         return 1
 
     assert fetch() == 1
-    with deadline_scope(clock.monotonic() + 0.5), pytest.raises(cg.RateLimited):
+    with deadline_scope(clock.monotonic() + 0.5), pytest.raises(cw.RateLimited):
         fetch()  # the token is 1 s away, the deadline 0.5 s: refused at once, no sleep
     assert clock.sleeps == []
     with deadline_scope(clock.monotonic() + 2.0):
@@ -152,10 +152,10 @@ def test_waits_honour_the_deadline() -> None:
 
 def test_number_of_waiters_is_bounded() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=1000, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=1000, burst=1, clock=clock)
     started = 0
 
-    @cg.rate_limit(bucket, max_wait=1.0, max_waiters=3)
+    @cw.rate_limit(bucket, max_wait=1.0, max_waiters=3)
     async def fetch() -> None:
         nonlocal started
         started += 1
@@ -166,16 +166,16 @@ def test_number_of_waiters_is_bounded() -> None:
     results = asyncio.run(main())
     # One token there now, three callers may wait for the next ones; the rest fail fast.
     assert results.count(None) == 4
-    assert sum(isinstance(r, cg.RateLimited) for r in results) == 6
+    assert sum(isinstance(r, cw.RateLimited) for r in results) == 6
     assert started == 4
 
 
 def test_thousand_concurrent_callers_respect_the_bound_on_a_fake_clock() -> None:
     clock = FakeClock(monotonic_start=0.0)
-    bucket = cg.TokenBucket(rate=50, burst=20, clock=clock)
+    bucket = cw.TokenBucket(rate=50, burst=20, clock=clock)
     attempts: list[float] = []
 
-    @cg.rate_limit(bucket, max_wait=0.5)
+    @cw.rate_limit(bucket, max_wait=0.5)
     async def fetch(i: int) -> int:
         attempts.append(clock.monotonic())
         return i
@@ -184,7 +184,7 @@ def test_thousand_concurrent_callers_respect_the_bound_on_a_fake_clock() -> None
         return await asyncio.gather(*(fetch(i) for i in range(1000)), return_exceptions=True)
 
     results = asyncio.run(main())
-    refused = sum(isinstance(r, cg.RateLimited) for r in results)
+    refused = sum(isinstance(r, cw.RateLimited) for r in results)
     assert len(attempts) + refused == 1000
     # (A fake clock's sleeps move time for everyone, so waiters free tokens for later callers;
     # what must hold whatever the interleaving is the window bound.)
@@ -193,12 +193,12 @@ def test_thousand_concurrent_callers_respect_the_bound_on_a_fake_clock() -> None
 
 
 def test_rate_limit_validates_at_decoration_time() -> None:
-    with pytest.raises(cg.ConfigurationTypeError, match="limiter"):
-        cg.rate_limit(object())  # type: ignore[arg-type]
-    bucket = cg.TokenBucket(rate=1)
-    with pytest.raises(cg.ConfigurationError, match="max_wait"):
-        cg.rate_limit(bucket, max_wait=-1)
-    with pytest.raises(cg.ConfigurationError, match="max_waiters"):
-        cg.rate_limit(bucket, max_waiters=-1)
-    with pytest.raises(cg.ConfigurationTypeError, match="rate_limit"):
-        cg.rate_limit(bucket)(42)  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationTypeError, match="limiter"):
+        cw.rate_limit(object())  # type: ignore[arg-type]
+    bucket = cw.TokenBucket(rate=1)
+    with pytest.raises(cw.ConfigurationError, match="max_wait"):
+        cw.rate_limit(bucket, max_wait=-1)
+    with pytest.raises(cw.ConfigurationError, match="max_waiters"):
+        cw.rate_limit(bucket, max_waiters=-1)
+    with pytest.raises(cw.ConfigurationTypeError, match="rate_limit"):
+        cw.rate_limit(bucket)(42)  # type: ignore[arg-type]

@@ -22,9 +22,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-import cacheguard as cg
-from cacheguard._redis import _script
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward._redis import _script
+from cacheward.testing import FakeClock
 from servers import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -54,25 +54,25 @@ def name() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
-def tokens_left(conn: redis.Redis, bucket: cg.RedisTokenBucket) -> float:
-    raw = conn.hget(f"cacheguard:bucket:{{{bucket.name}}}", "tokens")
+def tokens_left(conn: redis.Redis, bucket: cw.RedisTokenBucket) -> float:
+    raw = conn.hget(f"cacheward:bucket:{{{bucket.name}}}", "tokens")
     assert raw is not None
     return float(raw)
 
 
-def took(bucket: cg.RedisTokenBucket) -> bool:
+def took(bucket: cw.RedisTokenBucket) -> bool:
     """One non-waiting take: whether it got a token."""
     try:
         bucket.reserve(0)
-    except cg.RateLimited:
+    except cw.RateLimited:
         return False
     return True
 
 
 def test_takes_the_burst_then_refuses_and_reports_when(client: redis.Redis, name: str) -> None:
-    bucket = cg.RedisTokenBucket(client, name=name, rate=1, burst=3)
+    bucket = cw.RedisTokenBucket(client, name=name, rate=1, burst=3)
     assert [bucket.reserve(0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    with pytest.raises(cg.RateLimited) as caught:
+    with pytest.raises(cw.RateLimited) as caught:
         bucket.reserve(0.1)
     assert caught.value.retry_after is not None
     assert 0.5 < caught.value.retry_after <= 1.0
@@ -86,13 +86,13 @@ def test_takes_the_burst_then_refuses_and_reports_when(client: redis.Redis, name
 def test_keys_share_one_cluster_hash_slot(client: redis.Redis, name: str) -> None:
     from redis.crc import key_slot
 
-    bucket = cg.RedisTokenBucket(client, name=name, rate=1)
+    bucket = cw.RedisTokenBucket(client, name=name, rate=1)
     keys, _ = bucket._request(0.0)
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
 
 def test_a_repeated_request_id_takes_one_token(client: redis.Redis, name: str) -> None:
-    bucket = cg.RedisTokenBucket(client, name=name, rate=0.001, burst=5)
+    bucket = cw.RedisTokenBucket(client, name=name, rate=0.001, burst=5)
     keys, args = bucket._request(0.0)
     replies = [_script("token_bucket.lua").run(client, keys, args) for _ in range(4)]
     assert replies == [b"0"] * 4  # the same answer every time...
@@ -116,7 +116,7 @@ def test_redis_py_retrying_a_timed_out_take_never_takes_twice(own_server: RedisS
     # redis-py's own retry policy: a timeout sends the same EVALSHA again. DEBUG SLEEP holds
     # the server past the client's timeout, so the first send's outcome is unknown to it.
     retrying = own_server.client(socket_timeout=0.15, retry=Retry(NoBackoff(), 5))
-    bucket = cg.RedisTokenBucket(retrying, name="db", rate=0.001, burst=100)
+    bucket = cw.RedisTokenBucket(retrying, name="db", rate=0.001, burst=100)
     assert bucket.reserve(0) == 0.0  # loads the script
     own_server.debug_sleep(0.5)
     assert bucket.reserve(0) == 0.0  # answered after redis-py re-sent it
@@ -143,11 +143,11 @@ def test_falls_back_to_its_local_share_when_redis_is_killed_and_returns_after_re
 ) -> None:
     clock = FakeClock()
     conn = own_server.client(socket_timeout=0.3, socket_connect_timeout=0.3)
-    bucket = cg.RedisTokenBucket(
+    bucket = cw.RedisTokenBucket(
         conn, name="db", rate=0.001, burst=10, fallback_share=0.3, probe_interval=1, clock=clock
     )
     assert sum(bucket.reserve(0) == 0.0 for _ in range(10)) == 10
-    with pytest.raises(cg.RateLimited):
+    with pytest.raises(cw.RateLimited):
         bucket.reserve(0)  # the shared bucket is empty
     own_server.kill()
     # Redis is gone: the local share (30 % of burst 10 = 3 tokens) and no more -- never open.
@@ -171,16 +171,16 @@ def test_asyncio_client_and_rate_limit(redis_url: str, name: str) -> None:
             socket_connect_timeout=0.5,
             retry=AsyncRetry(NoBackoff(), 0),
         )
-        bucket = cg.RedisTokenBucket(conn, name=name, rate=0.001, burst=2)
+        bucket = cw.RedisTokenBucket(conn, name=name, rate=0.001, burst=2)
 
-        @cg.rate_limit(bucket, max_wait=0)
+        @cw.rate_limit(bucket, max_wait=0)
         async def fetch(key: str) -> str:
             return key
 
         async def outcome(key: str) -> object:
             try:
                 return await fetch(key)
-            except cg.RateLimited as exc:
+            except cw.RateLimited as exc:
                 return type(exc)
 
         out = [await outcome(key) for key in "abc"]
@@ -188,20 +188,20 @@ def test_asyncio_client_and_rate_limit(redis_url: str, name: str) -> None:
         await conn.aclose()
         return out, mode
 
-    assert asyncio.run(main()) == (["a", "b", cg.RateLimited], "shared")
+    assert asyncio.run(main()) == (["a", "b", cw.RateLimited], "shared")
 
 
 def test_client_checks(redis_url: str, client: redis.Redis) -> None:
-    with pytest.raises(cg.ConfigurationError, match="socket_timeout"):
-        cg.RedisTokenBucket(redis.Redis.from_url(redis_url), name="x", rate=1)
-    with pytest.raises(cg.ConfigurationTypeError):
-        cg.RedisTokenBucket(object(), name="x", rate=1)
-    with pytest.raises(cg.ConfigurationError, match="name"):
-        cg.RedisTokenBucket(client, name="a{b}", rate=1)
-    with pytest.raises(cg.ConfigurationError, match="fallback_share"):
-        cg.RedisTokenBucket(client, name="x", rate=1, fallback_share=0)
-    with pytest.raises(cg.ConfigurationError, match="asyncio"):
-        asyncio.run(cg.RedisTokenBucket(client, name="x", rate=1).areserve(0))
+    with pytest.raises(cw.ConfigurationError, match="socket_timeout"):
+        cw.RedisTokenBucket(redis.Redis.from_url(redis_url), name="x", rate=1)
+    with pytest.raises(cw.ConfigurationTypeError):
+        cw.RedisTokenBucket(object(), name="x", rate=1)
+    with pytest.raises(cw.ConfigurationError, match="name"):
+        cw.RedisTokenBucket(client, name="a{b}", rate=1)
+    with pytest.raises(cw.ConfigurationError, match="fallback_share"):
+        cw.RedisTokenBucket(client, name="x", rate=1, fallback_share=0)
+    with pytest.raises(cw.ConfigurationError, match="asyncio"):
+        asyncio.run(cw.RedisTokenBucket(client, name="x", rate=1).areserve(0))
 
 
 WORKER = textwrap.dedent(
@@ -211,12 +211,12 @@ WORKER = textwrap.dedent(
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
-    import cacheguard as cg
+    import cacheward as cw
 
     url, name, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
     client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1,
                                   retry=Retry(NoBackoff(), 0))
-    bucket = cg.RedisTokenBucket(client, name=name, rate={rate}, burst={burst})
+    bucket = cw.RedisTokenBucket(client, name=name, rate={rate}, burst={burst})
     client.ping()
     print("ready", flush=True)
     start = float(sys.stdin.readline())
@@ -228,7 +228,7 @@ WORKER = textwrap.dedent(
         try:
             bucket.reserve(0)
             taken += 1
-        except cg.RateLimited as exc:
+        except cw.RateLimited as exc:
             time.sleep(min(exc.retry_after or 0.001, 0.002))
     print(taken, bucket.fallback_takes)
     """
@@ -272,13 +272,13 @@ def test_four_processes_share_one_rate_within_ten_percent(redis_url: str, name: 
 def test_threads_share_one_bucket_without_losing_or_doubling_tokens(
     client: redis.Redis, name: str
 ) -> None:
-    bucket = cg.RedisTokenBucket(client, name=name, rate=0.001, burst=50)
+    bucket = cw.RedisTokenBucket(client, name=name, rate=0.001, burst=50)
     taken: list[int] = []
     lock = threading.Lock()
 
     def worker() -> None:
         conn = client_for(_url(client))
-        own = cg.RedisTokenBucket(conn, name=name, rate=0.001, burst=50)
+        own = cw.RedisTokenBucket(conn, name=name, rate=0.001, burst=50)
         count = sum(took(own) for _ in range(40))
         with lock:
             taken.append(count)
@@ -306,7 +306,7 @@ def test_redis_cluster_sync_and_asyncio_clients() -> None:
 
     with RedisClusterServers.started() as cluster:
         client = RedisCluster.from_url(cluster.url, socket_timeout=1, socket_connect_timeout=1)
-        bucket = cg.RedisTokenBucket(client, name="db", rate=0.001, burst=3)
+        bucket = cw.RedisTokenBucket(client, name="db", rate=0.001, burst=3)
         assert sum(took(bucket) for _ in range(5)) == 3
         assert bucket.mode == "shared"
         client.close()
@@ -315,12 +315,12 @@ def test_redis_cluster_sync_and_asyncio_clients() -> None:
             aclient = AsyncRedisCluster.from_url(
                 cluster.url, socket_timeout=1, socket_connect_timeout=1
             )
-            shared = cg.RedisTokenBucket(aclient, name="db", rate=0.001, burst=3)
+            shared = cw.RedisTokenBucket(aclient, name="db", rate=0.001, burst=3)
 
             async def atook() -> bool:
                 try:
                     await shared.areserve(0)
-                except cg.RateLimited:
+                except cw.RateLimited:
                     return False
                 return True
 
@@ -334,7 +334,7 @@ def test_redis_cluster_sync_and_asyncio_clients() -> None:
 def test_a_hung_redis_costs_one_timeout_per_probe_interval(own_server: RedisServer) -> None:
     clock = FakeClock()
     conn = own_server.client(socket_timeout=0.2, socket_connect_timeout=0.2)
-    bucket = cg.RedisTokenBucket(
+    bucket = cw.RedisTokenBucket(
         conn, name="db", rate=0.001, burst=100, fallback_share=0.05, probe_interval=2, clock=clock
     )
     assert bucket.reserve(0) == 0.0
@@ -361,12 +361,12 @@ def test_async_guard_falls_back_when_its_redis_is_killed(own_server: RedisServer
             host=own_server.host, port=own_server.port, socket_timeout=0.3,
             socket_connect_timeout=0.3, retry=AsyncRetry(NoBackoff(), 0),
         )  # fmt: skip
-        bucket = cg.RedisTokenBucket(
+        bucket = cw.RedisTokenBucket(
             conn, name="db", rate=0.001, burst=2, fallback_share=0.5, clock=clock
         )
         calls: list[str] = []
 
-        @cg.guard(ttl=60, limiter=bucket, max_wait=0, clock=clock, attempts=1)
+        @cw.guard(ttl=60, limiter=bucket, max_wait=0, clock=clock, attempts=1)
         async def load(key: str) -> str:
             calls.append(key)
             return key
@@ -374,7 +374,7 @@ def test_async_guard_falls_back_when_its_redis_is_killed(own_server: RedisServer
         async def outcome(key: str) -> object:
             try:
                 return await load(key)
-            except cg.RateLimited as exc:
+            except cw.RateLimited as exc:
                 return type(exc)
 
         out = [await outcome(k) for k in ("a", "b", "c")]  # burst 2 shared
@@ -388,5 +388,5 @@ def test_async_guard_falls_back_when_its_redis_is_killed(own_server: RedisServer
         return out, modes, bucket.mode
 
     out, during, after = asyncio.run(main())
-    assert out == ["a", "b", cg.RateLimited, "d", cg.RateLimited, "f"]
+    assert out == ["a", "b", cw.RateLimited, "d", cw.RateLimited, "f"]
     assert (during, after) == ("fallback", "shared")

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard._core.entry import Entry
-from cacheguard._core.keys import CacheKey
-from cacheguard._redis import RedisLayer
+import cacheward as cw
+from cacheward._core.entry import Entry
+from cacheward._core.keys import CacheKey
+from cacheward._redis import RedisLayer
 from servers import RedisClusterServers
 
 pytestmark = pytest.mark.redis
@@ -134,7 +134,7 @@ def test_cross_process_single_flight_on_the_cluster(url: str) -> None:
     for _ in range(4):  # four stacks with their own L1 and lease owner: four "processes"
         layer = RedisLayer.from_url(url, timeout=1.0, cluster=True)
 
-        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="cl")
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="cl")
         def load(name: str) -> dict[str, str]:
             calls.append(name)
             time.sleep(0.2)
@@ -164,8 +164,8 @@ def test_a_dead_shard_is_a_miss_for_its_keys_never_an_error_or_a_hang() -> None:
     with RedisClusterServers.started() as own:
         layer = RedisLayer.from_url(own.url, cluster=True, timeout=0.2)
 
-        @cg.cached(
-            ttl=0.2, stale_ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="shard"
+        @cw.cached(
+            ttl=0.2, stale_ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="shard"
         )
         def load(i: int) -> dict[str, int]:
             calls.append(i)

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard._redis import RedisLayer
+import cacheward as cw
+from cacheward._redis import RedisLayer
 from servers import RedisServer, TcpProxy
 
 pytestmark = pytest.mark.redis
@@ -87,7 +87,7 @@ def stack(
     layer = RedisLayer.from_url(url, timeout=timeout)
     settings: dict[str, Any] = {"ttl": 3.0, "stale_ttl": 60.0, "breaker_reset": 1.0}
     settings.update(options)
-    fn = cg.cached(layers=[cg.MemoryLayer(maxsize=1000), layer], namespace="faults", **settings)(
+    fn = cw.cached(layers=[cw.MemoryLayer(maxsize=1000), layer], namespace="faults", **settings)(
         backend
     )
     return fn, layer
@@ -133,8 +133,8 @@ def test_sigstop_5s_under_64_callers_over_10_warm_keys(server: RedisServer) -> N
     layer.close()
 
 
-def _key(name: str) -> cg.CacheKey:
-    return cg.CacheKey(name, "faults:v1", (name,), {}, ("key",))
+def _key(name: str) -> cw.CacheKey:
+    return cw.CacheKey(name, "faults:v1", (name,), {}, ("key",))
 
 
 def test_sigstop_async_64_tasks(server: RedisServer) -> None:
@@ -143,10 +143,10 @@ def test_sigstop_async_64_tasks(server: RedisServer) -> None:
     async def main() -> None:
         layer = RedisLayer.from_url(server.url, timeout=0.2)
 
-        @cg.cached(
+        @cw.cached(
             ttl=1.0,
             stale_ttl=60.0,
-            layers=[cg.MemoryLayer(maxsize=1000), layer],
+            layers=[cw.MemoryLayer(maxsize=1000), layer],
             namespace="afaults",
             breaker_reset=0.5,
         )
@@ -306,7 +306,7 @@ def test_maxmemory_eviction_is_a_miss_not_an_error(server: RedisServer) -> None:
     backend = Backend(delay=0)
     layer = RedisLayer.from_url(server.url)
 
-    @cg.cached(ttl=60, layers=[layer], namespace="evict", breaker_reset=0.2)
+    @cw.cached(ttl=60, layers=[layer], namespace="evict", breaker_reset=0.2)
     def load(key: str) -> dict[str, Any]:
         backend(key)
         return {"key": key, "pad": "x" * 2000}
@@ -339,7 +339,7 @@ def test_a_redis_that_never_was_is_just_a_miss() -> None:
     layer.close()
 
 
-def _expect_timeout(layer: RedisLayer, key: cg.CacheKey) -> None:
+def _expect_timeout(layer: RedisLayer, key: cw.CacheKey) -> None:
     import redis
 
     with pytest.raises(redis.TimeoutError):
@@ -349,7 +349,7 @@ def _expect_timeout(layer: RedisLayer, key: cg.CacheKey) -> None:
 def _second_call_during_a_hang(server: RedisServer, stall_timeout: float) -> tuple[float, Any]:
     layer = RedisLayer.from_url(server.url, timeout=0.5, stall_timeout=stall_timeout)
     key = _key("stall")
-    layer.set(key, cg.Entry(1, time.time(), time.time() + 60, time.time() + 60))
+    layer.set(key, cw.Entry(1, time.time(), time.time() + 60, time.time() + 60))
     server.pause()
     try:
         first = threading.Thread(target=_expect_timeout, args=(layer, key))

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
-from cacheguard._core.entry import Entry
-from cacheguard._core.keys import CacheKey
-from cacheguard._redis import RedisLayer
-from cacheguard._serialize import JsonSerializer, PickleSerializer, encode_entry
+import cacheward as cw
+from cacheward._core.entry import Entry
+from cacheward._core.keys import CacheKey
+from cacheward._redis import RedisLayer
+from cacheward._serialize import JsonSerializer, PickleSerializer, encode_entry
 from servers import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -169,7 +169,7 @@ def test_a_value_forged_into_redis_with_a_wrong_signature_is_a_miss_never_execut
     layer = RedisLayer.from_url(url, timeout=1.0, serializer=PickleSerializer(key=secret))
     calls: list[str] = []
 
-    @cg.cached(ttl=60, layers=[layer], namespace="forged")
+    @cw.cached(ttl=60, layers=[layer], namespace="forged")
     def load(name: str) -> dict[str, str]:
         calls.append(name)
         return {"name": name}
@@ -234,9 +234,9 @@ def test_redis_errors_raise_so_the_breaker_sees_them(server: RedisServer) -> Non
 def test_a_client_without_timeouts_is_refused_with_the_fix(server: RedisServer) -> None:
     import redis
 
-    with pytest.raises(cg.ConfigurationError, match=r"socket_timeout.*RedisLayer\.from_url"):
+    with pytest.raises(cw.ConfigurationError, match=r"socket_timeout.*RedisLayer\.from_url"):
         RedisLayer(redis.Redis(port=server.port, socket_timeout=None))
-    with pytest.raises(cg.ConfigurationError, match="decode_responses"):
+    with pytest.raises(cw.ConfigurationError, match="decode_responses"):
         RedisLayer(
             redis.Redis(
                 port=server.port,
@@ -245,7 +245,7 @@ def test_a_client_without_timeouts_is_refused_with_the_fix(server: RedisServer) 
                 decode_responses=True,
             )
         )
-    with pytest.raises(cg.ConfigurationTypeError, match="redis-py client"):
+    with pytest.raises(cw.ConfigurationTypeError, match="redis-py client"):
         RedisLayer(object())
 
 
@@ -268,7 +268,7 @@ def test_a_retrying_client_is_accepted_with_a_warning(server: RedisServer) -> No
     key = make_key("a")
     layer.set(key, entry(1))
     assert layer.get(key) is not None
-    with pytest.raises(cg.ConfigurationError, match="synchronous Redis client"):
+    with pytest.raises(cw.ConfigurationError, match="synchronous Redis client"):
         asyncio.run(layer.aget(key))
     client.close()
 
@@ -289,7 +289,7 @@ def test_an_asyncio_client_serves_async_functions_only(server: RedisServer) -> N
         key = make_key("a")
         await layer.aset(key, entry(1))
         assert await layer.aget(key) is not None
-        with pytest.raises(cg.ConfigurationError, match="asyncio Redis client"):
+        with pytest.raises(cw.ConfigurationError, match="asyncio Redis client"):
             layer.get(key)
         await client.aclose()
 
@@ -309,7 +309,7 @@ def test_an_asyncio_client_serves_async_functions_only(server: RedisServer) -> N
     ],
 )
 def test_settings_are_validated_naming_the_argument(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(cg.ConfigurationError, match=match):
+    with pytest.raises(cw.ConfigurationError, match=match):
         RedisLayer.from_url("redis://127.0.0.1:1/0", **kwargs)
 
 
@@ -319,7 +319,7 @@ def test_repr_shows_the_settings() -> None:
     assert "JsonSerializer" in repr(layer)
 
 
-# --- stacks: MemoryLayer + RedisLayer under cg.cached -----------------------------------------
+# --- stacks: MemoryLayer + RedisLayer under cw.cached -----------------------------------------
 
 
 def test_l1_l2_stack_shares_values_between_processes(url: str) -> None:
@@ -328,7 +328,7 @@ def test_l1_l2_stack_shares_values_between_processes(url: str) -> None:
     def make() -> Any:
         layer = RedisLayer.from_url(url, timeout=1.0, namespace="stack")
 
-        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="load")
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="load")
         def load(name: str) -> dict[str, str]:
             calls.append(name)
             return {"name": name}
@@ -362,7 +362,7 @@ def test_l1_l2_stack_async(url: str) -> None:
     async def main() -> None:
         layer = RedisLayer.from_url(url, timeout=1.0, namespace="stack-async")
 
-        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), layer], namespace="aload")
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="aload")
         async def aload(name: str) -> dict[str, str]:
             calls.append(name)
             await asyncio.sleep(0.05)
@@ -372,7 +372,7 @@ def test_l1_l2_stack_async(url: str) -> None:
         assert all(r == {"name": "c1"} for r in results)
         other = RedisLayer.from_url(url, timeout=1.0, namespace="stack-async")
 
-        @cg.cached(ttl=60, layers=[cg.MemoryLayer(maxsize=100), other], namespace="aload")
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), other], namespace="aload")
         async def aload2(name: str) -> dict[str, str]:
             calls.append(name)
             return {"name": name}
@@ -417,8 +417,8 @@ def test_threads_share_one_layer_safely(url: str) -> None:
 
 
 def test_stall_guard_rule() -> None:
-    from cacheguard._redis import _Stall
-    from cacheguard.testing import FakeClock
+    from cacheward._redis import _Stall
+    from cacheward.testing import FakeClock
 
     clock = FakeClock()
     stall = _Stall(0.025, clock.monotonic)

@@ -13,9 +13,9 @@ import redis
 from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
-import cacheguard as cg
-from cacheguard._core.budget import BudgetState
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward._core.budget import BudgetState
+from cacheward.testing import FakeClock
 
 # ----------------------------------------------------------------------------- pure budget
 
@@ -48,7 +48,7 @@ RATIO, FLOOR, WINDOW = 0.2, 0.5, 4.0
 def replay(run: list[tuple[float, bool]], *, on: bool) -> tuple[list[float], list[float]]:
     """Feed ``run`` to a RetryBudget on a fake clock; return (request times, retry times)."""
     clock = FakeClock(monotonic_start=0.0)
-    budget = cg.RetryBudget(ratio=RATIO, min_per_second=FLOOR, window=WINDOW, clock=clock)
+    budget = cw.RetryBudget(ratio=RATIO, min_per_second=FLOOR, window=WINDOW, clock=clock)
     requests, retries = [], []
     now = 0.0
     for gap, is_retry in run:
@@ -92,15 +92,15 @@ def test_sibling_without_the_budget_the_bound_is_violated() -> None:
 
 
 def test_retry_budget_validates_and_shows_its_state() -> None:
-    with pytest.raises(cg.ConfigurationError, match="ratio"):
-        cg.RetryBudget(ratio=1.5)
-    with pytest.raises(cg.ConfigurationError, match="min_per_second"):
-        cg.RetryBudget(min_per_second=-1)
-    with pytest.raises(cg.ConfigurationTypeError, match="min_per_second"):
-        cg.RetryBudget(min_per_second="10")  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationError, match="window"):
-        cg.RetryBudget(window=0)
-    budget = cg.RetryBudget(clock=FakeClock())
+    with pytest.raises(cw.ConfigurationError, match="ratio"):
+        cw.RetryBudget(ratio=1.5)
+    with pytest.raises(cw.ConfigurationError, match="min_per_second"):
+        cw.RetryBudget(min_per_second=-1)
+    with pytest.raises(cw.ConfigurationTypeError, match="min_per_second"):
+        cw.RetryBudget(min_per_second="10")  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="window"):
+        cw.RetryBudget(window=0)
+    budget = cw.RetryBudget(clock=FakeClock())
     assert budget.balance() == pytest.approx(100.0)  # Finagle defaults: 10/s over 10 s
     assert "ratio=0.2" in repr(budget)
 
@@ -125,7 +125,7 @@ class Flaky:
 def test_retries_transient_errors_with_full_jitter_backoff() -> None:
     clock = FakeClock()
     backend = Flaky(ConnectionError("down"), TimeoutError("slow"))
-    fetch = cg.retry(attempts=3, clock=clock, rng=random.Random(1), backoff=0.1)(backend)
+    fetch = cw.retry(attempts=3, clock=clock, rng=random.Random(1), backoff=0.1)(backend)
     assert fetch("a") == "ok"
     assert backend.calls == 3
     assert len(clock.sleeps) == 2
@@ -137,7 +137,7 @@ def test_when_attempts_run_out_the_last_error_itself_is_raised() -> None:
     clock = FakeClock()
     last = ConnectionError("third")
     backend = Flaky(ConnectionError("first"), ConnectionError("second"), last)
-    fetch = cg.retry(attempts=3, clock=clock)(backend)
+    fetch = cw.retry(attempts=3, clock=clock)(backend)
     with pytest.raises(ConnectionError) as caught:
         fetch()
     assert caught.value is last
@@ -146,31 +146,31 @@ def test_when_attempts_run_out_the_last_error_itself_is_raised() -> None:
 
 def test_errors_that_are_not_retryable_propagate_at_once() -> None:
     clock = FakeClock()
-    for error in [ValueError("bad input"), cg.RateLimited("no token"), KeyError("k")]:
+    for error in [ValueError("bad input"), cw.RateLimited("no token"), KeyError("k")]:
         backend = Flaky(error)
         with pytest.raises(type(error)):
-            cg.retry(attempts=5, clock=clock)(backend)()
+            cw.retry(attempts=5, clock=clock)(backend)()
         assert backend.calls == 1
 
 
 def test_default_retryable_errors() -> None:
-    assert cg.is_retryable(ConnectionResetError())
-    assert cg.is_retryable(TimeoutError())
-    assert cg.is_retryable(OSError(errno.ECONNREFUSED, "refused"))
-    assert cg.is_retryable(redis.exceptions.ConnectionError())
-    assert cg.is_retryable(redis.exceptions.TimeoutError())
-    assert not cg.is_retryable(OSError(errno.ENOENT, "no such file"))
-    assert not cg.is_retryable(redis.exceptions.ResponseError())
-    assert not cg.is_retryable(cg.FetchTimeout("a cacheguard refusal, though a TimeoutError"))
-    assert not cg.is_retryable(ValueError())
+    assert cw.is_retryable(ConnectionResetError())
+    assert cw.is_retryable(TimeoutError())
+    assert cw.is_retryable(OSError(errno.ECONNREFUSED, "refused"))
+    assert cw.is_retryable(redis.exceptions.ConnectionError())
+    assert cw.is_retryable(redis.exceptions.TimeoutError())
+    assert not cw.is_retryable(OSError(errno.ENOENT, "no such file"))
+    assert not cw.is_retryable(redis.exceptions.ResponseError())
+    assert not cw.is_retryable(cw.FetchTimeout("a cacheward refusal, though a TimeoutError"))
+    assert not cw.is_retryable(ValueError())
 
 
 def test_retry_on_types_and_predicates() -> None:
     clock = FakeClock()
     backend = Flaky(KeyError("a"), KeyError("b"))
-    assert cg.retry(attempts=3, retry_on=KeyError, clock=clock)(backend)() == "ok"
+    assert cw.retry(attempts=3, retry_on=KeyError, clock=clock)(backend)() == "ok"
     backend = Flaky(ValueError("x"), ValueError("y"))
-    fetch = cg.retry(attempts=3, retry_on=lambda e: "x" in str(e), clock=clock)(backend)
+    fetch = cw.retry(attempts=3, retry_on=lambda e: "x" in str(e), clock=clock)(backend)
     with pytest.raises(ValueError, match="y"):
         fetch()
     assert backend.calls == 2
@@ -178,10 +178,10 @@ def test_retry_on_types_and_predicates() -> None:
 
 def test_spent_budget_fails_fast_chaining_the_last_error() -> None:
     clock = FakeClock()
-    budget = cg.RetryBudget(ratio=0.0, min_per_second=0.1, window=10, clock=clock)  # 1 retry
+    budget = cw.RetryBudget(ratio=0.0, min_per_second=0.1, window=10, clock=clock)  # 1 retry
     backend = Flaky(*[ConnectionError(str(i)) for i in range(10)])
-    fetch = cg.retry(attempts=5, budget=budget, clock=clock)(backend)
-    with pytest.raises(cg.RetryBudgetExhausted, match="budget") as caught:
+    fetch = cw.retry(attempts=5, budget=budget, clock=clock)(backend)
+    with pytest.raises(cw.RetryBudgetExhausted, match="budget") as caught:
         fetch()
     assert backend.calls == 2  # the first attempt and the one retry the budget held
     assert isinstance(caught.value.__cause__, ConnectionError)
@@ -192,7 +192,7 @@ def test_spent_budget_fails_fast_chaining_the_last_error() -> None:
 def test_deadline_stops_retrying_before_a_sleep_would_pass_it() -> None:
     clock = FakeClock()
     backend = Flaky(*[ConnectionError(str(i)) for i in range(10)])
-    fetch = cg.retry(attempts=10, deadline=1.0, backoff=0.4, backoff_max=0.4, clock=clock,
+    fetch = cw.retry(attempts=10, deadline=1.0, backoff=0.4, backoff_max=0.4, clock=clock,
                      rng=random.Random(0))(backend)  # fmt: skip
     with pytest.raises(ConnectionError):
         fetch()
@@ -202,12 +202,12 @@ def test_deadline_stops_retrying_before_a_sleep_would_pass_it() -> None:
 
 def test_each_attempt_takes_a_token_when_rate_limit_is_inside() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=1, burst=2, clock=clock)
+    bucket = cw.TokenBucket(rate=1, burst=2, clock=clock)
     backend = Flaky(ConnectionError("a"), ConnectionError("b"))
-    fetch = cg.retry(attempts=3, clock=clock, backoff=0.0, backoff_max=0.0)(
-        cg.rate_limit(bucket, max_wait=0.0)(backend)
+    fetch = cw.retry(attempts=3, clock=clock, backoff=0.0, backoff_max=0.0)(
+        cw.rate_limit(bucket, max_wait=0.0)(backend)
     )
-    with pytest.raises(cg.RateLimited):
+    with pytest.raises(cw.RateLimited):
         fetch()  # two attempts used the two tokens; the third found none
     assert backend.calls == 2
 
@@ -223,7 +223,7 @@ def test_async_retry_keeps_the_signature() -> None:
             raise ConnectionError("flaky")
         return key * n
 
-    fetch = cg.retry(attempts=3, clock=clock)(backend)
+    fetch = cw.retry(attempts=3, clock=clock)(backend)
     assert inspect.iscoroutinefunction(fetch)
     assert inspect.signature(fetch) == inspect.signature(backend)
     assert asyncio.run(fetch("ab", n=2)) == "abab"
@@ -232,37 +232,37 @@ def test_async_retry_keeps_the_signature() -> None:
 
 def test_async_budget_exhausted() -> None:
     clock = FakeClock()
-    budget = cg.RetryBudget(ratio=0.0, min_per_second=0.0, clock=clock)
+    budget = cw.RetryBudget(ratio=0.0, min_per_second=0.0, clock=clock)
 
     async def backend() -> None:
         raise TimeoutError("slow")
 
-    fetch = cg.retry(attempts=3, budget=budget, clock=clock)(backend)
-    with pytest.raises(cg.RetryBudgetExhausted) as caught:
+    fetch = cw.retry(attempts=3, budget=budget, clock=clock)(backend)
+    with pytest.raises(cw.RetryBudgetExhausted) as caught:
         asyncio.run(fetch())
     assert isinstance(caught.value.__cause__, TimeoutError)
 
 
 def test_retry_validates_at_decoration_time() -> None:
-    with pytest.raises(cg.ConfigurationError, match="attempts"):
-        cg.retry(attempts=0)
-    with pytest.raises(cg.ConfigurationError, match="attempts"):
-        cg.retry(attempts=1000)
-    with pytest.raises(cg.ConfigurationTypeError, match="budget"):
-        cg.retry(budget=0.2)  # type: ignore[arg-type]
-    with pytest.raises(cg.ConfigurationError, match="backoff_max"):
-        cg.retry(backoff=2, backoff_max=1)
-    with pytest.raises(cg.ConfigurationError, match="deadline"):
-        cg.retry(deadline=0)
-    with pytest.raises(cg.ConfigurationTypeError, match="retry_on"):
-        cg.retry(retry_on=(ValueError, 3))  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="attempts"):
+        cw.retry(attempts=0)
+    with pytest.raises(cw.ConfigurationError, match="attempts"):
+        cw.retry(attempts=1000)
+    with pytest.raises(cw.ConfigurationTypeError, match="budget"):
+        cw.retry(budget=0.2)  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="backoff_max"):
+        cw.retry(backoff=2, backoff_max=1)
+    with pytest.raises(cw.ConfigurationError, match="deadline"):
+        cw.retry(deadline=0)
+    with pytest.raises(cw.ConfigurationTypeError, match="retry_on"):
+        cw.retry(retry_on=(ValueError, 3))  # type: ignore[arg-type]
 
 
 def test_retry_storm_attempts_per_request_stay_within_the_budget() -> None:
     """A backend failing half the calls for 10 s under 200 requests/s: the budget holds."""
     clock = FakeClock(monotonic_start=0.0)
     rng = random.Random(7)
-    budget = cg.RetryBudget(ratio=0.2, min_per_second=10, window=10, clock=clock)
+    budget = cw.RetryBudget(ratio=0.2, min_per_second=10, window=10, clock=clock)
     attempts = 0
 
     def backend() -> str:
@@ -272,12 +272,12 @@ def test_retry_storm_attempts_per_request_stay_within_the_budget() -> None:
             raise ConnectionError("overloaded")
         return "ok"
 
-    fetch = cg.retry(attempts=5, budget=budget, clock=clock, backoff=0.0, backoff_max=0.0,
+    fetch = cw.retry(attempts=5, budget=budget, clock=clock, backoff=0.0, backoff_max=0.0,
                      rng=rng)(backend)  # fmt: skip
     requests = 2000
     for _ in range(requests):
         clock.advance(0.005)
-        with contextlib.suppress(ConnectionError, cg.RetryBudgetExhausted):
+        with contextlib.suppress(ConnectionError, cw.RetryBudgetExhausted):
             fetch()
     elapsed = requests * 0.005
     assert attempts <= requests * (1 + 0.2) + 10 * (elapsed + 10)
@@ -287,21 +287,21 @@ def test_retry_storm_attempts_per_request_stay_within_the_budget() -> None:
 
 def test_retries_and_refusals_are_events() -> None:
     clock = FakeClock()
-    budget = cg.RetryBudget(ratio=0.0, min_per_second=0.1, clock=clock, name="db")
-    bucket = cg.TokenBucket(rate=1, burst=1, clock=clock, name="db-bucket")
+    budget = cw.RetryBudget(ratio=0.0, min_per_second=0.1, clock=clock, name="db")
+    bucket = cw.TokenBucket(rate=1, burst=1, clock=clock, name="db-bucket")
     backend = Flaky(*[ConnectionError(str(i)) for i in range(3)])
-    fetch = cg.retry(attempts=5, budget=budget, clock=clock)(backend)
-    limited = cg.rate_limit(bucket, max_wait=0)(lambda: None)
-    seen: list[cg.Event] = []
+    fetch = cw.retry(attempts=5, budget=budget, clock=clock)(backend)
+    limited = cw.rate_limit(bucket, max_wait=0)(lambda: None)
+    seen: list[cw.Event] = []
 
-    def listener(event: cg.Event) -> None:
+    def listener(event: cw.Event) -> None:
         seen.append(event)
 
-    with cg.listening(listener):
-        with pytest.raises(cg.RetryBudgetExhausted):
+    with cw.listening(listener):
+        with pytest.raises(cw.RetryBudgetExhausted):
             fetch()
         limited()
-        with pytest.raises(cg.RateLimited):
+        with pytest.raises(cw.RateLimited):
             limited()
     assert [(e.kind.value, e.source) for e in seen] == [
         ("retry", "db"),
@@ -322,9 +322,9 @@ storms = st.lists(
 def run_storm(
     storm: list[tuple[float, list[bool]]], *, floor: float
 ) -> tuple[list[float], list[float]]:
-    """Return (first-attempt times, retry times) of ``storm`` through ``cg.retry``."""
+    """Return (first-attempt times, retry times) of ``storm`` through ``cw.retry``."""
     clock = FakeClock(monotonic_start=0.0)
-    budget = cg.RetryBudget(ratio=RATIO, min_per_second=floor, window=WINDOW, clock=clock)
+    budget = cw.RetryBudget(ratio=RATIO, min_per_second=floor, window=WINDOW, clock=clock)
     firsts: list[float] = []
     retries: list[float] = []
     outcomes: list[bool] = []
@@ -335,11 +335,11 @@ def run_storm(
         if outcomes.pop(0):
             raise ConnectionError("failed")
 
-    fetch = cg.retry(attempts=4, budget=budget, clock=clock, backoff=0.0, backoff_max=0.0)(backend)
+    fetch = cw.retry(attempts=4, budget=budget, clock=clock, backoff=0.0, backoff_max=0.0)(backend)
     for gap, fails in storm:
         clock.advance(gap)
         outcomes[:] = fails
-        with contextlib.suppress(ConnectionError, cg.RetryBudgetExhausted):
+        with contextlib.suppress(ConnectionError, cw.RetryBudgetExhausted):
             fetch()
     return firsts, retries
 
@@ -364,11 +364,11 @@ def test_sibling_with_an_unbounded_budget_the_decorator_bound_fails() -> None:
 
 def test_a_retry_refused_by_the_limiter_chains_the_failure_that_led_to_it() -> None:
     clock = FakeClock()
-    bucket = cg.TokenBucket(rate=0.001, burst=1, clock=clock)
+    bucket = cw.TokenBucket(rate=0.001, burst=1, clock=clock)
     first = ConnectionError("first attempt failed")
     backend = Flaky(first)
-    fetch = cg.retry(attempts=3, clock=clock)(cg.rate_limit(bucket, max_wait=0)(backend))
-    with pytest.raises(cg.RateLimited) as caught:
+    fetch = cw.retry(attempts=3, clock=clock)(cw.rate_limit(bucket, max_wait=0)(backend))
+    with pytest.raises(cw.RateLimited) as caught:
         fetch()
     assert caught.value.__cause__ is first
     assert backend.calls == 1

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cacheguard import _serialize
-from cacheguard._core.entry import Entry
-from cacheguard._errors import ConfigurationError, ConfigurationTypeError
-from cacheguard._serialize import (
+from cacheward import _serialize
+from cacheward._core.entry import Entry
+from cacheward._errors import ConfigurationError, ConfigurationTypeError
+from cacheward._serialize import (
     HEADER_SIZE,
     JsonSerializer,
     MsgspecSerializer,

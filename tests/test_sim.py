@@ -1,4 +1,4 @@
-"""The simulation harness in ``cacheguard.testing``: virtual time, scripted layers and backend,
+"""The simulation harness in ``cacheward.testing``: virtual time, scripted layers and backend,
 and the caller drivers do what their docs say."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from cacheguard._core.entry import Entry
-from cacheguard._core.keys import CacheKey
-from cacheguard.testing import (
+from cacheward._core.entry import Entry
+from cacheward._core.keys import CacheKey
+from cacheward.testing import (
     FakeClock,
     ManualExecutor,
     Outcome,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import cacheguard as cg
+import cacheward as cw
 
 THREADS = 200
 TASKS = 10_000
@@ -37,7 +37,7 @@ def run_threads(n: int, target: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    "decorator", [cg.cached(ttl=60), cg.coalesce()], ids=["cached", "coalesce"]
+    "decorator", [cw.cached(ttl=60), cw.coalesce()], ids=["cached", "coalesce"]
 )
 def test_threads_on_one_cold_key_make_one_call(decorator: Any) -> None:
     calls = []
@@ -57,7 +57,7 @@ def test_threads_on_one_cold_key_make_one_call(decorator: Any) -> None:
 def test_threads_share_one_failure() -> None:
     calls = []
 
-    @cg.cached(ttl=60)
+    @cw.cached(ttl=60)
     def fetch(key: str) -> str:
         calls.append(key)
         time.sleep(0.2)
@@ -67,13 +67,13 @@ def test_threads_share_one_failure() -> None:
     assert len(calls) == 1
     # Every caller got the backend's error: the leader and its waiters share it, and anyone
     # arriving after it finished is refused by the back-off without a call.
-    assert all(isinstance(r, (ConnectionError, cg.BackoffActive)) for r in results)
+    assert all(isinstance(r, (ConnectionError, cw.BackoffActive)) for r in results)
     assert sum(isinstance(r, ConnectionError) for r in results) >= THREADS // 2
     assert fetch.stats().in_flight == 0
 
 
 @pytest.mark.parametrize(
-    "decorator", [cg.cached(ttl=60), cg.coalesce()], ids=["cached", "coalesce"]
+    "decorator", [cw.cached(ttl=60), cw.coalesce()], ids=["cached", "coalesce"]
 )
 def test_tasks_on_one_cold_key_make_one_call(decorator: Any) -> None:
     calls = []
@@ -95,7 +95,7 @@ def test_tasks_on_one_cold_key_make_one_call(decorator: Any) -> None:
 def test_tasks_share_one_failure() -> None:
     calls = []
 
-    @cg.cached(ttl=60)
+    @cw.cached(ttl=60)
     async def fetch(key: str) -> str:
         calls.append(key)
         await asyncio.sleep(0.05)
@@ -113,7 +113,7 @@ def test_tasks_share_one_failure() -> None:
 def test_cancelled_waiter_cancels_neither_the_fetch_nor_the_others() -> None:
     calls = []
 
-    @cg.cached(ttl=60)
+    @cw.cached(ttl=60)
     async def fetch(key: str) -> str:
         calls.append(key)
         await asyncio.sleep(0.05)
@@ -137,7 +137,7 @@ def test_cancelled_waiter_cancels_neither_the_fetch_nor_the_others() -> None:
 
 
 def test_in_flight_table_is_empty_after_a_cancelled_fetch() -> None:
-    @cg.cached(ttl=60)
+    @cw.cached(ttl=60)
     async def fetch(key: str) -> str:
         await asyncio.sleep(10)
         return "v"
@@ -160,7 +160,7 @@ def test_in_flight_table_is_empty_after_a_cancelled_fetch() -> None:
 def test_waiter_deadline_does_not_cancel_the_shared_fetch() -> None:
     calls = []
 
-    @cg.coalesce(timeout=0.02)
+    @cw.coalesce(timeout=0.02)
     async def work(key: str) -> str:
         calls.append(key)
         await asyncio.sleep(0.1)
@@ -168,9 +168,9 @@ def test_waiter_deadline_does_not_cancel_the_shared_fetch() -> None:
 
     async def main() -> None:
         slow = asyncio.create_task(work("k"))
-        with pytest.raises(cg.FetchTimeout):
+        with pytest.raises(cw.FetchTimeout):
             await work("k")
-        with pytest.raises(cg.FetchTimeout):
+        with pytest.raises(cw.FetchTimeout):
             await slow
         await asyncio.sleep(0.15)
         assert work.stats().in_flight == 0
@@ -182,7 +182,7 @@ def test_waiter_deadline_does_not_cancel_the_shared_fetch() -> None:
 def test_coalesce_does_not_cache() -> None:
     calls = []
 
-    @cg.coalesce()
+    @cw.coalesce()
     def work(x: int) -> int:
         calls.append(x)
         return x * 2
@@ -190,8 +190,8 @@ def test_coalesce_does_not_cache() -> None:
     assert work(2) == 4
     assert work(2) == 4
     assert len(calls) == 2
-    with pytest.raises(cg.ConfigurationError, match="timeout must be > 0"):
-        cg.coalesce(timeout=0)
+    with pytest.raises(cw.ConfigurationError, match="timeout must be > 0"):
+        cw.coalesce(timeout=0)
 
 
 def test_each_async_waiter_keeps_its_own_deadline() -> None:
@@ -199,7 +199,7 @@ def test_each_async_waiter_keeps_its_own_deadline() -> None:
     order, and a late arrival whose deadline is after the fetch gets the value."""
     done: list[tuple[str, object]] = []
 
-    @cg.coalesce(timeout=0.2)
+    @cw.coalesce(timeout=0.2)
     async def work(key: str) -> str:
         await asyncio.sleep(0.5)
         return "value"
@@ -208,7 +208,7 @@ def test_each_async_waiter_keeps_its_own_deadline() -> None:
         await asyncio.sleep(delay)
         try:
             done.append((name, await work("k")))
-        except cg.FetchTimeout:
+        except cw.FetchTimeout:
             done.append((name, "timeout"))
 
     async def main() -> None:

@@ -1,4 +1,4 @@
-"""Stateful tests: ``cg.TokenBucket`` and ``cg.RetryBudget`` against trivially correct models.
+"""Stateful tests: ``cw.TokenBucket`` and ``cw.RetryBudget`` against trivially correct models.
 
 The models keep every event with its time and recompute from the definition (a bucket's level
 is ``min(burst, level + rate * dt)``; a budget counts the deposits and withdrawals whose slice
@@ -21,8 +21,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward.testing import FakeClock
 
 #: The shortest wait a bucket hands out (a waiter must never spin on a zero sleep).
 MIN_WAIT = 1e-6
@@ -46,7 +46,7 @@ class BucketMachine(RuleBasedStateMachine):
     @initialize(rate=st.sampled_from([0.5, 1.0, 2.0, 4.0]), burst=st.integers(1, 6))
     def setup(self, rate: float, burst: int) -> None:
         self.clock = FakeClock(monotonic_start=0.0)
-        self.bucket = cg.TokenBucket(rate=rate, burst=burst, clock=self.clock)
+        self.bucket = cw.TokenBucket(rate=rate, burst=burst, clock=self.clock)
         self.rate, self.burst = rate, float(burst)
         self.level, self.updated, self.pending = self.burst, 0.0, 0
         self.taken: list[float] = []
@@ -84,7 +84,7 @@ class BucketMachine(RuleBasedStateMachine):
             return
         wait = (self.pending + 1.0 - self.model_level()) / self.rate
         if wait > max_wait:
-            with pytest.raises(cg.RateLimited):
+            with pytest.raises(cw.RateLimited):
                 self.bucket.reserve(max_wait)
             return
         assert self.bucket.reserve(max_wait) == max(wait, MIN_WAIT)
@@ -127,7 +127,7 @@ def budget_machine(slices: int = 10) -> type[RuleBasedStateMachine]:
         )
         def setup(self, ratio: float, floor: float, window: float) -> None:
             self.clock = FakeClock(monotonic_start=0.0)
-            self.budget = cg.RetryBudget(
+            self.budget = cw.RetryBudget(
                 ratio=ratio, min_per_second=floor, window=window, clock=self.clock
             )
             self.ratio, self.floor, self.window = ratio, floor, window
@@ -190,7 +190,7 @@ def test_the_bucket_model_test_catches_a_leaky_bucket() -> None:
         @initialize(rate=st.sampled_from([0.5, 1.0]), burst=st.integers(1, 3))
         def setup(self, rate: float, burst: int) -> None:
             super().setup(rate, burst)
-            self.bucket = cg.TokenBucket(rate=2 * rate, burst=burst, clock=self.clock)
+            self.bucket = cw.TokenBucket(rate=2 * rate, burst=burst, clock=self.clock)
 
     # The machine's checks fail either as an assertion or as pytest.raises' own failure
     # ("DID NOT RAISE RateLimited": the leaky bucket granted a token the model refuses).

@@ -1,5 +1,5 @@
-"""A stateful test of the pagination checkpoint: ``cg.collect_pages`` with a
-``cg.MemoryCheckpoints`` store, against a trivially correct model.
+"""A stateful test of the pagination checkpoint: ``cw.collect_pages`` with a
+``cw.MemoryCheckpoints`` store, against a trivially correct model.
 
 The source has a fixed number of pages; rules make pages fail or heal, move the clock (past the
 checkpoint's TTL too) and run a rebuild. The model remembers one number, "pages checkpointed",
@@ -18,8 +18,8 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward.testing import FakeClock
 
 PAGES, PAGE_SIZE, TTL = 6, 3, 300.0
 PAGE_NUMBERS = st.integers(0, PAGES - 1)
@@ -33,20 +33,20 @@ def machine(*, resume: bool = True) -> type[RuleBasedStateMachine]:
         @initialize()
         def setup(self) -> None:
             self.clock = FakeClock()
-            self.store = cg.MemoryCheckpoints(ttl=TTL)
+            self.store = cw.MemoryCheckpoints(ttl=TTL)
             self.failing: set[int] = set()
             self.page_calls: list[int] = []
             # The model: pages checkpointed and when that checkpoint expires.
             self.saved_pages = 0
             self.expires_at = float("-inf")
 
-        def fetch_page(self, cursor: str | None, limit: int) -> cg.Page[int]:
+        def fetch_page(self, cursor: str | None, limit: int) -> cw.Page[int]:
             index = 0 if cursor is None else int(cursor[1:])
             self.page_calls.append(index)
             if index in self.failing:
                 raise ConnectionError(f"page {index} failed")
             items = [index * 10 + i for i in range(limit)]
-            return cg.Page(items, next_cursor=f"c{index + 1}" if index + 1 < PAGES else None)
+            return cw.Page(items, next_cursor=f"c{index + 1}" if index + 1 < PAGES else None)
 
         @rule(page=PAGE_NUMBERS)
         def break_page(self, page: int) -> None:
@@ -67,7 +67,7 @@ def machine(*, resume: bool = True) -> type[RuleBasedStateMachine]:
             failed_at = next((i for i in range(restored, PAGES) if i in self.failing), None)
             self.page_calls.clear()
             try:
-                got: Any = cg.collect_pages(
+                got: Any = cw.collect_pages(
                     self.fetch_page,
                     page_size=PAGE_SIZE,
                     checkpoints=self.store,
@@ -75,7 +75,7 @@ def machine(*, resume: bool = True) -> type[RuleBasedStateMachine]:
                     resume=resume,
                     clock=self.clock,
                 )
-            except cg.PaginationError as exc:
+            except cw.PaginationError as exc:
                 got = exc
             last = PAGES - 1 if failed_at is None else failed_at
             assert self.page_calls == list(range(restored, last + 1))
@@ -83,7 +83,7 @@ def machine(*, resume: bool = True) -> type[RuleBasedStateMachine]:
                 assert got == [p * 10 + i for p in range(PAGES) for i in range(PAGE_SIZE)]
                 self.saved_pages, self.expires_at = 0, float("-inf")
                 return
-            assert isinstance(got, cg.PaginationError)
+            assert isinstance(got, cw.PaginationError)
             assert got.pages_done == failed_at
             assert got.cursor == (None if failed_at == 0 else f"c{failed_at}")
             if failed_at > restored:  # progress: the pages so far are checkpointed

@@ -1,4 +1,4 @@
-"""A stateful test of the layer stack: ``cg.cached`` over a memory layer and two scripted remote
+"""A stateful test of the layer stack: ``cw.cached`` over a memory layer and two scripted remote
 layers, against a trivially correct model.
 
 The model keeps one plain ``dict`` per layer and spells out the read-through rule: serve a fresh
@@ -19,8 +19,8 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock, ScriptedLayer
+import cacheward as cw
+from cacheward.testing import FakeClock, ScriptedLayer
 
 TTL, LAYER_TIMEOUT = 10.0, 0.5
 KEYS = st.sampled_from(["a", "b", 1])
@@ -51,12 +51,12 @@ def machine(layer: type[ScriptedLayer] = ScriptedLayer) -> type[RuleBasedStateMa
             self.stores: list[dict[Any, tuple[Any, float]]] = [{}, {}]
             self.expected_calls = 0
 
-            @cg.cached(
+            @cw.cached(
                 ttl=TTL,
                 jitter=0.0,
                 backoff=0.0,
                 backoff_max=0.0,
-                layers=[cg.MemoryLayer(), *self.remotes],
+                layers=[cw.MemoryLayer(), *self.remotes],
                 clock=self.clock,
                 breaker_failures=1_000_000,  # every layer operation is tried
             )

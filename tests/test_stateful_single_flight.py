@@ -1,4 +1,4 @@
-"""A stateful test of single-flight: ``cg.coalesce`` on asyncio tasks against a trivially
+"""A stateful test of single-flight: ``cw.coalesce`` on asyncio tasks against a trivially
 correct model.
 
 The backend of each key blocks until a rule finishes it (with a value or an error), so the
@@ -25,8 +25,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-import cacheguard as cg
-import cacheguard._cached
+import cacheward as cw
+import cacheward._cached
 from promise_harness import ForgetfulReadThrough
 
 KEYS = st.sampled_from(["a", "b", 1, "1"])
@@ -49,10 +49,10 @@ def machine(*, coalescing: bool = True) -> type[RuleBasedStateMachine]:
                 return await gate
 
             if coalescing:
-                self.fn = cg.coalesce()(backend)
+                self.fn = cw.coalesce()(backend)
             else:
-                with mock.patch.object(cacheguard._cached, "ReadThrough", ForgetfulReadThrough):
-                    self.fn = cg.coalesce()(backend)
+                with mock.patch.object(cacheward._cached, "ReadThrough", ForgetfulReadThrough):
+                    self.fn = cw.coalesce()(backend)
             # The model.
             self.expected_calls = 0
             self.waiting: dict[tuple[type, Any], list[asyncio.Task[Any]]] = {}

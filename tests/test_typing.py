@@ -31,13 +31,13 @@ def test_wrong_use_is_rejected(tmp_path: Path) -> None:
     bad.write_text(
         textwrap.dedent(
             """
-            import cacheguard as cg
+            import cacheward as cw
 
-            @cg.cached(ttl=60)
+            @cw.cached(ttl=60)
             def load(customer_id: str) -> dict[str, str]:
                 return {}
 
-            @cg.cached(ttl=60)
+            @cw.cached(ttl=60)
             async def aload(customer_id: str) -> int:
                 return 1
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward.testing import FakeClock
 
 
-@cg.cached(ttl=60, stale_ttl=600, clock=FakeClock())
+@cw.cached(ttl=60, stale_ttl=600, clock=FakeClock())
 def load(customer_id: str, region: str = "eu") -> dict[str, str]:
     return {"customer": customer_id, "region": region}
 
 
-@cg.cached(ttl=60)
+@cw.cached(ttl=60)
 async def aload(customer_id: str) -> list[int]:
     return [len(customer_id)]
 
 
-@cg.coalesce()
+@cw.coalesce()
 def work(x: int) -> float:
     return x / 2
 
@@ -24,7 +24,7 @@ def work(x: int) -> float:
 def sync_api() -> None:
     config: dict[str, str] = load("c1", region="us")
     load.invalidate("c1")
-    stats: cg.CacheStats = load.stats()
+    stats: cw.CacheStats = load.stats()
     hits: int = stats.hits
     half: float = work(3)
     print(config, hits, half)

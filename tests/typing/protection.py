@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
-import cacheguard as cg
-from cacheguard.testing import FakeClock
+import cacheward as cw
+from cacheward.testing import FakeClock
 
 clock = FakeClock()
-bucket = cg.TokenBucket(rate=50, burst=100, clock=clock)
-budget = cg.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
-breaker = cg.CircuitBreaker(failure_threshold=5, reset_timeout=10, clock=clock)
+bucket = cw.TokenBucket(rate=50, burst=100, clock=clock)
+budget = cw.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
+breaker = cw.CircuitBreaker(failure_threshold=5, reset_timeout=10, clock=clock)
 
 
-@cg.retry(attempts=3, budget=budget, clock=clock)
-@cg.circuit_breaker(breaker)
-@cg.rate_limit(bucket, max_wait=0.5)
+@cw.retry(attempts=3, budget=budget, clock=clock)
+@cw.circuit_breaker(breaker)
+@cw.rate_limit(bucket, max_wait=0.5)
 def fetch(customer_id: str, *, region: str = "eu") -> dict[str, str]:
     return {"customer": customer_id, "region": region}
 
 
-@cg.rate_limit(bucket)
+@cw.rate_limit(bucket)
 async def afetch(customer_id: str) -> list[int]:
     return [len(customer_id)]
 
 
-@cg.guard(ttl=60, stale_ttl=600, limiter=bucket, attempts=3, budget=budget, clock=clock)
+@cw.guard(ttl=60, stale_ttl=600, limiter=bucket, attempts=3, budget=budget, clock=clock)
 def load(customer_id: str) -> dict[str, int]:
     return {customer_id: 1}
 
 
-@cg.guard(ttl=60, limiter=bucket)
+@cw.guard(ttl=60, limiter=bucket)
 async def aload(customer_id: str, n: int = 1) -> bytes:
     return customer_id.encode() * n
 
@@ -37,10 +37,10 @@ def sync_api() -> None:
     config: dict[str, str] = fetch("c1", region="us")
     value: dict[str, int] = load("c1")
     load.invalidate("c1")
-    stats: cg.GuardStats = load.stats()
+    stats: cw.GuardStats = load.stats()
     attempts: int = stats.attempts
     hits: int = stats.cache.hits
-    limiter: cg.Limiter = load.limiter
+    limiter: cw.Limiter = load.limiter
     print(config, value, attempts, hits, limiter)
 
 
@@ -48,5 +48,5 @@ async def async_api() -> None:
     ints: list[int] = await afetch("c1")
     raw: bytes = await aload("c1", n=2)
     await aload.invalidate("c1")
-    stats: cg.GuardStats = aload.stats()
+    stats: cw.GuardStats = aload.stats()
     print(ints, raw, stats.breaker_state)

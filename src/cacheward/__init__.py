@@ -1,0 +1,135 @@
+"""cacheward: caching decorators that keep backend load bounded when the caches fail.
+
+The public surface is what this module re-exports; everything in ``_``-prefixed modules is
+private and may change.
+"""
+
+from __future__ import annotations
+
+from cacheward._backend_breaker import (
+    BreakerState,
+    CircuitBreaker,
+    circuit_breaker,
+    is_backend_failure,
+)
+from cacheward._cached import AsyncCachedFunction, CachedFunction, CacheStats, cached
+from cacheward._clock import Clock, SystemClock
+from cacheward._coalesce import coalesce
+from cacheward._core.entry import Entry, Freshness
+from cacheward._core.keys import CacheKey
+from cacheward._cursor import CursorCodec, InvalidCursor
+from cacheward._errors import (
+    BackoffActive,
+    CacheWardError,
+    CircuitOpen,
+    ConfigurationError,
+    ConfigurationTypeError,
+    CursorLoopError,
+    FetchTimeout,
+    PaginationError,
+    RateLimited,
+    RetryBudgetExhausted,
+)
+from cacheward._events import (
+    Event,
+    EventKind,
+    Listener,
+    LoggingListener,
+    listen,
+    listener_errors,
+    listening,
+    unlisten,
+)
+from cacheward._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
+from cacheward._layers import AsyncLayer, Layer, MemoryLayer
+from cacheward._limit import Limiter, TokenBucket, rate_limit
+from cacheward._pages import (
+    Checkpoint,
+    CheckpointStore,
+    LayerCheckpoints,
+    MemoryCheckpoints,
+    Page,
+    acollect_pages,
+    aiter_pages,
+    collect_pages,
+    iter_pages,
+)
+from cacheward._redis import RedisLayer
+from cacheward._redis_bucket import RedisTokenBucket
+from cacheward._retry import RetryBudget, is_retryable, retry
+from cacheward._serialize import (
+    JsonSerializer,
+    MsgspecSerializer,
+    OrjsonSerializer,
+    PickleSerializer,
+    Serializer,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AsyncCachedFunction",
+    "AsyncGuardedFunction",
+    "AsyncLayer",
+    "BackoffActive",
+    "BreakerState",
+    "CacheKey",
+    "CacheStats",
+    "CacheWardError",
+    "CachedFunction",
+    "Checkpoint",
+    "CheckpointStore",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "Clock",
+    "ConfigurationError",
+    "ConfigurationTypeError",
+    "CursorCodec",
+    "CursorLoopError",
+    "Entry",
+    "Event",
+    "EventKind",
+    "FetchTimeout",
+    "Freshness",
+    "GuardStats",
+    "GuardedFunction",
+    "InvalidCursor",
+    "JsonSerializer",
+    "Layer",
+    "LayerCheckpoints",
+    "Limiter",
+    "Listener",
+    "LoggingListener",
+    "MemoryCheckpoints",
+    "MemoryLayer",
+    "MsgspecSerializer",
+    "OrjsonSerializer",
+    "Page",
+    "PaginationError",
+    "PickleSerializer",
+    "RateLimited",
+    "RedisLayer",
+    "RedisTokenBucket",
+    "RetryBudget",
+    "RetryBudgetExhausted",
+    "Serializer",
+    "SystemClock",
+    "TokenBucket",
+    "__version__",
+    "acollect_pages",
+    "aiter_pages",
+    "cached",
+    "circuit_breaker",
+    "coalesce",
+    "collect_pages",
+    "guard",
+    "is_backend_failure",
+    "is_retryable",
+    "iter_pages",
+    "listen",
+    "listener_errors",
+    "listening",
+    "rate_limit",
+    "retry",
+    "unlisten",
+]

@@ -1,0 +1,184 @@
+"""The read-through decision table: what a caller does with what the layers gave it.
+
+One :class:`ReadThrough` per cached function holds the per-key state (the fetch in flight, the
+failure count and the back-off). It is pure and not thread-safe: the drivers call it under their
+own lock, passing wall time ``now`` (for entries) and monotonic time ``mono`` (for back-off).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from cacheward._core.backoff import backoff_delay
+from cacheward._core.entry import Entry, Freshness, classify
+
+__all__ = ["Action", "Flight", "KeyState", "ReadThrough"]
+
+
+class Action(enum.Enum):
+    """What the caller does next."""
+
+    HIT = "hit"
+    """Serve the entry: it is fresh."""
+    STALE = "stale"
+    """Serve the stale entry; a refresh is already running or the key is backing off."""
+    REFRESH = "refresh"
+    """Serve the stale entry and start the returned flight as a background refresh."""
+    FETCH = "fetch"
+    """Lead the returned flight: call the backend."""
+    WAIT = "wait"
+    """Wait for the returned flight, which another caller leads."""
+    BACKOFF = "backoff"
+    """Nothing servable and the key is backing off: fail fast (or serve the entry, which is
+    usable on error, if the caller has one)."""
+
+
+class Flight:
+    """One fetch of one key, shared by its callers. Drivers subclass it to carry a result.
+
+    Attributes:
+        cacheable: cleared by an invalidation that happens while the fetch runs; the result
+            then reaches the flight's callers but is not stored.
+    """
+
+    __slots__ = ("cacheable",)
+
+    def __init__(self) -> None:
+        self.cacheable = True
+
+
+F = TypeVar("F", bound=Flight)
+
+
+class KeyState(Generic[F]):
+    """What the core remembers about one key between calls."""
+
+    __slots__ = ("backoff_until", "failures", "flight", "last_error")
+
+    def __init__(self) -> None:
+        self.flight: F | None = None
+        self.failures = 0
+        self.backoff_until = float("-inf")
+        self.last_error: BaseException | None = None
+
+
+class ReadThrough(Generic[F]):
+    """The per-function decision state.
+
+    Args:
+        backoff: the first failure back-off, in seconds.
+        backoff_max: the longest failure back-off, in seconds.
+        max_idle_states: how many failed keys to remember once their back-off has ended
+            before forgetting the oldest (their next failure then starts from ``backoff`` again).
+    """
+
+    __slots__ = ("backoff", "backoff_max", "max_idle_states", "states")
+
+    def __init__(self, *, backoff: float, backoff_max: float, max_idle_states: int = 10_000):
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.max_idle_states = max_idle_states
+        self.states: dict[Hashable, KeyState[F]] = {}
+
+    def decide(
+        self,
+        key: Hashable,
+        entry: Entry | None,
+        *,
+        now: float,
+        mono: float,
+        new_flight: Callable[[], F],
+    ) -> tuple[Action, KeyState[F] | None, F | None]:
+        """Decide what a caller holding ``entry`` (the best the layers had) does.
+
+        For :attr:`Action.FETCH` and :attr:`Action.REFRESH` a new flight is made with
+        ``new_flight`` and registered; the caller must end it with :meth:`succeed`,
+        :meth:`fail` or :meth:`abandon`.
+        """
+        freshness = classify(entry, now)
+        if freshness is Freshness.FRESH:
+            return Action.HIT, None, None
+        state = self.states.get(key)
+        backing_off = state is not None and mono < state.backoff_until
+        if freshness is Freshness.STALE:
+            if (state is not None and state.flight is not None) or backing_off:
+                return Action.STALE, state, None
+            return Action.REFRESH, *self._start(key, state, new_flight)
+        if state is not None and state.flight is not None:
+            return Action.WAIT, state, state.flight
+        if backing_off:
+            return Action.BACKOFF, state, None
+        return Action.FETCH, *self._start(key, state, new_flight)
+
+    def _start(
+        self, key: Hashable, state: KeyState[F] | None, new_flight: Callable[[], F]
+    ) -> tuple[KeyState[F], F]:
+        if state is None:
+            state = self.states[key] = KeyState()
+        flight = state.flight = new_flight()
+        return state, flight
+
+    def succeed(self, key: Hashable, flight: F) -> bool:
+        """End ``flight`` with a value; returns whether the value may be stored."""
+        state = self.states.get(key)
+        if state is not None and state.flight is flight:
+            del self.states[key]  # success forgets the failure history
+        return flight.cacheable
+
+    def fail(
+        self, key: Hashable, flight: F, error: BaseException, *, mono: float, draw: float
+    ) -> float:
+        """End ``flight`` with ``error``; starts the key's back-off and returns its length.
+
+        ``draw`` in ``[0, 1)`` picks the jitter ("equal jitter": the back-off lasts at least half
+        its ceiling, so a broken backend is not hammered).
+        """
+        state = self.states.get(key)
+        if state is None:  # invalidated and forgotten meanwhile: the failure still counts
+            state = self.states[key] = KeyState()
+        if state.flight is flight:
+            state.flight = None
+        state.failures += 1
+        state.last_error = error
+        delay = backoff_delay(
+            state.failures, base=self.backoff, cap=self.backoff_max, draw=draw, spread=0.5
+        )
+        state.backoff_until = max(state.backoff_until, mono + delay)
+        self._prune(mono)
+        return delay
+
+    def abandon(self, key: Hashable, flight: F) -> None:
+        """End ``flight`` without an outcome (cancelled, or a refresh that could not start)."""
+        state = self.states.get(key)
+        if state is not None and state.flight is flight:
+            state.flight = None
+            if state.failures == 0:
+                del self.states[key]
+
+    def invalidate(self, key: Hashable) -> None:
+        """A caller dropped ``key``: the fetch in flight (read before now) must not be stored.
+
+        The flight is detached so that callers arriving after the invalidation start a new
+        fetch instead of waiting for the old one. The back-off is kept: invalidating is no
+        reason to hammer a failing backend.
+        """
+        state = self.states.get(key)
+        if state is not None and state.flight is not None:
+            state.flight.cacheable = False
+            state.flight = None
+            if state.failures == 0:
+                del self.states[key]
+
+    def retry_after(self, state: KeyState[F], mono: float) -> float:
+        """Seconds until the key's back-off ends."""
+        return max(0.0, state.backoff_until - mono)
+
+    def _prune(self, mono: float) -> None:
+        states = self.states
+        if len(states) <= self.max_idle_states:
+            return
+        idle = [k for k, s in states.items() if s.flight is None and s.backoff_until <= mono]
+        for key in idle[: len(states) - self.max_idle_states]:
+            del states[key]

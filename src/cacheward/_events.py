@@ -1,0 +1,218 @@
+"""Events: every decision cacheward makes, delivered to registered listeners.
+
+Listeners subscribe to the kinds they want. Emitting a kind nobody listens to costs one
+dictionary lookup, and a fresh hit from memory costs one list check, so a listener for rare
+events (errors, breakers, budgets) costs nothing on the hot path. Counters that change on every
+call (hits) are better read from ``.stats()`` at scrape time than listened to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Protocol
+
+__all__ = [
+    "Event",
+    "EventKind",
+    "Listener",
+    "LoggingListener",
+    "emit",
+    "listen",
+    "listening",
+    "unlisten",
+]
+
+
+class EventKind(str, enum.Enum):
+    """What happened."""
+
+    HIT = "hit"
+    """A fresh entry was served."""
+    STALE_SERVED = "stale_served"
+    """A stale entry was served (refresh running, back-off, or after a failure)."""
+    MISS = "miss"
+    """A caller led a fetch."""
+    COALESCED_WAIT = "coalesced_wait"
+    """A caller waited for another caller's fetch."""
+    FETCH = "fetch"
+    """The backend was called (``duration`` is the call's length in seconds)."""
+    FETCH_ERROR = "fetch_error"
+    """A backend call raised (``error``)."""
+    BACKOFF_REJECTED = "backoff_rejected"
+    """A caller was refused because the key backs off."""
+    WAIT_TIMEOUT = "wait_timeout"
+    """A caller's wait reached its deadline."""
+    REFRESH_STARTED = "refresh_started"
+    """A background refresh started."""
+    REFRESH_SKIPPED = "refresh_skipped"
+    """A refresh was not started: every refresh slot was busy."""
+    RATE_LIMITED = "rate_limited"
+    """No token could be taken in time."""
+    RETRY = "retry"
+    """A failed attempt is being retried."""
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    """A retry was refused by the retry budget."""
+    BREAKER_OPENED = "breaker_opened"
+    """A circuit breaker opened (``layer`` names a cache layer; else the backend)."""
+    BREAKER_HALF_OPEN = "breaker_half_open"
+    """A circuit breaker let a probe through."""
+    BREAKER_CLOSED = "breaker_closed"
+    """A circuit breaker closed again."""
+    LAYER_ERROR = "layer_error"
+    """A cache layer raised or returned something that is not an entry (a miss)."""
+    LAYER_SKIPPED = "layer_skipped"
+    """A cache layer was skipped because its breaker is open."""
+    LEASE_TAKEN = "lease_taken"
+    """This process took a key's cross-process lease."""
+    LEASE_LOST = "lease_lost"
+    """A fenced write found the lease gone or a newer value stored; the write was dropped."""
+    LEASE_WAIT = "lease_wait"
+    """This process waited for another process holding a key's lease."""
+    SERIALIZER_REJECTED = "serializer_rejected"
+    """Bytes from a shared layer were corrupt, foreign or tampered with (a miss)."""
+    INVALIDATED = "invalidated"
+    """A key was invalidated."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One decision.
+
+    Attributes:
+        kind: what happened.
+        source: the cached function's namespace, or the component's name (a bucket, a budget).
+        layer: the cache layer involved, if any.
+        error: the exception involved, if any.
+        duration: seconds, where the kind measures one (a fetch, a wait).
+    """
+
+    kind: EventKind
+    source: str
+    layer: str | None = None
+    error: BaseException | None = None
+    duration: float | None = None
+
+
+class Listener(Protocol):
+    """Anything callable with an :class:`Event`. It must be quick and should not raise; an
+    exception it raises is swallowed (and counted in :func:`listener_errors`), never passed to
+    the caller whose call produced the event."""
+
+    def __call__(self, event: Event, /) -> None: ...
+
+
+_LOCK = threading.Lock()
+_BY_KIND: dict[EventKind, tuple[Listener, ...]] = dict.fromkeys(EventKind, ())
+#: Listeners of HIT, as a list mutated in place: the hot path holds a reference to it and
+#: checks it for emptiness, which is cheaper than a dictionary lookup.
+HIT_LISTENERS: list[Listener] = []
+_errors = 0
+
+
+def listen(listener: Listener, *, kinds: Iterable[EventKind | str] | None = None) -> None:
+    """Deliver events of ``kinds`` (default: every kind except ``HIT``) to ``listener``.
+
+    ``HIT`` is delivered only when asked for by name: a fresh hit is the one path that must
+    stay cheap, and its count is in every function's ``.stats()``.
+    """
+    wanted = (
+        [k for k in EventKind if k is not EventKind.HIT]
+        if kinds is None
+        else [EventKind(k) for k in kinds]
+    )
+    with _LOCK:
+        for kind in wanted:
+            if listener not in _BY_KIND[kind]:
+                _BY_KIND[kind] = (*_BY_KIND[kind], listener)
+        HIT_LISTENERS[:] = _BY_KIND[EventKind.HIT]
+
+
+def unlisten(listener: Listener) -> None:
+    """Stop delivering events to ``listener`` (a no-op if it was not listening)."""
+    with _LOCK:
+        for kind, listeners in _BY_KIND.items():
+            _BY_KIND[kind] = tuple(x for x in listeners if x != listener)
+        HIT_LISTENERS[:] = _BY_KIND[EventKind.HIT]
+
+
+class listening:  # noqa: N801 - used like a function, as a context manager
+    """Context manager: ``with cw.listening(events.append): ...`` listens for its duration."""
+
+    def __init__(
+        self, listener: Listener, *, kinds: Iterable[EventKind | str] | None = None
+    ) -> None:
+        self.listener = listener
+        self.kinds = kinds
+
+    def __enter__(self) -> Listener:
+        listen(self.listener, kinds=self.kinds)
+        return self.listener
+
+    def __exit__(self, *exc: object) -> None:
+        unlisten(self.listener)
+
+
+def wants(kind: EventKind) -> bool:
+    """Whether anyone listens to ``kind`` (so callers can skip building the event)."""
+    return bool(_BY_KIND[kind])
+
+
+def emit(
+    kind: EventKind,
+    source: str,
+    *,
+    layer: str | None = None,
+    error: BaseException | None = None,
+    duration: float | None = None,
+) -> None:
+    """Deliver one event to the listeners of its kind; a listener's exception is swallowed."""
+    listeners = _BY_KIND[kind]
+    if not listeners:
+        return
+    event = Event(kind, source, layer, error, duration)
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:  # noqa: PERF203 - a listener must never break a call
+            global _errors
+            _errors += 1
+
+
+def listener_errors() -> int:
+    """How many times a listener raised (the exceptions themselves were swallowed)."""
+    return _errors
+
+
+_WARN = frozenset({EventKind.BREAKER_OPENED, EventKind.BUDGET_EXHAUSTED})
+
+
+class LoggingListener:
+    """Logs events to :mod:`logging`: breaker trips and retry-budget exhaustion at WARNING,
+    everything else at DEBUG.
+
+    One is attached by default for the WARNING kinds only (so the library is quiet unless
+    something is wrong); attach your own with ``cw.listen(cw.LoggingListener())`` to see every
+    decision at DEBUG.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger("cacheward")
+
+    def __call__(self, event: Event) -> None:
+        level = logging.WARNING if event.kind in _WARN else logging.DEBUG
+        if not self.logger.isEnabledFor(level):
+            return
+        where = f" layer={event.layer}" if event.layer else ""
+        why = f" error={type(event.error).__name__}: {event.error}" if event.error else ""
+        took = f" duration={event.duration:.4f}s" if event.duration is not None else ""
+        self.logger.log(
+            level, "cacheward %s source=%s%s%s%s", event.kind.value, event.source, where, why, took
+        )
+
+
+DEFAULT_LOGGING = LoggingListener()
+listen(DEFAULT_LOGGING, kinds=_WARN)

@@ -1,0 +1,311 @@
+"""``RedisTokenBucket``: one token bucket for every process, that never fails open.
+
+The arithmetic runs inside Redis (``resources/token_bucket.lua``, loaded once per server and run
+with EVALSHA), on the server's clock, so every process shares one bucket. The same refill rule
+as :mod:`cacheward._core.bucket`, but without the waiting line: waiters in different processes
+simply ask again when the token is due.
+
+Two failure rules matter more than the arithmetic:
+
+- **A call whose outcome is unknown never takes two tokens.** Each take carries a request id;
+  the script stores its answer under that id, so a client that sends the same call again (redis-py
+  retries a timed-out command on its own) gets the first answer back instead of a second token.
+- **Redis unreachable never means "no limit".** While Redis fails, takes go to a local
+  :class:`~cacheward.TokenBucket` with ``fallback_share`` of the rate and burst; every
+  ``probe_interval`` one take tries Redis again, and the first that succeeds switches back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from typing import Any
+
+from cacheward._clock import Clock
+from cacheward._config import Duration, check_clock, check_fraction, duration
+from cacheward._errors import ConfigurationError, RateLimited
+from cacheward._limit import TokenBucket, _positive_number
+from cacheward._redis import _check_name, _kind, _script
+
+__all__ = ["RedisTokenBucket"]
+
+_SCRIPT = "token_bucket.lua"
+#: ``_down_until`` while Redis is up.
+_UP = float("-inf")
+
+
+class RedisTokenBucket:
+    """A token bucket in Redis, shared by every process that uses the same ``name``.
+
+    Over any interval of length ``T`` at most ``burst + rate * T`` tokens are taken from it in
+    all processes together while Redis is up; while this process cannot reach Redis it takes
+    from a local bucket with ``fallback_share`` of the rate and burst instead (so with ``N``
+    processes, set ``fallback_share`` to about ``1 / N``).
+
+    Works with ``redis.Redis``, ``redis.asyncio.Redis`` and both ``RedisCluster`` clients (the
+    bucket's keys share one hash slot). Use :meth:`reserve` from threads with a sync client and
+    :meth:`areserve` from ``async def`` code with an asyncio client; :func:`~cacheward.rate_limit`
+    and :func:`~cacheward.guard` pick the right one.
+
+    Args:
+        client: a redis-py client. It must have a ``socket_timeout`` (a hung Redis must cost one
+            timeout, not minutes); its own retries are harmless (takes are idempotent) but each
+            one adds a timeout to the first call that finds Redis hung.
+        name: the bucket's name: every process using this name shares the bucket.
+        rate: tokens added per second (> 0), for all processes together.
+        burst: the most tokens the bucket holds (>= 1; default ``rate``, at least 1).
+        fallback_share: the share of ``rate`` and ``burst`` this process uses while Redis is
+            unreachable, in ``(0, 1]`` (default 0.1). Never "unlimited".
+        probe_interval: how often, while Redis is unreachable, one take tries it again (seconds
+            or ``timedelta``; default 1).
+        prefix: the first part of the bucket's Redis keys (default ``"cacheward"``).
+        clock: the clock for the fallback bucket and the probes (``FakeClock`` in tests).
+
+    Raises:
+        ConfigurationError: a setting is invalid, or the client has no socket timeout.
+    """
+
+    __slots__ = (
+        "_args",
+        "_down_until",
+        "_ids",
+        "_is_async",
+        "_key",
+        "_lock",
+        "_probing",
+        "_req_prefix",
+        "burst",
+        "client",
+        "clock",
+        "errors",
+        "fallback",
+        "fallback_share",
+        "fallback_takes",
+        "name",
+        "probe_interval",
+        "rate",
+        "refused",
+        "shared_takes",
+    )
+
+    def __init__(
+        self,
+        client: Any,
+        /,
+        *,
+        name: str,
+        rate: float,
+        burst: float | None = None,
+        fallback_share: float = 0.1,
+        probe_interval: Duration = 1.0,
+        prefix: str = "cacheward",
+        clock: Clock | None = None,
+    ) -> None:
+        self._is_async, _ = _kind(client)
+        kwargs = dict(client.get_connection_kwargs() or {})
+        if kwargs.get("socket_timeout") is None:
+            raise ConfigurationError(
+                "the Redis client given to RedisTokenBucket has no socket_timeout, so a hung "
+                "Redis would block every backend call for minutes; build it with "
+                "socket_timeout=0.25, socket_connect_timeout=0.25"
+            )
+        self.client = client
+        self.name = _check_name("name", name, empty=False)
+        prefix = _check_name("prefix", prefix, empty=False)
+        self.rate = _positive_number("rate", rate)
+        self.burst = max(1.0, self.rate) if burst is None else _positive_number("burst", burst)
+        if self.burst < 1.0:
+            raise ConfigurationError(f"burst must be >= 1, got {burst!r}")
+        share = check_fraction("fallback_share", fallback_share)
+        if share <= 0.0:
+            raise ConfigurationError(
+                "fallback_share must be > 0: a bucket that allows nothing while Redis is down "
+                "turns a Redis outage into a backend outage; use about 1 / (number of processes)"
+            )
+        self.fallback_share = share
+        self.probe_interval = duration("probe_interval", probe_interval, allow_zero=False)
+        self.clock = check_clock(clock)
+        self.fallback = TokenBucket(
+            rate=self.rate * share,
+            burst=max(1.0, self.burst * share),
+            clock=self.clock,
+            name=f"{self.name}-fallback",
+        )
+        # The hash tag {name} puts the bucket and its request ids in one cluster slot.
+        self._key = f"{prefix}:bucket:{{{self.name}}}"
+        self._req_prefix = f"{self._key}:req:{secrets.token_hex(6)}:"
+        self._ids = itertools.count()
+        self._args = (repr(self.rate), repr(self.burst))
+        self._lock = threading.Lock()
+        self._down_until = _UP
+        self._probing = False
+        #: Tokens taken from the shared bucket / from the local fallback bucket.
+        self.shared_takes = 0
+        self.fallback_takes = 0
+        #: Takes refused by the shared bucket.
+        self.refused = 0
+        #: Redis calls that failed (each sent this process to the fallback for a while).
+        self.errors = 0
+
+    @property
+    def mode(self) -> str:
+        """``"shared"`` while Redis answers, ``"fallback"`` from a failed call until a probe
+        succeeds."""
+        with self._lock:
+            return "shared" if self._down_until == _UP else "fallback"
+
+    # -- the decision of where to take from (shared by the sync and async paths) --
+
+    def _use_redis(self) -> bool:
+        """Whether this take goes to Redis: always while up; one probe per interval while down."""
+        if self._down_until == _UP:
+            return True
+        with self._lock:
+            if self._down_until == _UP:
+                return True
+            if self.clock.monotonic() >= self._down_until and not self._probing:
+                self._probing = True
+                return True
+            return False
+
+    def _settle(self, ok: bool) -> None:
+        if ok and self._down_until == _UP:
+            return
+        with self._lock:
+            self._probing = False
+            if ok:
+                self._down_until = _UP
+            else:
+                self.errors += 1
+                self._down_until = self.clock.monotonic() + self.probe_interval
+
+    def _request(self, max_wait: float) -> tuple[tuple[str, str], tuple[str, ...]]:
+        request_id = f"{self._req_prefix}{next(self._ids)}"
+        # Remember the id for as long as a client could plausibly resend the call.
+        return (self._key, request_id), (*self._args, f"{max_wait:.6f}", "30000")
+
+    def _answer(self, reply: Any, max_wait: float, *, claim: bool) -> float:
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if text == "0":
+            with self._lock:
+                self.shared_takes += 1
+            return 0.0
+        verdict, _, seconds = text.partition(":")
+        wait = max(float(seconds), 1e-6)
+        if verdict == "w" or claim:
+            return wait
+        with self._lock:
+            self.refused += 1
+        raise RateLimited(
+            f"no token from {self!r} within max_wait={max_wait:g}s (next token in {wait:.3g}s); "
+            "the backend is being called at its configured rate by all processes together",
+            retry_after=wait,
+        )
+
+    def _local(self, max_wait: float, *, claim: bool) -> float:
+        wait = self.fallback.claim() if claim else self.fallback.reserve(max_wait)
+        if wait == 0.0:
+            with self._lock:
+                self.fallback_takes += 1
+        return wait
+
+    def _sync_only(self) -> None:
+        if self._is_async:
+            raise ConfigurationError(
+                "this RedisTokenBucket has an asyncio client: use it from async def functions "
+                "(rate_limit and guard do), or give it a redis.Redis client for threads"
+            )
+
+    def _async_only(self) -> None:
+        if not self._is_async:
+            raise ConfigurationError(
+                "this RedisTokenBucket has a synchronous client: use it from plain functions, "
+                "or give it a redis.asyncio client for async def functions"
+            )
+
+    # -- the Limiter protocol --
+
+    def _take(self, max_wait: float, *, claim: bool) -> float:
+        self._sync_only()
+        if not self._use_redis():
+            return self._local(max_wait, claim=claim)
+        keys, args = self._request(0.0 if claim else max_wait)
+        try:
+            reply = _script(_SCRIPT).run(self.client, keys, args)
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            self._settle(False)
+            return self._local(max_wait, claim=claim)
+        self._settle(True)
+        return self._answer(reply, max_wait, claim=claim)
+
+    async def _atake(self, max_wait: float, *, claim: bool) -> float:
+        self._async_only()
+        if not self._use_redis():
+            return self._local(max_wait, claim=claim)
+        keys, args = self._request(0.0 if claim else max_wait)
+        try:
+            reply = await _script(_SCRIPT).arun(self.client, keys, args)
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            self._settle(False)
+            return self._local(max_wait, claim=claim)
+        self._settle(True)
+        return self._answer(reply, max_wait, claim=claim)
+
+    def reserve(self, max_wait: float = 0.0) -> float:
+        """Take a token (``0.0``), or return how long until one is due (sleep, then :meth:`claim`).
+
+        Raises:
+            RateLimited: no token within ``max_wait``; nothing was taken.
+        """
+        return self._take(max_wait, claim=False)
+
+    def claim(self) -> float:
+        """Try again after sleeping: ``0.0`` with a token, else how long to sleep again."""
+        return self._take(0.0, claim=True)
+
+    def cancel(self) -> None:
+        """Give up waiting (nothing to undo: nothing was taken or queued in Redis)."""
+        self.fallback.cancel()
+
+    async def areserve(self, max_wait: float = 0.0) -> float:
+        """:meth:`reserve` with an asyncio client."""
+        return await self._atake(max_wait, claim=False)
+
+    async def aclaim(self) -> float:
+        """:meth:`claim` with an asyncio client."""
+        return await self._atake(0.0, claim=True)
+
+    async def acancel(self) -> None:
+        """:meth:`cancel` with an asyncio client."""
+        self.fallback.cancel()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisTokenBucket(name={self.name!r}, rate={self.rate:g}, burst={self.burst:g}, "
+            f"mode={self.mode!r})"
+        )
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Errors that mean "Redis did not answer" (connection, timeout, busy, loading, failover),
+    as opposed to a bug in the call (which must surface)."""
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    name = type(exc).__name__
+    return name in {
+        "ConnectionError",
+        "TimeoutError",
+        "BusyLoadingError",
+        "ClusterDownError",
+        "TryAgainError",
+        "MasterDownError",
+        "ReadOnlyError",
+        "MaxConnectionsError",
+        "ClusterError",
+        "SlotNotCoveredError",
+    } or str(exc).startswith(("BUSY", "LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN"))

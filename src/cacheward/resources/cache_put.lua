@@ -1,0 +1,27 @@
+-- cacheward: store a cache entry unless that would replace a newer one.
+--
+-- KEYS[1] the entry's key, KEYS[2] its lease key (same hash tag, so the same slot).
+-- ARGV[1] the envelope, ARGV[2] its TTL in ms, ARGV[3] the fencing token ("0": unfenced),
+-- ARGV[4] the entry's `created` stamp, ARGV[5] the lease value the writer would hold.
+-- Returns 1 when stored, 0 when refused. Safe to run twice: a re-run stores the same bytes.
+--
+-- The envelope header (see _serialize.py) holds `created` at byte 5 and the writer's fencing
+-- token at byte 37, both big-endian doubles.
+local token = ARGV[3]
+if token ~= '0' and redis.call('GET', KEYS[2]) == ARGV[5] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+local old = redis.call('GET', KEYS[1])
+if old and string.len(old) >= 48 and string.byte(old, 1) == 199 and string.byte(old, 2) == 1 then
+  local old_created = struct.unpack('>d', old, 5)
+  local old_token = struct.unpack('>d', old, 37)
+  if old_created >= tonumber(ARGV[4]) then
+    return 0
+  end
+  if token ~= '0' and old_token >= tonumber(token) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
