@@ -64,6 +64,7 @@ from cacheward._serialize import (
     PickleSerializer,
     Serializer,
 )
+from cacheward._testmode import bypass
 
 __version__ = "0.1.0.dev0"
 
@@ -118,6 +119,7 @@ __all__ = [
     "__version__",
     "acollect_pages",
     "aiter_pages",
+    "bypass",
     "cached",
     "circuit_breaker",
     "coalesce",

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
+from cacheward import _testmode
 from cacheward._clock import Clock
 from cacheward._config import (
     Duration,
@@ -26,6 +27,7 @@ from cacheward._config import (
     check_fraction,
     check_positive_int,
     duration,
+    keyword_settings,
     optional_duration,
 )
 from cacheward._core.breaker import Breaker, BreakerState
@@ -355,6 +357,12 @@ def _make_settings(
     ttl_s = duration("ttl", ttl)
     stale_s = duration("stale_ttl", stale_ttl)
     sie = optional_duration("stale_if_error", stale_if_error)
+    if sie is not None and sie < stale_s:
+        raise ConfigurationError(
+            f"stale_if_error={stale_if_error!r} is shorter than stale_ttl={stale_ttl!r}: an entry "
+            "served stale while it refreshes must stay servable when the refresh fails; give "
+            f"stale_if_error >= {stale_s:g} seconds, or leave it out (it defaults to stale_ttl)"
+        )
     backoff_s = duration("backoff", backoff)
     backoff_max_s = duration("backoff_max", backoff_max)
     if backoff_max_s < backoff_s:
@@ -417,6 +425,7 @@ def _make_settings(
     )
 
 
+@keyword_settings("cached", "ttl=60", required=("ttl",))
 def cached(
     *,
     ttl: Duration,
@@ -447,7 +456,7 @@ def cached(
             one background refresh runs (HTTP's stale-while-revalidate).
         stale_if_error: seconds after ``ttl`` during which the entry is served when a fetch
             fails, times out, or is refused (back-off, rate limit, breaker). Defaults to
-            ``stale_ttl``; never shorter than it.
+            ``stale_ttl``; a shorter value is refused (:class:`~cacheward.ConfigurationError`).
         layers: the layers, read top-down; defaults to ``[MemoryLayer()]``. An in-process
             layer may only come first. ``[]`` caches nothing (single-flight only).
         clock: the clock (``cacheward.testing.FakeClock`` in tests).
@@ -878,9 +887,11 @@ class _Driver:
 
     def sync_wrapper(self) -> Callable[..., Any]:
         if self.l1 is None:
-            serve, local_of = self.serve, self.local
+            serve, local_of, fn = self.serve, self.local, self.fn
 
             def plain(*args: Any, **kwargs: Any) -> Any:
+                if _testmode.ACTIVE and _testmode.bypassed():
+                    return fn(*args, **kwargs)
                 return serve(local_of(args, kwargs), None, args, kwargs)
 
             return plain
@@ -900,6 +911,8 @@ class _Driver:
             emit=emit,
             hit_kind=EventKind.HIT,
             source=self.namespace,
+            testmode=_testmode.ACTIVE,
+            bypassed=_testmode.bypassed,
         )
         return wrapper
 
@@ -1086,9 +1099,11 @@ class _Driver:
 
     def async_wrapper(self) -> Callable[..., Awaitable[Any]]:
         if self.l1 is None:
-            serve, local_of = self.aserve, self.local
+            serve, local_of, fn = self.aserve, self.local, self.fn
 
             async def plain(*args: Any, **kwargs: Any) -> Any:
+                if _testmode.ACTIVE and _testmode.bypassed():
+                    return await fn(*args, **kwargs)
                 return await serve(local_of(args, kwargs), None, args, kwargs)
 
             return plain

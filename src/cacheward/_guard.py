@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 from cacheward._backend_breaker import BreakerCounters, CircuitBreaker, breaking
 from cacheward._cached import CacheStats, cached
 from cacheward._clock import Clock
-from cacheward._config import Duration, check_clock, duration
+from cacheward._config import Duration, check_clock, duration, keyword_settings
 from cacheward._errors import ConfigurationTypeError
 from cacheward._limit import LimitCounters, Limiter, TokenBucket, check_function, limiting
 from cacheward._retry import RetryBudget, RetryCounters, RetryOn, retrying
@@ -117,6 +117,7 @@ class _GuardDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> GuardedFunction[P, R]: ...
 
 
+@keyword_settings("guard", "ttl=60, limiter=cw.TokenBucket(rate=50, burst=100)", required=("ttl",))
 def guard(
     *,
     ttl: Duration,
