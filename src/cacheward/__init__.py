@@ -57,6 +57,7 @@ from cacheward._pages import (
 from cacheward._redis import RedisLayer
 from cacheward._redis_bucket import RedisTokenBucket
 from cacheward._retry import RetryBudget, is_retryable, retry
+from cacheward._sentinel import redis_client
 from cacheward._serialize import (
     JsonSerializer,
     MsgspecSerializer,
@@ -132,6 +133,7 @@ __all__ = [
     "listener_errors",
     "listening",
     "rate_limit",
+    "redis_client",
     "retry",
     "unlisten",
 ]

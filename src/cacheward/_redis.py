@@ -425,7 +425,7 @@ class RedisLayer:
         self._counters = _Counters()
         self._sync_client: Any = None
         self._async_client: Any = None
-        self._factory: _Factory | None = None
+        self._factory: Any = None  # a _Factory or a cacheward._sentinel.SentinelFactory
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -480,7 +480,9 @@ class RedisLayer:
         at once (counted as ``pool_exhausted``) rather than a wait.
 
         Args:
-            url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket).
+            url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket), or
+                ``redis+sentinel://host:port,host:port/service/db`` to follow the master of a
+                Sentinel-monitored service through failovers (see ``docs/redis.md``).
             timeout: the per-operation socket timeout; a hung Redis costs a caller at most this
                 long, and the driver's breaker then skips the layer for a while.
             connect_timeout: the connect timeout (defaults to ``timeout``).
@@ -502,7 +504,9 @@ class RedisLayer:
         given: object = url
         if not isinstance(given, str) or "://" not in given:
             raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
-        factory = _Factory(
+        from cacheward._sentinel import factory_for  # redis:// or redis+sentinel://
+
+        factory = factory_for(
             url,
             timeout=duration("timeout", timeout, allow_zero=False),
             connect_timeout=duration(

@@ -304,6 +304,7 @@ def _unreachable(exc: BaseException) -> bool:
         "ClusterDownError",
         "TryAgainError",
         "MasterDownError",
+        "MasterNotFoundError",  # Sentinel: no master named yet (a failover under way)
         "ReadOnlyError",
         "MaxConnectionsError",
         "ClusterError",
