@@ -19,7 +19,7 @@ import dataclasses
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from cacheward._config import Duration, check_positive_int, duration
+from cacheward._config import Duration
 from cacheward._errors import ConfigurationError
 
 __all__ = ["SCHEME", "SentinelTarget", "factory_for", "parse_sentinel_url", "redis_client"]
@@ -266,21 +266,16 @@ def redis_client(
     Raises:
         ConfigurationError: an argument is invalid or redis-py is missing.
     """
-    from cacheward._redis import _redis
+    from cacheward._redis import RedisLayer
 
-    _redis()
-    given: object = url
-    if not isinstance(given, str) or "://" not in given:
-        raise ConfigurationError(f"url must be a redis:// or redis+sentinel:// URL, got {url!r}")
-    factory = factory_for(
+    # The layer's constructor validates the URL and settings and builds the factory; the
+    # client is the one the layer itself would use.
+    layer = RedisLayer.from_url(
         url,
-        timeout=duration("timeout", timeout, allow_zero=False),
-        connect_timeout=duration(
-            "connect_timeout",
-            timeout if connect_timeout is None else connect_timeout,
-            allow_zero=False,
-        ),
-        max_connections=check_positive_int("max_connections", max_connections),
-        cluster=bool(cluster),
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        max_connections=max_connections,
+        cluster=cluster,
     )
+    factory = layer._factory
     return factory.async_client() if asyncio else factory.sync_client()
