@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, str] = {
     "pages": "OFFSET restarted on failure vs keyset with resume",
     "peers": "hit latency, stampede and Redis outage vs every peer",
     "observe": "fresh-hit cost with a listener / the Prometheus adapter attached",
+    "django": "a Django view with Redis killed: cacheward's cache backend vs django-redis",
+    "sentinel": "Redis Sentinel failover: seconds to the first good read, callers' latency",
 }
 #: What ``python -m benchmarks`` runs with no name: the headline set.
 HEADLINE = ["incident"]

@@ -1,0 +1,47 @@
+"""Smoke tests of ``python -m benchmarks django`` and ``sentinel``: shape and sanity only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("django")
+pytest.importorskip("django_redis")
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _smoke(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHEWARD_BENCH_SMOKE", "1")
+
+
+def test_django_benchmark_reports_every_backend_and_phase() -> None:
+    from benchmarks import django as bench
+
+    figures: dict[str, Any] = bench.run(quick=True)
+    assert "skipped" not in figures, figures.get("skipped")
+    medians = figures["medians"]
+    assert set(medians) == set(bench.CONTENDERS)
+    for phases in medians.values():
+        assert set(phases) == set(bench.PHASES)
+        for row in phases.values():
+            assert row["requests"] > 0
+    ours = medians["cacheward"]["outage"]
+    # With Redis dead each customer costs the process one query, whatever the request rate.
+    assert ours["errors"] == 0
+    assert ours["queries"] <= bench.KEYS
+    assert medians["django-redis (defaults)"]["outage"]["errors"] > 0
+
+
+def test_sentinel_benchmark_reports_the_failover() -> None:
+    from benchmarks import sentinel as bench
+
+    figures: dict[str, Any] = bench.run(quick=True)
+    assert "skipped" not in figures, figures.get("skipped")
+    for run in figures["rounds"]:
+        assert run["errors"] == 0
+        assert run["first_good_read"] is not None
+        assert run["first_good_read"] >= 0
+        assert run["max_latency"] > 0
