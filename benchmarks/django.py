@@ -83,9 +83,8 @@ def _caches(url: str, tag: str) -> dict[str, Any]:
 
 
 def _setup(db_path: str) -> None:
-    from django.conf import settings
-
     import django
+    from django.conf import settings
 
     if not settings.configured:
         settings.configure(

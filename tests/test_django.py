@@ -377,3 +377,15 @@ def test_get_or_set_is_single_flight_across_processes(redis_url: str) -> None:
         assert int(client.get(env["COUNT_KEY"]) or 0) == 1
     finally:
         client.close()
+
+
+def test_a_missing_django_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m == "django" or m.startswith("django.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # type: ignore[arg-type]
+    for name in [m for m in sys.modules if m.startswith("cacheward.contrib.django")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'cacheward\[django\]'"):
+        importlib.import_module("cacheward.contrib.django")

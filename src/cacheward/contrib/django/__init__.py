@@ -13,12 +13,12 @@ and limiter come from ``settings.CACHEWARD``.
 
 from __future__ import annotations
 
+from cacheward.contrib import missing_dependency
+
 try:
-    import django  # noqa: F401 - only to fail early with the extra's name
-except ImportError:  # pragma: no cover - exercised only without Django
-    raise ImportError(
-        "cacheward.contrib.django needs Django: pip install 'cacheward[django]'"
-    ) from None
+    import django  # noqa: F401 - only to fail early, naming the extra
+except ImportError as _exc:  # pragma: no cover - exercised by a test that hides the package
+    raise missing_dependency("django", "django", _exc) from _exc
 
 from cacheward.contrib.django._backend import RedisCache
 from cacheward.contrib.django._settings import cached, guard, layers, limiter, reset
