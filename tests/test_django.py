@@ -214,6 +214,31 @@ def test_redis_killed_then_back_empty_recovers(client: Any, views: Any) -> None:
         assert server.command("DBSIZE") >= 1
 
 
+def test_redis_hung_each_key_costs_one_query_and_no_errors(client: Any, views: Any) -> None:
+    from django.core.cache import cache
+    from django.test import override_settings
+
+    from servers import RedisServer
+
+    with (
+        RedisServer.started() as server,
+        override_settings(CACHES=dead_redis_caches(server.url, BREAKER_RESET=60)),
+    ):
+        client.get("/customers/c4/config")
+        server.pause()  # SIGSTOP: connections open, nothing answers
+        try:
+            statuses = [
+                client.get(f"/customers/c{i % 2 + 3}/config").status_code for i in range(20)
+            ]
+            stats = cache.stats()
+        finally:
+            server.resume()
+    assert statuses == [200] * 20
+    # c4 was cached before the hang, c3 was not: at most one query each during the hang.
+    assert views.QUERIES["config"] <= 3
+    assert stats["redis"]["timeouts"] + stats["redis"]["stalled"] >= 1
+
+
 # --- the backend's API ---
 
 

@@ -153,17 +153,32 @@ class _Shared:
             self.redis_down = True
             return False, None
         self.breaker.record(None)
+        return True, result
+
+    def answered(self) -> None:
+        """Redis replied: what the fallback holds may be older than what Redis now has."""
         if self.redis_down:
-            # Redis answers again: what the fallback holds may be older than Redis's.
             with self.lock:
                 self.redis_down = False
                 self.fallback.clear()
-        return True, result
+
+    def _unsent(self) -> int:
+        """Reads the layer answered without asking Redis (a stalled Redis, a full pool)."""
+        counts = self.layer._counters.counts
+        return counts["stalled"] + counts["pool_exhausted"]
 
     def read(self, key: CacheKey) -> Entry | None:
+        unsent = self._unsent()
         ok, entry = self.redis(self.layer.get, key)
-        if ok:
+        if ok and entry is not None:
+            self.answered()
             return entry  # type: ignore[no-any-return]
+        if ok and self._unsent() == unsent:
+            self.answered()  # a miss Redis itself reported
+            return None
+        # Failed, skipped, or not sent: while Redis cannot answer, the fallback does. (Another
+        # thread's unsent read can make a real miss look unsent: then the fallback is asked,
+        # which only errs on the side of sparing the database.)
         with self.lock:
             entry = self.fallback.get(key.text)
         if entry is not None:
@@ -172,7 +187,9 @@ class _Shared:
 
     def write(self, key: CacheKey, entry: Entry, token: int = 0) -> bool:
         ok, _ = self.redis(self.layer.set_fenced, key, entry, token)
-        if not ok:
+        if ok:
+            self.answered()
+        else:
             with self.lock:
                 self.fallback[key.text] = entry
         return ok
