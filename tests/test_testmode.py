@@ -272,3 +272,33 @@ def test_outside_every_scope_the_cache_is_on() -> None:
     cached("f")
     cached("f")
     assert len(calls) == 1
+
+
+def test_decorator_on_async_functions_and_concurrent_threads() -> None:
+    calls, fetch = counting()
+    cached = cw.cached(ttl=60, clock=FakeClock())(fetch)
+    cached("x")
+
+    @cw.bypass()
+    async def fresh() -> Any:
+        await asyncio.sleep(0)
+        return cached("x")
+
+    assert asyncio.run(fresh()) == ("x", 2)
+    assert cached("x") == ("x", 1)  # the scope ended with the coroutine, not before it ran
+
+    shared = cw.bypass()
+    gate = threading.Barrier(4, timeout=10)
+
+    @shared
+    def in_thread() -> None:
+        gate.wait()
+        cached("x")
+
+    threads = [threading.Thread(target=in_thread) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(calls) == 6  # each thread's call bypassed, from one shared decorator
+    assert cached("x") == ("x", 1)

@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 __all__ = ["ACTIVE", "bypass", "bypassed", "disabled", "limits_off", "retries_off"]
 
@@ -76,8 +77,8 @@ class _Scope:
 
     __slots__ = ("_mode", "_tokens")
 
-    def __init__(self, mode: _Mode) -> None:
-        self._mode = mode
+    def __init__(self, *, limits: bool = False, retries: bool = False) -> None:
+        self._mode = _Mode(caching=True, limits=bool(limits), retries=bool(retries))
         self._tokens: list[Any] = []
 
     def _enter(self) -> Any:  # pragma: no cover - overridden
@@ -102,11 +103,24 @@ class _Scope:
             ACTIVE.remove(self)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
-        """Use the scope as a decorator: the whole call runs inside it (sync functions)."""
+        """Use the scope as a decorator: each call runs inside a scope of its own (so calls
+        from several threads or tasks at once never share one), ``async def`` ones included."""
+        mode = self._mode
+        make = type(self)
+
+        if inspect.iscoroutinefunction(fn):
+            afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                with make(limits=mode.limits, retries=mode.retries):
+                    return await afn(*args, **kwargs)
+
+            return cast("Callable[P, R]", awrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            with self:
+            with make(limits=mode.limits, retries=mode.retries):
                 return fn(*args, **kwargs)
 
         return wrapper
@@ -143,7 +157,7 @@ class disabled(_Scope):  # noqa: N801 - used like a function, as a context manag
     __slots__ = ()
 
     def __init__(self, *, limits: bool = False, retries: bool = False) -> None:
-        super().__init__(_Mode(caching=True, limits=bool(limits), retries=bool(retries)))
+        super().__init__(limits=limits, retries=retries)
 
     def _enter(self) -> Any:
         _PROCESS.append(self._mode)
@@ -168,7 +182,7 @@ class bypass(_Scope):  # noqa: N801 - used like a function, as a context manager
     __slots__ = ()
 
     def __init__(self, *, limits: bool = False, retries: bool = False) -> None:
-        super().__init__(_Mode(caching=True, limits=bool(limits), retries=bool(retries)))
+        super().__init__(limits=limits, retries=retries)
 
     def _enter(self) -> Any:
         return _CONTEXT.set((*_CONTEXT.get(), self._mode))
