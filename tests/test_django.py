@@ -268,6 +268,25 @@ def test_cache_api_semantics(views: Any) -> None:
     assert cache.get("forever") == 1
 
 
+def test_aget_or_set_is_single_flight(views: Any) -> None:
+    import asyncio
+
+    from django.core.cache import cache
+
+    calls: list[int] = []
+
+    def make() -> str:
+        calls.append(1)
+        time.sleep(0.05)
+        return "made once"
+
+    async def many() -> list[Any]:
+        return await asyncio.gather(*(cache.aget_or_set("async-key", make) for _ in range(8)))
+
+    assert asyncio.run(many()) == ["made once"] * 8
+    assert calls == [1]
+
+
 def test_tampered_bytes_are_a_miss(views: Any) -> None:
     from django.core.cache import cache
 

@@ -10,7 +10,7 @@ What it changes for a Django project, without changing a call site:
   key costs each process one computation per timeout rather than one per request. The fallback
   is dropped as soon as Redis answers again.
 - **get_or_set is single-flight.** Concurrent callers of one key in a process share one call of
-  the default (threads, and ``aget_or_set`` callers, which Django runs in threads); across
+  the default (threads, and ``aget_or_set`` callers, run in Django's sync thread); across
   processes one takes the key's lease in Redis and the others wait for its value, at most
   ``FILL_TIMEOUT`` seconds, and then compute it themselves rather than hang.
 - **Safe serialization.** Values are pickled and HMAC-signed with a key derived from
@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import cachetools
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
@@ -391,6 +392,16 @@ class RedisCache(BaseCache):  # type: ignore[misc]  # Django ships no type hints
             # Another thread's fill took longer than FILL_TIMEOUT: compute, never hang.
             shared.stats.fill_waits += 1
             return default() if callable(default) else default
+
+    async def aget_or_set(
+        self, key: Any, default: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Any:
+        # Django's own aget_or_set is aget + default() + aadd: no single-flight. Run ours in
+        # Django's sync thread, as its other async methods run theirs (thread_sensitive, so a
+        # default that uses the ORM keeps its connection).
+        return await sync_to_async(self.get_or_set, thread_sensitive=True)(
+            key, default, timeout, version
+        )
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         _, ckey = self._key(key, version)
