@@ -60,6 +60,12 @@ def test_bad_urls_fail_at_construction_naming_url(url: str, match: str) -> None:
         cw.redis_client(url)
 
 
+def test_repr_hides_passwords() -> None:
+    layer = cw.RedisLayer.from_url("redis+sentinel://u:pw@h1/svc?sentinel_password=spw")
+    assert "pw" not in repr(layer).replace("sentinel_password", "")
+    assert "redis+sentinel://u:***@h1/svc?sentinel_password=***" in repr(layer)
+
+
 def test_cluster_and_sentinel_do_not_mix() -> None:
     with pytest.raises(cw.ConfigurationError, match="cluster=True cannot be combined"):
         cw.RedisLayer.from_url("redis+sentinel://h1/svc", cluster=True)

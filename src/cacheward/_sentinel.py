@@ -109,6 +109,16 @@ def _host_port(item: str, url: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":***"
+    netloc = f"{userinfo}@{hosts}" if at else hosts
+    query = "sentinel_password=***" if "sentinel_password" in parts.query else parts.query
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
 def _no_retry() -> dict[str, Any]:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -141,7 +151,8 @@ class SentinelFactory:
                 "monitors standalone masters; use a redis:// url of a cluster node instead"
             )
         self.target = parse_sentinel_url(url)
-        self.url = url
+        #: For reprs and logs: the URL without its passwords.
+        self.url = _redacted(url)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
