@@ -112,7 +112,9 @@ def run(*, quick: bool, stacks: str | list[str] | tuple[str, ...] | None = None)
         l2.start()
         with progress:
             for spec in specs:
-                say = functools.partial(report.announce, progress, spec.label, fault=fault)
+                say = functools.partial(
+                    report.announce, progress, spec.label, fault=fault, warns=not spec.baseline
+                )
                 raw[spec.name] = run_stack(sc, spec, db, l2, progress=progress, announce=say)
     finally:
         l2.stop()
