@@ -85,10 +85,19 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--stacks",
         metavar="NAMES",
+        type=_stack_names,
         default=",".join(DEFAULT),
         help="incident: the stacks to replay, comma-separated, baseline first "
         f"(default {','.join(DEFAULT)}; known: {', '.join(REGISTRY)})",
     )
+
+
+def _stack_names(value: str) -> str:
+    try:
+        selected(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def run(*, quick: bool, stacks: str | list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:

@@ -259,7 +259,7 @@ def _settled(seconds: int | None) -> str:
     if seconds is None:
         return "not back to normal by the end of the run"
     if seconds == 0:
-        return "normal at once"
+        return "back to normal at once"
     return f"back to normal after {seconds} s"
 
 
