@@ -331,6 +331,15 @@ def run(*, quick: bool) -> dict[str, object]:
     figures["settings"] = settings
     if "skipped" not in figures:
         figures["medians"] = _medians(figures["rounds"])
+        ours = figures["medians"].get("cacheward", {}).get("outage")
+        if ours is not None:
+            figures["targets"] = {
+                "cacheward outage": {
+                    "value": f"{ours['queries']:.0f} DB queries, {ours['errors']:.0f} errors",
+                    "target": f"<= {KEYS} DB queries (one per customer), 0 errors",
+                    "met": ours["queries"] <= KEYS and ours["errors"] == 0,
+                }
+            }
     figures["machine"] = h.machine()
     figures["versions"] = h.versions("cacheward", "django", "django-redis", "redis")
     report(figures)
