@@ -15,7 +15,10 @@ from django.conf import settings
 from django.core.signals import setting_changed
 
 import cacheward as cw
+from cacheward._cached import _Decorator
+from cacheward._config import Duration
 from cacheward._errors import ConfigurationError
+from cacheward._guard import _GuardDecorator
 
 __all__ = ["cached", "guard", "layers", "limiter", "reset"]
 
@@ -116,7 +119,7 @@ def limiter() -> cw.Limiter:
         return bucket
 
 
-def cached(*, ttl: cw._config.Duration, layers: Any = _UNSET, **options: Any) -> Any:
+def cached(*, ttl: Duration, layers: Any = _UNSET, **options: Any) -> _Decorator:
     """``cw.cached(ttl=..., **options)`` with ``layers=`` from ``settings.CACHEWARD``
     (an explicit ``layers=`` wins)."""
     chosen = globals()["layers"]() if layers is _UNSET else layers
@@ -124,8 +127,8 @@ def cached(*, ttl: cw._config.Duration, layers: Any = _UNSET, **options: Any) ->
 
 
 def guard(
-    *, ttl: cw._config.Duration, layers: Any = _UNSET, limiter: Any = _UNSET, **options: Any
-) -> Any:
+    *, ttl: Duration, layers: Any = _UNSET, limiter: Any = _UNSET, **options: Any
+) -> _GuardDecorator:
     """``cw.guard(ttl=..., **options)`` with ``layers=`` and ``limiter=`` from
     ``settings.CACHEWARD`` (explicit arguments win)."""
     chosen_layers = globals()["layers"]() if layers is _UNSET else layers
