@@ -258,6 +258,7 @@ def test_cache_api_semantics(views: Any) -> None:
     assert cache.has_key("c")
     assert cache.touch("c", 60) is True
     assert cache.delete("c") is True
+    assert cache.delete("c") is False  # nothing left to delete
     assert cache.get("c", "gone") == "gone"
     cache.set("d", 1, 0)  # a timeout of zero expires at once
     assert cache.get("d") is None

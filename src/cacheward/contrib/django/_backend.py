@@ -196,10 +196,14 @@ class _Shared:
         return ok
 
     def forget(self, key: CacheKey) -> bool:
+        """Delete ``key`` everywhere; whether it was there (in Redis or the fallback)."""
         with self.lock:
-            self.fallback.pop(key.text, None)
-        ok, _ = self.redis(self.layer.delete, key)
-        return ok
+            local = self.fallback.pop(key.text, None) is not None
+        layer = self.layer
+        ok, removed = self.redis(lambda: layer._sync().delete(layer.redis_key(key)))
+        if ok:
+            self.answered()
+        return local or bool(removed)
 
     # --- get_or_set's fill: one per key in the process, one per key across processes ---
 
@@ -359,8 +363,12 @@ class RedisCache(BaseCache):  # type: ignore[misc]  # Django ships no type hints
             return False
         layer = shared.layer
 
-        def set_if_absent() -> bool:
+        try:
             payload = encode_entry(entry, ckey.text, layer.serializer)
+        except (TypeError, ValueError):
+            return False  # the serializer refuses the value: not stored (and not a Redis fault)
+
+        def set_if_absent() -> bool:
             ttl_ms = max(1, int((entry.error_until - time.time()) * 1000))
             return bool(layer._sync().set(layer.redis_key(ckey), payload, nx=True, px=ttl_ms))
 
