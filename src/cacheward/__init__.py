@@ -43,6 +43,7 @@ from cacheward._events import (
 from cacheward._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
 from cacheward._layers import AsyncLayer, Layer, MemoryLayer
 from cacheward._limit import Limiter, TokenBucket, rate_limit
+from cacheward._msgpack import MsgpackSerializer
 from cacheward._pages import (
     Checkpoint,
     CheckpointStore,
@@ -63,6 +64,7 @@ from cacheward._serialize import (
     OrjsonSerializer,
     PickleSerializer,
     Serializer,
+    UnstorableValue,
 )
 
 __version__ = "0.1.0.dev0"
@@ -102,6 +104,7 @@ __all__ = [
     "LoggingListener",
     "MemoryCheckpoints",
     "MemoryLayer",
+    "MsgpackSerializer",
     "MsgspecSerializer",
     "OrjsonSerializer",
     "Page",
@@ -115,6 +118,7 @@ __all__ = [
     "Serializer",
     "SystemClock",
     "TokenBucket",
+    "UnstorableValue",
     "__version__",
     "acollect_pages",
     "aiter_pages",
