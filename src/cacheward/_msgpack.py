@@ -26,7 +26,19 @@ code  type                       payload
       MessagePack cannot hold
 12    a registered type          array ``[name, state]``
 13    ``bytearray``              the bytes
+14    a ``list`` of rows         a row type, then the rows (see below)
+15    a ``dict`` of rows         a row type, then the dict (``str`` or ``int`` keys)
 ====  =========================  ===============================================
+
+**Rows.** What a database driver returns — many tuples of the same shape — is the common large
+value, and tagging every tuple, ``Decimal`` and ``datetime`` would cost a Python call each way
+per cell. A list (or the values of a dict) of at least 8 tuples whose columns each hold one
+type (or that type and ``None``) among ``int``, ``str``, ``float``, ``bool``, ``None``,
+``bytes``, ``Decimal``, ``UUID``, ``date``, ``datetime`` (naive, UTC or a fixed offset, ``fold``
+0) and ``list`` of plain scalars is stored as one extension: a one-byte length, the row type
+as text (one letter per column, ``?`` for "or ``None``"), then the rows as plain MessagePack
+arrays. The reader builds a typed ``msgspec`` decoder for that row type (cached) and decodes
+every row in C, ``Decimal`` and ``datetime`` included. Anything else takes the tagged path.
 """
 
 from __future__ import annotations
@@ -34,6 +46,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import decimal
+import functools
+import operator
+import typing
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
@@ -44,6 +59,7 @@ __all__ = ["MsgpackSerializer"]
 
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA = 1, 2, 3, 4, 5, 6, 7
 _DECIMAL, _UUID, _BIGINT, _PAIRS, _OBJECT, _BYTEARRAY = 8, 9, 10, 11, 12, 13
+_ROWS, _ROWS_BY_KEY = 14, 15
 
 _MAX_DEPTH: Final = 200
 #: Exact types MessagePack gives back unchanged (``int`` within 64 bits: see ``_BIG``).
@@ -54,6 +70,43 @@ _PLAIN_NO_INT: Final[frozenset[type]] = frozenset({str, float, bool, type(None),
 _KEYS: Final[frozenset[type]] = frozenset({str, int, float, bool, type(None), bytes})
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
+
+#: Rows: the fewest tuples worth a typed decoder, the column letters, and C-level helpers.
+_ROWS_MIN: Final = 8
+_COLUMN: Final[dict[type, str]] = {
+    int: "i",
+    str: "s",
+    float: "f",
+    bool: "b",
+    type(None): "n",
+    bytes: "y",
+    decimal.Decimal: "D",
+    uuid.UUID: "U",
+    datetime.date: "d",
+    datetime.datetime: "t",  # "T" when written as ISO text (a fixed offset other than UTC)
+    list: "l",
+}
+_COLUMN_TYPE: Final[dict[str, Any]] = {
+    "i": int,
+    "s": str,
+    "f": float,
+    "b": bool,
+    "n": None,
+    "y": bytes,
+    "D": decimal.Decimal,
+    "U": uuid.UUID,
+    "d": datetime.date,
+    "t": datetime.datetime,
+    "T": datetime.datetime,
+    "l": list[Any],
+}
+_TYPES_OF: Final = functools.partial(map, type)
+_NOT_NONE: Final = functools.partial(operator.is_not, None)
+_TZINFO: Final = operator.attrgetter("tzinfo")
+_FOLD: Final = operator.attrgetter("fold")
+_ISO: Final = operator.methodcaller("isoformat")
+_UTC: Final = datetime.timezone.utc
+_ROW_DECODERS_MAX: Final = 256
 
 
 def _msgspec() -> Any:
@@ -150,6 +203,8 @@ class MsgpackSerializer:
         "_decode",
         "_encode",
         "_ext",
+        "_msgspec",
+        "_row_decoders",
         "codec",
         "signing_key",
     )
@@ -165,6 +220,8 @@ class MsgpackSerializer:
         self._by_type: dict[type, _Registered] = {}
         self._by_name: dict[str, _Registered] = {}
         self._ext = msgspec.msgpack.Ext
+        self._msgspec = msgspec
+        self._row_decoders: dict[bytes, Callable[[memoryview], Any]] = {}
         self._encode: Callable[[Any], bytes] = msgspec.msgpack.Encoder().encode
         self._decode: Callable[[bytes | memoryview], Any] = msgspec.msgpack.Decoder(
             ext_hook=self._ext_hook
@@ -233,12 +290,22 @@ class MsgpackSerializer:
             keys = set(map(type, value))
             if not keys <= _KEYS or (int in keys and plain is _PLAIN_NO_INT):
                 return self._pairs(value, down, plain)
-            if set(map(type, value.values())) <= plain:
+            kinds = set(map(type, value.values()))
+            if kinds <= plain:
                 return value
+            if kinds == _ONLY_TUPLES and len(value) >= _ROWS_MIN and keys in _ROW_KEYS:
+                rows = self._rows(value, plain)
+                if rows is not None:
+                    return rows
             return {k: v if type(v) in plain else pack(v, down, plain) for k, v in value.items()}
         if kind is list:
-            if set(map(type, value)) <= plain:
+            kinds = set(map(type, value))
+            if kinds <= plain:
                 return value
+            if kinds == _ONLY_TUPLES and len(value) >= _ROWS_MIN:
+                rows = self._rows(value, plain)
+                if rows is not None:
+                    return rows
             return [v if type(v) in plain else pack(v, down, plain) for v in value]
         if kind is tuple:
             return self._ext(_TUPLE, self._items(value, down, plain))
@@ -277,6 +344,56 @@ class MsgpackSerializer:
             state = pack(registered.to_state(value), down, plain)
             return self._ext(_OBJECT, self._encode([registered.name, state]))
         raise TypeError(_refusal(kind))
+
+    def _rows(self, container: Any, plain: frozenset[type]) -> Any:
+        """The rows extension for a list (or dict) of same-shaped tuples, or ``None``."""
+        by_key = type(container) is dict
+        rows = list(container.values()) if by_key else container
+        signatures = set(map(tuple, map(_TYPES_OF, rows)))
+        if len({len(s) for s in signatures}) != 1:
+            return None
+        letters = []
+        iso: list[int] = []
+        for index, column in enumerate(zip(*signatures, strict=True)):
+            kinds = set(column)
+            optional = type(None) in kinds and len(kinds) > 1
+            if optional:
+                kinds.discard(type(None))
+            if len(kinds) != 1:
+                return None
+            (kind,) = kinds
+            letter = _COLUMN.get(kind)
+            if letter is None:
+                return None
+            if letter in "itl":
+                cells = list(filter(_NOT_NONE, map(operator.itemgetter(index), rows)))
+                if letter == "i":
+                    if (
+                        plain is _PLAIN_NO_INT
+                        and not _INT_MIN <= min(cells) <= max(cells) <= _INT_MAX
+                    ):
+                        return None
+                elif letter == "l":
+                    if not all(set(map(type, cell)) <= plain for cell in cells):
+                        return None
+                else:
+                    if any(map(_FOLD, cells)):
+                        return None
+                    zones = set(map(_TZINFO, cells))
+                    if not zones <= {None, _UTC}:
+                        if not all(_fixed_minutes(zone) for zone in zones):
+                            return None
+                        letter = "T"
+                        iso.append(index)
+            letters.append(letter + "?" if optional else letter)
+        shape = ",".join(letters).encode("ascii")
+        if len(shape) > 255:
+            return None
+        if iso:
+            rows = [_iso_columns(row, iso) for row in rows]
+            container = dict(zip(container, rows, strict=True)) if by_key else rows
+        code = _ROWS_BY_KEY if by_key else _ROWS
+        return self._ext(code, bytes((len(shape),)) + shape + self._encode(container))
 
     def _items(self, items: Any, depth: int, plain: frozenset[type]) -> bytes:
         if set(map(type, items)) <= plain:
@@ -331,11 +448,53 @@ class MsgpackSerializer:
             return registered.from_state(state)
         if code == _BYTEARRAY:
             return bytearray(data)
+        if code in (_ROWS, _ROWS_BY_KEY):
+            size = data[0]
+            shape = bytes(data[1 : 1 + size])
+            decode = self._row_decoders.get(bytes((code,)) + shape)
+            if decode is None:
+                decode = self._row_decoder(code, shape)
+            return decode(data[1 + size :])
         raise ValueError(f"unknown extension type {code}")
+
+    def _row_decoder(self, code: int, shape: bytes) -> Callable[[memoryview], Any]:
+        columns = []
+        for letter in shape.decode("ascii").split(","):
+            kind = _COLUMN_TYPE[letter.removesuffix("?")]  # KeyError: garbage, a miss
+            columns.append(typing.Optional[kind] if letter.endswith("?") else kind)  # noqa: UP045
+        row: Any = tuple.__class_getitem__(tuple(columns))
+        whole = dict[Any, row] if code == _ROWS_BY_KEY else list[row]
+        decode: Callable[[memoryview], Any] = self._msgspec.msgpack.Decoder(
+            whole, ext_hook=self._ext_hook
+        ).decode
+        if len(self._row_decoders) < _ROW_DECODERS_MAX:
+            self._row_decoders[bytes((code,)) + shape] = decode
+        return decode
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(self._by_name))
         return f"MsgpackSerializer(types=[{names}])"
+
+
+_ONLY_TUPLES: Final = frozenset({tuple})
+_ROW_KEYS: Final = ({str}, {int})
+
+
+def _fixed_minutes(zone: object) -> bool:
+    """A ``datetime.timezone`` whose offset is whole minutes (what RFC 3339 text can hold)."""
+    if type(zone) is not datetime.timezone:
+        return False
+    offset = zone.utcoffset(None)
+    return offset.seconds % 60 == 0 and not offset.microseconds
+
+
+def _iso_columns(row: tuple[Any, ...], columns: list[int]) -> tuple[Any, ...]:
+    cells = list(row)
+    for index in columns:
+        cell = cells[index]
+        if cell is not None:
+            cells[index] = cell.isoformat()
+    return tuple(cells)
 
 
 def _datetime_text(value: datetime.datetime) -> str:
