@@ -160,13 +160,15 @@ def _l2(url: str, sizes: list[str], rounds: int) -> dict[str, Any]:
 
     client = redis.Redis.from_url(url, socket_timeout=5)
     encoder, decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    # The 10 MB configuration is over the default max_payload_bytes (8 MiB): raised here.
+    common: dict[str, Any] = {"timeout": 5, "prefix": PREFIX, "max_payload_bytes": 64 << 20}
     layers = {
-        "cacheward": cw.RedisLayer.from_url(url, timeout=5, prefix=PREFIX),
+        "cacheward": cw.RedisLayer.from_url(url, **common),
         "cacheward zlib": cw.RedisLayer.from_url(
-            url, timeout=5, prefix=PREFIX, namespace="zlib", compression="zlib"
+            url, namespace="zlib", compression="zlib", **common
         ),
         "cacheward zstd": cw.RedisLayer.from_url(
-            url, timeout=5, prefix=PREFIX, namespace="zstd", compression="zstd"
+            url, namespace="zstd", compression="zstd", **common
         ),
     }
     out: dict[str, Any] = {}

@@ -47,6 +47,7 @@ import dataclasses
 import datetime
 import decimal
 import functools
+import itertools
 import operator
 import typing
 import uuid
@@ -374,7 +375,7 @@ class MsgpackSerializer:
                     ):
                         return None
                 elif letter == "l":
-                    if not all(set(map(type, cell)) <= plain for cell in cells):
+                    if not set(map(type, itertools.chain.from_iterable(cells))) <= plain:
                         return None
                 else:
                     if any(map(_FOLD, cells)):
@@ -390,7 +391,16 @@ class MsgpackSerializer:
         if len(shape) > 255:
             return None
         if iso:
-            rows = [_iso_columns(row, iso) for row in rows]
+            # Column-wise, so the loops run in C: transpose, turn the datetime columns into
+            # ISO text, transpose back.
+            columns = list(zip(*rows, strict=True))
+            for index in iso:
+                column = columns[index]
+                if letters[index].endswith("?"):
+                    columns[index] = tuple([None if c is None else c.isoformat() for c in column])
+                else:
+                    columns[index] = tuple(map(_ISO, column))
+            rows = list(zip(*columns, strict=True))
             container = dict(zip(container, rows, strict=True)) if by_key else rows
         code = _ROWS_BY_KEY if by_key else _ROWS
         return self._ext(code, bytes((len(shape),)) + shape + self._encode(container))
@@ -486,15 +496,6 @@ def _fixed_minutes(zone: object) -> bool:
         return False
     offset = zone.utcoffset(None)
     return offset.seconds % 60 == 0 and not offset.microseconds
-
-
-def _iso_columns(row: tuple[Any, ...], columns: list[int]) -> tuple[Any, ...]:
-    cells = list(row)
-    for index in columns:
-        cell = cells[index]
-        if cell is not None:
-            cells[index] = cell.isoformat()
-    return tuple(cells)
 
 
 def _datetime_text(value: datetime.datetime) -> str:
