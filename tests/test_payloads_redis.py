@@ -40,6 +40,23 @@ def url(server: RedisServer) -> str:
     return server.url
 
 
+_OPEN: list[cw.RedisLayer] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_layers() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def layer_at(url: str, **settings: Any) -> cw.RedisLayer:
+    """``RedisLayer.from_url``, closed after the test."""
+    made = cw.RedisLayer.from_url(url, **settings)
+    _OPEN.append(made)
+    return made
+
+
 def make_key(*args: Any) -> CacheKey:
     return CacheKey(args, "tests:v1:fn", args, {}, ("a",))
 
@@ -64,7 +81,7 @@ def test_driver_values_are_shared_between_processes_with_their_types(url: str) -
     calls: list[str] = []
 
     def make() -> Any:
-        @cw.cached(ttl=60, layers=[cw.MemoryLayer(), cw.RedisLayer.from_url(url, namespace="t")])
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(), layer_at(url, namespace="t")])
         def load(customer: str) -> dict[str, Any]:
             calls.append(customer)
             return CONFIG
@@ -82,7 +99,7 @@ def test_driver_values_are_shared_between_processes_with_their_types(url: str) -
 
 
 def _unstorable_case(url: str, caplog: pytest.LogCaptureFixture, value: Any, **layer: Any) -> Any:
-    remote = cw.RedisLayer.from_url(url, namespace="big", **layer)
+    remote = layer_at(url, namespace="big", **layer)
     calls = []
 
     @cw.cached(ttl=60, layers=[cw.MemoryLayer(), remote])
@@ -126,7 +143,7 @@ def test_a_value_no_codec_can_store_is_served_and_logged_once_with_the_fix(
 
 
 def test_unstorable_values_never_open_the_breaker(url: str) -> None:
-    remote = cw.RedisLayer.from_url(url, namespace="brk", max_payload_bytes=100)
+    remote = layer_at(url, namespace="brk", max_payload_bytes=100)
 
     @cw.cached(ttl=60, layers=[cw.MemoryLayer(), remote], breaker_failures=2)
     def load(i: int) -> str:
@@ -142,7 +159,7 @@ def test_unstorable_values_never_open_the_breaker(url: str) -> None:
 
 
 def test_unstorable_values_are_counted_from_async_functions_too(url: str) -> None:
-    remote = cw.RedisLayer.from_url(url, namespace="abig", max_payload_bytes=100)
+    remote = layer_at(url, namespace="abig", max_payload_bytes=100)
 
     @cw.cached(ttl=60, layers=[cw.MemoryLayer(), remote])
     async def load(i: int) -> str:
@@ -160,8 +177,8 @@ def test_unstorable_values_are_counted_from_async_functions_too(url: str) -> Non
 
 def test_compression_shrinks_what_redis_holds(url: str, server: RedisServer) -> None:
     value = {"rows": [(i, f"row {i}", decimal.Decimal(i)) for i in range(20_000)]}
-    plain = cw.RedisLayer.from_url(url, namespace="plain")
-    packed = cw.RedisLayer.from_url(url, namespace="packed", compression="zstd")
+    plain = layer_at(url, namespace="plain")
+    packed = layer_at(url, namespace="packed", compression="zstd")
     key = make_key("c1")
     stored = entry(value)
     plain.set(key, stored)
@@ -173,7 +190,7 @@ def test_compression_shrinks_what_redis_holds(url: str, server: RedisServer) -> 
 
 
 def test_a_bomb_in_redis_is_a_counted_miss(url: str, server: RedisServer) -> None:
-    layer = cw.RedisLayer.from_url(url, namespace="bomb", max_payload_bytes=1024 * 1024)
+    layer = layer_at(url, namespace="bomb", max_payload_bytes=1024 * 1024)
     key = make_key("c1")
     redis_key = layer.redis_key(key)
     head = bytearray(encode_entry(entry(None), redis_key, layer.serializer)[:-4])
@@ -195,7 +212,7 @@ def test_a_bomb_in_redis_is_a_counted_miss(url: str, server: RedisServer) -> Non
 def test_a_bad_checksum_blob_claiming_a_late_created_does_not_block_writes(
     url: str, server: RedisServer
 ) -> None:
-    layer = cw.RedisLayer.from_url(url, namespace="stamp")
+    layer = layer_at(url, namespace="stamp")
     key = make_key("c1")
     redis_key = layer.redis_key(key)
     year_3000 = 32_503_680_000.0
@@ -217,8 +234,8 @@ def test_a_bad_checksum_blob_claiming_a_late_created_does_not_block_writes(
 
 
 def test_clear_without_a_namespace_leaves_other_layers_keys(url: str) -> None:
-    bare = cw.RedisLayer.from_url(url)
-    other = cw.RedisLayer.from_url(url, namespace="v1")  # keys cacheward:v1:v1:{...}
+    bare = layer_at(url)
+    other = layer_at(url, namespace="v1")  # keys cacheward:v1:v1:{...}
     key = make_key("c1")
     bare.set(key, entry(1))
     other.set(key, entry(2))
@@ -236,10 +253,26 @@ def test_a_colon_in_prefix_or_namespace_is_refused() -> None:
 
 def test_a_signed_entry_copied_to_another_version_is_refused(url: str, server: RedisServer) -> None:
     codec = cw.MsgpackSerializer(signing_key=KEY)
-    v1 = cw.RedisLayer.from_url(url, namespace="svc", version=1, serializer=codec)
-    v2 = cw.RedisLayer.from_url(url, namespace="svc", version=2, serializer=codec)
+    v1 = layer_at(url, namespace="svc", version=1, serializer=codec)
+    v2 = layer_at(url, namespace="svc", version=2, serializer=codec)
     key = make_key("c1")
     v1.set(key, entry({"shape": "old"}))
     server.command("SET", v2.redis_key(key), server.command("GET", v1.redis_key(key)))
     assert v2.get(key) is None
     assert v2.events()["payload_wrong_key"] == 1
+
+
+def test_payload_settings_are_checked_when_the_layer_is_built() -> None:
+    url = "redis://127.0.0.1:1/0"  # never connected to
+    with pytest.raises(cw.ConfigurationError, match="compression"):
+        layer_at(url, compression="lzma")
+    with pytest.raises(cw.ConfigurationError, match="max_payload_bytes"):
+        layer_at(url, max_payload_bytes=0)
+    with pytest.raises(cw.ConfigurationError, match="max_payload_bytes"):
+        layer_at(url, max_payload_bytes="8MB")  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="compress_above"):
+        layer_at(url, compress_above=-1)
+    with pytest.raises(cw.ConfigurationError, match="signing_key"):
+        cw.MsgpackSerializer(signing_key="a str of more than thirty-two characters")  # type: ignore[arg-type]
+    with pytest.raises(cw.ConfigurationError, match="key="):
+        cw.PickleSerializer(key=None)  # type: ignore[arg-type]
