@@ -55,6 +55,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
+from cacheward._serialize import check_signing_key
 
 __all__ = ["MsgpackSerializer"]
 
@@ -213,8 +214,6 @@ class MsgpackSerializer:
     def __init__(
         self, *, types: tuple[type, ...] | list[type] = (), signing_key: bytes | None = None
     ) -> None:
-        from cacheward._serialize import check_signing_key
-
         msgspec = _msgspec()
         self.codec = "msgpack-py"
         self.signing_key = check_signing_key(signing_key)

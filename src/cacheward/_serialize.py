@@ -29,11 +29,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import struct
 import zlib
 from typing import Any, Final, Protocol, runtime_checkable
 
+from cacheward._config import check_positive_int
 from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 
@@ -372,8 +374,6 @@ class UnstorableValue(Exception):
 def unstorable_warning(source: str, layer: str, exc: UnstorableValue) -> None:
     """Log (once per cached function and layer: the caller sees to that) that a value was
     not stored, naming the function, the type and the fix."""
-    import logging
-
     logging.getLogger("cacheward").warning(
         "%s: a %s could not be stored in layer %r, so it is cached in this process only "
         "(other processes fetch it themselves): %s. Counted in stats().unstorable; "
@@ -656,8 +656,6 @@ class Envelope:
         compression: str | None = None,
         compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
-        from cacheward._config import check_positive_int
-
         self.serializer = serializer
         self.max_payload_bytes = (
             None
