@@ -185,3 +185,22 @@ def test_a_failing_weigher_falls_back_to_getsizeof() -> None:
     layer.set(key("a"), entry("value"))
     assert layer.get(key("a")) is not None
     assert layer.bytes > 0
+
+
+def test_entries_of_one_function_share_their_stamp_offsets() -> None:
+    # What keeps a small entry small: per entry only value and fresh_until; the other stamps
+    # are offsets in a tuple shared by the entries written with the same settings.
+    from cacheward._core.entry import make_entry
+
+    settings = {"ttl": 60.0, "stale_ttl": 30.0, "stale_if_error": 600.0, "jitter": 0.1}
+    made = [make_entry(i, now=1_800_000_000.0 + i, draw=0.5, **settings) for i in range(100)]
+    tails = {id(e._tail) for e in made}
+    assert len(tails) <= 4  # the float rounding of now + lifetime gives a few variants
+    for e, i in zip(made, range(100), strict=True):
+        assert e.created == 1_800_000_000.0 + i
+        assert e.stale_until == e.fresh_until + 30.0
+        assert e.error_until == e.fresh_until + 600.0
+    # Stamps an offset would not give back exactly are kept as they are.
+    odd = Entry(None, 1.0, 1e300, 1e300 + 1e284, 1e300 + 1e285)
+    assert odd._tail[0] is False  # absolute: 1e300 - (1e300 - 1.0) is not 1.0
+    assert (odd.created, odd.stale_until, odd.error_until) == (1.0, 1e300 + 1e284, 1e300 + 1e285)
