@@ -30,7 +30,7 @@ import uuid
 from typing import Any
 
 from benchmarks import _harness as h
-from benchmarks._redisproc import KEY_PREFIX, L2
+from benchmarks._redisproc import KEY_PREFIX, L2, LAYER_PREFIX
 
 KEYS = 20
 DB_SECONDS = 0.002
@@ -58,7 +58,7 @@ def _caches(url: str, tag: str) -> dict[str, Any]:
             "LOCATION": url,
             "KEY_PREFIX": f"{prefix}:cw",
             # The benchmark's key prefix, so REDIS_URL runs only touch the benchmark's keys.
-            "OPTIONS": {"BREAKER_RESET": 1.0, "PREFIX": f"{KEY_PREFIX}django"},
+            "OPTIONS": {"BREAKER_RESET": 1.0, "PREFIX": LAYER_PREFIX},
         },
     }
     if importlib.util.find_spec("django_redis") is not None:

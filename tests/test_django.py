@@ -52,7 +52,7 @@ def project(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     client = redis.Redis.from_url(redis_url, socket_timeout=2)
     try:
         keys = list(client.scan_iter(match=f"*{PREFIX}*", count=1000))
-        keys += list(client.scan_iter(match="cacheward-django:*", count=1000))
+        keys += list(client.scan_iter(match="cacheward:django:*", count=1000))
         if keys:
             client.delete(*keys)
     finally:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from benchmarks._db import StatementTimeout, Store
 from benchmarks._naive import NAIVE_CONFIG, NaiveStack, assemble
-from benchmarks._redisproc import KEY_PREFIX
+from benchmarks._redisproc import KEY_PREFIX, LAYER_PREFIX
 from benchmarks.incident.scenario import Scenario
 
 __all__ = [
@@ -295,7 +295,7 @@ class GuardedStack:
         layers: list[Any] = [self.memory]
         self.client: Any = None
         if redis_url is not None:
-            layers.append(cw.RedisLayer.from_url(redis_url, prefix=KEY_PREFIX + "cacheward"))
+            layers.append(cw.RedisLayer.from_url(redis_url, prefix=LAYER_PREFIX, namespace="cacheward"))
             self.components.append("RedisLayer")
         page_size = sc.page_size
 
@@ -338,7 +338,7 @@ def _prefill_guarded(sc: Scenario, store: Store, redis_url: str, written: dict[i
     import cacheward as cw
     from cacheward.testing import FakeClock
 
-    layer = cw.RedisLayer.from_url(redis_url, prefix=KEY_PREFIX + "cacheward")
+    layer = cw.RedisLayer.from_url(redis_url, prefix=LAYER_PREFIX, namespace="cacheward")
     for customer, stamp in written.items():
 
         def rebuild(customer: int, stamp: float = stamp) -> str:

@@ -43,6 +43,7 @@ from cacheward._events import (
 from cacheward._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
 from cacheward._layers import AsyncLayer, Layer, MemoryLayer
 from cacheward._limit import Limiter, TokenBucket, rate_limit
+from cacheward._msgpack import MsgpackSerializer
 from cacheward._pages import (
     Checkpoint,
     CheckpointStore,
@@ -64,6 +65,7 @@ from cacheward._serialize import (
     OrjsonSerializer,
     PickleSerializer,
     Serializer,
+    UnstorableValue,
 )
 from cacheward._testmode import bypass
 
@@ -104,6 +106,7 @@ __all__ = [
     "LoggingListener",
     "MemoryCheckpoints",
     "MemoryLayer",
+    "MsgpackSerializer",
     "MsgspecSerializer",
     "OrjsonSerializer",
     "Page",
@@ -117,6 +120,7 @@ __all__ = [
     "Serializer",
     "SystemClock",
     "TokenBucket",
+    "UnstorableValue",
     "__version__",
     "acollect_pages",
     "aiter_pages",

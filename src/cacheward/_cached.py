@@ -31,7 +31,14 @@ from cacheward._config import (
     optional_duration,
 )
 from cacheward._core.breaker import Breaker, BreakerState
-from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable_on_error
+from cacheward._core.entry import (
+    Entry,
+    Freshness,
+    bounded,
+    classify,
+    make_entry,
+    usable_on_error,
+)
 from cacheward._core.keys import CacheKey, local_key
 from cacheward._core.leasewait import LeaseWait
 from cacheward._core.readthrough import Action, Flight, ReadThrough
@@ -44,6 +51,7 @@ from cacheward._errors import (
 from cacheward._events import HIT_LISTENERS, EventKind, emit
 from cacheward._hotpath import build_wrapper
 from cacheward._layers import MemoryLayer
+from cacheward._serialize import UnstorableValue, unstorable_warning
 
 __all__ = ["AsyncCachedFunction", "CacheStats", "CachedFunction", "cached"]
 
@@ -86,6 +94,9 @@ class CacheStats:
     """Fetches that waited for another process holding the key's lease."""
     invalidations: int = 0
     """Calls to ``invalidate``."""
+    unstorable: int = 0
+    """Values a shared layer could not store (the serializer refused them, or they are over
+    its ``max_payload_bytes``): served and kept in memory, not shared. The first is logged."""
     in_flight: int = 0
     """Fetches running at the moment of the snapshot."""
 
@@ -108,6 +119,7 @@ class _Counters:
         "refreshes_skipped",
         "stale_hits",
         "stale_on_error",
+        "unstorable",
         "wait_timeouts",
     )
 
@@ -116,6 +128,7 @@ class _Counters:
         self.coalesced_waits = self.refreshes = self.refreshes_skipped = 0
         self.backoff_rejections = self.wait_timeouts = self.stale_on_error = 0
         self.layer_errors = self.layer_skips = self.lease_waits = self.invalidations = 0
+        self.unstorable = 0
 
     def snapshot(self, in_flight: int) -> CacheStats:
         return CacheStats(**{n: getattr(self, n) for n in self.__slots__}, in_flight=in_flight)
@@ -272,6 +285,9 @@ class _GuardedLayer:
             return _MISSING
         try:
             result = getattr(self.layer, method)(*args, **kwargs)
+        except UnstorableValue as exc:  # the layer is fine; the value is not
+            self._unstorable(exc)
+            return _MISSING
         except Exception as exc:
             self._settle(exc)
             return _MISSING
@@ -284,11 +300,20 @@ class _GuardedLayer:
             return _MISSING
         try:
             result = await getattr(self.layer, method)(*args, **kwargs)
+        except UnstorableValue as exc:
+            self._unstorable(exc)
+            return _MISSING
         except Exception as exc:
             self._settle(exc)
             return _MISSING
         self._settle(None)
         return result
+
+    def _unstorable(self, exc: UnstorableValue) -> None:
+        self._settle(None)
+        self._counters.unstorable += 1
+        if self._counters.unstorable == 1:
+            unstorable_warning(self._source, self.layer.name, exc)
 
     def entry(self, found: Any) -> Entry | None:
         """Accept what a layer returned only if it is an entry (anything else is a miss)."""
@@ -798,6 +823,11 @@ class _Driver:
     ) -> tuple[Entry | None, bool]:
         """Take a shared layer's answer into account (both colours): returns the best entry so
         far and whether it is fresh (no need to read further layers)."""
+        if found is not None:
+            s = self.s
+            found = bounded(
+                found, now=now, ttl=s.ttl, stale_ttl=s.stale_ttl, stale_if_error=s.stale_if_error
+            )
         if not self.better(entry, found, now):
             return entry, False
         found = cast(Entry, found)

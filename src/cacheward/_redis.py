@@ -10,8 +10,10 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
   (corrupt, truncated, tampered, foreign, another key's) are a miss plus a counted event; an
   exhausted connection pool is a miss too. Redis errors and timeouts *raise*, so the breaker
   sees them and skips the layer while it is sick.
-- ``set`` never raises for a value the serializer refuses (a counted ``encode_errors``), and
-  never replaces an entry created later than the one it writes.
+- ``set`` raises :class:`~cacheward.UnstorableValue` (not a Redis failure: the breaker ignores
+  it) for a value the serializer refuses (a counted ``encode_errors``) or one over
+  ``max_payload_bytes`` (``writes_too_large``), and never replaces an entry created later than
+  the one it writes.
 - Leases: :meth:`RedisLayer.acquire_lease` / :meth:`RedisLayer.release_lease` /
   :meth:`RedisLayer.set_fenced` (and ``a``-prefixed coroutines) give one process per key the
   right to fetch, with a fencing token so a holder that lost its lease cannot overwrite what a
@@ -37,15 +39,17 @@ from typing import Any, Final
 
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
-from cacheward._core.entry import Entry
+from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._serialize import (
-    JsonSerializer,
+    DEFAULT_COMPRESS_ABOVE,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Envelope,
     PayloadError,
     Serializer,
-    decode_entry,
-    encode_entry,
+    UnstorableValue,
+    default_serializer,
 )
 
 __all__ = ["RedisLayer"]
@@ -66,6 +70,8 @@ EVENTS: Final = (
     "payload_tampered",
     "payload_wrong_key",
     "payload_undecodable",
+    "payload_too_large",
+    "writes_too_large",
     "writes",
     "writes_refused",
     "leases_acquired",
@@ -227,11 +233,18 @@ def _check_client(client: Any) -> float:
     return float(kwargs["socket_timeout"])
 
 
-def _check_name(name: str, value: object, *, empty: bool) -> str:
+def _check_name(name: str, value: object, *, empty: bool, part: bool = False) -> str:
+    """``part``: a part of a layer's key base, where a colon would make ``prefix="a:b"`` the
+    same keys as ``prefix="a", namespace="b"``."""
     if not isinstance(value, str):
         raise ConfigurationTypeError(f"{name} must be a str, got {type(value).__name__}")
     if not value and not empty:
         raise ConfigurationError(f"{name} must not be empty")
+    if part and ":" in value:
+        raise ConfigurationError(
+            f"{name} must not contain a colon (prefix='a:b' would share keys with prefix='a', "
+            f"namespace='b'); use prefix and namespace for the parts, got {value!r}"
+        )
     if any(c in value for c in "{}*?[]\\ \r\n"):
         raise ConfigurationError(
             f"{name} must not contain braces, glob characters, backslashes or whitespace "
@@ -351,8 +364,8 @@ class RedisLayer:
         namespace: a second part, e.g. the service's name (optional).
         version: part of every key; bump it when the cached values' shape changes, and old
             entries are simply never read again (they expire on their own).
-        serializer: how values become bytes; defaults to :class:`JsonSerializer`. Use the same
-            one in every process sharing the keys.
+        serializer: how values become bytes; defaults to :class:`MsgpackSerializer` (exact
+            Python types). Use the same one in every process sharing the keys.
         clock: the wall clock used to compute Redis TTLs.
         name: the layer's name in stats and errors.
         fence_ttl: how long a key's fencing counter lives after its last lease.
@@ -363,6 +376,16 @@ class RedisLayer:
             twice this silence and when no in-flight connection has a reply waiting to be
             read. Defaults to a quarter of the client's ``socket_timeout``; ``0`` switches it
             off.
+        max_payload_bytes: the largest serialized value written (default 8 MiB); a larger
+            one is served to its callers and kept in memory, not written (``writes_too_large``;
+            the cached function counts it in ``stats().unstorable`` and logs it once). Reads
+            refuse bodies over it too, compressed ones before inflating (``payload_too_large``).
+            ``None``: no cap.
+        compression: ``None`` (default), ``"zlib"``, ``"zstd"`` (``pip install
+            'cacheward[zstd]'``) or ``"auto"`` (zstd if installed, else zlib): compress bodies
+            of at least ``compress_above`` bytes. Readers inflate whatever an entry says it
+            used, so processes may differ here, except that reading zstd needs zstandard.
+        compress_above: the smallest body compressed, in bytes (default 64 KiB).
 
     Raises:
         ConfigurationError: an argument is invalid, redis-py is missing, or the client could
@@ -376,6 +399,7 @@ class RedisLayer:
         "_base",
         "_clock",
         "_counters",
+        "_envelope",
         "_factory",
         "_fence_ms",
         "_owner",
@@ -403,18 +427,27 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
-        self.prefix = _check_name("prefix", prefix, empty=False)
-        self.namespace = _check_name("namespace", namespace, empty=True)
+        self.prefix = _check_name("prefix", prefix, empty=False, part=True)
+        self.namespace = _check_name("namespace", namespace, empty=True, part=True)
         self.version = check_positive_int("version", version, minimum=0)
         if serializer is None:
-            serializer = JsonSerializer()
+            serializer = default_serializer()
         elif not isinstance(serializer, Serializer):
             raise ConfigurationTypeError(
                 "serializer must provide codec, signing_key, dumps() and loads() "
                 f"(see cacheward.Serializer), got {type(serializer).__name__}"
             )
         self.serializer = serializer
+        self._envelope = Envelope(
+            serializer,
+            max_payload_bytes=max_payload_bytes,
+            compression=compression,
+            compress_above=compress_above,
+        )
         self._clock = check_clock(clock)
         self.name = name
         self.local = False
@@ -470,6 +503,9 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> RedisLayer:
         """Build a layer whose clients cacheward creates, with safe settings.
 
@@ -496,6 +532,9 @@ class RedisLayer:
             name: see :class:`RedisLayer`.
             fence_ttl: see :class:`RedisLayer`.
             stall_timeout: see :class:`RedisLayer` (default: ``timeout / 4``).
+            max_payload_bytes: see :class:`RedisLayer`.
+            compression: see :class:`RedisLayer`.
+            compress_above: see :class:`RedisLayer`.
 
         Raises:
             ConfigurationError: an argument is invalid or redis-py is missing.
@@ -526,6 +565,9 @@ class RedisLayer:
             clock=clock,
             name=name,
             fence_ttl=fence_ttl,
+            max_payload_bytes=max_payload_bytes,
+            compression=compression,
+            compress_above=compress_above,
         )
         layer._factory = factory
         layer.cluster = factory.cluster
@@ -615,6 +657,15 @@ class RedisLayer:
 
     # --- keys and bytes (shared by both colours) ---
 
+    def encode(self, entry: Entry, key: CacheKey) -> bytes:
+        """The bytes this layer stores for ``entry`` at ``key`` (its envelope, for a raw write).
+
+        Raises:
+            UnstorableValue: the serializer refuses the value, or it is over
+                ``max_payload_bytes``.
+        """
+        return self._envelope.encode(entry, self.redis_key(key))
+
     def redis_key(self, key: CacheKey) -> str:
         """The Redis key holding ``key``'s entry."""
         return f"{self._base}{{{key.text}}}"
@@ -631,7 +682,7 @@ class RedisLayer:
             counters.add("misses")
             return None
         try:
-            entry = decode_entry(data, key.text, self.serializer)
+            entry = self._envelope.decode(data, self.redis_key(key), now=self._clock.time())
         except PayloadError as exc:
             counters.add(f"payload_{exc.reason}")
             return None
@@ -648,18 +699,20 @@ class RedisLayer:
         ttl_ms = self._ttl_ms(entry)
         if ttl_ms <= 0:
             return None
-        try:
-            payload = encode_entry(entry, key.text, self.serializer, token=token)
-        except Exception:
-            self._counters.add("encode_errors")
-            return None
         value_key = self.redis_key(key)
+        try:
+            payload = self._envelope.encode(entry, value_key, token=token)
+        except UnstorableValue as exc:
+            too_large = exc.reason == "too_large"
+            self._counters.add("writes_too_large" if too_large else "encode_errors")
+            raise
         return (value_key, value_key + ":lease"), (
             payload,
             ttl_ms,
             token,
             repr(entry.created),
             self._lease_value(token),
+            repr(MAX_CLOCK_SKEW),
         )
 
     def _put_result(self, result: Any) -> bool:
@@ -756,7 +809,9 @@ class RedisLayer:
             client.delete(*batch)
 
     def _pattern(self) -> str:
-        return self._base + "*"
+        # "{" right after the version: no other layer's keys start with this (":" and "{" are
+        # refused in prefix and namespace).
+        return self._base + "{*"
 
     async def aget(self, key: CacheKey) -> Entry | None:
         """Async :meth:`get`."""
@@ -916,7 +971,7 @@ class RedisLayer:
         data = result[1]
         if data is not None:
             try:
-                found = decode_entry(data, key.text, self.serializer)
+                found = self._envelope.decode(data, self.redis_key(key), now=self._clock.time())
             except PayloadError:
                 found = None  # counted when get() reads it
             if found is not None and self._clock.time() < found.fresh_until:

@@ -2,11 +2,14 @@
 --
 -- KEYS[1] the entry's key, KEYS[2] its lease key (same hash tag, so the same slot).
 -- ARGV[1] the envelope, ARGV[2] its TTL in ms, ARGV[3] the fencing token ("0": unfenced),
--- ARGV[4] the entry's `created` stamp, ARGV[5] the lease value the writer would hold.
+-- ARGV[4] the entry's `created` stamp, ARGV[5] the lease value the writer would hold,
+-- ARGV[6] the largest clock skew trusted, in seconds.
 -- Returns 1 when stored, 0 when refused. Safe to run twice: a re-run stores the same bytes.
 --
 -- The envelope header (see _serialize.py) holds `created` at byte 5 and the writer's fencing
--- token at byte 37, both big-endian doubles.
+-- token at byte 37, both big-endian doubles. The stored bytes are not verified here (no CRC or
+-- HMAC in Lua), so their `created` is trusted only up to the server's clock plus the skew: a
+-- corrupt or forged entry claiming a later `created` is overwritten, not obeyed.
 local token = ARGV[3]
 if token ~= '0' and redis.call('GET', KEYS[2]) == ARGV[5] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -16,11 +19,15 @@ local old = redis.call('GET', KEYS[1])
 if old and string.len(old) >= 48 and string.byte(old, 1) == 199 and string.byte(old, 2) == 1 then
   local old_created = struct.unpack('>d', old, 5)
   local old_token = struct.unpack('>d', old, 37)
-  if old_created >= tonumber(ARGV[4]) then
-    return 0
-  end
-  if token ~= '0' and old_token >= tonumber(token) then
-    return 0
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+  if old_created <= now + tonumber(ARGV[6]) then
+    if old_created >= tonumber(ARGV[4]) then
+      return 0
+    end
+    if token ~= '0' and old_token >= tonumber(token) then
+      return 0
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])

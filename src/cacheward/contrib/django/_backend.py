@@ -39,9 +39,14 @@ from cacheward._config import check_positive_int, duration
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._core.leasewait import LeaseWait
-from cacheward._errors import CircuitOpen, ConfigurationError, ConfigurationTypeError, FetchTimeout
+from cacheward._errors import (
+    CircuitOpen,
+    ConfigurationError,
+    ConfigurationTypeError,
+    FetchTimeout,
+)
 from cacheward._redis import RedisLayer
-from cacheward._serialize import JsonSerializer, PickleSerializer, Serializer, encode_entry
+from cacheward._serialize import JsonSerializer, PickleSerializer, Serializer, UnstorableValue
 
 __all__ = ["RedisCache"]
 
@@ -60,7 +65,7 @@ _OPTIONS: Final = {
     "FILL_TIMEOUT": 5.0,
     "LEASE_TTL": 15.0,
     "STALE_IF_ERROR": 0.0,
-    "PREFIX": "cacheward-django",
+    "PREFIX": "cacheward",
 }
 
 
@@ -110,6 +115,7 @@ class _Shared:
                 "OPTIONS['MAX_CONNECTIONS']", options["MAX_CONNECTIONS"]
             ),
             prefix=str(options["PREFIX"]),
+            namespace="django",
             serializer=_serializer(options),
             name=f"django-{name}",
         )
@@ -364,8 +370,8 @@ class RedisCache(BaseCache):  # type: ignore[misc]  # Django ships no type hints
         layer = shared.layer
 
         try:
-            payload = encode_entry(entry, ckey.text, layer.serializer)
-        except (TypeError, ValueError):
+            payload = layer.encode(entry, ckey)
+        except (TypeError, ValueError, UnstorableValue):
             return False  # the serializer refuses the value: not stored (and not a Redis fault)
 
         def set_if_absent() -> bool:
