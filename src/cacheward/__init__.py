@@ -6,6 +6,7 @@ private and may change.
 
 from __future__ import annotations
 
+from cacheward._adaptive import AdaptiveLimit, AdaptiveStats, PriorityStats, priority
 from cacheward._backend_breaker import (
     BreakerState,
     CircuitBreaker,
@@ -68,6 +69,8 @@ from cacheward._serialize import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdaptiveLimit",
+    "AdaptiveStats",
     "AsyncCachedFunction",
     "AsyncGuardedFunction",
     "AsyncLayer",
@@ -107,6 +110,7 @@ __all__ = [
     "Page",
     "PaginationError",
     "PickleSerializer",
+    "PriorityStats",
     "RateLimited",
     "RedisLayer",
     "RedisTokenBucket",
@@ -129,6 +133,7 @@ __all__ = [
     "listen",
     "listener_errors",
     "listening",
+    "priority",
     "rate_limit",
     "retry",
     "unlisten",

@@ -22,6 +22,7 @@ from cacheward._config import duration
 __all__ = [
     "Attempt",
     "CallRecord",
+    "CapacityBackend",
     "FakeClock",
     "InlineExecutor",
     "LayerMode",
@@ -113,6 +114,7 @@ class InlineExecutor(concurrent.futures.Executor):
 from cacheward._sim import (  # noqa: E402
     Attempt,
     CallRecord,
+    CapacityBackend,
     LayerMode,
     ManualExecutor,
     Outcome,
