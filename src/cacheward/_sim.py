@@ -444,7 +444,8 @@ class CapacityBackend:
     """A backend with a capacity: flat latency up to ``capacity(t)`` concurrent attempts,
     proportional past it, and a timeout past twice it (a database, roughly).
 
-    An attempt that starts with ``n`` attempts running (itself included) at time ``t`` takes
+    An attempt that starts at time ``t`` with ``n`` attempts running (itself and the others
+    starting at the same instant included) takes
     ``base * max(1, n / capacity(t))`` seconds and succeeds, or, when ``n > 2 * capacity(t)``,
     takes ``timeout`` seconds and raises ``TimeoutError`` (a statement timeout). Use it to
     check that an :class:`~cacheward.AdaptiveLimit` finds and follows the capacity.
@@ -484,10 +485,13 @@ class CapacityBackend:
         now = self.clock.monotonic()
         capacity = self.capacity_at(now)
         self.in_flight += 1
-        running = self.in_flight
-        overloaded = running > 2.0 * capacity
-        self.attempts.append((now, running, capacity, overloaded))
         try:
+            # Attempts that start at the same instant share the backend from the start (as a
+            # processor-sharing server would): let them all arrive before deciding.
+            await asyncio.sleep(0)
+            running = self.in_flight
+            overloaded = running > 2.0 * capacity
+            self.attempts.append((now, running, capacity, overloaded))
             if overloaded:
                 await self.clock.asleep(self.timeout)
                 raise TimeoutError(f"statement timeout: {running} running, capacity {capacity:g}")

@@ -83,11 +83,19 @@ class _Window:
         return len(self.rtts) + self.drops
 
     def median(self) -> float | None:
+        """The median latency of the attempts that did not fail (``None``: all failed)."""
         if not self.rtts:
             return None
         ordered = sorted(self.rtts)
         mid = len(ordered) // 2
         return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    def filled(self, limit: int) -> bool:
+        """Whether some attempt of the window started with every slot of ``limit`` taken.
+
+        Only then can a flat latency say the backend takes ``limit`` at once.
+        """
+        return self.max_inflight >= limit
 
 
 class _Bounds:
@@ -119,8 +127,9 @@ class Gradient:
     * ``m > b * (1 + tolerance)`` (queueing): the limit jumps to
       ``limit * b / m * (1 + tolerance / 2)`` (never below half of it): the concurrency the
       backend served without queueing, plus half the tolerance;
-    * ``m <= b * (1 + tolerance / 4)`` and the window filled the limit (some attempt started
-      with every slot taken): the limit grows by ``growth`` (at least one slot). A limit the
+    * ``m <= b * (1 + tolerance / 4)`` and the window filled the limit (one of its attempts
+      started with every slot taken, and not the first window after a probe, while the slots
+      refill): the limit grows by ``growth`` (at least one slot). A limit the
       callers never fill is not raised: nothing has shown that the backend takes more;
     * in between: it holds.
 
@@ -146,6 +155,7 @@ class Gradient:
         "_bounds",
         "_probe_due",
         "_probing",
+        "_refilling",
         "_window",
         "backoff",
         "baseline",
@@ -180,6 +190,7 @@ class Gradient:
         #: The no-load latency (seconds), from the last probe; ``None`` before the first.
         self.baseline: float | None = None
         self._probing = True
+        self._refilling = False
         self._probe_due = now + probe_interval
         self._window = _Window(now)
 
@@ -204,7 +215,7 @@ class Gradient:
         window = self._window
         if not window.add(started=started, rtt=rtt, inflight=inflight, dropped=dropped):
             return
-        if window.size < max(self.window_samples, self.limit):
+        if window.size < max(self.window_samples, window.max_inflight):
             return
         self._window = _Window(now)
         median = window.median()
@@ -213,8 +224,12 @@ class Gradient:
             if median is not None:  # a probe of nothing but failures measures nothing
                 self.baseline = median
                 self._probing = False
+                self._refilling = True
                 self._probe_due = now + self.probe_interval
             return
+        # The first window after a probe ran while the slots were refilling: its attempts
+        # mostly ran at a lower concurrency than the limit, so its flat latency proves nothing.
+        refilling, self._refilling = self._refilling, False
         if window.drops:
             bounds.set(bounds.value * self.backoff)
         elif median is not None and self.baseline is not None:
@@ -222,7 +237,11 @@ class Gradient:
             if ratio > 1.0 + self.tolerance:
                 target = bounds.value / ratio * (1.0 + self.tolerance / 2.0)
                 bounds.set(max(target, bounds.value / 2.0))
-            elif ratio <= 1.0 + self.tolerance / 4.0 and window.max_inflight >= bounds.whole:
+            elif (
+                ratio <= 1.0 + self.tolerance / 4.0
+                and not refilling
+                and window.filled(bounds.whole)
+            ):
                 bounds.set(bounds.value + max(1.0, bounds.value * self.growth))
         if now >= self._probe_due:
             self._probing = True
@@ -282,13 +301,13 @@ class Aimd:
         window = self._window
         if not window.add(started=started, rtt=rtt, inflight=inflight, dropped=dropped):
             return
-        if window.size < max(self.window_samples, self.limit):
+        if window.size < max(self.window_samples, window.max_inflight):
             return
         self._window = _Window(now)
         bounds = self._bounds
         if window.drops:
             bounds.set(bounds.value * self.backoff)
-        elif window.max_inflight >= bounds.whole:
+        elif window.filled(bounds.whole):
             bounds.set(bounds.value + 1.0)
 
     def __repr__(self) -> str:
