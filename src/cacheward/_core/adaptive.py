@@ -330,8 +330,8 @@ class Admission:
 
     Rules (Netflix concurrency-limits' partitioned limiter, with the queue made explicit):
 
-    * nothing is admitted while the in-flight total is at the limit (``inflight_total <
-      limit`` is checked on every admission, and only there);
+    * nothing is admitted unless ``inflight + notified < limit`` (:meth:`_room`, the one check
+      every admission passes: newcomers, woken waiters, and the waking itself);
     * a newcomer is admitted at once if there is room and nobody waits, or if there is room
       and its partition is below its guaranteed share (``share * limit``) and nobody of its own
       partition waits; otherwise it queues (or is refused, if it cannot wait);
@@ -420,7 +420,7 @@ class Admission:
         if not admit:
             return 0
         part = self._partitions[name]
-        if self.inflight < self.algorithm.limit:
+        if self._room():  # the slots of the other notified waiters stay theirs
             return self._admit(part)
         self._ticket += 1
         self._order[waiter] = -self._ticket  # ahead of everyone who arrived normally
@@ -446,17 +446,19 @@ class Admission:
                 now, started=started, rtt=rtt, inflight=inflight, dropped=dropped
             )
 
+    def _next(self, candidates: list[_Partition]) -> _Partition:
+        """The partition a free slot goes to: the one furthest below its share, else the one
+        whose first waiter is oldest."""
+        under = [p for p in candidates if self._under_share(p)]
+        if under:
+            return min(under, key=lambda p: p.inflight / max(p.share, 1e-9))
+        return min(candidates, key=lambda p: self._order[p.waiting[0]])
+
     def to_notify(self) -> list[Hashable]:
         """The waiters to notify now (removed from the lines and counted as notified)."""
         woken: list[Hashable] = []
         while self._order and self._room():
-            candidates = [p for p in self._partitions.values() if p.waiting]
-            limit = self.algorithm.limit
-            under = [p for p in candidates if p.inflight < p.share * limit]
-            if under:
-                part = min(under, key=lambda p: p.inflight / max(p.share, 1e-9))
-            else:
-                part = min(candidates, key=lambda p: self._order[p.waiting[0]])
+            part = self._next([p for p in self._partitions.values() if p.waiting])
             waiter = part.waiting.popleft()
             del self._order[waiter]
             self.notified += 1
