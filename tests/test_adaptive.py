@@ -426,3 +426,76 @@ def test_repr_and_stats_show_live_state() -> None:
     stats = limit.stats()
     assert (stats.limit, stats.inflight, stats.queued, stats.admitted) == (3, 0, 0, 0)
     assert set(stats.rejected) == {"queue_full", "timeout", "throttled", "caller_gone"}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def busy_limit() -> cw.AdaptiveLimit:
+    """A limit of 1 slot with one attempt admitted, one refused for want of a queue."""
+    limit = cw.AdaptiveLimit(
+        floor=1, ceiling=1, initial=1, name="db", priorities={"interactive": 0.5, "batch": 0.5}
+    )
+    inner = cw.rate_limit(limit, max_wait=0)(lambda: None)
+
+    @cw.rate_limit(limit, max_wait=0)
+    def outer() -> None:
+        with cw.priority("batch"), pytest.raises(cw.RateLimited):
+            inner()
+
+    outer()
+    return limit
+
+
+def test_prometheus_exports_the_limit_per_priority_and_rejections_by_reason() -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry
+
+    from cacheward.contrib.prometheus import PrometheusMetrics
+
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry=registry)
+    try:
+        metrics.track(busy_limit())
+
+        def value(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, {"function": "db", **labels})
+
+        assert value("cacheward_adaptive_limit") == 1
+        assert value("cacheward_adaptive_admitted_total", priority="interactive") == 1
+        assert value("cacheward_adaptive_in_flight", priority="interactive") == 0
+        assert value("cacheward_adaptive_queued", priority="batch") == 0
+        rejected = "cacheward_adaptive_rejected_total"
+        assert value(rejected, priority="batch", reason="queue_full") == 1
+        assert value(rejected, priority="interactive", reason="queue_full") == 0
+        assert value("cacheward_calls_total", outcome="hit") is None  # not a function
+    finally:
+        metrics.close()
+
+
+def test_opentelemetry_observes_the_limit() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from cacheward.contrib.otel import OTelMetrics
+
+    reader = InMemoryMetricReader()
+    otel = OTelMetrics(meter_provider=MeterProvider(metric_readers=[reader]))
+    try:
+        otel.track(busy_limit())
+        data = reader.get_metrics_data()
+        assert data is not None
+        points = {
+            (m.name, tuple(sorted(p.attributes.items()))): p.value  # type: ignore[union-attr]
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            for p in m.data.data_points
+        }
+        assert points[("cacheward.adaptive_limit", (("function", "db"),))] == 1
+        key = (("function", "db"), ("priority", "batch"), ("reason", "queue_full"))
+        assert points[("cacheward.adaptive_rejected", key)] == 1
+    finally:
+        otel.close()

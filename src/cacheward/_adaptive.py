@@ -29,7 +29,7 @@ from cacheward._errors import ConfigurationError, ConfigurationTypeError, RateLi
 from cacheward._events import EventKind, emit
 from cacheward._limit import LimitCounters, check_function, time_left
 
-__all__ = ["AdaptiveLimit", "AdaptiveStats", "PriorityStats", "priority"]
+__all__ = ["REJECT_REASONS", "AdaptiveLimit", "AdaptiveStats", "PriorityStats", "priority"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,7 +43,8 @@ _PRIORITY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 #: Why an attempt was refused, as counted in :attr:`AdaptiveStats.rejected`.
 Reason = Literal["queue_full", "timeout", "throttled", "caller_gone"]
-_REASONS: tuple[Reason, ...] = ("queue_full", "timeout", "throttled", "caller_gone")
+REJECT_REASONS: tuple[Reason, ...] = ("queue_full", "timeout", "throttled", "caller_gone")
+_REASONS = REJECT_REASONS
 
 
 class priority:  # noqa: N801 - used like a function, as a context manager
