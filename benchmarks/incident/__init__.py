@@ -89,10 +89,26 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
         help="incident: the stacks to replay, comma-separated, baseline first "
         f"(default {','.join(DEFAULT)}; known: {', '.join(REGISTRY)})",
     )
+    parser.add_argument(
+        "--limiter",
+        choices=("bucket", "adaptive"),
+        default="bucket",
+        help="incident: 'adaptive' runs the variant where nobody sized the rate and the "
+        "database loses half its capacity for 30 s mid-outage (benchmarks/incident/adaptive.py)",
+    )
 
 
-def run(*, quick: bool, stacks: str | list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+def run(
+    *,
+    quick: bool,
+    stacks: str | list[str] | tuple[str, ...] | None = None,
+    limiter: str = "bucket",
+) -> dict[str, Any]:
     """Run the incident replay for every stack; print the report; return every figure."""
+    if limiter == "adaptive":
+        from benchmarks.incident import adaptive
+
+        return adaptive.run(quick=quick)
     specs = selected(stacks)
     sc = scenario_for(quick)
     smoke = sc is SMOKE
