@@ -29,7 +29,7 @@ def feed(algo: Gradient | Aimd, now: float, *, rtt: float, n: int, dropped: bool
 def test_gradient_probes_the_baseline_first_then_grows_while_latency_is_flat() -> None:
     g = Gradient(initial=20, floor=1, ceiling=100, now=0.0, probe_interval=1000.0)
     assert g.probing
-    assert g.limit == 3  # probe_concurrency
+    assert g.limit == 1  # probe_concurrency
     t = feed(g, 0.0, rtt=0.05, n=10)
     assert not g.probing
     assert g.baseline == pytest.approx(0.05)
@@ -424,7 +424,7 @@ def test_repr_and_stats_show_live_state() -> None:
     limit = cw.AdaptiveLimit(name="db")
     assert "name='db'" in repr(limit)
     stats = limit.stats()
-    assert (stats.limit, stats.inflight, stats.queued, stats.admitted) == (3, 0, 0, 0)
+    assert (stats.limit, stats.inflight, stats.queued, stats.admitted) == (1, 0, 0, 0)
     assert set(stats.rejected) == {"queue_full", "timeout", "throttled", "caller_gone"}
 
 

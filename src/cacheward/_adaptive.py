@@ -169,6 +169,8 @@ class AdaptiveLimit:
         tolerance: (gradient) the latency rise over the no-load latency read as queueing
             (default 0.1: 10 %).
         probe_interval: (gradient) seconds between no-load latency probes (default 30).
+        probe_concurrency: (gradient) the limit during a probe (default 1, at least
+            ``floor``): every process probes, so the backend sees the sum of their probes.
         window_samples: attempts per limit update (default 10).
         backoff: the factor overload failures in a window multiply the limit by (default 0.9).
         throttle: the ``K`` of client-side adaptive throttling (default 2.0: local rejections
@@ -196,6 +198,7 @@ class AdaptiveLimit:
         default_priority: str | None = None,
         tolerance: float = 0.1,
         probe_interval: float = 30.0,
+        probe_concurrency: int = 1,
         window_samples: int = 10,
         backoff: float = 0.9,
         throttle: float | None = 2.0,
@@ -219,6 +222,7 @@ class AdaptiveLimit:
         if tolerance <= 0.0:
             raise ConfigurationError(f"tolerance must be > 0, got {tolerance}")
         probe = duration("probe_interval", probe_interval, allow_zero=False)
+        probe_concurrency = check_positive_int("probe_concurrency", probe_concurrency)
         now = self.clock.monotonic()
         core: LimitAlgorithm
         if algorithm == "gradient":
@@ -231,6 +235,7 @@ class AdaptiveLimit:
                 backoff=backoff,
                 window_samples=window_samples,
                 probe_interval=probe,
+                probe_concurrency=probe_concurrency,
             )
         elif algorithm == "aimd":
             core = Aimd(
@@ -380,6 +385,19 @@ class AdaptiveLimit:
             admitted = self._admission.resume(part, waiter, admit=not gone)
             return admitted, self._notify()
 
+    def _woke(
+        self, part: str, waiter: _Waiter, counters: LimitCounters, limit: float, gone: bool
+    ) -> int:
+        """A wait ended (a wake-up or the time ran out): the in-flight count once admitted, or
+        0 to wait again; raises RateLimited when the wait is over without a slot."""
+        inflight, woken = self._after_wait(part, waiter, gone)
+        self._wake(woken)
+        if inflight < 0:
+            raise self._refuse(part, "timeout", counters, f"{limit:g}s")
+        if not inflight and gone:
+            raise self._refuse(part, "caller_gone", counters, "deadline passed")
+        return inflight
+
     def _exit(self, part: str, started: float, inflight: int, error: BaseException | None) -> None:
         with self._lock:
             now = self.clock.monotonic()
@@ -494,15 +512,8 @@ class AdaptiveLimit:
                                 _, woken = self._after_wait(part, waiter, True)
                                 self._wake(woken)
                                 raise
-                            inflight, woken = self._after_wait(part, waiter, gone())
-                            self._wake(woken)
-                            if inflight < 0:
-                                raise self._refuse(part, "timeout", counters, f"{limit:g}s")
+                            inflight = self._woke(part, waiter, counters, limit, gone())
                             if not inflight:
-                                if gone():
-                                    raise self._refuse(
-                                        part, "caller_gone", counters, "deadline passed"
-                                    )
                                 waiter.future = waiter.loop.create_future()  # type: ignore[union-attr]
                     finally:
                         counters.leave_wait()
@@ -535,13 +546,8 @@ class AdaptiveLimit:
                         left = give_up - now()
                         if left > 0.0:
                             waiter.event.wait(left)
-                        inflight, woken = self._after_wait(part, waiter, gone())
-                        self._wake(woken)
-                        if inflight < 0:
-                            raise self._refuse(part, "timeout", counters, f"{limit:g}s")
+                        inflight = self._woke(part, waiter, counters, limit, gone())
                         if not inflight:
-                            if gone():
-                                raise self._refuse(part, "caller_gone", counters, "deadline passed")
                             waiter.event.clear()
                 finally:
                     counters.leave_wait()

@@ -116,7 +116,48 @@ class _Bounds:
         return int(self.value)
 
 
-class Gradient:
+class _Windowed:
+    """What both algorithms share: the bounded limit and the window of samples."""
+
+    __slots__ = ("_bounds", "_window", "backoff", "window_samples")
+
+    def __init__(
+        self,
+        *,
+        initial: float,
+        floor: int,
+        ceiling: int,
+        now: float,
+        backoff: float,
+        window_samples: int,
+    ) -> None:
+        self._bounds = _Bounds(initial=initial, floor=floor, ceiling=ceiling)
+        self.backoff = backoff
+        self.window_samples = window_samples
+        self._window = _Window(now)
+
+    @property
+    def limit(self) -> int:
+        return self._bounds.whole
+
+    @property
+    def estimate(self) -> float:
+        return self._bounds.value
+
+    def _full_window(
+        self, now: float, *, started: float, rtt: float, inflight: int, dropped: bool
+    ) -> _Window | None:
+        """Add the sample; the window, if it is now complete (a new one starts at ``now``)."""
+        window = self._window
+        if not window.add(started=started, rtt=rtt, inflight=inflight, dropped=dropped):
+            return None
+        if window.size < max(self.window_samples, window.max_inflight):
+            return None
+        self._window = _Window(now)
+        return window
+
+
+class Gradient(_Windowed):
     """A latency-gradient limit: the concurrency at which latency starts to rise, plus a margin.
 
     The no-load latency is measured Envoy's way (adaptive_concurrency's "minRTT calculation"):
@@ -152,18 +193,14 @@ class Gradient:
     """
 
     __slots__ = (
-        "_bounds",
         "_probe_due",
         "_probing",
         "_refilling",
-        "_window",
-        "backoff",
         "baseline",
         "growth",
         "probe_concurrency",
         "probe_interval",
         "tolerance",
-        "window_samples",
     )
 
     def __init__(
@@ -178,13 +215,18 @@ class Gradient:
         backoff: float = 0.9,
         window_samples: int = 10,
         probe_interval: float = 30.0,
-        probe_concurrency: int = 3,
+        probe_concurrency: int = 1,
     ) -> None:
-        self._bounds = _Bounds(initial=initial, floor=floor, ceiling=ceiling)
+        super().__init__(
+            initial=initial,
+            floor=floor,
+            ceiling=ceiling,
+            now=now,
+            backoff=backoff,
+            window_samples=window_samples,
+        )
         self.tolerance = tolerance
         self.growth = growth
-        self.backoff = backoff
-        self.window_samples = window_samples
         self.probe_interval = probe_interval
         self.probe_concurrency = max(floor, min(probe_concurrency, ceiling))
         #: The no-load latency (seconds), from the last probe; ``None`` before the first.
@@ -192,17 +234,12 @@ class Gradient:
         self._probing = True
         self._refilling = False
         self._probe_due = now + probe_interval
-        self._window = _Window(now)
 
     @property
     def limit(self) -> int:
         if self._probing:
             return min(self.probe_concurrency, self._bounds.whole)
         return self._bounds.whole
-
-    @property
-    def estimate(self) -> float:
-        return self._bounds.value
 
     @property
     def probing(self) -> bool:
@@ -212,12 +249,11 @@ class Gradient:
     def on_sample(
         self, now: float, *, started: float, rtt: float, inflight: int, dropped: bool
     ) -> None:
-        window = self._window
-        if not window.add(started=started, rtt=rtt, inflight=inflight, dropped=dropped):
+        window = self._full_window(
+            now, started=started, rtt=rtt, inflight=inflight, dropped=dropped
+        )
+        if window is None:
             return
-        if window.size < max(self.window_samples, window.max_inflight):
-            return
-        self._window = _Window(now)
         median = window.median()
         bounds = self._bounds
         if self._probing:
@@ -253,7 +289,7 @@ class Gradient:
         )
 
 
-class Aimd:
+class Aimd(_Windowed):
     """Additive increase, multiplicative decrease, on overload failures only (TCP Reno's rule).
 
     Each window without an overload failure that filled the limit adds one slot;
@@ -270,7 +306,7 @@ class Aimd:
         now: the creation time.
     """
 
-    __slots__ = ("_bounds", "_window", "backoff", "window_samples")
+    __slots__ = ()
 
     def __init__(
         self,
@@ -282,28 +318,23 @@ class Aimd:
         backoff: float = 0.9,
         window_samples: int = 10,
     ) -> None:
-        self._bounds = _Bounds(initial=initial, floor=floor, ceiling=ceiling)
-        self.backoff = backoff
-        self.window_samples = window_samples
-        self._window = _Window(now)
-
-    @property
-    def limit(self) -> int:
-        return self._bounds.whole
-
-    @property
-    def estimate(self) -> float:
-        return self._bounds.value
+        super().__init__(
+            initial=initial,
+            floor=floor,
+            ceiling=ceiling,
+            now=now,
+            backoff=backoff,
+            window_samples=window_samples,
+        )
 
     def on_sample(
         self, now: float, *, started: float, rtt: float, inflight: int, dropped: bool
     ) -> None:
-        window = self._window
-        if not window.add(started=started, rtt=rtt, inflight=inflight, dropped=dropped):
+        window = self._full_window(
+            now, started=started, rtt=rtt, inflight=inflight, dropped=dropped
+        )
+        if window is None:
             return
-        if window.size < max(self.window_samples, window.max_inflight):
-            return
-        self._window = _Window(now)
         bounds = self._bounds
         if window.drops:
             bounds.set(bounds.value * self.backoff)
