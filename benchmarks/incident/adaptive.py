@@ -224,6 +224,9 @@ def extras(sc: Scenario, raw: dict[str, Any], figures: dict[str, Any]) -> dict[s
         "slots": slots,
         "seconds_above_capacity": sum(above),
         "seconds_above_capacity_in_dip": sum(above[i] for i in dip),
+        "statements_per_slot_in_dip": (
+            round(sum(busy[i] / slots[i] for i in dip) / len(dip), 2) if dip else None
+        ),
         "seconds_above_capacity_in_outage": sum(above[i] for i in outage),
         "statement_timeouts_in_dip": sum(
             1 for q in qs if cap.dip_at <= q[0] < cap.dip_at + cap.dip_for and q[4] == 1
@@ -389,6 +392,7 @@ def table(result: dict[str, Any], specs: list[StackSpec]) -> list[tuple[str, ...
     add("statement timeouts, whole run", lambda f, e: f["phases"]["total"]["statement_timeouts"])
     add("statement timeouts, slow-down", lambda f, e: e["statement_timeouts_in_dip"])
     add("seconds above capacity, slow-down", lambda f, e: e["seconds_above_capacity_in_dip"])
+    add("statements running per slot, slow-down", lambda f, e: e["statements_per_slot_in_dip"])
     add("seconds above capacity, outage", lambda f, e: e["seconds_above_capacity_in_outage"])
     add("p99 of served callers, outage (ms)", lambda f, e: e["served_p99_ms_in_outage"])
     add("p99 of served callers, slow-down (ms)", lambda f, e: e["served_p99_ms_in_dip"])
