@@ -108,7 +108,7 @@ def run(
     if limiter == "adaptive":
         from benchmarks.incident import adaptive
 
-        return adaptive.run(quick=quick)
+        return adaptive.run(quick=quick, figures=_figures)
     specs = selected(stacks)
     sc = scenario_for(quick)
     smoke = sc is SMOKE

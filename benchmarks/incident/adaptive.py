@@ -303,10 +303,12 @@ def scenario_for(quick: bool) -> Scenario:
     return ADAPTIVE_QUICK if quick else ADAPTIVE_FULL
 
 
-def run(*, quick: bool, stacks_: tuple[str, ...] = STACKS) -> dict[str, Any]:
-    """Run the variant for every stack; print the report; return every figure."""
-    from benchmarks.incident import _figures  # the package's figures, shared with the default
+def run(*, quick: bool, figures: Any, stacks_: tuple[str, ...] = STACKS) -> dict[str, Any]:
+    """Run the variant for every stack; print the report; return every figure.
 
+    ``figures`` is the incident package's ``_figures`` (the default replay's figures, which
+    this variant adds to); passed in, so that this module does not import the package.
+    """
     specs = selected(list(stacks_))
     sc = scenario_for(quick)
     smoke = sc is ADAPTIVE_SMOKE
@@ -337,7 +339,7 @@ def run(*, quick: bool, stacks_: tuple[str, ...] = STACKS) -> dict[str, Any]:
     finally:
         l2.stop()
         db.drop()
-    result = _figures(sc, specs, raw, database=db.describe(), l2=l2.describe())
+    result = figures(sc, specs, raw, database=db.describe(), l2=l2.describe())
     result["variant"] = "adaptive"
     result["slowdown"] = {"at_s": cap.dip_at, "for_s": cap.dip_for, "factor": cap.dip_factor}
     result["adaptive_figures"] = {
