@@ -85,8 +85,11 @@ def test_aimd_adds_one_per_filled_window_and_multiplies_on_failures() -> None:
     assert a.estimate == 11
     t = feed(a, t, rtt=5.0, n=11)  # latency alone does not move it
     assert a.estimate == 12
-    feed(a, t, rtt=0.05, n=12, dropped=True)
+    for i in range(12):  # one failure in a window: x backoff
+        a.on_sample(t + 0.05, started=t, rtt=0.05, inflight=12, dropped=i == 0)
     assert a.estimate == pytest.approx(12 * 0.9)
+    feed(a, t + 0.05, rtt=0.05, n=12, dropped=True)  # nothing got through: halved
+    assert a.estimate == pytest.approx(12 * 0.9 / 2)
 
 
 def test_samples_of_attempts_started_before_the_window_are_ignored() -> None:
@@ -367,7 +370,7 @@ def test_priorities_reach_asyncio_tasks_created_inside_the_block() -> None:
 
 def test_client_side_throttling_rejects_while_the_backend_refuses_and_recovers() -> None:
     clock = SimClock()
-    limit = cw.AdaptiveLimit(clock=clock, rng=random.Random(3), throttle_window=5.0)
+    limit = cw.AdaptiveLimit(clock=clock, rng=random.Random(3), throttle=2.0, throttle_window=5.0)
     failing = True
 
     async def backend() -> None:

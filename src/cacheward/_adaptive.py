@@ -173,8 +173,9 @@ class AdaptiveLimit:
             ``floor``): every process probes, so the backend sees the sum of their probes.
         window_samples: attempts per limit update (default 10).
         backoff: the factor overload failures in a window multiply the limit by (default 0.9).
-        throttle: the ``K`` of client-side adaptive throttling (default 2.0: local rejections
-            start once the backend refuses half of what it gets); ``None`` turns it off.
+        throttle: the ``K`` of client-side adaptive throttling, e.g. ``2.0`` (local rejections
+            start once the backend refuses half of what it gets); default ``None``: off (see
+            docs/protection.md for when it helps and when it stays engaged).
         throttle_window: seconds of history the throttle counts (default 10).
         failure_on: which errors are overload failures (default:
             :func:`~cacheward.is_backend_failure`: timeouts, refused connections, DB-API
@@ -201,7 +202,7 @@ class AdaptiveLimit:
         probe_concurrency: int = 1,
         window_samples: int = 10,
         backoff: float = 0.9,
-        throttle: float | None = 2.0,
+        throttle: float | None = None,
         throttle_window: float = 10.0,
         failure_on: Callable[[BaseException], bool] | None = None,
         clock: Clock | None = None,

@@ -144,6 +144,12 @@ class _Windowed:
     def estimate(self) -> float:
         return self._bounds.value
 
+    def _cut(self, window: _Window) -> float:
+        """The factor a window with overload failures multiplies the limit by: ``backoff``,
+        or one half when every attempt of the window failed (nothing got through: TCP's
+        halving, and a limit that starts far too high comes down in a few windows)."""
+        return 0.5 if not window.rtts else self.backoff
+
     def _full_window(
         self, now: float, *, started: float, rtt: float, inflight: int, dropped: bool
     ) -> _Window | None:
@@ -174,7 +180,8 @@ class Gradient(_Windowed):
       callers never fill is not raised: nothing has shown that the backend takes more;
     * in between: it holds.
 
-    A window with any overload failure (a timeout) cuts the limit by ``backoff`` instead.
+    A window with any overload failure (a timeout) cuts the limit by ``backoff`` instead (by
+    half when every attempt of the window failed).
     On a backend whose latency is flat up to ``C`` concurrent requests and proportional to the
     concurrency past it, this settles between ``(1 + tolerance / 4) * C`` and
     ``(1 + tolerance) * C``.
@@ -267,7 +274,7 @@ class Gradient(_Windowed):
         # mostly ran at a lower concurrency than the limit, so its flat latency proves nothing.
         refilling, self._refilling = self._refilling, False
         if window.drops:
-            bounds.set(bounds.value * self.backoff)
+            bounds.set(bounds.value * self._cut(window))
         elif median is not None and self.baseline is not None:
             ratio = median / self.baseline if self.baseline > 0.0 else 1.0
             if ratio > 1.0 + self.tolerance:
@@ -293,9 +300,10 @@ class Aimd(_Windowed):
     """Additive increase, multiplicative decrease, on overload failures only (TCP Reno's rule).
 
     Each window without an overload failure that filled the limit adds one slot;
-    a window with one multiplies the limit by ``backoff``. It finds the concurrency at which
-    the backend starts *failing*, not the one at which it starts queueing: use it for backends
-    that refuse work cleanly when full (a connection limit, a 429), :class:`Gradient` otherwise.
+    a window with one multiplies the limit by ``backoff`` (by half when all of it failed). It
+    finds the concurrency at which the backend starts *failing*, not the one at which it starts
+    queueing: use it for backends that refuse work cleanly when full (a connection limit, a
+    429), :class:`Gradient` otherwise.
 
     Args:
         initial: the limit to start from.
@@ -337,7 +345,7 @@ class Aimd(_Windowed):
             return
         bounds = self._bounds
         if window.drops:
-            bounds.set(bounds.value * self.backoff)
+            bounds.set(bounds.value * self._cut(window))
         elif window.filled(bounds.whole):
             bounds.set(bounds.value + 1.0)
 
