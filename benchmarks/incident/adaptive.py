@@ -22,7 +22,6 @@ in the picture (``benchmarks/results/incident-adaptive[-quick].png``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import threading
@@ -30,10 +29,8 @@ import time
 from typing import Any
 
 from benchmarks import _harness as h
-from benchmarks._db import Database, Store
-from benchmarks._redisproc import L2
+from benchmarks._db import Store
 from benchmarks.incident import report
-from benchmarks.incident.replay import run_stack
 from benchmarks.incident.scenario import FULL, QUICK, SERVED, SMOKE, Scenario
 from benchmarks.incident.stacks import (
     REGISTRY,
@@ -303,43 +300,21 @@ def scenario_for(quick: bool) -> Scenario:
     return ADAPTIVE_QUICK if quick else ADAPTIVE_FULL
 
 
-def run(*, quick: bool, figures: Any, stacks_: tuple[str, ...] = STACKS) -> dict[str, Any]:
+def run(*, quick: bool, replay: Any, stacks_: tuple[str, ...] = STACKS) -> dict[str, Any]:
     """Run the variant for every stack; print the report; return every figure.
 
-    ``figures`` is the incident package's ``_figures`` (the default replay's figures, which
-    this variant adds to); passed in, so that this module does not import the package.
+    ``replay`` is the incident package's (it runs the stacks and computes the default figures,
+    which this variant adds to); passed in, so that this module does not import the package.
     """
     specs = selected(list(stacks_))
     sc = scenario_for(quick)
     smoke = sc is ADAPTIVE_SMOKE
-    fault = os.environ.get("CACHEWARD_BENCH_REDIS_FAULT", "down")
-    l2 = L2(fault=fault)
-    if os.environ.get("CACHEWARD_BENCH_NO_REDIS", "") not in ("", "0"):
-        l2.mode, l2.reason = "absent", "CACHEWARD_BENCH_NO_REDIS is set: L2 is absent"
-    db = Database(sc.dataset)
-    progress = report.Progress(quiet=smoke)
-    lines = report.intro(
-        sc, specs, database=db.describe(), l2=l2.describe(), l2_mode=l2.mode, fault=fault
-    )
     cap = sc.capacity
-    lines.append(
+    note = (
         f"The slow-down: from t={cap.dip_at:g} s, for {cap.dip_for:g} s, the database has "
         f"{cap.dip_factor:.0%} of its {cap.slots} slots; nobody reconfigures anything."
     )
-    for line in lines:
-        progress.note(line)
-    db.create()
-    raw: dict[str, dict[str, Any]] = {}
-    try:
-        l2.start()
-        with progress:
-            for spec in specs:
-                say = functools.partial(report.announce, progress, spec.label, fault=fault)
-                raw[spec.name] = run_stack(sc, spec, db, l2, progress=progress, announce=say)
-    finally:
-        l2.stop()
-        db.drop()
-    result = figures(sc, specs, raw, database=db.describe(), l2=l2.describe())
+    result, raw = replay(sc, specs, quiet=smoke, notes=(note,))
     result["variant"] = "adaptive"
     result["slowdown"] = {"at_s": cap.dip_at, "for_s": cap.dip_for, "factor": cap.dip_factor}
     result["adaptive_figures"] = {

@@ -128,8 +128,8 @@ class _Windowed:
         floor: int,
         ceiling: int,
         now: float,
-        backoff: float,
-        window_samples: int,
+        backoff: float = 0.9,
+        window_samples: int = 10,
     ) -> None:
         self._bounds = _Bounds(initial=initial, floor=floor, ceiling=ceiling)
         self.backoff = backoff
@@ -315,25 +315,6 @@ class Aimd(_Windowed):
     """
 
     __slots__ = ()
-
-    def __init__(
-        self,
-        *,
-        initial: float,
-        floor: int,
-        ceiling: int,
-        now: float,
-        backoff: float = 0.9,
-        window_samples: int = 10,
-    ) -> None:
-        super().__init__(
-            initial=initial,
-            floor=floor,
-            ceiling=ceiling,
-            now=now,
-            backoff=backoff,
-            window_samples=window_samples,
-        )
 
     def on_sample(
         self, now: float, *, started: float, rtt: float, inflight: int, dropped: bool
