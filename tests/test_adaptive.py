@@ -34,7 +34,8 @@ def test_gradient_probes_the_baseline_first_then_grows_while_latency_is_flat() -
     assert not g.probing
     assert g.baseline == pytest.approx(0.05)
     assert g.limit == 20
-    t = feed(g, t, rtt=0.05, n=20)  # the window right after a probe refills: no growth
+    t = feed(g, t, rtt=0.05, n=20)  # the two windows right after a probe refill: no growth
+    t = feed(g, t, rtt=0.05, n=20)
     assert g.estimate == 20
     t = feed(g, t, rtt=0.05, n=20)
     assert g.estimate == pytest.approx(21.0)  # +5 %, at least one slot
@@ -52,8 +53,10 @@ def test_gradient_holds_inside_the_tolerance_and_does_not_grow_an_unfilled_limit
     t = feed(g, 0.0, rtt=0.05, n=10)
     t = feed(g, t, rtt=0.05 * 1.05, n=40)
     assert g.estimate == 40  # within the tolerance: hold
-    t = feed(g, t, rtt=0.05, n=40)  # (refill window done above)
-    t = feed(g, t, rtt=0.05, n=15)  # flat, but only 15 of 40 slots used
+    t = feed(g, t, rtt=0.05, n=40)  # the second refill window: no growth
+    assert g.estimate == 40
+    t = feed(g, t, rtt=0.05, n=40)
+    t = feed(g, t, rtt=0.05, n=15)  # flat, but only 15 of 42 slots used
     assert g.estimate == pytest.approx(42.0)  # grew once, on the filled window only
 
 

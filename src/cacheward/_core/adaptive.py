@@ -175,8 +175,8 @@ class Gradient(_Windowed):
       ``limit * b / m * (1 + tolerance / 2)`` (never below half of it): the concurrency the
       backend served without queueing, plus half the tolerance;
     * ``m <= b * (1 + tolerance / 4)`` and the window filled the limit (one of its attempts
-      started with every slot taken, and not the first window after a probe, while the slots
-      refill): the limit grows by ``growth`` (at least one slot). A limit the
+      started with every slot taken, and not one of the two windows after a probe, while
+      the slots refill): the limit grows by ``growth`` (at least one slot). A limit the
       callers never fill is not raised: nothing has shown that the backend takes more;
     * in between: it holds.
 
@@ -239,7 +239,7 @@ class Gradient(_Windowed):
         #: The no-load latency (seconds), from the last probe; ``None`` before the first.
         self.baseline: float | None = None
         self._probing = True
-        self._refilling = False
+        self._refilling = 0
         self._probe_due = now + probe_interval
 
     @property
@@ -267,12 +267,14 @@ class Gradient(_Windowed):
             if median is not None:  # a probe of nothing but failures measures nothing
                 self.baseline = median
                 self._probing = False
-                self._refilling = True
+                self._refilling = 2
                 self._probe_due = now + self.probe_interval
             return
-        # The first window after a probe ran while the slots were refilling: its attempts
-        # mostly ran at a lower concurrency than the limit, so its flat latency proves nothing.
-        refilling, self._refilling = self._refilling, False
+        # The first windows after a probe run while the slots refill: their attempts mostly
+        # ran at a lower concurrency than the limit, so their flat latency proves nothing (one
+        # window was not enough in the proof's runs: the line refills over about two).
+        refilling = self._refilling > 0
+        self._refilling = max(0, self._refilling - 1)
         if window.drops:
             bounds.set(bounds.value * self._cut(window))
         elif median is not None and self.baseline is not None:
