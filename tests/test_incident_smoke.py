@@ -178,3 +178,29 @@ def test_check_turns_a_missed_target_into_exit_status_1(
     assert (out / "fake.json").exists()
     assert cli.main(["fake", "--quick", "--check", "--out", str(out)]) == 1
     assert '"value": null' in (out / "fake-quick.json").read_text()
+
+
+def test_a_registered_variant_gets_its_own_column_summary_and_targets(
+    result: dict[str, Any],
+) -> None:
+    import dataclasses
+
+    from benchmarks.incident import report, stacks
+
+    variant = dataclasses.replace(stacks.REGISTRY["guarded"], name="variant", label="variant")
+    stacks.register(variant)
+    try:
+        specs = stacks.selected("naive,guarded,variant")
+        assert [s.name for s in specs] == ["naive", "guarded", "variant"]
+        three = {
+            **result,
+            "stacks": {**result["stacks"], "variant": result["stacks"]["guarded"]},
+            "targets_by_stack": {**result["targets_by_stack"], "variant": result["targets"]},
+        }
+        rows = report.table_rows(three["stacks"], incident.SMOKE, [s.name for s in specs])
+        assert all(len(row) == 4 for row in rows)
+        text = "\n".join(report.summary(incident.SMOKE, three, specs))
+        assert "variant's targets" in text
+        assert text.count("target: at most") == 2 * len(result["targets"])
+    finally:
+        del stacks.REGISTRY["variant"]

@@ -85,6 +85,7 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--stacks",
         metavar="NAMES",
+        type=_stack_names,
         default=",".join(DEFAULT),
         help="incident: the stacks to replay, comma-separated, baseline first "
         f"(default {','.join(DEFAULT)}; known: {', '.join(REGISTRY)})",
@@ -96,6 +97,14 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
         help="incident: 'adaptive' runs the variant where nobody sized the rate and the "
         "database loses half its capacity for 30 s mid-outage (benchmarks/incident/adaptive.py)",
     )
+
+
+def _stack_names(value: str) -> str:
+    try:
+        selected(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def run(
@@ -145,7 +154,9 @@ def replay(
         l2.start()
         with progress:
             for spec in specs:
-                say = functools.partial(report.announce, progress, spec.label, fault=fault)
+                say = functools.partial(
+                    report.announce, progress, spec.label, fault=fault, warns=not spec.baseline
+                )
                 raw[spec.name] = run_stack(sc, spec, db, l2, progress=progress, announce=say)
     finally:
         l2.stop()

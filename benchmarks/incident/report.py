@@ -64,13 +64,16 @@ def intro(
     return out
 
 
-def announce(progress: Progress, label: str, event: str, at: float, fault: str) -> None:
+def announce(
+    progress: Progress, label: str, event: str, at: float, *, fault: str, warns: bool
+) -> None:
     """Say what the scenario does now, before its effects (and its warnings) appear."""
     if event == "outage":
         what = "hung" if fault == "hung" else "down"
+        expected = "; the warnings that follow are expected" if warns else ""
         progress.note(
             f"  {label}: t={at:.0f} s, Redis {what} and in-process caches flushed now "
-            "(the incident; the warnings that follow are expected)"
+            f"(the incident{expected})"
         )
     elif event == "recovery":
         progress.note(f"  {label}: t={at:.0f} s, Redis back (empty)")
@@ -240,10 +243,10 @@ def _times(a: float, b: float) -> str:
         return "none at all" if a else "the same"
     ratio = a / b
     if ratio >= 1.05:
-        return f"{ratio:.1f} times less"
+        return f"{ratio:.1f} times fewer"
     if ratio <= 1 / 1.05:
         return f"{1 / ratio:.1f} times more"
-    return "about the same"
+    return "about as many"
 
 
 def _errors(n: int, rate: float | None) -> str:
@@ -256,7 +259,7 @@ def _settled(seconds: int | None) -> str:
     if seconds is None:
         return "not back to normal by the end of the run"
     if seconds == 0:
-        return "normal at once"
+        return "back to normal at once"
     return f"back to normal after {seconds} s"
 
 
@@ -291,18 +294,19 @@ def summary(sc: Scenario, result: dict[str, Any], specs: list[StackSpec]) -> lis
         go = g["phases"]["outage"]
         lines.append(
             f"- the database read {_rows(bo['rows_read'])} for the {base.label} stack and "
-            f"{_rows(go['rows_read'])} for {spec.label}: "
-            f"{_times(bo['rows_read'], go['rows_read'])} with {spec.label}. A perfect cache with "
-            f"the same TTL would have read {_rows(perfect)}."
+            f"{_rows(go['rows_read'])} for {spec.label} "
+            f"({_times(bo['rows_read'], go['rows_read'])}); a perfect cache with the same TTL "
+            f"would have read {_rows(perfect)}."
         )
         lines.append(
             f"- callers got {_errors(bo['errors'], bo['error_rate'])} from the {base.label} "
             f"stack and {_errors(go['errors'], go['error_rate'])} from {spec.label}; the slowest "
-            f"1 % waited {_latency(bo['p99_ms'])} and {_latency(go['p99_ms'])}."
+            f"1 % waited {_latency(bo['p99_ms'])} with the {base.label} stack and "
+            f"{_latency(go['p99_ms'])} with {spec.label}."
         )
         lines.append(
             f"- after Redis came back, callers were "
-            f"{_settled(b['recovered_after_caches_back_s'])} with the {base.label} stack, "
+            f"{_settled(b['recovered_after_caches_back_s'])} with the {base.label} stack and "
             f"{_settled(g['recovered_after_caches_back_s'])} with {spec.label}."
         )
     for spec in others:

@@ -325,7 +325,9 @@ def rebuild_identity(fetch_page: Callable[..., object], checkpoint_key: str | No
 #: ``id(page function) -> (weak reference to it, random token)``, for page functions whose
 #: payload cacheward cannot identify: their checkpoints are resumed only by the same object.
 _OBJECT_TOKENS: dict[int, tuple[weakref.ref[Any], str]] = {}
-_OBJECT_TOKENS_LOCK = threading.Lock()
+# Re-entrant: the garbage collector may run a weak reference's callback (which takes the lock)
+# in this very thread while it holds the lock.
+_OBJECT_TOKENS_LOCK = threading.RLock()
 _IDENTIFIED = "the same page function and arguments"
 _OBJECT_SCOPE = (
     "this same page function object (its payload cannot be identified across calls: bind its "
