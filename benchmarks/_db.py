@@ -76,11 +76,22 @@ class Capacity:
     statement_timeout: float = 0.5
     #: how often a running statement re-reads the number of active statements (seconds)
     step: float = 0.02
+    #: a slow-down nobody planned for (``--limiter adaptive``): from ``dip_at`` seconds after the
+    #: run's start, for ``dip_for`` seconds, the database has ``dip_factor`` of its slots
+    dip_at: float = 0.0
+    dip_for: float = 0.0
+    dip_factor: float = 1.0
 
     @property
     def rows_per_second(self) -> float:
         """The most rows the database can read per second, all slots busy."""
         return self.slots / self.row_cost
+
+    def slots_at(self, elapsed: float) -> float:
+        """The slots the database has ``elapsed`` seconds after the run's start."""
+        if self.dip_for and self.dip_at <= elapsed < self.dip_at + self.dip_for:
+            return self.slots * self.dip_factor
+        return float(self.slots)
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,8 @@ class Store:
         self.capacity = capacity
         self.meter = meter
         self._local = threading.local()
+        #: The run's start (wall clock), for a capacity that changes over time.
+        self.origin = 0.0
         self._log_lock = threading.Lock()
         self.log: list[tuple[float, float, int, str, int]] = []
         self._pg = spec["kind"] == "postgresql"
@@ -291,7 +304,10 @@ class Store:
                         f"canceling statement due to statement timeout "
                         f"({cap.statement_timeout:g} s, {kind} page)"
                     )
-                share = min(1.0, cap.slots / max(1, active.value))
+                slots = (
+                    cap.slots_at(now - start + wall0 - self.origin) if cap.dip_for else cap.slots
+                )
+                share = min(1.0, slots / max(1, active.value))
                 step = min((work - done) / share, cap.step, deadline - now)
                 time.sleep(step)
                 done += step * share

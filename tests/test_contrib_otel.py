@@ -110,6 +110,7 @@ def test_every_documented_instrument_exists(
         return x
 
     guarded = metrics.track(cw.guard(ttl=60, namespace="doc-guarded")(lambda: 1))
+    metrics.track(cw.AdaptiveLimit(name="doc-limit"))
     load(1)
     guarded()
     expected = {instrument_name(m.name) for m in STAT_METRICS}

@@ -90,6 +90,13 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
         help="incident: the stacks to replay, comma-separated, baseline first "
         f"(default {','.join(DEFAULT)}; known: {', '.join(REGISTRY)})",
     )
+    parser.add_argument(
+        "--limiter",
+        choices=("bucket", "adaptive"),
+        default="bucket",
+        help="incident: 'adaptive' runs the variant where nobody sized the rate and the "
+        "database loses half its capacity for 30 s mid-outage (benchmarks/incident/adaptive.py)",
+    )
 
 
 def _stack_names(value: str) -> str:
@@ -100,20 +107,46 @@ def _stack_names(value: str) -> str:
     return value
 
 
-def run(*, quick: bool, stacks: str | list[str] | tuple[str, ...] | None = None) -> dict[str, Any]:
+def run(
+    *,
+    quick: bool,
+    stacks: str | list[str] | tuple[str, ...] | None = None,
+    limiter: str = "bucket",
+) -> dict[str, Any]:
     """Run the incident replay for every stack; print the report; return every figure."""
+    if limiter == "adaptive":
+        from benchmarks.incident import adaptive
+
+        return adaptive.run(quick=quick, replay=replay)
     specs = selected(stacks)
     sc = scenario_for(quick)
-    smoke = sc is SMOKE
+    result, _ = replay(sc, specs, quiet=sc is SMOKE)
+    if sc is not SMOKE:
+        _pictures(sc, specs, result)
+        report.print_report(sc, result, specs)
+    return result
+
+
+def replay(
+    sc: Scenario, specs: list[StackSpec], *, quiet: bool, notes: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Replay ``sc`` against every stack of ``specs``, one after the other.
+
+    Returns every figure, and the workers' raw records per stack (for a variant's own
+    figures). ``notes`` are printed after the scenario's description (a variant says what it
+    changes).
+    """
     fault = os.environ.get("CACHEWARD_BENCH_REDIS_FAULT", "down")
     l2 = L2(fault=fault)
     if os.environ.get("CACHEWARD_BENCH_NO_REDIS", "") not in ("", "0"):
         l2.mode, l2.reason = "absent", "CACHEWARD_BENCH_NO_REDIS is set: L2 is absent"
     db = Database(sc.dataset)
-    progress = report.Progress(quiet=smoke)
+    progress = report.Progress(quiet=quiet)
     for line in report.intro(
         sc, specs, database=db.describe(), l2=l2.describe(), l2_mode=l2.mode, fault=fault
     ):
+        progress.note(line)
+    for line in notes:
         progress.note(line)
     db.create()
     raw: dict[str, dict[str, Any]] = {}
@@ -128,11 +161,7 @@ def run(*, quick: bool, stacks: str | list[str] | tuple[str, ...] | None = None)
     finally:
         l2.stop()
         db.drop()
-    result = _figures(sc, specs, raw, database=db.describe(), l2=l2.describe())
-    if not smoke:
-        _pictures(sc, specs, result)
-        report.print_report(sc, result, specs)
-    return result
+    return _figures(sc, specs, raw, database=db.describe(), l2=l2.describe()), raw
 
 
 def _figures(

@@ -59,6 +59,7 @@ def _worker(job: _Job, meter: Meter, go: Any, start_at: Any, results: Any) -> No
     results.put(("ready", index, None))
     go.wait()
     t0 = start_at.value
+    store.origin = t0
     inbox: queue.SimpleQueue[tuple[int, float, int] | None] = queue.SimpleQueue()
     records: list[tuple[float, float, int, str, bool]] = []
     finished: set[int] = set()

@@ -295,7 +295,9 @@ class GuardedStack:
         layers: list[Any] = [self.memory]
         self.client: Any = None
         if redis_url is not None:
-            layers.append(cw.RedisLayer.from_url(redis_url, prefix=LAYER_PREFIX, namespace="cacheward"))
+            layers.append(
+                cw.RedisLayer.from_url(redis_url, prefix=LAYER_PREFIX, namespace="cacheward")
+            )
             self.components.append("RedisLayer")
         page_size = sc.page_size
 

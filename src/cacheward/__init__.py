@@ -6,6 +6,7 @@ private and may change.
 
 from __future__ import annotations
 
+from cacheward._adaptive import AdaptiveLimit, AdaptiveStats, PriorityStats, priority
 from cacheward._backend_breaker import (
     BreakerState,
     CircuitBreaker,
@@ -72,6 +73,8 @@ from cacheward._testmode import bypass
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdaptiveLimit",
+    "AdaptiveStats",
     "AsyncCachedFunction",
     "AsyncGuardedFunction",
     "AsyncLayer",
@@ -112,6 +115,7 @@ __all__ = [
     "Page",
     "PaginationError",
     "PickleSerializer",
+    "PriorityStats",
     "RateLimited",
     "RedisLayer",
     "RedisTokenBucket",
@@ -136,6 +140,7 @@ __all__ = [
     "listen",
     "listener_errors",
     "listening",
+    "priority",
     "rate_limit",
     "redis_client",
     "retry",

@@ -58,6 +58,8 @@ class EventKind(str, enum.Enum):
     """A refresh was not started: every refresh slot was busy."""
     RATE_LIMITED = "rate_limited"
     """No token could be taken in time."""
+    LIMIT_CHANGED = "limit_changed"
+    """An :class:`~cacheward.AdaptiveLimit` moved by more than half since it last said so."""
     RETRY = "retry"
     """A failed attempt is being retried."""
     BUDGET_EXHAUSTED = "budget_exhausted"

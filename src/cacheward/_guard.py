@@ -24,7 +24,14 @@ from cacheward._cached import CacheStats, cached
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, duration, keyword_settings
 from cacheward._errors import ConfigurationTypeError
-from cacheward._limit import LimitCounters, Limiter, TokenBucket, check_function, limiting
+from cacheward._limit import (
+    AnyLimiter,
+    LimitCounters,
+    TokenBucket,
+    check_function,
+    check_limiter,
+    limiting,
+)
 from cacheward._retry import RetryBudget, RetryCounters, RetryOn, retrying
 
 __all__ = ["AsyncGuardedFunction", "GuardStats", "GuardedFunction", "guard"]
@@ -72,8 +79,9 @@ class GuardedFunction(Protocol[P, R_co]):
     """What :func:`guard` returns for a plain function."""
 
     __wrapped__: Callable[..., Any]
-    limiter: Limiter
-    """The limiter every backend attempt takes a token from."""
+    limiter: Any
+    """The limiter every backend attempt passes (what ``limiter=`` was, or the default
+    :class:`~cacheward.TokenBucket`)."""
     breaker: CircuitBreaker
     """The backend circuit breaker."""
 
@@ -92,8 +100,9 @@ class AsyncGuardedFunction(Protocol[P, R_co]):
     """What :func:`guard` returns for an ``async def`` function."""
 
     __wrapped__: Callable[..., Any]
-    limiter: Limiter
-    """The limiter every backend attempt takes a token from."""
+    limiter: Any
+    """The limiter every backend attempt passes (what ``limiter=`` was, or the default
+    :class:`~cacheward.TokenBucket`)."""
     breaker: CircuitBreaker
     """The backend circuit breaker."""
 
@@ -124,7 +133,7 @@ def guard(
     stale_ttl: Duration = 0,
     stale_if_error: Duration | None = None,
     layers: Sequence[Any] | None = None,
-    limiter: Limiter | None = None,
+    limiter: AnyLimiter | None = None,
     max_wait: Duration = 0.5,
     max_waiters: int = 1000,
     attempts: int = 3,
@@ -164,8 +173,10 @@ def guard(
         stale_if_error: see :func:`~cacheward.cached` (defaults to ``stale_ttl``): how long
             past ``ttl`` an entry is served when a fetch fails or is refused.
         layers: see :func:`~cacheward.cached`.
-        limiter: a :class:`~cacheward.TokenBucket` or :class:`~cacheward.RedisTokenBucket`.
-            Default: a bucket of this function's own with ``rate=100, burst=100`` — a bound,
+        limiter: a :class:`~cacheward.TokenBucket`, a :class:`~cacheward.RedisTokenBucket`, an
+            :class:`~cacheward.AdaptiveLimit`, or a list of them (a token *and* a slot per
+            attempt; see :func:`~cacheward.rate_limit`). Default: a bucket of this function's
+            own with ``rate=100, burst=100`` — a bound,
             but not one sized for your backend.
         max_wait: the longest an attempt waits for a token (default 0.5 s).
         max_waiters: the most attempts waiting for a token at once (default 1000).
@@ -197,11 +208,8 @@ def guard(
     """
     the_clock = check_clock(clock)
     deadline = duration("timeout", timeout, allow_zero=False)
-    if limiter is not None and not isinstance(limiter, Limiter):
-        raise ConfigurationTypeError(
-            "limiter must be a cacheward.TokenBucket, a cacheward.RedisTokenBucket or another "
-            f"cacheward.Limiter, got {type(limiter).__name__}"
-        )
+    if limiter is not None:
+        check_limiter(limiter, "limiter")
     if breaker is not None and not isinstance(breaker, CircuitBreaker):
         raise ConfigurationTypeError(
             f"breaker must be a cacheward.CircuitBreaker, got {type(breaker).__name__}"

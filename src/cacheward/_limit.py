@@ -12,7 +12,7 @@ import contextlib
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
@@ -280,7 +280,7 @@ class LimitCounters:
 
 
 def rate_limit(
-    limiter: Limiter,
+    limiter: AnyLimiter,
     /,
     *,
     max_wait: Duration = 0.5,
@@ -297,9 +297,11 @@ def rate_limit(
     takes a token, and *inside* :func:`~cacheward.cached` so that cache hits take none.
 
     Args:
-        limiter: a :class:`TokenBucket`, a :class:`~cacheward.RedisTokenBucket`, or anything
-            implementing :class:`Limiter`; share one between every function that calls the same
-            backend.
+        limiter: a :class:`TokenBucket`, a :class:`~cacheward.RedisTokenBucket`, an
+            :class:`~cacheward.AdaptiveLimit`, anything implementing :class:`Limiter`, or a
+            list of them (every attempt then passes each: token limiters first, then
+            concurrency limits, each waiting at most ``max_wait``); share one between every
+            function that calls the same backend.
         max_wait: the longest a call waits for a token (seconds or ``timedelta``; default 0.5).
         max_waiters: the most calls waiting for a token at a time (default 1000). It is read
             without a lock, so threads arriving at the same instant may exceed it by their
@@ -309,18 +311,14 @@ def rate_limit(
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
     """
-    if not isinstance(limiter, Limiter):
-        raise ConfigurationTypeError(
-            "rate_limit needs a limiter with reserve()/areserve() such as cacheward.TokenBucket, "
-            f"got {type(limiter).__name__}"
-        )
+    check_limiter(limiter, "rate_limit")
     return limiting(
         limiter, max_wait=max_wait, max_waiters=max_waiters, clock=clock, counters=LimitCounters()
     )
 
 
 def limiting(
-    limiter: Limiter,
+    limiter: AnyLimiter,
     *,
     max_wait: Duration,
     max_waiters: int,
@@ -330,6 +328,10 @@ def limiting(
     """:func:`rate_limit` counting into ``counters`` (``guard`` reads them for its stats)."""
     wait_cap = duration("max_wait", max_wait)
     waiters_cap = check_positive_int("max_waiters", max_waiters, minimum=0)
+    if not isinstance(limiter, Limiter):
+        return _limiting_others(
+            limiter, max_wait=wait_cap, max_waiters=waiters_cap, clock=clock, counters=counters
+        )
     sleeper = limiter.clock if clock is None else check_clock(clock)
 
     def cap() -> float:
@@ -420,3 +422,117 @@ def limiting(
         return wrapper
 
     return decorate
+
+
+# --------------------------------------------------------------------------------------------
+# Limiters that drive their own calls (``AdaptiveLimit``: a slot is held while the call runs),
+# and lists of limiters (a token *and* a slot per attempt).
+
+
+@runtime_checkable
+class CallLimiter(Protocol):
+    """A limiter that wraps each call itself (it must know when the call ends)."""
+
+    clock: Clock
+
+    def limit_calls(
+        self,
+        fn: Callable[P, R],
+        /,
+        *,
+        max_wait: float,
+        max_waiters: int,
+        clock: Clock,
+        counters: LimitCounters,
+    ) -> Callable[P, R]: ...
+
+
+#: What ``rate_limit`` and ``guard(limiter=...)`` accept.
+AnyLimiter = Limiter | CallLimiter | Sequence[Limiter | CallLimiter]
+
+
+def check_limiter(limiter: object, where: str) -> None:
+    """Raise naming ``where`` unless ``limiter`` is a limiter or a non-empty list of them."""
+    items = list(limiter) if isinstance(limiter, (list, tuple)) else [limiter]
+    if not items or not all(isinstance(x, (Limiter, CallLimiter)) for x in items):
+        raise ConfigurationTypeError(
+            f"{where} needs a limiter (cacheward.TokenBucket, cacheward.RedisTokenBucket, "
+            "cacheward.AdaptiveLimit or another cacheward.Limiter) or a non-empty list of them, "
+            f"got {limiter!r}"
+        )
+
+
+def _limiting_others(
+    limiter: CallLimiter | Sequence[Limiter | CallLimiter],
+    *,
+    max_wait: float,
+    max_waiters: int,
+    clock: Clock | None,
+    counters: LimitCounters,
+) -> Decorator:
+    if isinstance(limiter, CallLimiter):
+        sleeper = limiter.clock if clock is None else check_clock(clock)
+
+        def drive(fn: Callable[P, R], /) -> Callable[P, R]:
+            return limiter.limit_calls(
+                fn, max_wait=max_wait, max_waiters=max_waiters, clock=sleeper, counters=counters
+            )
+
+        return drive
+    # Token limiters outermost: an attempt takes its token first and only then holds a slot,
+    # so a slot is never held idle while its caller waits for a token.
+    ordered = sorted(limiter, key=lambda x: isinstance(x, CallLimiter), reverse=True)
+    # Only the innermost layer counts attempts (every layer passes through it exactly once).
+    layers = [
+        limiting(
+            one,
+            max_wait=max_wait,
+            max_waiters=max_waiters,
+            clock=clock,
+            counters=counters if i == 0 else cast("LimitCounters", _Uncounted(counters)),
+        )
+        for i, one in enumerate(ordered)
+    ]
+
+    def stack(fn: Callable[P, R], /) -> Callable[P, R]:
+        for layer in layers:
+            fn = layer(fn)
+        return fn
+
+    return stack
+
+
+class _Uncounted:
+    """The counters of an outer layer of a list: refusals and waits count, attempts do not
+    (the innermost layer counts each attempt once)."""
+
+    __slots__ = ("_shared",)
+
+    def __init__(self, shared: LimitCounters) -> None:
+        self._shared = shared
+
+    @property
+    def attempts(self) -> int:
+        return 0
+
+    @attempts.setter
+    def attempts(self, value: int) -> None:
+        pass
+
+    @property
+    def rate_limited(self) -> int:
+        return self._shared.rate_limited
+
+    @rate_limited.setter
+    def rate_limited(self, value: int) -> None:
+        self._shared.rate_limited = value
+
+    @property
+    def waiters(self) -> int:
+        return self._shared.waiters
+
+    def enter_wait(self) -> None:
+        self._shared.enter_wait()
+
+    def leave_wait(self) -> None:
+        self._shared.leave_wait()

@@ -35,6 +35,7 @@ from cacheward.testing import FakeClock
 __all__ = [
     "Attempt",
     "CallRecord",
+    "CapacityBackend",
     "LayerMode",
     "ManualExecutor",
     "Outcome",
@@ -437,6 +438,67 @@ class ScriptedBackend:
         """The attempt that produced the value ``[key, number]`` (``None``: not this backend)."""
         index = number - self.first_number
         return self.attempts[index] if 0 <= index < len(self.attempts) else None
+
+
+class CapacityBackend:
+    """A backend with a capacity: flat latency up to ``capacity(t)`` concurrent attempts,
+    proportional past it, and a timeout past twice it (a database, roughly).
+
+    An attempt that starts at time ``t`` with ``n`` attempts running (itself and the others
+    starting at the same instant included) takes
+    ``base * max(1, n / capacity(t))`` seconds and succeeds, or, when ``n > 2 * capacity(t)``,
+    takes ``timeout`` seconds and raises ``TimeoutError`` (a statement timeout). Use it to
+    check that an :class:`~cacheward.AdaptiveLimit` finds and follows the capacity.
+
+    Args:
+        clock: the clock attempts wait on and are stamped with.
+        capacity: the capacity (concurrent attempts), a number or a function of the clock's
+            monotonic time.
+        base: the latency at or under capacity (seconds).
+        timeout: how long an attempt past twice the capacity takes to fail (seconds).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        capacity: float | Callable[[float], float],
+        base: float = 0.05,
+        timeout: float = 1.0,
+    ) -> None:
+        self.clock = clock
+        self.capacity = capacity
+        self.base = base
+        self.timeout = timeout
+        #: Attempts running now.
+        self.in_flight = 0
+        #: Every attempt: ``(start, concurrent attempts at start, capacity at start, timed out)``.
+        self.attempts: list[tuple[float, int, float, bool]] = []
+
+    def capacity_at(self, now: float) -> float:
+        """The capacity at monotonic time ``now``."""
+        capacity = self.capacity
+        return float(capacity(now) if callable(capacity) else capacity)
+
+    async def acall(self, key: Any = None) -> Any:
+        """One attempt (``async``); returns ``key``."""
+        now = self.clock.monotonic()
+        capacity = self.capacity_at(now)
+        self.in_flight += 1
+        try:
+            # Attempts that start at the same instant share the backend from the start (as a
+            # processor-sharing server would): let them all arrive before deciding.
+            await asyncio.sleep(0)
+            running = self.in_flight
+            overloaded = running > 2.0 * capacity
+            self.attempts.append((now, running, capacity, overloaded))
+            if overloaded:
+                await self.clock.asleep(self.timeout)
+                raise TimeoutError(f"statement timeout: {running} running, capacity {capacity:g}")
+            await self.clock.asleep(self.base * max(1.0, running / capacity))
+        finally:
+            self.in_flight -= 1
+        return key
 
 
 class ManualExecutor(concurrent.futures.Executor):

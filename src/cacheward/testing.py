@@ -23,6 +23,7 @@ from cacheward._testmode import bypass, disabled
 __all__ = [
     "Attempt",
     "CallRecord",
+    "CapacityBackend",
     "FakeClock",
     "InlineExecutor",
     "LayerMode",
@@ -116,6 +117,7 @@ class InlineExecutor(concurrent.futures.Executor):
 from cacheward._sim import (  # noqa: E402
     Attempt,
     CallRecord,
+    CapacityBackend,
     LayerMode,
     ManualExecutor,
     Outcome,

@@ -50,3 +50,25 @@ async def async_api() -> None:
     await aload.invalidate("c1")
     stats: cw.GuardStats = aload.stats()
     print(ints, raw, stats.breaker_state)
+
+
+limit = cw.AdaptiveLimit(name="db", priorities={"interactive": 0.9, "batch": 0.1}, clock=clock)
+
+
+@cw.rate_limit(limit, max_wait=0.5)
+def adaptive_fetch(customer_id: str) -> dict[str, str]:
+    return {"customer": customer_id}
+
+
+@cw.guard(ttl=60, limiter=[bucket, limit], clock=clock)
+async def both(customer_id: str) -> int:
+    return len(customer_id)
+
+
+def adaptive_api() -> None:
+    with cw.priority("batch"):
+        value: dict[str, str] = adaptive_fetch("c1")
+    stats: cw.AdaptiveStats = limit.stats()
+    batch: cw.PriorityStats = stats.priorities["batch"]
+    current: int = limit.limit
+    print(value, batch.admitted, current, stats.rejected["timeout"])

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from cacheward._adaptive import REJECT_REASONS, AdaptiveLimit, AdaptiveStats
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import Event, EventKind, listen, unlisten
 
@@ -52,11 +53,16 @@ class StatMetric:
     fields: dict[str, str]
     guard: bool = False
     label: str = "outcome"
+    #: Read from a tracked :class:`~cacheward.AdaptiveLimit`'s stats (not a function's).
+    adaptive: bool = False
+    #: One sample per priority partition (``priority`` label), read from its PriorityStats.
+    per_priority: bool = False
 
     @property
     def labels(self) -> list[str]:
         """The metric's label names, ``function`` first."""
-        return ["function"] if "" in self.fields else ["function", self.label]
+        names = ["function", "priority"] if self.per_priority else ["function"]
+        return names if "" in self.fields else [*names, self.label]
 
 
 #: The metrics read from ``.stats()``; the names are the Prometheus names without ``_total``
@@ -189,6 +195,60 @@ STAT_METRICS: tuple[StatMetric, ...] = (
         guard=True,
         label="state",
     ),
+    # Tracked cw.AdaptiveLimit objects (``function`` is the limit's name).
+    StatMetric(
+        "cacheward_adaptive_limit",
+        "gauge",
+        "{attempt}",
+        "The concurrency an adaptive limit allows now.",
+        {"": "limit"},
+        adaptive=True,
+    ),
+    StatMetric(
+        "cacheward_adaptive_throttle_probability",
+        "gauge",
+        "1",
+        "The chance an adaptive limit's client-side throttle rejects a new attempt now.",
+        {"": "throttle_probability"},
+        adaptive=True,
+    ),
+    StatMetric(
+        "cacheward_adaptive_in_flight",
+        "gauge",
+        "{attempt}",
+        "Backend attempts holding a slot of an adaptive limit, by priority.",
+        {"": "inflight"},
+        adaptive=True,
+        per_priority=True,
+    ),
+    StatMetric(
+        "cacheward_adaptive_queued",
+        "gauge",
+        "{attempt}",
+        "Callers waiting for a slot of an adaptive limit, by priority.",
+        {"": "queued"},
+        adaptive=True,
+        per_priority=True,
+    ),
+    StatMetric(
+        "cacheward_adaptive_admitted",
+        "counter",
+        "{attempt}",
+        "Backend attempts an adaptive limit admitted, by priority.",
+        {"": "admitted"},
+        adaptive=True,
+        per_priority=True,
+    ),
+    StatMetric(
+        "cacheward_adaptive_rejected",
+        "counter",
+        "{attempt}",
+        "Attempts an adaptive limit refused, by priority and reason.",
+        {reason: f"rejected.{reason}" for reason in REJECT_REASONS},
+        adaptive=True,
+        per_priority=True,
+        label="reason",
+    ),
 )
 
 #: The event kinds the adapters listen to. Everything else is either counted by ``.stats()``
@@ -240,6 +300,8 @@ def function_label(fn: object) -> str:
     That is ``<namespace or module.qualname>:v<version>``, so counters read from ``.stats()``
     and events about the same function share one label value.
     """
+    if isinstance(fn, AdaptiveLimit):
+        return fn.name
     namespace = getattr(fn, "namespace", None)
     if isinstance(namespace, str) and namespace:
         return namespace
@@ -266,8 +328,8 @@ class Tracked:
         stats = getattr(fn, "stats", None)
         if not callable(stats):
             raise ConfigurationTypeError(
-                f"track() takes a function decorated with cw.cached or cw.guard (it needs "
-                f".stats()); "
+                f"track() takes a function decorated with cw.cached or cw.guard, or a "
+                f"cw.AdaptiveLimit (it needs .stats()); "
                 f"got {type(fn).__name__} {fn!r}"
             )
         given: object = name
@@ -307,6 +369,11 @@ def stat_samples(
     ``.cache``; metrics marked ``guard`` are read from guarded functions only.
     """
     for label, stats in snapshot:
+        if isinstance(stats, AdaptiveStats) != metric.adaptive:
+            continue
+        if metric.adaptive:
+            yield from _adaptive_samples(metric, label, stats)  # type: ignore[arg-type]
+            continue
         source = stats if metric.guard else getattr(stats, "cache", stats)
         if metric.guard and not hasattr(stats, "cache"):
             continue
@@ -315,6 +382,22 @@ def stat_samples(
             name, _, wanted = field.partition("==")
             current = getattr(source, name)
             yield labels, int(current == wanted) if wanted else current
+
+
+def _adaptive_samples(
+    metric: StatMetric, label: str, stats: AdaptiveStats
+) -> Iterator[tuple[dict[str, str], int]]:
+    sources: list[tuple[dict[str, str], object]] = (
+        [({"function": label, "priority": p}, part) for p, part in stats.priorities.items()]
+        if metric.per_priority
+        else [({"function": label}, stats)]
+    )
+    for base, source in sources:
+        for value, field in metric.fields.items():
+            name, _, key = field.partition(".")
+            current = getattr(source, name)
+            labels = {**base, metric.label: value} if value else base
+            yield labels, current[key] if key else current
 
 
 class EventTally:
