@@ -25,7 +25,7 @@ from typing import Any
 from unittest import mock
 
 import cacheward as cw
-import cacheward._cached
+import cacheward._readpath
 from cacheward import Clock
 from cacheward._core.readthrough import ReadThrough
 from cacheward.testing import (
@@ -284,7 +284,7 @@ def build(
     with contextlib.ExitStack() as patches:
         if not switches.coalescing:
             patches.enter_context(
-                mock.patch.object(cacheward._cached, "ReadThrough", ForgetfulReadThrough)
+                mock.patch.object(cacheward._readpath, "ReadThrough", ForgetfulReadThrough)
             )
         guarded = caching(fn)
 
@@ -295,14 +295,14 @@ def build(
 def layer_errors_reach_callers() -> Iterator[None]:
     """Switch off "a layer error is a miss": shared-layer calls go straight to the layer."""
 
-    def call(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.layer, method)(*args, **kwargs)
+    def sync(self: Any) -> Any:
+        return self.call(self.guarded.layer)
 
-    async def acall(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await getattr(self.layer, method)(*args, **kwargs)
+    async def aio(self: Any) -> Any:
+        return await self.acall(self.guarded.layer)
 
-    guarded = cacheward._cached._GuardedLayer
-    with mock.patch.object(guarded, "call", call), mock.patch.object(guarded, "acall", acall):
+    op = cacheward._readpath.LayerOp
+    with mock.patch.object(op, "sync", sync), mock.patch.object(op, "aio", aio):
         yield
 
 

@@ -78,9 +78,9 @@ def threaded_run(
     else:
         from unittest import mock
 
-        import cacheward._cached
+        import cacheward._readpath
 
-        with mock.patch.object(cacheward._cached, "ReadThrough", ForgetfulReadThrough):
+        with mock.patch.object(cacheward._readpath, "ReadThrough", ForgetfulReadThrough):
             guarded = make(gated)
 
     def call(key: Any) -> Any:

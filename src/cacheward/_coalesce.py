@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from cacheward._cached import _build, _Decorator, _make_settings
+from cacheward._cached import Decorator, build, make_settings
 from cacheward._clock import Clock
 from cacheward._config import Duration
 
@@ -16,7 +16,7 @@ def coalesce(
     timeout: Duration = 10.0,
     key: Callable[..., Hashable] | None = None,
     clock: Clock | None = None,
-) -> _Decorator:
+) -> Decorator:
     """Make concurrent calls with equal arguments share one execution (single-flight).
 
     The first caller runs the function; callers arriving while it runs wait for its result or
@@ -36,7 +36,7 @@ def coalesce(
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
     """
-    settings = _make_settings(
+    settings = make_settings(
         ttl=0,
         stale_ttl=0,
         stale_if_error=None,
@@ -59,6 +59,6 @@ def coalesce(
     )
 
     def decorate(fn: Callable[..., object]) -> object:
-        return _build(fn, settings)
+        return build(fn, settings)
 
     return decorate  # type: ignore[return-value]
