@@ -21,8 +21,15 @@ import cacheward._layers
 import cacheward._plan
 import cacheward._readpath
 import cacheward._redis
+import cacheward._rediskit
 
-MODULES = [cacheward._plan, cacheward._readpath, cacheward._redis, cacheward._layers]
+MODULES = [
+    cacheward._plan,
+    cacheward._readpath,
+    cacheward._redis,
+    cacheward._rediskit,
+    cacheward._layers,
+]
 #: Async spelling -> sync spelling, for names that are not just ``a`` + the sync name.
 RENAMES = {"aio": "sync", "aperform": "perform", "_async": "_sync", "async_client": "sync_client"}
 #: The longest body a hand-kept twin may have (lines, docstring excluded).
