@@ -42,7 +42,7 @@ from cacheward._config import Duration, check_clock, check_positive_int, duratio
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
-from cacheward._layers import LeaseReply
+from cacheward._layers import LayerBreaker, LeaseReply
 from cacheward._plan import Op, Plan, aperform, perform
 from cacheward._rediskit import (
     Fault,
@@ -300,6 +300,11 @@ class RedisLayer:
             twice this silence and when no in-flight connection has a reply waiting to be
             read. Defaults to a quarter of the client's ``socket_timeout``; ``0`` switches it
             off.
+        breaker_failures: consecutive failures that open the layer's circuit breaker (one
+            breaker per layer, shared by every function using it); defaults to what the first
+            :func:`~cacheward.cached` function using the layer asks for, else 3.
+        breaker_reset: seconds the open breaker waits before letting a probe through
+            (defaults likewise, else 5).
 
     Raises:
         ConfigurationError: an argument is invalid, redis-py is missing, or the client could
@@ -319,6 +324,7 @@ class RedisLayer:
         "_stall",
         "_sync_client",
         "_sync_lock",
+        "breaker",
         "cluster",
         "local",
         "name",
@@ -340,6 +346,8 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset: Duration | None = None,
     ) -> None:
         self.prefix = check_name("prefix", prefix, empty=False)
         self.namespace = check_name("namespace", namespace, empty=True)
@@ -355,6 +363,15 @@ class RedisLayer:
         self._clock = check_clock(clock)
         self.name = name
         self.local = False
+        #: The layer's circuit breaker, shared by every function using the layer: configured
+        #: here, or (both settings left out) by the first cached function that uses it.
+        self.breaker: LayerBreaker | None = None
+        if breaker_failures is not None or breaker_reset is not None:
+            self.breaker = LayerBreaker(
+                failures=3 if breaker_failures is None else breaker_failures,
+                reset=5.0 if breaker_reset is None else breaker_reset,
+                origin=f"RedisLayer(name={name!r})",
+            )
         self._fence_ms = max(1, math.ceil(duration("fence_ttl", fence_ttl, allow_zero=False) * 1e3))
         parts = [self.prefix, self.namespace] if self.namespace else [self.prefix]
         self._base = ":".join([*parts, f"v{self.version}", ""])
@@ -407,6 +424,8 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset: Duration | None = None,
     ) -> RedisLayer:
         """Build a layer whose clients cacheward creates, with safe settings.
 
@@ -431,6 +450,8 @@ class RedisLayer:
             name: see :class:`RedisLayer`.
             fence_ttl: see :class:`RedisLayer`.
             stall_timeout: see :class:`RedisLayer` (default: ``timeout / 4``).
+            breaker_failures: see :class:`RedisLayer`.
+            breaker_reset: see :class:`RedisLayer`.
 
         Raises:
             ConfigurationError: an argument is invalid or redis-py is missing.
@@ -459,6 +480,8 @@ class RedisLayer:
             clock=clock,
             name=name,
             fence_ttl=fence_ttl,
+            breaker_failures=breaker_failures,
+            breaker_reset=breaker_reset,
         )
         layer._factory = factory
         layer.cluster = factory.cluster
