@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cacheward._backend_breaker import (
     BreakerState,
+    BreakerStats,
     CircuitBreaker,
     circuit_breaker,
     is_backend_failure,
@@ -42,7 +43,7 @@ from cacheward._events import (
 )
 from cacheward._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
 from cacheward._layers import AsyncLayer, Layer, MemoryLayer
-from cacheward._limit import Limiter, TokenBucket, rate_limit
+from cacheward._limit import BucketStats, Limiter, TokenBucket, rate_limit
 from cacheward._pages import (
     Checkpoint,
     CheckpointStore,
@@ -54,9 +55,9 @@ from cacheward._pages import (
     collect_pages,
     iter_pages,
 )
-from cacheward._redis import RedisLayer
-from cacheward._redis_bucket import RedisTokenBucket
-from cacheward._retry import RetryBudget, is_retryable, retry
+from cacheward._redis import RedisLayer, RedisLayerStats
+from cacheward._redis_bucket import RedisTokenBucket, SharedBucketStats
+from cacheward._retry import BudgetStats, RetryBudget, is_retryable, retry
 from cacheward._serialize import (
     JsonSerializer,
     MsgspecSerializer,
@@ -73,6 +74,9 @@ __all__ = [
     "AsyncLayer",
     "BackoffActive",
     "BreakerState",
+    "BreakerStats",
+    "BucketStats",
+    "BudgetStats",
     "CacheKey",
     "CacheStats",
     "CacheWardError",
@@ -109,10 +113,12 @@ __all__ = [
     "PickleSerializer",
     "RateLimited",
     "RedisLayer",
+    "RedisLayerStats",
     "RedisTokenBucket",
     "RetryBudget",
     "RetryBudgetExhausted",
     "Serializer",
+    "SharedBucketStats",
     "SystemClock",
     "TokenBucket",
     "__version__",

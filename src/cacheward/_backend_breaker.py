@@ -6,6 +6,7 @@ module holds the lock, reads the clock, classifies outcomes and counts.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import threading
@@ -20,7 +21,13 @@ from cacheward._events import EventKind, emit
 from cacheward._limit import Decorator, check_function
 from cacheward._retry import RetryOn, _predicate, is_retryable
 
-__all__ = ["BreakerState", "CircuitBreaker", "circuit_breaker", "is_backend_failure"]
+__all__ = [
+    "BreakerState",
+    "BreakerStats",
+    "CircuitBreaker",
+    "circuit_breaker",
+    "is_backend_failure",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +47,22 @@ def is_backend_failure(error: BaseException) -> bool:
     if is_retryable(error):
         return True
     return any(kind.__name__ == "OperationalError" for kind in type(error).__mro__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BreakerStats:
+    """A snapshot of a :class:`CircuitBreaker`'s counters and state."""
+
+    state: str
+    """``"closed"``, ``"open"`` or ``"half_open"``."""
+    rejected: int
+    """Calls refused while open (or while a probe was out)."""
+    opened: int
+    """Times it opened."""
+    failures: int
+    """Calls that failed."""
+    successes: int
+    """Calls that succeeded."""
 
 
 class CircuitBreaker:
@@ -157,6 +180,16 @@ class CircuitBreaker:
                     change = EventKind.BREAKER_CLOSED
         if change is not None:
             emit(change, self.name, error=error)
+
+    def stats(self) -> BreakerStats:
+        """A snapshot of the counters and the state."""
+        return BreakerStats(
+            state=self.state.name.lower(),
+            rejected=self.rejected,
+            opened=self.opened,
+            failures=self.failures,
+            successes=self.successes,
+        )
 
     def __repr__(self) -> str:
         return (

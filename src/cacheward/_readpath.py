@@ -883,6 +883,8 @@ class Driver:
         coordinator = self.coordinator
         entry, reply = yield from self.read_shared(key, stale, lease=coordinator is not None)
         token = None if reply is None else reply.token
+        if token is not None:
+            self.lease_taken(cast(GuardedLayer, coordinator))
         if entry is not None and self.s.clock.time() < entry.fresh_until:
             if token is not None:
                 yield Release(cast(GuardedLayer, coordinator), key, token)
@@ -931,6 +933,9 @@ class Driver:
         finally:
             flight.resolve(entry.value)
 
+    def lease_taken(self, coordinator: GuardedLayer) -> None:
+        emit(EventKind.LEASE_TAKEN, self.namespace, layer=coordinator.layer.name)
+
     def write(self, writes: Plan[None], detach: bool) -> Plan[None]:
         """Shared-layer writes, after every caller was answered: detached, or run here."""
         if detach:
@@ -945,7 +950,9 @@ class Driver:
         try:
             for guarded in self.remotes:
                 if token is not None and guarded is self.coordinator:
-                    yield Publish(guarded, key, entry, token, self.s.lease_ttl)
+                    stored = yield Publish(guarded, key, entry, token, self.s.lease_ttl)
+                    if stored is False and entry is not None:  # refused: lease lost
+                        emit(EventKind.LEASE_LOST, self.namespace, layer=guarded.layer.name)
                 elif entry is not None:
                     yield Put(guarded, key, entry)
         finally:
@@ -983,6 +990,8 @@ class Driver:
             if found is not None and clock.time() < found.fresh_until:
                 return None, found
             if not reply.busy:
+                if reply.token is not None:
+                    self.lease_taken(coordinator)
                 return reply.token, None
 
     def invalidate_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[None]:

@@ -27,6 +27,7 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import secrets
 import select
@@ -42,6 +43,7 @@ from cacheward._config import Duration, check_clock, check_positive_int, duratio
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
+from cacheward._events import EventKind, emit
 from cacheward._layers import LayerBreaker, LeaseReply
 from cacheward._plan import Op, Plan, aperform, perform
 from cacheward._rediskit import (
@@ -64,9 +66,9 @@ from cacheward._serialize import (
     encode_entry,
 )
 
-__all__ = ["RedisLayer"]
+__all__ = ["RedisLayer", "RedisLayerStats"]
 
-#: Counters reported by :meth:`RedisLayer.events`.
+#: Counters reported by :meth:`RedisLayer.stats`.
 EVENTS: Final = (
     "hits",
     "misses",
@@ -156,6 +158,56 @@ class _Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisLayerStats:
+    """A snapshot of a :class:`RedisLayer`'s counters (see :meth:`RedisLayer.stats`)."""
+
+    hits: int = 0
+    """Reads that returned an entry."""
+    misses: int = 0
+    """Reads that found nothing."""
+    expired: int = 0
+    """Reads that found an entry past its limit."""
+    errors: int = 0
+    """Commands that failed (not timeouts)."""
+    timeouts: int = 0
+    """Commands that timed out."""
+    pool_exhausted: int = 0
+    """Commands not sent: every pooled connection was busy (a miss)."""
+    key_errors: int = 0
+    """Errors about one key (``WRONGTYPE``): a miss for that key, not a sick layer."""
+    stalled: int = 0
+    """Commands not sent: Redis had gone silent (a miss)."""
+    encode_errors: int = 0
+    """Values the serializer refused (not stored)."""
+    payload_truncated: int = 0
+    """Payloads refused as truncated (a miss)."""
+    payload_corrupt: int = 0
+    """Payloads refused as corrupt (a miss)."""
+    payload_foreign: int = 0
+    """Payloads refused as foreign (a miss)."""
+    payload_tampered: int = 0
+    """Payloads refused as tampered (a miss)."""
+    payload_wrong_key: int = 0
+    """Payloads refused as wrong_key (a miss)."""
+    payload_undecodable: int = 0
+    """Payloads refused as undecodable (a miss)."""
+    writes: int = 0
+    """Entries stored."""
+    writes_refused: int = 0
+    """Writes refused: a newer entry was there."""
+    leases_acquired: int = 0
+    """Leases taken."""
+    leases_busy: int = 0
+    """Lease requests that found another holder."""
+    leases_declined: int = 0
+    """Lease requests that took none: a fresh value was stored, or none is coming."""
+    leases_released: int = 0
+    """Leases given back (published or released)."""
+    leases_lost: int = 0
+    """Leases gone before their release (expired or taken over)."""
 
 
 class _Stall:
@@ -596,6 +648,7 @@ class RedisLayer:
             entry = decode_entry(data, key.text, self.serializer)
         except PayloadError as exc:
             counters.add(f"payload_{exc.reason}")
+            emit(EventKind.SERIALIZER_REJECTED, self.name, layer=self.name, error=exc)
             return None
         if entry.error_until <= self._clock.time():
             counters.add("expired")
@@ -875,9 +928,13 @@ class RedisLayer:
 
     # --- introspection ---
 
-    def events(self) -> dict[str, int]:
+    def stats(self) -> RedisLayerStats:
         """Counters since the layer was made: hits, misses, errors, timeouts, pool exhaustion,
         refused payloads by reason (``payload_tampered``, ...), writes, leases."""
+        return RedisLayerStats(**self._counters.snapshot())
+
+    def events(self) -> dict[str, int]:
+        """The counters of :meth:`stats` as a ``dict`` (deprecated: use :meth:`stats`)."""
         return self._counters.snapshot()
 
     def __repr__(self) -> str:
