@@ -192,7 +192,7 @@ def fire_wait_kinds() -> None:
     release = threading.Event()
     entered = threading.Event()
 
-    @cw.cached(ttl=10, timeout=0.05)
+    @cw.cached(ttl=10, wait_timeout=0.05)
     def slow(key: str) -> str:
         entered.set()
         release.wait(5)
@@ -245,8 +245,8 @@ def fire_lease_kinds(url: str) -> None:
     import redis as redis_py
 
     raw = redis_py.Redis.from_url(url)
-    holder = cw.RedisLayer.from_url(url, timeout=1.0, namespace="kinds")
-    other = cw.RedisLayer.from_url(url, timeout=1.0, namespace="kinds")
+    holder = cw.RedisLayer.from_url(url, socket_timeout=1.0, namespace="kinds")
+    other = cw.RedisLayer.from_url(url, socket_timeout=1.0, namespace="kinds")
     raw.delete(*(raw.keys("cacheward:kinds:*") or ["none"]))
     entered = threading.Event()
 

@@ -160,7 +160,7 @@ def test_in_flight_table_is_empty_after_a_cancelled_fetch() -> None:
 def test_waiter_deadline_does_not_cancel_the_shared_fetch() -> None:
     calls = []
 
-    @cw.coalesce(timeout=0.02)
+    @cw.coalesce(wait_timeout=0.02)
     async def work(key: str) -> str:
         calls.append(key)
         await asyncio.sleep(0.1)
@@ -191,7 +191,7 @@ def test_coalesce_does_not_cache() -> None:
     assert work(2) == 4
     assert len(calls) == 2
     with pytest.raises(cw.ConfigurationError, match="timeout must be > 0"):
-        cw.coalesce(timeout=0)
+        cw.coalesce(wait_timeout=0)
 
 
 def test_each_async_waiter_keeps_its_own_deadline() -> None:
@@ -199,7 +199,7 @@ def test_each_async_waiter_keeps_its_own_deadline() -> None:
     order, and a late arrival whose deadline is after the fetch gets the value."""
     done: list[tuple[str, object]] = []
 
-    @cw.coalesce(timeout=0.2)
+    @cw.coalesce(wait_timeout=0.2)
     async def work(key: str) -> str:
         await asyncio.sleep(0.5)
         return "value"

@@ -59,24 +59,25 @@ class BreakerStats:
     """Calls refused while open (or while a probe was out)."""
     opened: int
     """Times it opened."""
-    failures: int
+    failed: int
     """Calls that failed."""
-    successes: int
+    succeeded: int
     """Calls that succeeded."""
 
 
 class CircuitBreaker:
     """A circuit breaker for one backend, shared by every function that calls it.
 
-    Closed, it lets calls through and counts consecutive failures; at ``failure_threshold`` it
-    opens and refuses calls with :class:`~cacheward.CircuitOpen` for ``reset_timeout``; then it
+    Closed, it lets calls through and counts consecutive failures; at ``failures`` of them it
+    opens and refuses calls with :class:`~cacheward.CircuitOpen` for ``reset`` seconds; then it
     lets one probe through (half-open): a success closes it, a failure opens it again. A probe
     whose caller never reports (cancelled) does not wedge it: another is let through after
-    another ``reset_timeout``.
+    another ``reset``.
 
     Args:
-        failure_threshold: consecutive failures that open it (>= 1; default 5).
-        reset_timeout: how long it stays open before a probe (seconds or ``timedelta``;
+        failures: consecutive failures that open it (>= 1; default 5). The same word as
+            ``cached(breaker_failures=)`` for a layer's breaker.
+        reset: how long it stays open before a probe (seconds or ``timedelta``;
             default 10).
         failure_on: which errors count as backend failures: exception types or a predicate.
             Default: :func:`is_backend_failure` (connection failures, timeouts and DB-API
@@ -105,15 +106,22 @@ class CircuitBreaker:
     def __init__(
         self,
         *,
-        failure_threshold: int = 5,
-        reset_timeout: Duration = 10.0,
+        failures: int = 5,
+        reset: Duration = 10.0,
         failure_on: RetryOn | None = None,
         clock: Clock | None = None,
         name: str = "backend",
+        failure_threshold: int | None = None,
+        reset_timeout: Duration | None = None,
     ) -> None:
+        # failure_threshold / reset_timeout: the old spellings (accepted until 0.2).
+        if failure_threshold is not None:
+            failures = failure_threshold
+        if reset_timeout is not None:
+            reset = reset_timeout
         self._breaker = Breaker(
-            failure_threshold=check_positive_int("failure_threshold", failure_threshold),
-            reset_timeout=duration("reset_timeout", reset_timeout, allow_zero=False),
+            failure_threshold=check_positive_int("failures", failures),
+            reset_timeout=duration("reset", reset, allow_zero=False),
         )
         self._is_failure = is_backend_failure if failure_on is None else _predicate(failure_on)
         self.clock = check_clock(clock)
@@ -151,7 +159,7 @@ class CircuitBreaker:
             f"circuit breaker {self.name!r} is open after {self._breaker.failure_threshold} "
             f"consecutive backend failures; the backend is not called for {retry_after:.3g}s "
             "more (then one probe goes through). Serve stale data meanwhile (stale_ttl / "
-            "stale_if_error), or tune failure_threshold / reset_timeout",
+            "stale_if_error), or tune failures / reset",
             retry_after=retry_after,
         )
 
@@ -187,15 +195,15 @@ class CircuitBreaker:
             state=self.state.name.lower(),
             rejected=self.rejected,
             opened=self.opened,
-            failures=self.failures,
-            successes=self.successes,
+            failed=self.failures,
+            succeeded=self.successes,
         )
 
     def __repr__(self) -> str:
         return (
             f"CircuitBreaker(name={self.name!r}, state={self.state.value!r}, "
-            f"failure_threshold={self._breaker.failure_threshold}, "
-            f"reset_timeout={self._breaker.reset_timeout:g})"
+            f"failures={self._breaker.failure_threshold}, "
+            f"reset={self._breaker.reset_timeout:g})"
         )
 
 
@@ -212,10 +220,12 @@ def circuit_breaker(
     breaker: CircuitBreaker | None = None,
     /,
     *,
-    failure_threshold: int | None = None,
-    reset_timeout: Duration | None = None,
+    failures: int | None = None,
+    reset: Duration | None = None,
     failure_on: RetryOn | None = None,
     clock: Clock | None = None,
+    failure_threshold: int | None = None,
+    reset_timeout: Duration | None = None,
 ) -> Decorator:
     """Guard the decorated function with a :class:`CircuitBreaker`.
 
@@ -226,18 +236,24 @@ def circuit_breaker(
 
     Args:
         breaker: the breaker to use; when given, the other settings must not be.
-        failure_threshold: see :class:`CircuitBreaker` (default 5).
-        reset_timeout: see :class:`CircuitBreaker` (default 10 s).
+        failures: see :class:`CircuitBreaker` (default 5).
+        reset: see :class:`CircuitBreaker` (default 10 s).
         failure_on: see :class:`CircuitBreaker`.
         clock: see :class:`CircuitBreaker`.
+        failure_threshold: the old spelling of ``failures`` (deprecated; accepted until 0.2).
+        reset_timeout: the old spelling of ``reset`` (likewise).
 
     Raises:
         ConfigurationError: a setting is invalid, or both a breaker and settings were given.
     """
+    if failure_threshold is not None:
+        failures = failure_threshold
+    if reset_timeout is not None:
+        reset = reset_timeout
     if breaker is None:
         breaker = CircuitBreaker(
-            failure_threshold=5 if failure_threshold is None else failure_threshold,
-            reset_timeout=10.0 if reset_timeout is None else reset_timeout,
+            failures=5 if failures is None else failures,
+            reset=10.0 if reset is None else reset,
             failure_on=failure_on,
             clock=clock,
         )
@@ -245,7 +261,7 @@ def circuit_breaker(
         raise ConfigurationError(
             f"breaker must be a cacheward.CircuitBreaker, got {type(breaker).__name__}"
         )
-    elif any(v is not None for v in (failure_threshold, reset_timeout, failure_on, clock)):
+    elif any(v is not None for v in (failures, reset, failure_on, clock)):
         raise ConfigurationError(
             "give circuit_breaker either a CircuitBreaker or its settings, not both "
             "(the settings belong to the shared breaker)"

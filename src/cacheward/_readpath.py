@@ -71,7 +71,7 @@ class CacheStats:
     backoff_rejections: int = 0
     """Calls refused with :class:`~cacheward.BackoffActive` (no stale value to serve)."""
     wait_timeouts: int = 0
-    """Calls whose wait for a fetch reached ``timeout``."""
+    """Calls whose wait for a fetch reached ``wait_timeout``."""
     stale_on_error: int = 0
     """Calls served a stale entry because the fetch failed, timed out or was refused."""
     layer_errors: int = 0
@@ -463,7 +463,7 @@ class Lead(_FlightOp):
     async def aio(self) -> Any:
         flight = cast(AsyncFlight, self.flight)
         self.driver.start_task(self.key, flight, self.args, self.kwargs, None)
-        return await flight.wait(self.driver.s.timeout)
+        return await flight.wait(self.driver.s.wait_timeout)
 
 
 class Join(Op):
@@ -781,7 +781,7 @@ class Driver:
         try:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
-                return (yield Join(flight, self.s.timeout))
+                return (yield Join(flight, self.s.wait_timeout))
             return (yield Lead(self, key, flight, args, kwargs))
         except Expired:
             error: BaseException = self.timeout_error("the fetch")
@@ -975,7 +975,7 @@ class Driver:
         """
         coordinator = cast(GuardedLayer, self.coordinator)
         clock = self.s.clock
-        wait = LeaseWait(start=clock.monotonic(), timeout=self.s.timeout)
+        wait = LeaseWait(start=clock.monotonic(), timeout=self.s.wait_timeout)
         self.count("lease_waits", EventKind.LEASE_WAIT)
         while True:
             delay = wait.next_delay(clock.monotonic())
@@ -1226,8 +1226,9 @@ class Driver:
     def timeout_error(self, what: str) -> FetchTimeout:
         self.count("wait_timeouts", EventKind.WAIT_TIMEOUT)
         return FetchTimeout(
-            f"{self.namespace}: waited timeout={self.s.timeout}s for {what} and no stale value "
-            "is available; raise timeout or stale_if_error, or make the backend faster"
+            f"{self.namespace}: waited wait_timeout={self.s.wait_timeout}s for {what} and no "
+            "stale value is available; raise wait_timeout or stale_if_error, or make the "
+            "backend faster"
         )
 
     def stats(self) -> CacheStats:

@@ -99,7 +99,7 @@ _SLOW_TIMEOUT: Final = 1.0
 _FIX_HINT = (
     "build the client with socket_timeout=0.1, socket_connect_timeout=0.1 and "
     "retry=Retry(NoBackoff(), 0) (from redis.retry and redis.backoff), or let cacheward build "
-    "it: RedisLayer.from_url(url, timeout=0.1)"
+    "it: RedisLayer.from_url(url, socket_timeout=0.1)"
 )
 
 
@@ -464,8 +464,8 @@ class RedisLayer:
         cls,
         url: str,
         *,
-        timeout: Duration = 0.1,
-        connect_timeout: Duration | None = None,
+        socket_timeout: Duration = 0.1,
+        socket_connect_timeout: Duration | None = None,
         max_connections: int = 64,
         cluster: bool = False,
         prefix: str = "cacheward",
@@ -478,6 +478,8 @@ class RedisLayer:
         stall_timeout: Duration | None = None,
         breaker_failures: int | None = None,
         breaker_reset: Duration | None = None,
+        timeout: Duration | None = None,
+        connect_timeout: Duration | None = None,
     ) -> RedisLayer:
         """Build a layer whose clients cacheward creates, with safe settings.
 
@@ -489,9 +491,9 @@ class RedisLayer:
 
         Args:
             url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket).
-            timeout: the per-operation socket timeout; a hung Redis costs a caller at most this
-                long, and the driver's breaker then skips the layer for a while.
-            connect_timeout: the connect timeout (defaults to ``timeout``).
+            socket_timeout: the per-operation socket timeout; a hung Redis costs a caller at
+                most this long, and the driver's breaker then skips the layer for a while.
+            socket_connect_timeout: the connect timeout (defaults to ``socket_timeout``).
             max_connections: the connection pool's size (per node for a cluster).
             cluster: connect to a Redis Cluster (``url`` names any one node).
             prefix: see :class:`RedisLayer`.
@@ -501,23 +503,29 @@ class RedisLayer:
             clock: see :class:`RedisLayer`.
             name: see :class:`RedisLayer`.
             fence_ttl: see :class:`RedisLayer`.
-            stall_timeout: see :class:`RedisLayer` (default: ``timeout / 4``).
+            stall_timeout: see :class:`RedisLayer` (default: ``socket_timeout / 4``).
             breaker_failures: see :class:`RedisLayer`.
             breaker_reset: see :class:`RedisLayer`.
+            timeout: the old spelling of ``socket_timeout`` (deprecated; accepted until 0.2).
+            connect_timeout: the old spelling of ``socket_connect_timeout`` (likewise).
 
         Raises:
             ConfigurationError: an argument is invalid or redis-py is missing.
         """
         redis_module()
+        if timeout is not None:
+            socket_timeout = timeout
+        if connect_timeout is not None:
+            socket_connect_timeout = connect_timeout
         given: object = url
         if not isinstance(given, str) or "://" not in given:
             raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
         factory = _Factory(
             url,
-            timeout=duration("timeout", timeout, allow_zero=False),
+            timeout=duration("socket_timeout", socket_timeout, allow_zero=False),
             connect_timeout=duration(
-                "connect_timeout",
-                timeout if connect_timeout is None else connect_timeout,
+                "socket_connect_timeout",
+                socket_timeout if socket_connect_timeout is None else socket_connect_timeout,
                 allow_zero=False,
             ),
             max_connections=check_positive_int("max_connections", max_connections),
