@@ -527,3 +527,25 @@ def test_errors_are_classified_once_for_the_layer_and_the_bucket() -> None:
     assert not sick(Fault.POOL_FULL)
     assert sick(Fault.UNREACHABLE)
     assert not unreachable(wrongtype)
+
+
+def test_without_a_memory_layer_nothing_read_from_redis_is_kept_in_the_process(
+    url: str, server: RedisServer
+) -> None:
+    """A regression test: an entry read back from Redis was kept like a pending write (an
+    unbounded in-process cache that ignored deletions in Redis)."""
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
+    calls: list[str] = []
+
+    @cw.cached(ttl=60, layers=[layer], namespace="nol1")
+    def load(name: str) -> str:
+        calls.append(name)
+        return name.upper()
+
+    key = CacheKey("a", "nol1:v1", ("a",), {}, ("name",))
+    layer.set(key, entry("from redis"))
+    assert load("a") == "from redis"
+    server.command("DEL", layer.redis_key(key))
+    assert load("a") == "A"  # read Redis again, found nothing, fetched
+    assert calls == ["a"]
+    layer.close()

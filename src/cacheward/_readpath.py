@@ -11,7 +11,6 @@ by the fetch task for asyncio tasks): the flights below.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import contextlib
@@ -40,6 +39,8 @@ from cacheward._layers import (
 from cacheward._plan import Op, Plan, aperform, perform
 
 if TYPE_CHECKING:
+    import asyncio
+
     from cacheward._cached import Settings
 
 __all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
@@ -641,9 +642,11 @@ class AsyncFlight(Flight):
         """The task's result, or :class:`Expired` after ``timeout`` (the task carries on)."""
         if self.delivered is not MISSING:
             return self.delivered
-        task = cast(asyncio.Task[Any], self.task)
+        task = cast("asyncio.Task[Any]", self.task)
         if self.waiters is None:
             return task.result()
+        import asyncio  # at first use: a sync-only program never imports it
+
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         deadline = loop.time() + timeout
@@ -863,7 +866,7 @@ class Driver:
                 yield from self.write(self.release_plan(key, token), detach)
             raise
         entry = self.new_entry(value)
-        store = self.adopt(key, flight, entry)
+        store = self.adopt(key, flight, entry, fetched=True)
         if self.remotes and (store or token is not None):
             yield from self.write(self.store_plan(key, entry if store else None, token), detach)
         return value
@@ -926,10 +929,11 @@ class Driver:
         self.count("stale_hits", EventKind.STALE_SERVED)
         return entry.value
 
-    def adopt(self, key: CacheKey, flight: Any, entry: Entry) -> bool:
-        """End ``flight`` with ``entry`` and answer its callers; says whether to store it."""
+    def adopt(self, key: CacheKey, flight: Any, entry: Entry, *, fetched: bool = False) -> bool:
+        """End ``flight`` with ``entry`` and answer its callers; says whether to store it
+        (``fetched``: it is this process's fetch, not another's value read back)."""
         try:
-            return self.settle_success(key, flight, entry)
+            return self.settle_success(key, flight, entry, fetched=fetched)
         finally:
             flight.resolve(entry.value)
 
@@ -1058,7 +1062,7 @@ class Driver:
         if not self.take_refresh_slot(key, flight):
             return
         self.start_task(key, flight, args, kwargs, stale)
-        cast(asyncio.Task[Any], flight.task).add_done_callback(
+        cast("asyncio.Task[Any]", flight.task).add_done_callback(
             lambda _: self.refresh_slots.release()
         )
 
@@ -1071,6 +1075,8 @@ class Driver:
         stale: Entry | None,
     ) -> None:
         plan = self.run(key, flight, args, kwargs, stale)
+        import asyncio
+
         task = asyncio.get_running_loop().create_task(aperform(plan))
         flight.task = task
         self.tasks.add(task)
@@ -1191,15 +1197,18 @@ class Driver:
             else:  # cancelled or interrupted: no verdict on the backend
                 self.core.abandon(key.local, flight)
 
-    def settle_success(self, key: CacheKey, flight: Flight, entry: Entry) -> bool:
+    def settle_success(self, key: CacheKey, flight: Flight, entry: Entry, *, fetched: bool) -> bool:
         """End ``flight`` with ``entry``; stores it in memory (under the lock, so no caller can
-        see the flight gone and the entry missing) and says whether shared layers get it."""
+        see the flight gone and the entry missing) and says whether shared layers get it.
+
+        Without a memory layer, a ``fetched`` entry is kept in :attr:`writing` until its
+        shared-layer writes are done (:meth:`store_plan` drops it)."""
         with self.lock:
             store = self.core.succeed(key.local, flight) and self.s.stores
             if store:
                 if self.l1 is not None:
                     self.l1.set(key, entry)
-                elif self.remotes:
+                elif fetched and self.remotes:
                     self.writing[key.local] = entry
         return store
 

@@ -26,7 +26,6 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import secrets
@@ -35,7 +34,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cacheward._background import drain
 from cacheward._clock import Clock
@@ -65,6 +64,9 @@ from cacheward._serialize import (
     decode_entry,
     encode_entry,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["RedisLayer", "RedisLayerStats"]
 
@@ -576,6 +578,8 @@ class RedisLayer:
                 "RedisLayer.from_url"
             )
         # asyncio connections belong to the loop that made them: one client per loop.
+        import asyncio
+
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
@@ -604,6 +608,8 @@ class RedisLayer:
         """Close this event loop's asyncio client if this layer created it."""
         if self._factory is None:
             return
+        import asyncio
+
         client = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
