@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
 
+#: What ``Lead`` answers a thread: run the fetch plan here, in the serve plan.
+INLINE: Any = type("Inline", (), {"__repr__": lambda self: "<inline>"})()
+
 #: What a layer op returns when its layer was skipped or failed (a miss).
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
 
@@ -459,7 +462,7 @@ class Lead(_FlightOp):
     __slots__ = ()
 
     def sync(self) -> Any:
-        return perform(self.driver.run(self.key, self.flight, self.args, self.kwargs))
+        return INLINE  # the thread runs the fetch plan itself, inside the serve plan
 
     async def aio(self) -> Any:
         flight = cast(AsyncFlight, self.flight)
@@ -785,7 +788,10 @@ class Driver:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
                 return (yield Join(flight, self.s.wait_timeout))
-            return (yield Lead(self, key, flight, args, kwargs))
+            led = yield Lead(self, key, flight, args, kwargs)
+            if led is INLINE:
+                return (yield from self.run(key, flight, args, kwargs))
+            return led
         except Expired:
             error: BaseException = self.timeout_error("the fetch")
         except BaseException as exc:
