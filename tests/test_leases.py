@@ -583,3 +583,53 @@ def test_processes_waiting_for_an_unstorable_value_fetch_at_once_not_one_after_a
     assert fetches == [True, True]
     for _, layer in stacks:
         layer.close()
+
+
+def _holder_whose_breaker_opens_mid_fetch(url: str) -> tuple[RedisLayer, CacheKey, list[str]]:
+    holder = RedisLayer.from_url(url, socket_timeout=1.0, breaker_failures=1, breaker_reset=60)
+    calls: list[str] = []
+
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(), holder], namespace="mid-fetch")
+    def load(name: str) -> str:
+        calls.append(name)
+        breaker = holder.breaker
+        assert breaker is not None
+        with breaker.lock:  # a failure elsewhere opens the layer's breaker meanwhile
+            breaker.breaker.record_failure(time.monotonic())
+        return name.upper()
+
+    assert load("k") == "K"
+    holder.close()  # waits for the background publish
+    return holder, CacheKey("k", "mid-fetch:v1", ("k",), {}, ("name",)), calls
+
+
+def test_a_holder_whose_breaker_opens_mid_fetch_still_publishes_and_releases(url: str) -> None:
+    """Issue 15 item 4: release and fenced writes were skipped unless the breaker was closed,
+    so another process waited its whole timeout for a value that never came."""
+    holder, key, calls = _holder_whose_breaker_opens_mid_fetch(url)
+    other = RedisLayer.from_url(url, socket_timeout=1.0)
+    found = other.get(key)
+    assert found is not None
+    assert found.value == "K"
+    assert other.acquire_lease(key, ttl=5) is None  # fresh value there: nothing to fetch
+    assert holder.events()["leases_released"] == 1
+    assert calls == ["k"]
+    other.close()
+
+
+def test_the_mid_fetch_check_catches_a_holder_that_skips_its_publish(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sibling: a breaker that refuses the publish like any write leaves nothing stored."""
+    import cacheward._readpath
+
+    original = cacheward._readpath.GuardedLayer.admit
+    monkeypatch.setattr(
+        cacheward._readpath.GuardedLayer,
+        "admit",
+        lambda self, mode: original(self, "write" if mode == "lease" else mode),
+    )
+    _, key, _ = _holder_whose_breaker_opens_mid_fetch(url)
+    other = RedisLayer.from_url(url, socket_timeout=1.0)
+    assert other.get(key) is None
+    other.close()
