@@ -26,9 +26,11 @@ from cacheward._errors import (
     ConfigurationError,
     ConfigurationTypeError,
     CursorLoopError,
+    FetchInterrupted,
     FetchTimeout,
     PaginationError,
     RateLimited,
+    RecursiveFetch,
     RetryBudgetExhausted,
 )
 from cacheward._events import (
@@ -93,6 +95,7 @@ __all__ = [
     "Entry",
     "Event",
     "EventKind",
+    "FetchInterrupted",
     "FetchTimeout",
     "Freshness",
     "GuardStats",
@@ -112,6 +115,7 @@ __all__ = [
     "PaginationError",
     "PickleSerializer",
     "RateLimited",
+    "RecursiveFetch",
     "RedisLayer",
     "RedisLayerStats",
     "RedisTokenBucket",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import threading
 import weakref
@@ -27,7 +28,13 @@ from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable
 from cacheward._core.keys import CacheKey, local_key
 from cacheward._core.leasewait import LeaseWait
 from cacheward._core.readthrough import Action, Flight, ReadThrough
-from cacheward._errors import BackoffActive, ConfigurationError, FetchTimeout
+from cacheward._errors import (
+    BackoffActive,
+    ConfigurationError,
+    FetchInterrupted,
+    FetchTimeout,
+    RecursiveFetch,
+)
 from cacheward._events import EventKind, emit
 from cacheward._layers import (
     AsyncLeasingLayer,
@@ -44,6 +51,11 @@ if TYPE_CHECKING:
     from cacheward._cached import Settings
 
 __all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
+
+#: The flights whose fetch this thread or task is running (to catch a fetch that calls itself).
+LEADING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "cacheward_leading", default=frozenset()
+)
 
 #: What ``Lead`` answers a thread: run the fetch plan here, in the serve plan.
 INLINE: Any = type("Inline", (), {"__repr__": lambda self: "<inline>"})()
@@ -612,13 +624,17 @@ class AsyncFlight(Flight):
             self.timer.cancel()
             self.timer = None
         waiters, self.waiters = self.waiters, None
-        if task.cancelled():
-            for _, waiter in waiters or ():
-                waiter.cancel()
-            return
+        # A cancelled (or interrupted) fetch is not the waiters' cancellation: they get a
+        # FetchInterrupted, never a CancelledError nobody asked for.
         # Retrieving the exception also keeps a failure nobody awaited (every waiter left)
         # from being reported as "never retrieved"; it was already counted and backed off.
-        error = task.exception()
+        error = (
+            FetchInterrupted("the fetch task was cancelled")
+            if task.cancelled()
+            else (task.exception())
+        )
+        if error is not None and not isinstance(error, Exception):
+            error = FetchInterrupted(f"the fetch was interrupted ({type(error).__name__})")
         for _, waiter in waiters or ():
             if waiter.done():
                 continue
@@ -784,6 +800,8 @@ class Driver:
         answer = self.answer_now(key, action, state, entry)
         if answer is not MISSING:
             return answer
+        if action is Action.WAIT and id(flight) in LEADING.get():
+            return self.fallback(entry, self.recursion_error())
         try:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
@@ -859,15 +877,18 @@ class Driver:
                 self.count("misses", EventKind.MISS)
             started = self.s.clock.monotonic()
             self.counters.fetches += 1
+            leading = LEADING.set(LEADING.get() | {id(flight)})
             try:
                 value = yield Fetch(self.fn, args, kwargs)
             except BaseException as exc:
                 self.count("fetch_errors", EventKind.FETCH_ERROR, exc)
                 raise
+            finally:
+                LEADING.reset(leading)
             emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
             self.settle_failure(key, flight, exc)
-            flight.reject(exc)
+            flight.reject(exc if isinstance(exc, Exception) else self.interrupted(exc))
             if token is not None:
                 yield from self.write(self.release_plan(key, token), detach)
             raise
@@ -1237,6 +1258,22 @@ class Driver:
         )
         error.__cause__ = state.last_error
         return error
+
+    def interrupted(self, exc: BaseException) -> FetchInterrupted:
+        """What waiters get instead of an interruption that happened to the leader."""
+        error = FetchInterrupted(
+            f"{self.namespace}: the fetch this call waited for was interrupted "
+            f"({type(exc).__name__}) in the caller that led it; call again to fetch anew"
+        )
+        error.__cause__ = None
+        return error
+
+    def recursion_error(self) -> RecursiveFetch:
+        return RecursiveFetch(
+            f"{self.namespace}: the fetch of this key called the same cached function with the "
+            "same key, so it would wait for itself until wait_timeout; fetch the inner value "
+            "another way (or use another key)"
+        )
 
     def timeout_error(self, what: str) -> FetchTimeout:
         self.count("wait_timeouts", EventKind.WAIT_TIMEOUT)
