@@ -19,7 +19,8 @@ from cacheward._core.breaker import Breaker, BreakerState
 from cacheward._errors import CacheWardError, CircuitOpen, ConfigurationError
 from cacheward._events import EventKind, emit
 from cacheward._limit import Decorator, check_function
-from cacheward._retry import RetryOn, _predicate, is_retryable
+from cacheward._retry import RetryOn, is_retryable
+from cacheward._retry import predicate as _predicate
 
 __all__ = [
     "BreakerState",

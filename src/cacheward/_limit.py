@@ -432,3 +432,7 @@ def limiting(
         return wrapper
 
     return decorate
+
+
+#: For other modules (``_redis_bucket``): a finite number > 0, named in the error.
+positive_number = _positive_number

@@ -26,7 +26,8 @@ from typing import Any
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, duration
 from cacheward._errors import ConfigurationError, RateLimited
-from cacheward._limit import TokenBucket, _positive_number
+from cacheward._limit import TokenBucket
+from cacheward._limit import positive_number as _positive_number
 from cacheward._rediskit import check_name as _check_name
 from cacheward._rediskit import client_kind as _kind
 from cacheward._rediskit import script as _script

@@ -401,3 +401,7 @@ def _chain(refusal: CacheWardError, failed: list[BaseException]) -> None:
     """A retry refused by the limiter or the breaker keeps the failure that led to it."""
     if failed and refusal.__cause__ is None and refusal is not failed[-1]:
         refusal.__cause__ = failed[-1]
+
+
+#: For other modules (``_backend_breaker``): what ``retry_on`` / ``failure_on`` accept.
+predicate = _predicate
