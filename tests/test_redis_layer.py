@@ -181,6 +181,7 @@ def test_a_value_forged_into_redis_with_a_wrong_signature_is_a_miss_never_execut
     assert calls == ["c1"]
     assert EXECUTED == []
     assert layer.events()["payload_tampered"] == 1
+    layer.close()  # waits for the write, which runs after the caller was answered
     # The honest value replaced the forged one (it was written later).
     assert (
         RedisLayer.from_url(url, socket_timeout=1.0, serializer=PickleSerializer(key=secret)).get(
@@ -188,7 +189,6 @@ def test_a_value_forged_into_redis_with_a_wrong_signature_is_a_miss_never_execut
         )
         is not None
     )
-    layer.close()
 
 
 def test_pool_exhaustion_is_a_miss_not_an_error_or_a_wait(url: str) -> None:
