@@ -128,11 +128,14 @@ class Database:
         self.kind = "postgresql" if self.url else "sqlite"
         self._tmp: Path | None = None
         self.path: str | None = None
+        #: A table of this run's own: runs sharing one PostgreSQL database (two checkouts, two
+        #: CI jobs) must not drop each other's data mid-run.
+        self.table = f"{TABLE}_{os.getpid()}_{os.urandom(3).hex()}"
 
     @property
     def spec(self) -> dict[str, Any]:
         """What a worker needs to connect (picklable)."""
-        return {"kind": self.kind, "url": self.url, "path": self.path}
+        return {"kind": self.kind, "url": self.url, "path": self.path, "table": self.table}
 
     def describe(self) -> str:
         """One line for the report (never prints credentials)."""
@@ -155,11 +158,11 @@ class Database:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(
-                    f"CREATE TABLE {TABLE} (customer_id INTEGER NOT NULL, item_id INTEGER "
+                    f"CREATE TABLE {self.table} (customer_id INTEGER NOT NULL, item_id INTEGER "
                     "NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, "
                     "PRIMARY KEY (customer_id, item_id)) WITHOUT ROWID"
                 )
-                conn.executemany(f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?)", rows)
+                conn.executemany(f"INSERT INTO {self.table} VALUES (?, ?, ?, ?)", rows)
                 conn.commit()
             finally:
                 conn.close()
@@ -168,15 +171,16 @@ class Database:
 
         assert self.url is not None
         with psycopg.connect(self.url, autocommit=True) as pg:
-            pg.execute(f"DROP TABLE IF EXISTS {TABLE}")
+            pg.execute(f"DROP TABLE IF EXISTS {self.table}")
             pg.execute(
-                f"CREATE TABLE {TABLE} (customer_id INTEGER NOT NULL, item_id INTEGER NOT NULL,"
-                " name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (customer_id, item_id))"
+                f"CREATE TABLE {self.table} (customer_id INTEGER NOT NULL, item_id INTEGER "
+                "NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, "
+                "PRIMARY KEY (customer_id, item_id))"
             )
-            with pg.cursor() as cur, cur.copy(f"COPY {TABLE} FROM STDIN") as copy:
+            with pg.cursor() as cur, cur.copy(f"COPY {self.table} FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-            pg.execute(f"ANALYZE {TABLE}")
+            pg.execute(f"ANALYZE {self.table}")
 
     def drop(self) -> None:
         """Remove the data (the temporary SQLite file, or the PostgreSQL table)."""
@@ -190,7 +194,7 @@ class Database:
                 contextlib.suppress(Exception),
                 psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn,
             ):
-                conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+                conn.execute(f"DROP TABLE IF EXISTS {self.table}")
 
 
 class Meter:
@@ -233,12 +237,13 @@ class Store:
         self.log: list[tuple[float, float, int, str, int]] = []
         self._pg = spec["kind"] == "postgresql"
         mark = "%s" if self._pg else "?"
+        table = spec.get("table", TABLE)
         self._offset_sql = (
-            f"SELECT item_id, name, value FROM {TABLE} WHERE customer_id = {mark} "
+            f"SELECT item_id, name, value FROM {table} WHERE customer_id = {mark} "
             f"ORDER BY item_id LIMIT {mark} OFFSET {mark}"
         )
         self._keyset_sql = (
-            f"SELECT item_id, name, value FROM {TABLE} WHERE customer_id = {mark} "
+            f"SELECT item_id, name, value FROM {table} WHERE customer_id = {mark} "
             f"AND item_id > {mark} ORDER BY item_id LIMIT {mark}"
         )
 

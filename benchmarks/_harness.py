@@ -12,7 +12,10 @@ What every benchmark here needs, in one place:
 * **reporting**: :func:`print_table` (``rich`` when it is installed, plain text otherwise) and
   :func:`machine` (what the figures were measured on);
 * **size knobs**: :func:`smoke` is true under ``CACHEWARD_BENCH_SMOKE=1``, which the smoke tests
-  set so each benchmark runs in a tiny mode that checks its shape, not its speed.
+  set so each benchmark runs in a tiny mode that checks its shape, not its speed;
+* **where files go**: :func:`output_dir` (``benchmarks/results/``, ignored by git; ``--out DIR``)
+  and :func:`update_docs` (``--update-docs``: only then may a benchmark refresh a tracked file
+  under ``docs/``), so that running the benchmarks leaves the checkout clean.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "machine",
     "median",
     "new_loop",
+    "output_dir",
     "percentile",
     "print_table",
     "progress",
@@ -47,15 +52,34 @@ __all__ = [
     "summary",
     "time_async",
     "time_sync",
+    "update_docs",
     "versions",
 ]
 
 SMOKE_ENV = "CACHEWARD_BENCH_SMOKE"
+#: Set by ``python -m benchmarks --out DIR`` (environment variables reach worker processes too).
+OUT_ENV = "CACHEWARD_BENCH_OUT"
+#: Set by ``python -m benchmarks --update-docs``.
+UPDATE_DOCS_ENV = "CACHEWARD_BENCH_UPDATE_DOCS"
+#: The repository's root (the benchmarks run from it).
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def smoke() -> bool:
     """True when ``CACHEWARD_BENCH_SMOKE=1``: run a tiny version that only checks the shape."""
     return os.environ.get(SMOKE_ENV, "") not in ("", "0")
+
+
+def output_dir() -> Path:
+    """Where benchmarks write their files: ``benchmarks/results/`` (ignored by git) or ``--out``."""
+    path = Path(os.environ.get(OUT_ENV) or ROOT / "benchmarks" / "results")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def update_docs() -> bool:
+    """True under ``--update-docs``: a benchmark may then refresh its picture under ``docs/``."""
+    return os.environ.get(UPDATE_DOCS_ENV, "") not in ("", "0")
 
 
 # --------------------------------------------------------------------------- statistics
@@ -295,11 +319,30 @@ def interleaved_rounds(
 # --------------------------------------------------------------------------- reporting
 
 
+#: Seconds between two plain progress lines of one label (stdout not a terminal).
+PROGRESS_EVERY = 5.0
+_progress_last: dict[str, float] = {}
+
+
 def progress(label: str, done: int, total: int) -> None:
-    """Show ``label done/total`` on stderr when it is a terminal (logs stay clean)."""
+    """Show ``label done/total``: a live counter on a terminal, else a line every few seconds.
+
+    On a terminal the counter is redrawn in place on stderr; in a pipe or a CI log one line goes
+    to stdout at most every :data:`PROGRESS_EVERY` seconds and at the end, so a log shows that a
+    long run is alive without filling up.
+    """
     if sys.stderr.isatty():
         end = "\n" if done >= total else ""
         print(f"\r  {label} {done}/{total}", end=end, file=sys.stderr, flush=True)
+        return
+    now = time.monotonic()
+    first = label not in _progress_last
+    if done >= total or first or now - _progress_last[label] >= PROGRESS_EVERY:
+        _progress_last[label] = now
+        if done >= total:
+            del _progress_last[label]
+        if not first or done >= total:
+            print(f"  {label} {done}/{total}", flush=True)
 
 
 def fmt_ns(seconds: float) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -299,3 +300,76 @@ def available(lib: Lib) -> str | None:
     except ImportError as exc:
         return f"not installed ({exc.name})"
     return None
+
+
+# ---------------------------------------------------------------- Redis-backed contenders
+#: Each makes ``(is_async, decorator, config)`` for a Redis at ``127.0.0.1:port``.
+
+
+def _cacheward_outage(port: int) -> tuple[bool, Any, str]:
+    import cacheward as cw
+
+    layers = [cw.MemoryLayer(), cw.RedisLayer.from_url(f"redis://127.0.0.1:{port}/0")]
+    config = (
+        f"cw.cached(ttl={TTL}, layers=[MemoryLayer(), "
+        'RedisLayer.from_url("redis://...")]) (defaults: 0.25 s timeouts, no retries)'
+    )
+    return True, cw.cached(ttl=TTL, layers=layers), config
+
+
+def _cashews_outage(port: int) -> tuple[bool, Any, str]:
+    from cashews import Cache
+
+    cache = Cache()
+    cache.setup(f"redis://127.0.0.1:{port}/0")
+    return (
+        True,
+        cache(ttl=TTL),
+        f'Cache().setup("redis://...") (defaults: suppress=True, socket_timeout=1); '
+        f"@cache(ttl={TTL})",
+    )
+
+
+def _aiocache_outage(port: int) -> tuple[bool, Any, str]:
+    import aiocache
+
+    # aiocache logs a traceback per failed get/set; the benchmark counts them instead.
+    logging.getLogger("aiocache").setLevel(logging.CRITICAL)
+    return (
+        True,
+        aiocache.cached(ttl=TTL, cache=aiocache.Cache.REDIS, endpoint="127.0.0.1", port=port),
+        f"aiocache.cached(ttl={TTL}, cache=Cache.REDIS, endpoint=..., port=...) "
+        "(default timeout=5)",
+    )
+
+
+def _dogpile_outage(port: int) -> tuple[bool, Any, str]:
+    from dogpile.cache import make_region
+
+    region = make_region().configure(
+        "dogpile.cache.redis",
+        expiration_time=TTL,
+        arguments={
+            "host": "127.0.0.1",
+            "port": port,
+            "db": 0,
+            "redis_expiration_time": TTL * 2,
+            "distributed_lock": True,
+            "thread_local_lock": False,
+            "socket_timeout": 1,
+        },
+    )
+    return (
+        False,
+        region.cache_on_arguments(),
+        "dogpile.cache.redis as in its docs: redis_expiration_time, distributed_lock=True, "
+        "thread_local_lock=False, plus socket_timeout=1",
+    )
+
+
+OUTAGE_CONTENDERS: dict[str, Callable[[int], tuple[bool, Any, str]]] = {
+    "cacheward": _cacheward_outage,
+    "cashews redis": _cashews_outage,
+    "aiocache redis": _aiocache_outage,
+    "dogpile redis": _dogpile_outage,
+}

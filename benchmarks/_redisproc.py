@@ -18,10 +18,12 @@ import shutil
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["KEY_PREFIX", "L2"]
+__all__ = ["KEY_PREFIX", "L2", "LAYER_PREFIX"]
 
 #: Every key the benchmark writes starts with this.
 KEY_PREFIX = "cacheward-bench:"
+#: The same, as a layer's ``prefix=`` (which takes no colon: the layer adds its own).
+LAYER_PREFIX = KEY_PREFIX.rstrip(":")
 
 
 class L2:

@@ -14,8 +14,10 @@ For each contender and each fault, on a private ``redis-server`` (stopped by PID
 
 Counted per run: backend calls (ideal: 10, one per key), callers served and failed, and the
 callers' p50 / p99 / max latency. Targets for cacheward: 10 backend calls, every caller served,
-p99 <= 100 ms, in both modes. The peers run with the configurations of ``benchmarks/peers.py``
-(their documented defaults plus explicit socket timeouts where they have them).
+p99 <= 100 ms, in both modes. The peers run with the configurations of
+``benchmarks/_peerlibs.py`` (their documented defaults plus explicit socket timeouts where they
+have them); the load comes from ``benchmarks/_load.py``. ``benchmarks/peers.py`` reports the
+refused run (:func:`refused_outage`) in its summary.
 """
 
 from __future__ import annotations
@@ -29,18 +31,21 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import _harness as h
-from benchmarks.peers import (
-    BACKEND_LATENCY,
-    CALL_TIMEOUT,
-    KEYS,
-    OUTAGE_CONTENDERS,
-    _async_load,
-    _Backend,
-    _thread_load,
-)
+from benchmarks._load import CALL_TIMEOUT, Backend, async_load, thread_load
+from benchmarks._peerlibs import OUTAGE_CONTENDERS
 
 MODES = ("refused", "hung")
 P99_TARGET = 0.1
+BACKEND_LATENCY = 0.02
+KEYS = 10
+
+
+def _answer(k: int) -> dict[str, int]:
+    return {"key": k}
+
+
+def _backend() -> Backend:
+    return Backend(BACKEND_LATENCY, _answer)
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -105,9 +110,10 @@ def _one_run(server: Any, name: str, mode: str, settings: dict[str, Any]) -> dic
     make = CONTENDERS[name]
     server.restart()
     is_async, decorate, config = make(server.port)
-    _warm(is_async, decorate(_Backend().coro() if is_async else _Backend().sync()))
+    warm = _backend()
+    _warm(is_async, decorate(warm.coro() if is_async else warm.sync()))
     _, decorate, _ = make(server.port)  # a fresh instance: nothing in its memory
-    backend = _Backend()
+    backend = _backend()
     fn = decorate(backend.coro() if is_async else backend.sync())
     if mode == "refused":
         server.kill()
@@ -115,8 +121,8 @@ def _one_run(server: Any, name: str, mode: str, settings: dict[str, Any]) -> dic
         server.pause()
     started = time.perf_counter()
     try:
-        load = _async_load if is_async else _thread_load
-        calls = load(fn, settings["rate"], settings["duration"])
+        load = async_load if is_async else thread_load
+        calls = load(fn, settings["rate"], settings["duration"], keys=KEYS, expected=_answer)
     finally:
         if mode == "hung":
             server.resume()

@@ -6,28 +6,20 @@ Three sections, each interleaved across the contenders, then one summary table o
 
 1. **hits**: :mod:`benchmarks.hits` (same contenders, same method);
 2. **stampede**: :mod:`benchmarks.stampede` (1000 tasks / 50 threads on a cold key, 50 ms backend);
-3. **outage**: Redis refuses connections (the clients point at a closed loopback port) while
-   200 callers per second ask for 10 keys for 5 s, backend 20 ms. A perfect cache needs 10
-   backend calls (one per key). For each Redis-backed contender we count backend calls, caller
-   errors and caller latency. If ``benchmarks/outage.py`` provides ``refused_outage`` it is used;
-   otherwise the simple run below.
+3. **outage**: :func:`benchmarks.outage.refused_outage` -- a warm Redis is SIGKILLed (connections
+   refused) while 200 callers per second ask for 10 keys for 5 s, backend 20 ms. A perfect cache
+   needs 10 backend calls (one per key). For each Redis-backed contender we count backend
+   calls, caller errors and caller latency.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import logging
-import socket
 import sys
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from benchmarks import _harness as h
 from benchmarks import hits, stampede
-from benchmarks._peerlibs import TTL, cacheward_missing
+from benchmarks.outage import KEYS, refused_outage
 
 #: The summary: one row per (library, configuration), and which rows of each section it uses.
 SUMMARY: list[tuple[str, dict[str, str | None]]] = [
@@ -50,257 +42,19 @@ SUMMARY: list[tuple[str, dict[str, str | None]]] = [
     ("dogpile.cache", {"sync": "dogpile.cache memory", "async": None, "outage": "dogpile redis"}),
 ]
 
-BACKEND_LATENCY = 0.02
-KEYS = 10
-#: No caller is waited for longer than this; a caller still waiting is counted as an error.
-CALL_TIMEOUT = 15.0
-
-
-def _settings(quick: bool) -> dict[str, Any]:
-    if h.smoke():
-        return {"rate": 100, "duration": 0.3}
-    if quick:
-        return {"rate": 200, "duration": 2.0}
-    return {"rate": 200, "duration": 5.0}
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then closed): connections are refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-class _Backend:
-    def __init__(self) -> None:
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def _count(self) -> None:
-        with self._lock:
-            self.calls += 1
-
-    def sync(self) -> Callable[[int], dict[str, int]]:
-        def fetch(k: int) -> dict[str, int]:
-            self._count()
-            time.sleep(BACKEND_LATENCY)
-            return {"key": k}
-
-        return fetch
-
-    def coro(self) -> Callable[[int], Any]:
-        async def fetch(k: int) -> dict[str, int]:
-            self._count()
-            await asyncio.sleep(BACKEND_LATENCY)
-            return {"key": k}
-
-        return fetch
-
-
-# ------------------------------------------------------------------ Redis-backed contenders
-
-
-def _cacheward_outage(port: int) -> tuple[bool, Any, str]:
-    import cacheward as cw
-
-    layers: list[Any] = [cw.MemoryLayer()]
-    config = f"cw.cached(ttl={TTL}, layers=[MemoryLayer()"
-    redis_layer = getattr(cw, "RedisLayer", None)
-    if redis_layer is None:  # before the Redis layer was exported
-        from cacheward import _redis
-
-        redis_layer = getattr(_redis, "RedisLayer", None)
-    if redis_layer is not None:
-        layers.append(redis_layer.from_url(f"redis://127.0.0.1:{port}/0"))
-        config += ', RedisLayer.from_url("redis://...")]) (defaults: 0.25 s timeouts, no retries)'
-    else:
-        config += "]) - no RedisLayer in this version, so no L2"
-    return True, cw.cached(ttl=TTL, layers=layers), config
-
-
-def _cashews_outage(port: int) -> tuple[bool, Any, str]:
-    from cashews import Cache
-
-    cache = Cache()
-    cache.setup(f"redis://127.0.0.1:{port}/0")
-    return (
-        True,
-        cache(ttl=TTL),
-        f'Cache().setup("redis://...") (defaults: suppress=True, socket_timeout=1); '
-        f"@cache(ttl={TTL})",
-    )
-
-
-def _aiocache_outage(port: int) -> tuple[bool, Any, str]:
-    import aiocache
-
-    # aiocache logs a traceback per failed get/set; the benchmark counts them instead.
-    logging.getLogger("aiocache").setLevel(logging.CRITICAL)
-    return (
-        True,
-        aiocache.cached(ttl=TTL, cache=aiocache.Cache.REDIS, endpoint="127.0.0.1", port=port),
-        f"aiocache.cached(ttl={TTL}, cache=Cache.REDIS, endpoint=..., port=...) "
-        "(default timeout=5)",
-    )
-
-
-def _dogpile_outage(port: int) -> tuple[bool, Any, str]:
-    from dogpile.cache import make_region
-
-    region = make_region().configure(
-        "dogpile.cache.redis",
-        expiration_time=TTL,
-        arguments={
-            "host": "127.0.0.1",
-            "port": port,
-            "db": 0,
-            "redis_expiration_time": TTL * 2,
-            "distributed_lock": True,
-            "thread_local_lock": False,
-            "socket_timeout": 1,
-        },
-    )
-    return (
-        False,
-        region.cache_on_arguments(),
-        "dogpile.cache.redis as in its docs: redis_expiration_time, distributed_lock=True, "
-        "thread_local_lock=False, plus socket_timeout=1",
-    )
-
-
-OUTAGE_CONTENDERS: dict[str, Callable[[int], tuple[bool, Any, str]]] = {
-    "cacheward": _cacheward_outage,
-    "cashews redis": _cashews_outage,
-    "aiocache redis": _aiocache_outage,
-    "dogpile redis": _dogpile_outage,
-}
-
-
-def _async_load(fn: Callable[[int], Any], rate: int, duration: float) -> list[tuple[float, bool]]:
-    async def one(k: int) -> tuple[float, bool]:
-        start = time.perf_counter()
-        try:
-            value = await asyncio.wait_for(fn(k), CALL_TIMEOUT)
-            ok = value == {"key": k}
-        except Exception:
-            ok = False
-        return time.perf_counter() - start, ok
-
-    async def load() -> list[tuple[float, bool]]:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        tasks = []
-        for i in range(int(rate * duration)):
-            delay = start + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(i % KEYS)))
-        return list(await asyncio.gather(*tasks))
-
-    loop = h.new_loop()
-    try:
-        return loop.run_until_complete(load())
-    finally:
-        h.close_loop(loop)
-
-
-def _thread_load(fn: Callable[[int], Any], rate: int, duration: float) -> list[tuple[float, bool]]:
-    results: list[tuple[float, bool]] = []
-    lock = threading.Lock()
-
-    def one(k: int) -> None:
-        start = time.perf_counter()
-        try:
-            ok = fn(k) == {"key": k}
-        except Exception:
-            ok = False
-        with lock:
-            results.append((time.perf_counter() - start, ok))
-
-    threads = []
-    start = time.perf_counter()
-    for i in range(int(rate * duration)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        t = threading.Thread(target=one, args=(i % KEYS,), daemon=True)
-        t.start()
-        threads.append(t)
-    deadline = time.perf_counter() + CALL_TIMEOUT
-    for t in threads:
-        t.join(max(0.0, deadline - time.perf_counter()))
-    with lock:
-        finished = list(results)
-    # A caller still blocked at the deadline is an error that took at least CALL_TIMEOUT.
-    finished.extend((CALL_TIMEOUT, False) for _ in range(len(threads) - len(finished)))
-    return finished
-
-
-def own_refused_outage(quick: bool) -> dict[str, Any]:
-    """Redis refused: every Redis-backed contender under the same load; every raw figure."""
-    settings = _settings(quick)
-    port = closed_port()
-    rows: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
-    for name, make in OUTAGE_CONTENDERS.items():
-        if name == "cacheward" and (why := cacheward_missing()) is not None:
-            skipped[name] = why
-            continue
-        if name == "dogpile redis" and h.smoke():
-            skipped[name] = "left out of smoke runs (its redis-py retries take ~5 s per caller)"
-            continue
-        try:
-            is_async, decorate, config = make(port)
-        except ImportError as exc:
-            skipped[name] = f"not installed ({exc.name})"
-            continue
-        backend = _Backend()
-        fn = decorate(backend.coro() if is_async else backend.sync())
-        print(f"  outage: {name} ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        load = _async_load if is_async else _thread_load
-        calls = load(fn, settings["rate"], settings["duration"])
-        latencies = [lat for lat, _ in calls]
-        errors = sum(1 for _, ok in calls if not ok)
-        rows[name] = {
-            "config": config,
-            "callers": len(calls),
-            "backend_calls": backend.calls,
-            "amplification": backend.calls / KEYS,
-            "errors": errors,
-            "error_rate": errors / max(1, len(calls)),
-            "p50": h.percentile(latencies, 50),
-            "p99": h.percentile(latencies, 99),
-            "max": max(latencies, default=float("nan")),
-            "run_seconds": time.perf_counter() - started,
-        }
-    return {
-        "settings": {**settings, "keys": KEYS, "backend_latency": BACKEND_LATENCY, "port": port},
-        "rows": rows,
-        "skipped": skipped,
-        "source": "benchmarks.peers (own refused-Redis run)",
-    }
-
 
 def outage(quick: bool) -> dict[str, Any]:
-    """The Redis-down section: ``benchmarks.outage.refused_outage`` if it exists, else our own."""
+    """The Redis-down section: :func:`benchmarks.outage.refused_outage` (a ``redis-server``)."""
     try:
-        shared = importlib.import_module("benchmarks.outage")
-    except ImportError:
-        shared = None
-    shared_run = getattr(shared, "refused_outage", None)
-    if not callable(shared_run):
-        return own_refused_outage(quick)
-    try:
-        result: dict[str, Any] = shared_run(quick=quick)
-    except Exception as exc:  # e.g. no redis-server binary to start: run the simple version
-        print(f"  outage.refused_outage failed ({exc!r}); running the simple version", flush=True)
-        result = own_refused_outage(quick)
-        result["source"] += f" after benchmarks.outage failed: {exc!r}"
-        return result
-    result.setdefault("source", "benchmarks.outage.refused_outage")
-    return result
+        return refused_outage(quick=quick)
+    except Exception as exc:  # no redis-server binary to start: say so, do not guess
+        print(f"  outage: not run ({exc!r})", flush=True)
+        return {
+            "settings": {"rate": 0, "duration": 0, "keys": KEYS, "backend_latency": 0.0},
+            "rows": {},
+            "skipped": {"outage": f"could not start a redis-server: {exc!r}"},
+            "source": "benchmarks.outage.refused_outage",
+        }
 
 
 def report_outage(figures: dict[str, Any]) -> None:

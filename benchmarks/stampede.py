@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks import _harness as h
+from benchmarks._load import STORM_TIMEOUT, Backend, async_storm, thread_storm
 from benchmarks._peerlibs import ASYNC_LIBS, SYNC_LIBS, SYNC_REFERENCE, Lib, available
 
 LATENCY = 0.05
 WALL_TARGET = 1.2
-#: Bound on one stampede: a contender that hangs is reported, not waited for.
-STORM_TIMEOUT = 30.0
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -36,99 +34,6 @@ def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"rounds": 5, "tasks": 1000, "threads": 50, "latency": LATENCY}
     return {"rounds": 9, "tasks": 1000, "threads": 50, "latency": LATENCY}
-
-
-class Backend:
-    """A backend that takes ``latency`` seconds and counts its calls (thread-safe)."""
-
-    def __init__(self, latency: float) -> None:
-        self.latency = latency
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def _count(self) -> None:
-        with self._lock:
-            self.calls += 1
-
-    def sync(self) -> Callable[[int], int]:
-        def fetch(k: int) -> int:
-            self._count()
-            time.sleep(self.latency)
-            return k * 2
-
-        return fetch
-
-    def coro(self) -> Callable[[int], Any]:
-        async def fetch(k: int) -> int:
-            self._count()
-            await asyncio.sleep(self.latency)
-            return k * 2
-
-        return fetch
-
-
-def async_storm(
-    loop: asyncio.AbstractEventLoop, fn: Callable[[int], Any], key: int, tasks: int
-) -> dict[str, Any]:
-    """``tasks`` concurrent ``await fn(key)``; wall time, errors and wrong values."""
-
-    async def storm() -> tuple[float, list[Any]]:
-        start = time.perf_counter()
-        results = await asyncio.wait_for(
-            asyncio.gather(*(fn(key) for _ in range(tasks)), return_exceptions=True),
-            STORM_TIMEOUT,
-        )
-        return time.perf_counter() - start, results
-
-    try:
-        wall, results = loop.run_until_complete(storm())
-    except asyncio.TimeoutError:
-        return {"wall": STORM_TIMEOUT, "errors": tasks, "wrong": 0, "timed_out": True}
-    errors = [r for r in results if isinstance(r, BaseException)]
-    wrong = sum(1 for r in results if not isinstance(r, BaseException) and r != key * 2)
-    return {
-        "wall": wall,
-        "errors": len(errors),
-        "wrong": wrong,
-        "error_types": sorted({type(e).__name__ for e in errors}),
-        "timed_out": False,
-    }
-
-
-def thread_storm(fn: Callable[[int], Any], key: int, threads: int) -> dict[str, Any]:
-    """``threads`` threads released together call ``fn(key)``; wall time, errors, wrong values."""
-    barrier = threading.Barrier(threads + 1)
-    outcomes: list[Any] = []
-    lock = threading.Lock()
-
-    def caller() -> None:
-        try:
-            barrier.wait(STORM_TIMEOUT)
-            value: Any = fn(key)
-        except BaseException as exc:
-            value = exc
-        with lock:
-            outcomes.append(value)
-
-    workers = [threading.Thread(target=caller, daemon=True) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    barrier.wait(STORM_TIMEOUT)
-    start = time.perf_counter()
-    deadline = start + STORM_TIMEOUT
-    for w in workers:
-        w.join(max(0.0, deadline - time.perf_counter()))
-    wall = time.perf_counter() - start
-    timed_out = any(w.is_alive() for w in workers)
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    wrong = sum(1 for o in outcomes if not isinstance(o, BaseException) and o != key * 2)
-    return {
-        "wall": wall,
-        "errors": len(errors) + (threads - len(outcomes)),
-        "wrong": wrong,
-        "error_types": sorted({type(e).__name__ for e in errors}),
-        "timed_out": timed_out,
-    }
 
 
 def _floor_async() -> Callable[[Callable[[int], Any]], Callable[[int], Any]]:

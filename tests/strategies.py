@@ -94,10 +94,13 @@ def configs(draw: st.DrawFn) -> Config:
     """A configuration within the documented ranges."""
     backoff = draw(st.floats(0.1, 4.0))
     retry_backoff = draw(st.floats(0.01, 0.5))
+    stale_ttl = draw(st.sampled_from([0.0, 1.0, 5.0, 20.0]))
+    # stale_if_error may not be shorter than stale_ttl (refused at decoration).
+    stale_if_error = draw(st.none() | st.sampled_from([0.0, 2.0, 10.0, 40.0]))
     return Config(
         ttl=draw(st.floats(0.5, 20.0)),
-        stale_ttl=draw(st.sampled_from([0.0, 1.0, 5.0, 20.0])),
-        stale_if_error=draw(st.none() | st.sampled_from([0.0, 2.0, 10.0, 40.0])),
+        stale_ttl=stale_ttl,
+        stale_if_error=None if stale_if_error is None else max(stale_if_error, stale_ttl),
         jitter=draw(st.sampled_from([0.0, 0.1, 0.5])),
         backoff=backoff,
         backoff_max=draw(st.floats(backoff, 20.0)),

@@ -82,3 +82,61 @@ def test_peers_summary_covers_every_library() -> None:
     for name, row in figures["outage"]["rows"].items():
         assert 0 <= row["errors"] <= row["callers"], name
         assert row["backend_calls"] >= 0, name
+
+
+def _benchmark_imports() -> dict[str, set[str]]:
+    """``module -> benchmark modules it imports`` for every module under ``benchmarks/``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks"):
+                base = node.module or ""
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}"
+                    found.add(
+                        sub
+                        if (root.parent / (sub.replace(".", "/") + ".py")).exists()
+                        or (root.parent / sub.replace(".", "/")).is_dir()
+                        else base
+                    )
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("benchmarks")}
+        graph[name] = found - {name, "benchmarks"}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_benchmark_modules_import_each_other_without_a_circle() -> None:
+    graph = _benchmark_imports()
+    assert "benchmarks._load" in graph["benchmarks.outage"]
+    assert _cycle(graph) is None, _cycle(graph)
+    # The check sees a circle when there is one.
+    assert _cycle({**graph, "benchmarks._load": {"benchmarks.outage"}}) is not None

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import Phase, given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 import cacheward as cw
@@ -96,7 +96,7 @@ def test_property_search_catches_a_codec_that_skips_the_signature_check(
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=2)
     ),
@@ -121,19 +121,55 @@ garbage = st.one_of(
 )
 
 
+#: Unsigned cursors whose JSON holds a float that ``encode`` refuses (``json`` parses them).
+NON_FINITE = [
+    "c1." + _b64(text.encode())
+    for text in ("[1e999]", "[NaN]", "[-Infinity]", '[1, "a", -1e400]', "[Infinity]")
+]
+
+
 def check_garbage(cursor: str) -> None:
-    """Any string decodes to a tuple or raises InvalidCursor, nothing else."""
+    """Any string decodes to a key the codec could have issued, or raises InvalidCursor."""
     codec = cw.CursorCodec()
     try:
         key = codec.decode(cursor)
     except cw.InvalidCursor:
         return
     assert isinstance(key, tuple)
+    assert codec.decode(codec.encode(key)) == key  # encode() accepts what decode() returned
 
 
+@example(NON_FINITE[0])
+@example(NON_FINITE[1])
 @given(garbage)
 def test_property_garbage_is_invalid_cursor_never_a_crash(cursor: str) -> None:
     check_garbage(cursor)
+
+
+def test_unsigned_and_signed_cursors_refuse_floats_that_encoding_refuses() -> None:
+    for cursor in NON_FINITE:
+        with pytest.raises(cw.InvalidCursor, match="garbled"):
+            cw.CursorCodec().decode(cursor)
+    # A validly signed cursor holding 1e999 (a secret that leaked, or an old encoder) too.
+    signed = cw.CursorCodec(secret=SECRET)
+    payload = NON_FINITE[0].split(".")[1]
+    forged = f"{NON_FINITE[0]}.{signed._mac(SECRET.encode(), payload)}"
+    with pytest.raises(cw.InvalidCursor, match="garbled"):
+        signed.decode(forged)
+
+
+def test_the_garbage_check_catches_a_decoder_that_lets_non_finite_floats_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checked = _cursor._unpack
+
+    def unchecked(value: object) -> object:
+        return value if isinstance(value, float) else checked(value)
+
+    monkeypatch.setattr(_cursor, "_unpack", unchecked)
+    for cursor in NON_FINITE:  # deterministic: the examples, not a random search
+        with pytest.raises(cw.ConfigurationError, match="cannot hold the float"):
+            check_garbage(cursor)
 
 
 def test_property_search_catches_unchecked_tags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,3 +106,101 @@ def test_guarded_amplification_is_bounded_and_naive_is_larger(result: dict[str, 
     assert guarded["amplification"] <= 1.5, guarded
     assert naive["amplification"] > guarded["amplification"], (naive, guarded)
     assert result["ratios"]["rows_read_outage"] > 1.0
+    assert result["ratios_by_stack"]["guarded"] == result["ratios"]
+
+
+def test_the_summary_reads_as_sentences(result: dict[str, Any]) -> None:
+    from benchmarks.incident import report, stacks
+
+    specs = stacks.selected(None)
+    text = "\n".join(report.summary(incident.SMOKE, result, specs))
+    assert "During the" in text
+    assert "perfect cache" in text
+    # No infinities and no raw identifiers (``rows_read_outage``, ``errors_total``...).
+    assert "inf" not in text.replace("in-process", "")
+    assert not [w for w in text.split() if "_" in w], text
+    assert text.count("target: at most") == len(result["targets"])
+
+
+def test_the_scenario_announces_the_expected_warnings() -> None:
+    from benchmarks.incident import report, stacks
+
+    specs = stacks.selected(None)
+    lines = report.intro(
+        incident.SMOKE, specs, database="db", l2="redis", l2_mode="private", fault="down"
+    )
+    assert any("breaker_opened" in line and "Connection refused" in line for line in lines)
+    without = report.intro(
+        incident.SMOKE, specs, database="db", l2="none", l2_mode="absent", fault="down"
+    )
+    assert not any("breaker_opened" in line for line in without)
+
+
+def test_stacks_are_chosen_from_the_registry_baseline_first() -> None:
+    from benchmarks.incident import stacks
+
+    assert [s.name for s in stacks.selected("guarded,naive")] == ["naive", "guarded"]
+    assert [s.name for s in stacks.selected(None)] == list(incident.STACKS)
+    with pytest.raises(ValueError, match="unknown stack nope"):
+        stacks.selected("naive,nope")
+    with pytest.raises(ValueError, match="baseline"):
+        stacks.selected("guarded")
+    with pytest.raises(ValueError, match="already registered"):
+        stacks.register(stacks.REGISTRY["guarded"])
+
+
+def test_check_finds_every_missed_target_and_only_those() -> None:
+    from benchmarks.__main__ import finite, missed_targets
+
+    figures = {
+        "incident": {"targets": {"a": {"met": True}, "b": {"met": False}, "c": {"met": None}}},
+        "hits": {"deep": {"targets": {"d": {"met": False}}}},
+    }
+    assert sorted(missed_targets(figures)) == ["hits.deep.targets.d", "incident.targets.b"]
+    assert finite({"x": [float("inf"), 1.0, float("nan")]}) == {"x": [None, 1.0, None]}
+
+
+def test_check_turns_a_missed_target_into_exit_status_1(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    import sys
+    import types
+
+    from benchmarks import __main__ as cli
+
+    fake = types.ModuleType("benchmarks.fake")
+    fake.run = lambda *, quick: {"targets": {"t": {"met": False, "value": float("inf")}}}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "benchmarks.fake", fake)
+    monkeypatch.setitem(cli.BENCHMARKS, "fake", "a benchmark that misses its target")
+    out = tmp_path / "out"
+    monkeypatch.setenv("CACHEWARD_BENCH_OUT", str(out))  # main() sets it; undone after the test
+    assert cli.main(["fake", "--out", str(out)]) == 0
+    assert (out / "fake.json").exists()
+    assert cli.main(["fake", "--quick", "--check", "--out", str(out)]) == 1
+    assert '"value": null' in (out / "fake-quick.json").read_text()
+
+
+def test_a_registered_variant_gets_its_own_column_summary_and_targets(
+    result: dict[str, Any],
+) -> None:
+    import dataclasses
+
+    from benchmarks.incident import report, stacks
+
+    variant = dataclasses.replace(stacks.REGISTRY["guarded"], name="variant", label="variant")
+    stacks.register(variant)
+    try:
+        specs = stacks.selected("naive,guarded,variant")
+        assert [s.name for s in specs] == ["naive", "guarded", "variant"]
+        three = {
+            **result,
+            "stacks": {**result["stacks"], "variant": result["stacks"]["guarded"]},
+            "targets_by_stack": {**result["targets_by_stack"], "variant": result["targets"]},
+        }
+        rows = report.table_rows(three["stacks"], incident.SMOKE, [s.name for s in specs])
+        assert all(len(row) == 4 for row in rows)
+        text = "\n".join(report.summary(incident.SMOKE, three, specs))
+        assert "variant's targets" in text
+        assert text.count("target: at most") == 2 * len(result["targets"])
+    finally:
+        del stacks.REGISTRY["variant"]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cacheward import _serialize
+from cacheward import MsgpackSerializer, _serialize
 from cacheward._core.entry import Entry
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._serialize import (
@@ -51,15 +51,20 @@ def entry(value: Any, created: float = NOW) -> Entry:
 
 
 def serializers() -> list[Serializer]:
+    # Every codec, signed and not: the envelope rules (checksum or signature, key, codec,
+    # "forged bytes are a miss, never executed") are tested on each.
     return [
+        MsgpackSerializer(),
+        MsgpackSerializer(signing_key=KEY),
         JsonSerializer(),
+        JsonSerializer(signing_key=KEY),
         OrjsonSerializer(),
         MsgspecSerializer(),
         PickleSerializer(key=KEY),
     ]
 
 
-@pytest.mark.parametrize("serializer", serializers(), ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("serializer", serializers(), ids=repr)
 @given(value=json_values)
 def test_json_values_round_trip_through_every_serializer(
     serializer: Serializer, value: Any
@@ -280,7 +285,7 @@ damage = {
 }
 
 
-@pytest.mark.parametrize("serializer", serializers(), ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("serializer", serializers(), ids=repr)
 @given(**damage)
 def test_truncated_or_flipped_bytes_are_a_payload_error(
     serializer: Serializer, value: Any, cut: int, flip: int, mask: int

@@ -46,6 +46,7 @@ from cacheward._events import (
 from cacheward._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
 from cacheward._layers import AsyncLayer, Layer, MemoryLayer
 from cacheward._limit import BucketStats, Limiter, TokenBucket, rate_limit
+from cacheward._msgpack import MsgpackSerializer
 from cacheward._pages import (
     Checkpoint,
     CheckpointStore,
@@ -60,13 +61,16 @@ from cacheward._pages import (
 from cacheward._redis import RedisLayer, RedisLayerStats
 from cacheward._redis_bucket import RedisTokenBucket, SharedBucketStats
 from cacheward._retry import BudgetStats, RetryBudget, is_retryable, retry
+from cacheward._sentinel import redis_client
 from cacheward._serialize import (
     JsonSerializer,
     MsgspecSerializer,
     OrjsonSerializer,
     PickleSerializer,
     Serializer,
+    UnstorableValue,
 )
+from cacheward._testmode import bypass
 
 __version__ = "0.1.0.dev0"
 
@@ -109,6 +113,7 @@ __all__ = [
     "LoggingListener",
     "MemoryCheckpoints",
     "MemoryLayer",
+    "MsgpackSerializer",
     "MsgspecSerializer",
     "OrjsonSerializer",
     "Page",
@@ -125,9 +130,11 @@ __all__ = [
     "SharedBucketStats",
     "SystemClock",
     "TokenBucket",
+    "UnstorableValue",
     "__version__",
     "acollect_pages",
     "aiter_pages",
+    "bypass",
     "cached",
     "circuit_breaker",
     "coalesce",
@@ -140,6 +147,7 @@ __all__ = [
     "listener_errors",
     "listening",
     "rate_limit",
+    "redis_client",
     "retry",
     "unlisten",
 ]

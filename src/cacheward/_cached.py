@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
+from cacheward import _testmode
 from cacheward._clock import Clock
 from cacheward._config import (
     Duration,
@@ -20,6 +21,7 @@ from cacheward._config import (
     check_fraction,
     check_positive_int,
     duration,
+    keyword_settings,
     optional_duration,
 )
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
@@ -151,6 +153,12 @@ def make_settings(
     ttl_s = duration("ttl", ttl)
     stale_s = duration("stale_ttl", stale_ttl)
     sie = optional_duration("stale_if_error", stale_if_error)
+    if sie is not None and sie < stale_s:
+        raise ConfigurationError(
+            f"stale_if_error={stale_if_error!r} is shorter than stale_ttl={stale_ttl!r}: an entry "
+            "served stale while it refreshes must stay servable when the refresh fails; give "
+            f"stale_if_error >= {stale_s:g} seconds, or leave it out (it defaults to stale_ttl)"
+        )
     backoff_s = duration("backoff", backoff)
     backoff_max_s = duration("backoff_max", backoff_max)
     if backoff_max_s < backoff_s:
@@ -217,6 +225,7 @@ def make_settings(
     )
 
 
+@keyword_settings("cached", "ttl=60", required=("ttl",))
 def cached(
     *,
     ttl: Duration,
@@ -248,7 +257,7 @@ def cached(
             one background refresh runs (HTTP's stale-while-revalidate).
         stale_if_error: seconds after ``ttl`` during which the entry is served when a fetch
             fails, times out, or is refused (back-off, rate limit, breaker). Defaults to
-            ``stale_ttl``; never shorter than it.
+            ``stale_ttl``; a shorter value is refused (:class:`~cacheward.ConfigurationError`).
         layers: the layers, read top-down; defaults to ``[MemoryLayer()]``. An in-process
             layer may only come first. ``[]`` caches nothing (single-flight only).
         clock: the clock (``cacheward.testing.FakeClock`` in tests).
@@ -360,16 +369,20 @@ def build(fn: Callable[..., Any], settings: Settings) -> Any:
 def _wrapper(driver: Driver, *, is_async: bool) -> Callable[..., Any]:
     """The function callers call: the generated hot path when there is a memory layer."""
     if driver.l1 is None:
-        serve, local_of = driver.serve, driver.local
+        serve, local_of, fn = driver.serve, driver.local, driver.fn
         if is_async:
             aserve = driver.aserve
 
             async def plain_async(*args: Any, **kwargs: Any) -> Any:
+                if _testmode.ACTIVE and _testmode.bypassed():
+                    return await fn(*args, **kwargs)
                 return await aserve(local_of(args, kwargs), None, args, kwargs)
 
             return plain_async
 
         def plain(*args: Any, **kwargs: Any) -> Any:
+            if _testmode.ACTIVE and _testmode.bypassed():
+                return fn(*args, **kwargs)
             return serve(local_of(args, kwargs), None, args, kwargs)
 
         return plain
@@ -385,5 +398,7 @@ def _wrapper(driver: Driver, *, is_async: bool) -> Callable[..., Any]:
         emit=emit,
         hit_kind=EventKind.HIT,
         source=driver.namespace,
+        testmode=_testmode.ACTIVE,
+        bypassed=_testmode.bypassed,
     )
     return wrapper

@@ -6,11 +6,12 @@ from collections.abc import Callable, Hashable
 
 from cacheward._cached import Decorator, build, make_settings
 from cacheward._clock import Clock
-from cacheward._config import Duration
+from cacheward._config import Duration, keyword_settings
 
 __all__ = ["coalesce"]
 
 
+@keyword_settings("coalesce", "")
 def coalesce(
     *,
     wait_timeout: Duration = 10.0,

@@ -7,9 +7,11 @@ that names the argument and says what to change. Durations accept seconds or a
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeAlias
+from typing import Any, TypeAlias, TypeVar, cast
 
 from cacheward._clock import SYSTEM_CLOCK, Clock
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
@@ -20,8 +22,11 @@ __all__ = [
     "check_fraction",
     "check_positive_int",
     "duration",
+    "keyword_settings",
     "optional_duration",
 ]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: A duration: seconds as an ``int`` or ``float``, or a :class:`datetime.timedelta`.
 Duration: TypeAlias = "float | int | timedelta"
@@ -80,3 +85,41 @@ def check_clock(value: object) -> Clock:
             f"(for example cacheward.testing.FakeClock), got {type(value).__name__}"
         )
     return value
+
+
+def keyword_settings(
+    name: str, example: str, *, required: tuple[str, ...] = ()
+) -> Callable[[F], F]:
+    """Make a decorator factory's misuses fail with a message that says what to write.
+
+    ``@cw.cached`` (no parentheses) passes the function as a positional argument, and
+    ``cw.cached(60)`` passes a setting positionally; both would otherwise be a bare
+    ``TypeError`` about positional arguments. ``required`` keywords left out fail the same way.
+    The factory's signature, as type checkers and ``inspect`` see it, is unchanged.
+    """
+
+    def decorate(factory: F) -> F:
+        @functools.wraps(factory)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            if args:
+                first = args[0]
+                if callable(first):
+                    what = getattr(first, "__qualname__", type(first).__name__)
+                    raise ConfigurationTypeError(
+                        f"cw.{name} needs its settings: write @cw.{name}({example}) above "
+                        f"{what}, not @cw.{name} without parentheses"
+                    )
+                raise ConfigurationTypeError(
+                    f"cw.{name} takes its settings as keywords: write cw.{name}({example}), "
+                    f"got the positional argument {first!r}"
+                )
+            missing = [k for k in required if k not in kwargs]
+            if missing:
+                raise ConfigurationTypeError(
+                    f"cw.{name} needs {', '.join(missing)}: write cw.{name}({example})"
+                )
+            return factory(**kwargs)
+
+        return cast(F, checked)
+
+    return decorate

@@ -87,6 +87,10 @@ _UNPACK: dict[str, Callable[[str], object]] = {
 
 
 def _unpack(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON text such as 1e999 or NaN parses to a float that encode() refuses: a cursor
+        # decodes only to a key this codec could have issued.
+        raise ValueError("non-finite float")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, dict) and len(value) == 1:

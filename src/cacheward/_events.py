@@ -8,12 +8,18 @@ call (hits) are better read from ``.stats()`` at scrape time than listened to.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import enum
 import logging
 import threading
 from collections.abc import Iterable
-from typing import Protocol
+from datetime import timedelta
+from typing import Protocol, cast
+
+from cacheward._clock import Clock
+from cacheward._config import check_clock, check_positive_int, duration
+from cacheward._core.logthrottle import LogThrottle, Summary
 
 __all__ = [
     "Event",
@@ -189,32 +195,112 @@ def listener_errors() -> int:
     return _errors
 
 
-_WARN = frozenset({EventKind.BREAKER_OPENED, EventKind.BUDGET_EXHAUSTED})
+#: The level each kind is logged at by :class:`LoggingListener` (DEBUG when absent). A
+#: recovery is logged at the level of the failure it ends, so whoever sees one sees the other.
+LEVELS: dict[EventKind, int] = {
+    EventKind.BREAKER_OPENED: logging.WARNING,
+    EventKind.BREAKER_CLOSED: logging.WARNING,
+    EventKind.BUDGET_EXHAUSTED: logging.WARNING,
+}
+
+#: A failure and the recovery that ends it, for the wording of recovery lines.
+_RECOVERY_OF: dict[EventKind, EventKind] = {EventKind.BREAKER_CLOSED: EventKind.BREAKER_OPENED}
 
 
 class LoggingListener:
-    """Logs events to :mod:`logging`: breaker trips and retry-budget exhaustion at WARNING,
-    everything else at DEBUG.
+    """Logs events to :mod:`logging`, a few lines per interval per kind and source at most.
 
-    One is attached by default for the WARNING kinds only (so the library is quiet unless
-    something is wrong); attach your own with ``cw.listen(cw.LoggingListener())`` to see every
-    decision at DEBUG.
+    Failures and the recoveries that end them (a breaker opening and closing again, the retry
+    budget running out) are logged at WARNING, everything else at DEBUG (see :data:`LEVELS`).
+    One listener is attached by default for the WARNING kinds only, so the library is quiet
+    unless something is wrong or stops being wrong; attach your own with
+    ``cw.listen(cw.LoggingListener())`` to see every decision at DEBUG.
+
+    However often an event happens, one *stream* (a kind, from one source, through one layer)
+    writes at most ``burst`` lines per ``interval``; the events past that are counted and
+    written as one summary line (``... 4312 more in 10s, not logged one by one``) by the first
+    logged event after the interval ends, or by :meth:`flush`. Listeners and metrics still see
+    every event.
+
+    Args:
+        logger: the logger (default: ``logging.getLogger("cacheward")``).
+        interval: the length of a stream's window, in seconds (default 10).
+        burst: lines per stream per window (default 3).
+        clock: the clock for the windows (``FakeClock`` in tests).
     """
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        interval: float | timedelta = 10.0,
+        burst: int = 3,
+        clock: Clock | None = None,
+    ) -> None:
         self.logger = logger or logging.getLogger("cacheward")
+        self._clock = check_clock(clock)
+        self._throttle = LogThrottle(
+            interval=duration("interval", interval, allow_zero=False),
+            burst=check_positive_int("burst", burst),
+        )
+        self._lock = threading.Lock()
+        #: Lines written, and events counted into summaries instead (for tests and metrics).
+        self.lines = 0
+        self.summarized = 0
 
     def __call__(self, event: Event) -> None:
-        level = logging.WARNING if event.kind in _WARN else logging.DEBUG
+        level = LEVELS.get(event.kind, logging.DEBUG)
         if not self.logger.isEnabledFor(level):
             return
+        with self._lock:
+            write, due = self._throttle.admit(
+                (event.kind, event.source, event.layer), self._clock.monotonic()
+            )
+            if not write:
+                self.summarized += 1
+        self._summaries(due)
+        if not write:
+            return
+        self.lines += 1
         where = f" layer={event.layer}" if event.layer else ""
         why = f" error={type(event.error).__name__}: {event.error}" if event.error else ""
         took = f" duration={event.duration:.4f}s" if event.duration is not None else ""
+        ended = _RECOVERY_OF.get(event.kind)
+        note = f" (recovered: {ended.value} is over)" if ended is not None else ""
         self.logger.log(
-            level, "cacheward %s source=%s%s%s%s", event.kind.value, event.source, where, why, took
+            level,
+            "cacheward %s source=%s%s%s%s%s",
+            event.kind.value,
+            event.source,
+            where,
+            why,
+            took,
+            note,
         )
+
+    def flush(self) -> None:
+        """Write the summary lines of every stream with counted events, now."""
+        with self._lock:
+            due = self._throttle.flush(self._clock.monotonic())
+        self._summaries(due)
+
+    def _summaries(self, due: list[Summary]) -> None:
+        for summary in due:
+            kind, source, layer = cast("tuple[EventKind, str, str | None]", summary.key)
+            where = f" layer={layer}" if layer else ""
+            self.lines += 1
+            self.logger.log(
+                LEVELS.get(kind, logging.DEBUG),
+                "cacheward %s source=%s%s: %d more in %gs, not logged one by one "
+                "(events and metrics count every one)",
+                kind.value,
+                source,
+                where,
+                summary.count,
+                round(summary.span, 3),
+            )
 
 
 DEFAULT_LOGGING = LoggingListener()
-listen(DEFAULT_LOGGING, kinds=_WARN)
+listen(DEFAULT_LOGGING, kinds=[k for k, level in LEVELS.items() if level >= logging.WARNING])
+atexit.register(DEFAULT_LOGGING.flush)

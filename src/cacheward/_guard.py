@@ -22,7 +22,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 from cacheward._backend_breaker import BreakerCounters, CircuitBreaker, breaking
 from cacheward._cached import CacheStats, cached
 from cacheward._clock import Clock
-from cacheward._config import Duration, check_clock, duration
+from cacheward._config import Duration, check_clock, duration, keyword_settings
 from cacheward._errors import ConfigurationTypeError
 from cacheward._limit import LimitCounters, Limiter, TokenBucket, check_function, limiting
 from cacheward._retry import RetryBudget, RetryCounters, RetryOn, retrying
@@ -118,9 +118,11 @@ class _GuardDecorator(Protocol):
 
 
 #: The settings of ``cached``, all of which ``guard`` takes and passes on as given.
-CACHED_SETTINGS: tuple[str, ...] = cached.__code__.co_varnames[: cached.__code__.co_kwonlyargcount]
+_CODE = cached.__wrapped__.__code__  # type: ignore[attr-defined]
+CACHED_SETTINGS: tuple[str, ...] = _CODE.co_varnames[: _CODE.co_kwonlyargcount]
 
 
+@keyword_settings("guard", "ttl=60, limiter=cw.TokenBucket(rate=50, burst=100)", required=("ttl",))
 def guard(
     *,
     ttl: Duration,

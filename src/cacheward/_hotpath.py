@@ -31,12 +31,15 @@ __all__ = ["NOARG", "build_wrapper"]
 NOARG: Any = type("NoArg", (), {"__repr__": lambda self: "<no argument>"})()
 
 _TEMPLATE = """
-def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG):
+def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG, fn, testmode,
+          bypassed):
     hits = 0
 
     {adef} general(first, args, kwargs):
         nonlocal hits
         call_args = args if first is NOARG else (first, *args)
+        if testmode and bypassed():
+            return {await_}fn(*call_args, **kwargs)
         local = local_of(call_args, kwargs)
         entry = lookup(local)
         if entry is not None and now() < entry.fresh_until:
@@ -48,7 +51,7 @@ def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG)
 
     {adef} wrapper({params}):
         nonlocal hits
-        if {fast_case}:
+        if not testmode and ({fast_case}):
             entry = lookup({arg})
             if entry is not None and now() < entry.fresh_until:
                 hits += 1
@@ -80,7 +83,7 @@ def _single_parameter(fn: Callable[..., Any]) -> str | None:
     # Never shadow a name the template itself uses.
     if name in {"lookup", "now", "serve", "local_of", "hit_listeners", "emit", "HIT", "source",
                 "NOARG", "hits", "entry", "general", "wrapper", "first", "args", "kwargs",
-                "call_args", "local"}:  # fmt: skip
+                "call_args", "local", "fn", "testmode", "bypassed"}:  # fmt: skip
         return None
     positional_only = param.kind is inspect.Parameter.POSITIONAL_ONLY
     return f"{name}, /" if positional_only else name
@@ -99,11 +102,15 @@ def build_wrapper(
     emit: Callable[..., None],
     hit_kind: object,
     source: str,
+    testmode: list[object],
+    bypassed: Callable[[], bool],
 ) -> tuple[Callable[..., Any], Callable[[], int]]:
     """Return the wrapper for ``fn`` and a function reading its hit counter.
 
     ``keyed`` (a ``key=`` function is in use) sends every call through ``general``, since the
-    key is then not the argument itself.
+    key is then not the argument itself. ``testmode`` is :data:`cacheward._testmode.ACTIVE`:
+    while it is non-empty every call goes through ``general``, which calls ``fn`` directly when
+    ``bypassed()`` says so (see ``cacheward.testing.disabled``).
     """
     single = None if keyed else _single_parameter(fn)
     if single is not None:
@@ -131,6 +138,17 @@ def build_wrapper(
     filename = f"<cacheward wrapper of {getattr(fn, '__qualname__', fn)!s}>"
     exec(compile(source_code, filename, "exec"), namespace)  # noqa: S102 - our own template
     wrapper, hits = namespace["build"](
-        lookup, now, serve, local_of, hit_listeners, emit, hit_kind, source, NOARG
+        lookup,
+        now,
+        serve,
+        local_of,
+        hit_listeners,
+        emit,
+        hit_kind,
+        source,
+        NOARG,
+        fn,
+        testmode,
+        bypassed,
     )
     return wrapper, hits

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import sys
 import threading
-from collections.abc import Callable, Hashable, MutableMapping
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Callable, Hashable
+from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
 from cacheward._config import Duration, check_positive_int, duration
 from cacheward._core.breaker import Breaker
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
-from cacheward._errors import ConfigurationError
+from cacheward._errors import ConfigurationError, ConfigurationTypeError
 
 __all__ = [
     "AsyncLayer",
@@ -21,6 +23,7 @@ __all__ = [
     "LeaseReply",
     "LeasingLayer",
     "MemoryLayer",
+    "estimate_size",
 ]
 
 
@@ -142,49 +145,120 @@ class LayerBreaker:
 Policy = Literal["fifo", "lru", "lfu"]
 
 
+def estimate_size(value: object, _depth: int = 0) -> int:
+    """A cheap estimate of the memory ``value`` holds, in bytes (the default weigher).
+
+    ``sys.getsizeof`` of the object plus, for ``dict``/``list``/``tuple``/``set``/``frozenset``,
+    its items, recursively (100 levels at most; shared objects are counted each time they
+    appear, which errs on the safe side).
+    """
+    size = sys.getsizeof(value)
+    if _depth >= 100:
+        return size
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            size += estimate_size(key, _depth + 1) + estimate_size(item, _depth + 1)
+    elif kind in _CONTAINERS:
+        for item in value:  # type: ignore[attr-defined]
+            size += estimate_size(item, _depth + 1)
+    return size
+
+
+_CONTAINERS: Final = frozenset({list, tuple, set, frozenset})
+
+
 class MemoryLayer:
     """A bounded in-process layer (L1).
 
     Args:
         maxsize: the most entries it holds (>= 1).
-        policy: which entry goes when it is full.
+        policy: which entry goes when it is full. Every policy evicts in constant time,
+            whatever the size.
 
             - ``"fifo"`` (default): the entry written longest ago. Every write gives an entry a
               new lifetime, so this is also the entry nearest to expiry; a hit costs one ``dict``
               lookup and takes no lock, which is what keeps a fresh hit within a few times
               ``functools.lru_cache``.
-            - ``"lru"`` / ``"lfu"``: exact least-recently / least-frequently used, built on
-              ``cachetools.LRUCache`` / ``LFUCache``. A hit then updates the order under a lock,
-              several times the cost of a ``"fifo"`` hit.
+            - ``"lru"``: exact least-recently used (an ``OrderedDict``; a hit also moves the
+              entry to the back, about twice the cost of a ``"fifo"`` hit).
+            - ``"lfu"``: least-frequently used, ties broken by age (frequency buckets; a hit
+              takes a lock to count itself, several times the cost of a ``"fifo"`` hit).
+        max_bytes: also bound the memory the entries' values hold, as measured by ``weigher``
+            (``None``: no byte bound). An entry heavier than ``max_bytes`` on its own is not
+            kept (it is still served to its callers and written to the shared layers).
+        weigher: a function returning the size of a value in bytes (only with ``max_bytes``);
+            defaults to :func:`estimate_size`, a recursive ``sys.getsizeof``.
+        name: the layer's name in stats and errors.
 
     A ``MemoryLayer`` belongs to one cached function (its keys are that function's arguments
     alone, which keeps a hit cheap); giving one to a second function is a configuration error.
-    Expired entries are dropped before anything live is evicted.
+    An expired entry stays until it is overwritten or evicted (the fresh-hit check ignores it).
     """
 
-    __slots__ = ("_data", "_fast_get", "_lock", "local", "maxsize", "name", "owner", "policy")
+    __slots__ = (
+        "_buckets",
+        "_bytes",
+        "_counts",
+        "_data",
+        "_fast_get",
+        "_least",
+        "_lock",
+        "_order",
+        "_weights",
+        "local",
+        "max_bytes",
+        "maxsize",
+        "name",
+        "owner",
+        "policy",
+        "weigher",
+    )
 
-    def __init__(self, maxsize: int = 10_000, *, policy: Policy = "fifo", name: str = "memory"):
+    def __init__(
+        self,
+        maxsize: int = 10_000,
+        *,
+        policy: Policy = "fifo",
+        max_bytes: int | None = None,
+        weigher: Callable[[Any], int] | None = None,
+        name: str = "memory",
+    ):
         self.maxsize = check_positive_int("maxsize", maxsize)
         if policy not in ("fifo", "lru", "lfu"):
             raise ConfigurationError(f"policy must be 'fifo', 'lru' or 'lfu', got {policy!r}")
         self.policy: Policy = policy
+        self.max_bytes = None if max_bytes is None else check_positive_int("max_bytes", max_bytes)
+        if weigher is not None and not callable(weigher):
+            raise ConfigurationTypeError(
+                f"weigher must be a function value -> bytes, got {type(weigher).__name__}"
+            )
+        if weigher is not None and max_bytes is None:
+            raise ConfigurationError("weigher is only used with max_bytes; give max_bytes too")
+        self.weigher: Callable[[Any], int] = weigher or estimate_size
         self.name = name
         self.local = True
         #: The cached function this layer belongs to (set by the decorator).
         self.owner: str | None = None
         self._lock = threading.Lock()
-        self._data: MutableMapping[Hashable, Entry]
-        if policy == "fifo":
-            plain: dict[Hashable, Entry] = {}
-            self._data = plain
-            self._fast_get: Callable[[Hashable], Entry | None] = plain.get
+        #: Byte accounting (only with max_bytes): key -> weight, and their sum.
+        self._weights: dict[Hashable, int] | None = None if max_bytes is None else {}
+        self._bytes = 0
+        #: FIFO: the write order, as key, entry, key, entry, ... (a record whose entry is no
+        #: longer the key's is skipped when it reaches the front).
+        self._order: collections.deque[Any] = collections.deque()
+        #: LFU: key -> hits + 1, count -> keys with that count (oldest first), the least count.
+        self._counts: dict[Hashable, int] = {}
+        self._buckets: dict[int, collections.OrderedDict[Hashable, None]] = {}
+        self._least = 1
+        self._data: dict[Hashable, Entry]
+        if policy == "lru":
+            ordered: collections.OrderedDict[Hashable, Entry] = collections.OrderedDict()
+            self._data = ordered
+            self._fast_get: Callable[[Hashable], Entry | None] = self._make_lru_get(ordered)
         else:
-            import cachetools
-
-            cls = cachetools.LRUCache if policy == "lru" else cachetools.LFUCache
-            self._data = cls(maxsize=maxsize)
-            self._fast_get = self._locked_get
+            self._data = {}
+            self._fast_get = self._data.get if policy == "fifo" else self._lfu_get
 
     # The drivers look entries up by the local key directly (see ``lookup``); the protocol
     # methods below serve everything else.
@@ -193,40 +267,143 @@ class MemoryLayer:
         """Return the entry stored under the local key, fresh or not (no expiry check)."""
         return self._fast_get(local)
 
-    def _locked_get(self, local: Hashable) -> Entry | None:
+    @staticmethod
+    def _make_lru_get(
+        ordered: collections.OrderedDict[Hashable, Entry],
+    ) -> Callable[[Hashable], Entry | None]:
+        getitem, move = ordered.__getitem__, ordered.move_to_end
+
+        def lru_get(local: Hashable) -> Entry | None:
+            # Two atomic steps; a key deleted in between is a miss.
+            try:
+                entry = getitem(local)
+                move(local)
+            except KeyError:
+                return None
+            return entry
+
+        return lru_get
+
+    def _lfu_get(self, local: Hashable) -> Entry | None:
         with self._lock:
-            return self._data.get(local)
+            entry = self._data.get(local)
+            if entry is not None:
+                self._lfu_bump(local)
+            return entry
+
+    def _lfu_bump(self, local: Hashable) -> None:
+        counts, buckets = self._counts, self._buckets
+        count = counts[local]
+        bucket = buckets[count]
+        del bucket[local]
+        if not bucket:
+            del buckets[count]
+            if self._least == count:
+                self._least = count + 1
+        counts[local] = count + 1
+        up = buckets.get(count + 1)
+        if up is None:
+            up = buckets[count + 1] = collections.OrderedDict()
+        up[local] = None
 
     def get(self, key: CacheKey) -> Entry | None:
         return self.lookup(key.local)
 
     def set(self, key: CacheKey, entry: Entry) -> None:
-        data = self._data
+        local = key.local
+        weight = 0
+        if self._weights is not None:
+            try:
+                weight = max(0, int(self.weigher(entry.value)))
+            except Exception:
+                weight = sys.getsizeof(entry.value)
         with self._lock:
-            data.pop(key.local, None)  # re-inserting moves it to the end of the FIFO order
-            if self.policy == "fifo" and len(data) >= self.maxsize:
-                self._evict(entry.created)
-            data[key.local] = entry
+            self._remove(local)
+            if self._weights is not None:
+                if weight > cast(int, self.max_bytes):
+                    return  # heavier than the whole layer: served, not kept
+                while self._data and self._bytes + weight > cast(int, self.max_bytes):
+                    self._evict()
+                self._weights[local] = weight
+                self._bytes += weight
+            while len(self._data) >= self.maxsize:
+                self._evict()
+            self._insert(local, entry)
 
-    def _evict(self, now: float) -> None:
+    def _insert(self, local: Hashable, entry: Entry) -> None:
+        self._data[local] = entry
+        policy = self.policy
+        if policy == "fifo":
+            order = self._order
+            order.append(local)
+            order.append(entry)
+            if len(order) > 4 * len(self._data) + 64:
+                # Records of overwritten or deleted keys piled up: rebuild from the dict,
+                # whose order is the write order (a write removes the key first). Amortized
+                # O(1): it takes at least 2n writes to pile up 2n stale records.
+                order.clear()
+                for item in self._data.items():
+                    order.extend(item)
+        elif policy == "lfu":
+            self._counts[local] = 1
+            bucket = self._buckets.get(1)
+            if bucket is None:
+                bucket = self._buckets[1] = collections.OrderedDict()
+            bucket[local] = None
+            self._least = 1
+
+    def _remove(self, local: Hashable) -> None:
+        if self._data.pop(local, None) is None:
+            return
+        if self._weights is not None:
+            self._bytes -= self._weights.pop(local, 0)
+        if self.policy == "lfu":
+            count = self._counts.pop(local)
+            bucket = self._buckets[count]
+            del bucket[local]
+            if not bucket:
+                del self._buckets[count]
+
+    def _evict(self) -> None:
+        """Drop one entry by the policy (the lock is held; the layer is not empty)."""
         data = self._data
-        # Oldest writes first: drop what has expired, then the oldest live entries.
-        doomed: list[Hashable] = []
-        for local, old in data.items():
-            if old.stale_until <= now or len(data) - len(doomed) >= self.maxsize:
-                doomed.append(local)
-            else:
-                break
-        for local in doomed:
-            del data[local]
+        policy = self.policy
+        if policy == "fifo":
+            order = self._order
+            while order:
+                local = order.popleft()
+                entry = order.popleft()
+                if data.get(local) is entry:
+                    self._remove(local)
+                    return
+        elif policy == "lru":
+            local = next(iter(data))
+            self._remove(local)
+            return
+        else:
+            buckets = self._buckets
+            bucket = buckets.get(self._least)
+            if bucket is None:  # the least count's keys were deleted: find the next one
+                self._least = min(buckets)
+                bucket = buckets[self._least]
+            self._remove(next(iter(bucket)))
+            return
+        # Unreachable while the order and the dict agree; keep the layer bounded regardless.
+        self._remove(next(iter(data)))
 
     def delete(self, key: CacheKey) -> None:
         with self._lock:
-            self._data.pop(key.local, None)
+            self._remove(key.local)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._order.clear()
+            self._counts.clear()
+            self._buckets.clear()
+            if self._weights is not None:
+                self._weights.clear()
+            self._bytes = 0
 
     async def aget(self, key: CacheKey) -> Entry | None:
         return self.lookup(key.local)
@@ -240,10 +417,19 @@ class MemoryLayer:
     async def aclear(self) -> None:
         self.clear()
 
+    @property
+    def bytes(self) -> int:
+        """The summed weight of the entries held (0 without ``max_bytes``)."""
+        return self._bytes
+
     def __len__(self) -> int:
         return len(self._data)
 
     def __repr__(self) -> str:
+        bound = ""
+        if self.max_bytes is not None:
+            bound = f", max_bytes={self.max_bytes}, bytes={self._bytes}"
         return (
-            f"MemoryLayer(maxsize={self.maxsize}, policy={self.policy!r}, size={len(self._data)})"
+            f"MemoryLayer(maxsize={self.maxsize}, policy={self.policy!r}{bound}, "
+            f"size={len(self._data)})"
         )

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
@@ -20,12 +22,18 @@ from cacheward._core.entry import Entry, Freshness, classify
 from cacheward._core.keys import CacheKey, encode_call
 from cacheward._core.pages import (
     Checkpoint,
-    CheckpointAction,
+    DiscardCheckpoint,
+    Emit,
+    Failed,
+    FetchPage,
+    LoadCheckpoint,
+    Monotonic,
     Rebuild,
-    Stop,
-    Verdict,
+    Request,
+    SaveCheckpoint,
     checkpoint_from_value,
     checkpoint_to_value,
+    rebuild_steps,
 )
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._layers import AsyncLayer, Layer
@@ -249,39 +257,50 @@ class LayerCheckpoints:
 DEFAULT_CHECKPOINTS = MemoryCheckpoints()
 
 
-def rebuild_identity(fetch_page: Callable[..., object], checkpoint_key: str | None) -> str:
-    """The key under which a rebuild's checkpoint is kept.
-
-    It is the page function's qualified name (decorators that set ``__wrapped__`` are looked
-    through) plus either ``checkpoint_key`` or the arguments bound with
-    :func:`functools.partial`, encoded with their types. A closure, a bound method or a callable
-    object has state cacheward cannot see, so it needs ``checkpoint_key``.
-
-    Raises:
-        ConfigurationError: the identity cannot be derived safely.
-    """
-    parts: list[bytes] = []
+def _unwrapped(fetch_page: object) -> tuple[Any, list[functools.partial[Any]]]:
+    """The function under partials and ``__wrapped__`` decorators, and the partials on the way."""
+    partials: list[functools.partial[Any]] = []
     fn: Any = fetch_page
     for _ in range(100):
         if isinstance(fn, functools.partial):
-            if checkpoint_key is None:
-                try:
-                    parts.append(encode_call(fn.args, fn.keywords, ()))
-                except ConfigurationTypeError:
-                    kinds = ", ".join(type(a).__name__ for a in (*fn.args, *fn.keywords.values()))
-                    raise ConfigurationTypeError(
-                        f"cannot tell which rebuild {_name(fn.func)} belongs to: one of its "
-                        f"functools.partial arguments ({kinds}) has no stable encoding (only "
-                        "None, bool, int, float, str, bytes, tuple, frozenset, Enum, UUID, "
-                        "Decimal and dates do). Pass checkpoint_key= (a string naming the "
-                        "payload, e.g. f'config:{customer_id}'), or resume=False"
-                    ) from None
+            partials.append(fn)
             fn = fn.func
             continue
         wrapped = getattr(fn, "__wrapped__", None)
         if wrapped is None:
             break
         fn = wrapped
+    return fn, partials
+
+
+def _encoded(partial: functools.partial[Any]) -> bytes:
+    try:
+        return encode_call(partial.args, partial.keywords, ())
+    except ConfigurationTypeError:
+        args = (*partial.args, *partial.keywords.values())
+        raise ConfigurationTypeError(
+            f"cannot tell which rebuild {_name(partial.func)} belongs to: one of its "
+            f"functools.partial arguments ({', '.join(type(a).__name__ for a in args)}) has "
+            "no stable encoding (only None, bool, int, float, str, bytes, tuple, frozenset, "
+            "Enum, UUID, Decimal and dates do). Pass checkpoint_key= (a string naming the "
+            "payload, e.g. f'config:{customer_id}') to resume in later calls"
+        ) from None
+
+
+def rebuild_identity(fetch_page: Callable[..., object], checkpoint_key: str | None) -> str:
+    """The key under which a rebuild's checkpoint is kept, when its payload is identifiable.
+
+    It is the page function's qualified name (decorators that set ``__wrapped__`` are looked
+    through) plus either ``checkpoint_key`` or the arguments bound with
+    :func:`functools.partial`, encoded with their types. A closure, a bound method or a callable
+    object has state cacheward cannot see, so only ``checkpoint_key`` identifies it.
+
+    Raises:
+        ConfigurationError: the payload cannot be identified from the page function alone
+            (:func:`_identity` then scopes the checkpoint to the page function object).
+    """
+    fn, partials = _unwrapped(fetch_page)
+    parts = [] if checkpoint_key is not None else [_encoded(p) for p in partials]
     name = _name(fn)
     if checkpoint_key is not None:
         return f"{name}|key:{checkpoint_key}"
@@ -295,12 +314,63 @@ def rebuild_identity(fetch_page: Callable[..., object], checkpoint_key: str | No
         )
         raise ConfigurationError(
             f"cannot tell which rebuild the page function {name} belongs to: it is {what}, "
-            "whose state cacheward cannot see, so resuming could mix two payloads. Bind its "
-            "arguments with functools.partial(module_level_fn, ...), pass checkpoint_key= (a "
-            "string naming the payload, e.g. f'config:{customer_id}'), or pass resume=False"
+            "whose state cacheward cannot see. Bind its arguments with "
+            "functools.partial(module_level_fn, ...) or pass checkpoint_key= (a string naming "
+            "the payload, e.g. f'config:{customer_id}') to resume in later calls"
         )
     digest = hashlib.blake2b(b"".join(parts), digest_size=16).hexdigest()
     return f"{name}|args:{digest}"
+
+
+#: ``id(page function) -> (weak reference to it, random token)``, for page functions whose
+#: payload cacheward cannot identify: their checkpoints are resumed only by the same object.
+_OBJECT_TOKENS: dict[int, tuple[weakref.ref[Any], str]] = {}
+# Re-entrant: the garbage collector may run a weak reference's callback (which takes the lock)
+# in this very thread while it holds the lock.
+_OBJECT_TOKENS_LOCK = threading.RLock()
+_IDENTIFIED = "the same page function and arguments"
+_OBJECT_SCOPE = (
+    "this same page function object (its payload cannot be identified across calls: bind its "
+    "arguments with functools.partial or pass checkpoint_key= to resume in a later call)"
+)
+
+
+def _object_token(fn: object) -> str | None:
+    """A token unique to the live object ``fn`` (random: never shared by two processes)."""
+    key = id(fn)
+    with _OBJECT_TOKENS_LOCK:
+        found = _OBJECT_TOKENS.get(key)
+        if found is not None and found[0]() is fn:
+            return found[1]
+
+        def forget(ref: weakref.ref[Any], key: int = key) -> None:
+            with _OBJECT_TOKENS_LOCK:
+                if _OBJECT_TOKENS.get(key, (None, ""))[0] is ref:
+                    del _OBJECT_TOKENS[key]
+
+        try:
+            ref = weakref.ref(fn, forget)
+        except TypeError:  # not weakly referenceable: no checkpoint at all
+            return None
+        token = os.urandom(12).hex()
+        _OBJECT_TOKENS[key] = (ref, token)
+        return token
+
+
+def _identity(fetch_page: Callable[..., object], checkpoint_key: str | None) -> tuple[str, str]:
+    """``(checkpoint key, who resumes it)``; the key is ``""`` when nothing can resume it.
+
+    A payload cacheward can identify (see :func:`rebuild_identity`) resumes in any later call;
+    otherwise the checkpoint belongs to the page function object itself, so a retry that reuses
+    the object resumes and a new closure starts over -- never another payload's pages.
+    """
+    try:
+        return rebuild_identity(fetch_page, checkpoint_key), _IDENTIFIED
+    except ConfigurationError:
+        token = _object_token(fetch_page)
+        if token is None:
+            return "", _OBJECT_SCOPE
+        return f"{_name(_unwrapped(fetch_page)[0])}|object:{token}", _OBJECT_SCOPE
 
 
 def _nonempty_str(name: str, value: object) -> str:
@@ -327,6 +397,7 @@ class _Plan:
         "max_items",
         "max_pages",
         "page_size",
+        "scope",
         "store",
     )
 
@@ -378,9 +449,11 @@ class _Plan:
             )
         self.store: CheckpointStore | None = None
         self.key = ""
+        self.scope = _IDENTIFIED
         if resume:
-            self.store = DEFAULT_CHECKPOINTS if checkpoints is None else checkpoints
-            self.key = rebuild_identity(fetch_page, checkpoint_key)
+            self.key, self.scope = _identity(fetch_page, checkpoint_key)
+            if self.key:
+                self.store = DEFAULT_CHECKPOINTS if checkpoints is None else checkpoints
 
     def start(self, restored: Checkpoint | None, mono: float) -> Rebuild:
         return Rebuild(
@@ -393,11 +466,19 @@ class _Plan:
             checkpoint_every=self.checkpoint_every,
             restored=restored,
             resumable=self.store is not None,
+            scope=self.scope,
+        )
+
+    def steps(self) -> Generator[Request, Any, None]:
+        """The rebuild's plan (:func:`cacheward._core.pages.rebuild_steps`)."""
+        return rebuild_steps(
+            self.start, resumable=self.store is not None, page_size=self.page_size, make_page=Page
         )
 
 
-def _page(result: object, fetch_page: Callable[..., object]) -> Page[Any]:
-    if isinstance(result, Page):
+def _as_page(result: object, fetch_page: Callable[..., object]) -> Page[Any] | Failed:
+    """The answer to a :class:`FetchPage`: the page, or the failure; anything else is refused."""
+    if isinstance(result, (Page, Failed)):
         return result
     if inspect.iscoroutine(result):
         result.close()
@@ -412,118 +493,111 @@ def _page(result: object, fetch_page: Callable[..., object]) -> Page[Any]:
     )
 
 
-# The store is an optimisation: its failures must never fail the rebuild, so every call to it
-# is guarded. The sync and async versions differ only by ``await``.
+# --- the two drivers: each performs the plan's requests, and nothing else ---------------------
+#
+# Written by hand, in both colours, are only the lines that differ by ``await``: the two
+# drivers' loops and the store calls below, each pair side by side; tests/test_pages.py checks
+# every pair against each other. The decisions are all in rebuild_steps.
 
 
-def _load(plan: _Plan) -> Checkpoint | None:
-    if plan.store is None:
-        return None
+def _advance(steps: Generator[Request, Any, None], answer: object, clock: Clock) -> Request | None:
+    """Send ``answer`` to the plan; answer its clock reads; the next request (``None``: done)."""
     try:
-        return plan.store.load(plan.key, plan.clock.time())
-    except Exception:  # any store failure is a miss
+        request = steps.send(answer)
+        while isinstance(request, Monotonic):
+            request = steps.send(clock.monotonic())
+    except StopIteration:
+        return None
+    return request
+
+
+def _call(fetch_page: Callable[[str | None, int], object], request: FetchPage) -> object:
+    try:
+        return fetch_page(request.cursor, request.limit)
+    except Exception as exc:  # any page failure stops the rebuild, as the plan decides
+        return Failed(exc)
+
+
+async def _outcome(awaitable: Awaitable[object]) -> object:
+    try:
+        return await awaitable
+    except Exception as exc:  # any page failure stops the rebuild, as the plan decides
+        return Failed(exc)
+
+
+def _checkpoint(store: CheckpointStore, plan: _Plan, request: SaveCheckpoint) -> Checkpoint:
+    return request.rebuild.checkpoint(now=plan.clock.time(), ttl=store.ttl)
+
+
+StoreCall = Callable[[CheckpointStore, _Plan, Any], Any]
+#: How each checkpoint request is carried out: (plain call, async call), side by side.
+STORE_CALLS: dict[type, tuple[StoreCall, StoreCall]] = {
+    LoadCheckpoint: (
+        lambda store, plan, _: store.load(plan.key, plan.clock.time()),
+        lambda store, plan, _: store.aload(plan.key, plan.clock.time()),
+    ),
+    SaveCheckpoint: (
+        lambda store, plan, request: store.save(plan.key, _checkpoint(store, plan, request)),
+        lambda store, plan, request: store.asave(plan.key, _checkpoint(store, plan, request)),
+    ),
+    DiscardCheckpoint: (
+        lambda store, plan, _: store.discard(plan.key),
+        lambda store, plan, _: store.adiscard(plan.key),
+    ),
+}
+
+
+# The store is an optimisation: its failures never fail the rebuild (a failed load is a miss,
+# a failed save only costs a restart).
+
+
+def _store(plan: _Plan, request: Request) -> object:
+    try:
+        return STORE_CALLS[type(request)][0](plan.store, plan, request)  # type: ignore[arg-type]
+    except Exception:
         return None
 
 
-def _settle(plan: _Plan, run: Rebuild, action: CheckpointAction) -> None:
-    store = plan.store
-    if store is None or action is CheckpointAction.NONE:
-        return
+async def _astore(plan: _Plan, request: Request) -> object:
     try:
-        if action is CheckpointAction.SAVE:
-            store.save(plan.key, run.checkpoint(now=plan.clock.time(), ttl=store.ttl))
-        else:
-            store.discard(plan.key)
-    except Exception:  # noqa: S110 - a failed save only costs a restart
-        pass
-
-
-async def _aload(plan: _Plan) -> Checkpoint | None:
-    if plan.store is None:
+        return await STORE_CALLS[type(request)][1](plan.store, plan, request)  # type: ignore[arg-type]
+    except Exception:
         return None
-    try:
-        return await plan.store.aload(plan.key, plan.clock.time())
-    except Exception:  # any store failure is a miss
-        return None
-
-
-async def _asettle(plan: _Plan, run: Rebuild, action: CheckpointAction) -> None:
-    store = plan.store
-    if store is None or action is CheckpointAction.NONE:
-        return
-    try:
-        if action is CheckpointAction.SAVE:
-            await store.asave(plan.key, run.checkpoint(now=plan.clock.time(), ttl=store.ttl))
-        else:
-            await store.adiscard(plan.key)
-    except Exception:  # noqa: S110 - a failed save only costs a restart
-        pass
 
 
 def _drive(fetch_page: Callable[[str | None, int], Page[T]], plan: _Plan) -> Iterator[Page[T]]:
-    clock = plan.clock
-    run = plan.start(_load(plan), clock.monotonic())
-    for items, cursor in run.pages:
-        yield Page(items, cursor)
-    if run.finished:  # a checkpoint never ends the sequence, but a custom store might lie
-        return
-    while True:
-        stop: Stop | None = run.before_page(clock.monotonic())
-        if stop is None:
-            try:
-                result = fetch_page(run.cursor, plan.page_size)
-            except Exception as exc:  # any page failure stops the rebuild
-                stop = run.page_failed(exc)
-            else:
-                page = _page(result, fetch_page)
-                verdict = run.page_arrived(page.items, page.next_cursor)
-                if verdict is Verdict.CONTINUE:
-                    if run.save_due():
-                        _settle(plan, run, CheckpointAction.SAVE)
-                    yield page
-                    continue
-                if verdict is Verdict.FINISHED:
-                    _settle(plan, run, run.finish_action())
-                    yield page
-                    return
-                stop = verdict
-        _settle(plan, run, stop.action)
-        raise stop.error from stop.cause
+    steps, answer = plan.steps(), cast(object, None)
+    while (request := _advance(steps, answer, plan.clock)) is not None:
+        answer = None
+        if isinstance(request, Emit):
+            yield request.page
+        elif isinstance(request, FetchPage):
+            answer = _as_page(_call(fetch_page, request), fetch_page)
+        else:
+            answer = _store(plan, request)
 
 
 async def _adrive(
     fetch_page: Callable[[str | None, int], Awaitable[Page[T]] | Page[T]], plan: _Plan
 ) -> AsyncIterator[Page[T]]:
-    clock = plan.clock
-    run = plan.start(await _aload(plan), clock.monotonic())
-    for items, cursor in run.pages:
-        yield Page(items, cursor)
-    if run.finished:
-        return
-    while True:
-        stop: Stop | None = run.before_page(clock.monotonic())
-        if stop is None:
-            try:
-                result: object = fetch_page(run.cursor, plan.page_size)
-                if inspect.isawaitable(result):
-                    result = await result
-            except Exception as exc:  # any page failure stops the rebuild
-                stop = run.page_failed(exc)
-            else:
-                page = _page(result, fetch_page)
-                verdict = run.page_arrived(page.items, page.next_cursor)
-                if verdict is Verdict.CONTINUE:
-                    if run.save_due():
-                        await _asettle(plan, run, CheckpointAction.SAVE)
-                    yield page
-                    continue
-                if verdict is Verdict.FINISHED:
-                    await _asettle(plan, run, run.finish_action())
-                    yield page
-                    return
-                stop = verdict
-        await _asettle(plan, run, stop.action)
-        raise stop.error from stop.cause
+    steps, answer = plan.steps(), cast(object, None)
+    while (request := _advance(steps, answer, plan.clock)) is not None:
+        answer = None
+        if isinstance(request, Emit):
+            yield request.page
+        elif isinstance(request, FetchPage):
+            result = _call(fetch_page, request)
+            answer = _as_page(
+                await _outcome(result) if inspect.isawaitable(result) else result, fetch_page
+            )
+        else:
+            answer = await _astore(plan, request)
+
+
+# --- the public functions: one signature, four entry points --------------------------------
+#
+# The four take the same settings (a test checks their signatures agree); each passes them on
+# with ``_Plan(**locals())``, so no list of arguments is copied by hand.
 
 
 def iter_pages(
@@ -559,9 +633,11 @@ def iter_pages(
         deadline: seconds (or ``timedelta``) this call may spend; checked before each page (a
             page in flight is bounded by the page function's own timeout). ``None``: no deadline.
         resume: keep the pages of a failed rebuild and resume the next one from them.
-        checkpoint_key: names the rebuild, for page functions whose arguments cacheward cannot
-            see (closures, bound methods). Default: the page function's qualified name plus its
-            :func:`functools.partial` arguments.
+        checkpoint_key: names the rebuild, for page functions whose payload cacheward cannot
+            identify (closures, bound methods, callable objects), so that a later call resumes
+            it. Default: the page function's qualified name plus its :func:`functools.partial`
+            arguments; for a page function that has no such identity, the checkpoint belongs to
+            the page function object (only a call with that same object resumes it).
         checkpoints: where checkpoints are kept (default: one in-process
             :class:`MemoryCheckpoints` with a 300 s TTL).
         checkpoint_every: also save the checkpoint every this many pages, so a crashed process
@@ -576,27 +652,14 @@ def iter_pages(
             (``reason`` says which); ``.cursor`` is where the next rebuild resumes.
         CursorLoopError: a cursor came back twice, a page returned the cursor it was given, or
             too many empty pages came in a row. The checkpoint is dropped.
-        ConfigurationError: a setting is invalid, or the rebuild has no safe identity.
+        ConfigurationError: a setting is invalid.
     """
     if inspect.iscoroutinefunction(fetch_page):
         raise ConfigurationTypeError(
             f"the page function {_name(fetch_page)} is async; use cacheward.aiter_pages or "
             "cacheward.acollect_pages"
         )
-    plan = _Plan(
-        fetch_page,
-        page_size=page_size,
-        max_pages=max_pages,
-        max_items=max_items,
-        max_empty_pages=max_empty_pages,
-        deadline=deadline,
-        resume=resume,
-        checkpoint_key=checkpoint_key,
-        checkpoints=checkpoints,
-        checkpoint_every=checkpoint_every,
-        clock=clock,
-    )
-    return _drive(fetch_page, plan)
+    return _drive(fetch_page, _Plan(**locals()))
 
 
 def aiter_pages(
@@ -618,20 +681,7 @@ def aiter_pages(
     Takes the same arguments and raises the same errors; the checkpoint store is used through
     its async methods.
     """
-    plan = _Plan(
-        fetch_page,
-        page_size=page_size,
-        max_pages=max_pages,
-        max_items=max_items,
-        max_empty_pages=max_empty_pages,
-        deadline=deadline,
-        resume=resume,
-        checkpoint_key=checkpoint_key,
-        checkpoints=checkpoints,
-        checkpoint_every=checkpoint_every,
-        clock=clock,
-    )
-    return _adrive(fetch_page, plan)
+    return _adrive(fetch_page, _Plan(**locals()))
 
 
 def collect_pages(
@@ -653,22 +703,7 @@ def collect_pages(
     Takes the same arguments and raises the same errors as :func:`iter_pages`; a bound that is
     hit raises, it never returns a truncated list.
     """
-    out: list[T] = []
-    for page in iter_pages(
-        fetch_page,
-        page_size=page_size,
-        max_pages=max_pages,
-        max_items=max_items,
-        max_empty_pages=max_empty_pages,
-        deadline=deadline,
-        resume=resume,
-        checkpoint_key=checkpoint_key,
-        checkpoints=checkpoints,
-        checkpoint_every=checkpoint_every,
-        clock=clock,
-    ):
-        out.extend(page.items)
-    return out
+    return [item for page in iter_pages(**locals()) for item in page.items]
 
 
 async def acollect_pages(
@@ -686,19 +721,4 @@ async def acollect_pages(
     clock: Clock | None = None,
 ) -> list[T]:
     """Like :func:`collect_pages`, for an ``async def`` page function."""
-    out: list[T] = []
-    async for page in aiter_pages(
-        fetch_page,
-        page_size=page_size,
-        max_pages=max_pages,
-        max_items=max_items,
-        max_empty_pages=max_empty_pages,
-        deadline=deadline,
-        resume=resume,
-        checkpoint_key=checkpoint_key,
-        checkpoints=checkpoints,
-        checkpoint_every=checkpoint_every,
-        clock=clock,
-    ):
-        out.extend(page.items)
-    return out
+    return [item async for page in aiter_pages(**locals()) for item in page.items]

@@ -24,7 +24,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from cacheward._background import track
 from cacheward._clock import Clock
 from cacheward._core.breaker import BreakerState
-from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable_on_error
+from cacheward._core.entry import (
+    Entry,
+    Freshness,
+    bounded,
+    classify,
+    make_entry,
+    usable_on_error,
+)
 from cacheward._core.keys import CacheKey, local_key
 from cacheward._core.leasewait import LeaseWait
 from cacheward._core.readthrough import Action, Flight, ReadThrough
@@ -44,6 +51,7 @@ from cacheward._layers import (
     MemoryLayer,
 )
 from cacheward._plan import Op, Plan, aperform, perform
+from cacheward._serialize import UnstorableValue, unstorable_warning
 
 if TYPE_CHECKING:
     import asyncio
@@ -98,6 +106,9 @@ class CacheStats:
     """Fetches that waited for another process holding the key's lease."""
     invalidations: int = 0
     """Calls to ``invalidate``."""
+    unstorable: int = 0
+    """Values a shared layer could not store (the serializer refused them, or they are over
+    its ``max_payload_bytes``): served and kept in memory, not shared. The first is logged."""
     in_flight: int = 0
     """Fetches running at the moment of the snapshot."""
 
@@ -120,6 +131,7 @@ class Counters:
         "refreshes_skipped",
         "stale_hits",
         "stale_on_error",
+        "unstorable",
         "wait_timeouts",
     )
 
@@ -128,6 +140,7 @@ class Counters:
         self.coalesced_waits = self.refreshes = self.refreshes_skipped = 0
         self.backoff_rejections = self.wait_timeouts = self.stale_on_error = 0
         self.layer_errors = self.layer_skips = self.lease_waits = self.invalidations = 0
+        self.unstorable = 0
 
     def snapshot(self, in_flight: int) -> CacheStats:
         return CacheStats(**{n: getattr(self, n) for n in self.__slots__}, in_flight=in_flight)
@@ -236,6 +249,18 @@ class GuardedLayer:
         elif changed is BreakerState.CLOSED:
             emit(EventKind.BREAKER_CLOSED, self._source, layer=self.layer.name)
 
+    def failed(self, exc: Exception) -> Any:
+        """A layer operation raised: a miss (:data:`MISSING`), counted against the layer
+        unless the value was at fault (:class:`UnstorableValue`: the layer is fine)."""
+        if isinstance(exc, UnstorableValue):
+            self.settle(None)
+            self._counters.unstorable += 1
+            if self._counters.unstorable == 1:
+                unstorable_warning(self._source, self.layer.name, exc)
+        else:
+            self.settle(exc)
+        return MISSING
+
     def entry(self, found: Any) -> Entry | None:
         """Accept what a layer returned only if it is an entry (anything else is a miss)."""
         if found is None or found is MISSING:
@@ -269,8 +294,7 @@ class LayerOp(Op):
         try:
             result = self.call(guarded.layer)
         except Exception as exc:
-            guarded.settle(exc)
-            return MISSING
+            return guarded.failed(exc)
         guarded.settle(None)
         return result
 
@@ -281,8 +305,7 @@ class LayerOp(Op):
         try:
             result = await self.acall(guarded.layer)
         except Exception as exc:
-            guarded.settle(exc)
-            return MISSING
+            return guarded.failed(exc)
         guarded.settle(None)
         return result
 
@@ -1181,6 +1204,11 @@ class Driver:
     ) -> tuple[Entry | None, bool]:
         """Take a shared layer's answer into account: returns the best entry so far and
         whether it is fresh (no need to read further layers)."""
+        if found is not None:
+            s = self.s
+            found = bounded(
+                found, now=now, ttl=s.ttl, stale_ttl=s.stale_ttl, stale_if_error=s.stale_if_error
+            )
         if not self.better(entry, found, now):
             return entry, False
         found = cast(Entry, found)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 from cacheward._background import drain
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
-from cacheward._core.entry import Entry
+from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import EventKind, emit
@@ -58,11 +58,13 @@ from cacheward._rediskit import (
     sick,
 )
 from cacheward._serialize import (
-    JsonSerializer,
+    DEFAULT_COMPRESS_ABOVE,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    Envelope,
     PayloadError,
     Serializer,
-    decode_entry,
-    encode_entry,
+    UnstorableValue,
+    default_serializer,
 )
 
 if TYPE_CHECKING:
@@ -87,6 +89,8 @@ EVENTS: Final = (
     "payload_tampered",
     "payload_wrong_key",
     "payload_undecodable",
+    "payload_too_large",
+    "writes_too_large",
     "writes",
     "writes_refused",
     "leases_acquired",
@@ -196,6 +200,10 @@ class RedisLayerStats:
     """Payloads refused as wrong_key (a miss)."""
     payload_undecodable: int = 0
     """Payloads refused as undecodable (a miss)."""
+    payload_too_large: int = 0
+    """Payloads refused as over ``max_payload_bytes`` (a miss)."""
+    writes_too_large: int = 0
+    """Values not written: over ``max_payload_bytes``."""
     writes: int = 0
     """Entries stored."""
     writes_refused: int = 0
@@ -342,8 +350,8 @@ class RedisLayer:
         namespace: a second part, e.g. the service's name (optional).
         version: part of every key; bump it when the cached values' shape changes, and old
             entries are simply never read again (they expire on their own).
-        serializer: how values become bytes; defaults to :class:`JsonSerializer`. Use the same
-            one in every process sharing the keys.
+        serializer: how values become bytes; defaults to :class:`MsgpackSerializer` (exact
+            Python types). Use the same one in every process sharing the keys.
         clock: the wall clock used to compute Redis TTLs.
         name: the layer's name in stats and errors.
         fence_ttl: how long a key's fencing counter lives after its last lease.
@@ -359,6 +367,16 @@ class RedisLayer:
             :func:`~cacheward.cached` function using the layer asks for, else 3.
         breaker_reset: seconds the open breaker waits before letting a probe through
             (defaults likewise, else 5).
+        max_payload_bytes: the largest serialized value written (default 8 MiB); a larger
+            one is served to its callers and kept in memory, not written (``writes_too_large``;
+            the cached function counts it in ``stats().unstorable`` and logs it once). Reads
+            refuse bodies over it too, compressed ones before inflating (``payload_too_large``).
+            ``None``: no cap.
+        compression: ``None`` (default), ``"zlib"``, ``"zstd"`` (``pip install
+            'cacheward[zstd]'``) or ``"auto"`` (zstd if installed, else zlib): compress bodies
+            of at least ``compress_above`` bytes. Readers inflate whatever an entry says it
+            used, so processes may differ here, except that reading zstd needs zstandard.
+        compress_above: the smallest body compressed, in bytes (default 64 KiB).
 
     Raises:
         ConfigurationError: an argument is invalid, redis-py is missing, or the client could
@@ -372,6 +390,7 @@ class RedisLayer:
         "_base",
         "_clock",
         "_counters",
+        "_envelope",
         "_factory",
         "_fence_ms",
         "_owner",
@@ -402,18 +421,27 @@ class RedisLayer:
         stall_timeout: Duration | None = None,
         breaker_failures: int | None = None,
         breaker_reset: Duration | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
-        self.prefix = check_name("prefix", prefix, empty=False)
-        self.namespace = check_name("namespace", namespace, empty=True)
+        self.prefix = check_name("prefix", prefix, empty=False, part=True)
+        self.namespace = check_name("namespace", namespace, empty=True, part=True)
         self.version = check_positive_int("version", version, minimum=0)
         if serializer is None:
-            serializer = JsonSerializer()
+            serializer = default_serializer()
         elif not isinstance(serializer, Serializer):
             raise ConfigurationTypeError(
                 "serializer must provide codec, signing_key, dumps() and loads() "
                 f"(see cacheward.Serializer), got {type(serializer).__name__}"
             )
         self.serializer = serializer
+        self._envelope = Envelope(
+            serializer,
+            max_payload_bytes=max_payload_bytes,
+            compression=compression,
+            compress_above=compress_above,
+        )
         self._clock = check_clock(clock)
         self.name = name
         self.local = False
@@ -433,7 +461,7 @@ class RedisLayer:
         self._counters = _Counters()
         self._sync_client: Any = None
         self._async_client: Any = None
-        self._factory: _Factory | None = None
+        self._factory: Any = None  # a Factory or a cacheward._sentinel.SentinelFactory
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -480,6 +508,9 @@ class RedisLayer:
         stall_timeout: Duration | None = None,
         breaker_failures: int | None = None,
         breaker_reset: Duration | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
         timeout: Duration | None = None,
         connect_timeout: Duration | None = None,
     ) -> RedisLayer:
@@ -492,7 +523,9 @@ class RedisLayer:
         at once (counted as ``pool_exhausted``) rather than a wait.
 
         Args:
-            url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket).
+            url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket), or
+                ``redis+sentinel://host:port,host:port/service/db`` to follow the master of a
+                Sentinel-monitored service through failovers (see ``docs/redis.md``).
             socket_timeout: the per-operation socket timeout; a hung Redis costs a caller at
                 most this long, and the driver's breaker then skips the layer for a while.
             socket_connect_timeout: the connect timeout (defaults to ``socket_timeout``).
@@ -508,6 +541,9 @@ class RedisLayer:
             stall_timeout: see :class:`RedisLayer` (default: ``socket_timeout / 4``).
             breaker_failures: see :class:`RedisLayer`.
             breaker_reset: see :class:`RedisLayer`.
+            max_payload_bytes: see :class:`RedisLayer`.
+            compression: see :class:`RedisLayer`.
+            compress_above: see :class:`RedisLayer`.
             timeout: the old spelling of ``socket_timeout`` (deprecated; accepted until 0.2).
             connect_timeout: the old spelling of ``socket_connect_timeout`` (likewise).
 
@@ -522,7 +558,9 @@ class RedisLayer:
         given: object = url
         if not isinstance(given, str) or "://" not in given:
             raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
-        factory = _Factory(
+        from cacheward._sentinel import factory_for  # redis:// or redis+sentinel://
+
+        factory = factory_for(
             url,
             timeout=duration("socket_timeout", socket_timeout, allow_zero=False),
             connect_timeout=duration(
@@ -544,6 +582,9 @@ class RedisLayer:
             fence_ttl=fence_ttl,
             breaker_failures=breaker_failures,
             breaker_reset=breaker_reset,
+            max_payload_bytes=max_payload_bytes,
+            compression=compression,
+            compress_above=compress_above,
         )
         layer._factory = factory
         layer.cluster = factory.cluster
@@ -643,6 +684,15 @@ class RedisLayer:
 
     # --- keys and bytes (shared by both colours) ---
 
+    def encode(self, entry: Entry, key: CacheKey) -> bytes:
+        """The bytes this layer stores for ``entry`` at ``key`` (its envelope, for a raw write).
+
+        Raises:
+            UnstorableValue: the serializer refuses the value, or it is over
+                ``max_payload_bytes``.
+        """
+        return self._envelope.encode(entry, self.redis_key(key))
+
     def redis_key(self, key: CacheKey) -> str:
         """The Redis key holding ``key``'s entry."""
         return f"{self._base}{{{key.text}}}"
@@ -659,7 +709,7 @@ class RedisLayer:
             counters.add("misses")
             return None
         try:
-            entry = decode_entry(data, key.text, self.serializer)
+            entry = self._envelope.decode(data, self.redis_key(key), now=self._clock.time())
         except PayloadError as exc:
             counters.add(f"payload_{exc.reason}")
             emit(EventKind.SERIALIZER_REJECTED, self.name, layer=self.name, error=exc)
@@ -672,22 +722,26 @@ class RedisLayer:
 
     def _put_args(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
-    ) -> tuple[tuple[str, str], tuple[Any, ...]] | None:
-        """The put script's keys and arguments; ``None`` when there is nothing to send (no
-        entry to store, or an expired or unencodable one, and no lease to release)."""
+    ) -> tuple[tuple[tuple[str, str], tuple[Any, ...]] | None, UnstorableValue | None]:
+        """The put script's keys and arguments (``None`` when there is nothing to send: no
+        entry to store, or an expired or unstorable one, and no lease to release), and the
+        reason the value could not be stored, if it could not."""
         payload = b""
         ttl_ms = 0
+        refused: UnstorableValue | None = None
+        value_key = self.redis_key(key)
         if entry is not None:
             ttl_ms = self._ttl_ms(entry)
             if ttl_ms > 0:
                 try:
-                    payload = encode_entry(entry, key.text, self.serializer, token=token)
-                except Exception:
-                    self._counters.add("encode_errors")
+                    payload = self._envelope.encode(entry, value_key, token=token)
+                except UnstorableValue as exc:
+                    too_large = exc.reason == "too_large"
+                    self._counters.add("writes_too_large" if too_large else "encode_errors")
+                    refused = exc
         if not payload and not release:
-            return None
-        value_key = self.redis_key(key)
-        return (value_key, value_key + ":lease"), (
+            return None, refused
+        args = (
             payload,
             max(ttl_ms, 1),
             token,
@@ -695,7 +749,9 @@ class RedisLayer:
             self._lease_value(token),
             "1" if release else "0",
             max(1, math.ceil(lease_ttl * 1000.0)),
+            repr(MAX_CLOCK_SKEW),
         )
+        return ((value_key, value_key + ":lease"), args), refused
 
     def _begin(self, read: bool) -> _Stall:
         """Admit one command past the stall guard, or raise :class:`_Stalled`.
@@ -752,19 +808,23 @@ class RedisLayer:
     def _put_plan(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
     ) -> Plan[bool]:
-        prepared = self._put_args(key, entry, token, release=release, lease_ttl=lease_ttl)
-        if prepared is None:
-            return False
-        try:
-            stored, released = yield from self._script_plan("cache_put.lua", *prepared)
-        except Exception as exc:
-            if self._failed(exc):
-                return False
-            raise
-        if prepared[1][0]:
-            self._counters.add("writes" if stored else "writes_refused")
-        if release:
-            self._counters.add("leases_released" if released else "leases_lost")
+        """Store (and release); a value that cannot be stored raises
+        :class:`UnstorableValue` after the lease was released saying no value is coming."""
+        prepared, refused = self._put_args(key, entry, token, release=release, lease_ttl=lease_ttl)
+        stored: Any = 0
+        if prepared is not None:
+            try:
+                stored, released = yield from self._script_plan("cache_put.lua", *prepared)
+            except Exception as exc:
+                if not self._failed(exc):
+                    raise
+            else:
+                if prepared[1][0]:
+                    self._counters.add("writes" if stored else "writes_refused")
+                if release:
+                    self._counters.add("leases_released" if released else "leases_lost")
+        if refused is not None:
+            raise refused
         return bool(stored)
 
     def _lease_plan(self, key: CacheKey, ttl: float) -> Plan[LeaseReply]:
@@ -863,7 +923,9 @@ class RedisLayer:
             await client.delete(*batch)
 
     def _pattern(self) -> str:
-        return self._base + "*"
+        # "{" right after the version: no other layer's keys start with this (":" and "{" are
+        # refused in prefix and namespace).
+        return self._base + "{*"
 
     # --- leases ---
 
@@ -959,7 +1021,7 @@ class RedisLayer:
         )
 
 
-class _Factory:
+class Factory:
     """Builds redis-py clients with cacheward's safe settings."""
 
     __slots__ = ("cluster", "connect_timeout", "max_connections", "timeout", "url")

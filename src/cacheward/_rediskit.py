@@ -121,6 +121,7 @@ _UNREACHABLE_NAMES = frozenset(
         "ClusterDownError",
         "TryAgainError",
         "MasterDownError",
+        "MasterNotFoundError",  # Sentinel: no master named yet (a failover under way)
         "ReadOnlyError",
         "ClusterError",
         "SlotNotCoveredError",
@@ -205,12 +206,20 @@ def client_kind(client: Any) -> tuple[bool, bool]:
     )
 
 
-def check_name(name: str, value: object, *, empty: bool) -> str:
-    """A key part: a ``str`` without braces (the Cluster hash tag), globs or whitespace."""
+def check_name(name: str, value: object, *, empty: bool, part: bool = False) -> str:
+    """A key part: a ``str`` without braces (the Cluster hash tag), globs or whitespace.
+
+    ``part``: a part of a layer's key base, where a colon would make ``prefix="a:b"`` the same
+    keys as ``prefix="a", namespace="b"``."""
     if not isinstance(value, str):
         raise ConfigurationTypeError(f"{name} must be a str, got {type(value).__name__}")
     if not value and not empty:
         raise ConfigurationError(f"{name} must not be empty")
+    if part and ":" in value:
+        raise ConfigurationError(
+            f"{name} must not contain a colon (prefix='a:b' would share keys with prefix='a', "
+            f"namespace='b'); use prefix and namespace for the parts, got {value!r}"
+        )
     if any(c in value for c in "{}*?[]\\ \r\n"):
         raise ConfigurationError(
             f"{name} must not contain braces, glob characters, backslashes or whitespace "

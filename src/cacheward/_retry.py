@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 
 import tenacity
 
+from cacheward import _testmode
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, check_positive_int, duration
 from cacheward._core.backoff import backoff_delay
@@ -366,6 +367,8 @@ def retrying(
 
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                if _testmode.ACTIVE and _testmode.retries_off():
+                    return await afn(*args, **kwargs)
                 deadline_at = the_clock.monotonic() + limit
                 failed: list[BaseException] = []
                 runner = tenacity.AsyncRetrying(
@@ -382,6 +385,8 @@ def retrying(
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if _testmode.ACTIVE and _testmode.retries_off():
+                return fn(*args, **kwargs)
             deadline_at = the_clock.monotonic() + limit
             failed: list[BaseException] = []
             runner = tenacity.Retrying(sleep=the_clock.sleep, **policy(deadline_at, failed))

@@ -12,8 +12,16 @@ Envelope layout (big-endian; the Lua scripts read ``created`` and ``token`` at f
 
     0  u8   magic 0xC7          4  f64 created        36 f64 token (0: unfenced write)
     1  u8   format version (1)  12 f64 fresh_until    44 u32 key length
-    2  u8   flags (1: signed)   20 f64 stale_until    48 codec id, key text, body, then
-    3  u8   codec id length     28 f64 error_until       CRC-32 (4, little-endian) or HMAC (32)
+    2  u8   flags (1: signed,   20 f64 stale_until    48 codec id, key text, [compression],
+             2: compressed)     28 f64 error_until       body, then CRC-32 (4, little-endian)
+    3  u8   codec id length                              or HMAC-SHA256 (32)
+
+``[compression]`` is present only with flag 2: ``u8`` algorithm (1 zlib, 2 zstd) and ``u64`` the
+body's size once inflated, checked against the reader's limit *before* anything is inflated
+(and the inflating itself stops at that size, whatever the stream says).
+
+The key text is the whole Redis key (prefix, namespace, version and the call's digest), so an
+entry copied to another key, layer or version is refused as ``wrong_key``.
 """
 
 from __future__ import annotations
@@ -21,28 +29,37 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import struct
 import zlib
 from typing import Any, Final, Protocol, runtime_checkable
 
-from cacheward._core.entry import Entry
+from cacheward._config import check_positive_int
+from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 
 __all__ = [
+    "DEFAULT_COMPRESS_ABOVE",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "Envelope",
     "JsonSerializer",
     "MsgspecSerializer",
     "OrjsonSerializer",
     "PayloadError",
     "PickleSerializer",
     "Serializer",
+    "UnstorableValue",
     "decode_entry",
+    "default_serializer",
     "encode_entry",
 ]
 
 MAGIC: Final = 0xC7
 FORMAT_VERSION: Final = 1
 FLAG_SIGNED: Final = 1
+FLAG_COMPRESSED: Final = 2
+_COMPRESSION: Final = struct.Struct(">BQ")
 _HEADER: Final = struct.Struct(">BBBBdddddI")
 HEADER_SIZE: Final = _HEADER.size  # 48
 _CRC: Final = struct.Struct("<I")
@@ -78,6 +95,26 @@ class Serializer(Protocol):
     def loads(self, data: bytes) -> Any:
         """Return the value for ``data`` (any exception makes the entry a miss)."""
         ...
+
+
+def check_signing_key(key: object, name: str = "signing_key") -> bytes | None:
+    """``None``, or ``key`` as ``bytes`` if it is a usable HMAC-SHA256 secret.
+
+    Raises:
+        ConfigurationError: not bytes, or shorter than 32 bytes.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, (bytes, bytearray)):
+        raise ConfigurationTypeError(
+            f"{name} must be bytes (e.g. secrets.token_bytes(32)), got {type(key).__name__}"
+        )
+    if len(key) < _MIN_KEY_BYTES:
+        raise ConfigurationError(
+            f"{name} must be at least {_MIN_KEY_BYTES} bytes for HMAC-SHA256, got {len(key)}; "
+            "generate one with secrets.token_bytes(32)"
+        )
+    return bytes(key)
 
 
 # --- JSON ----------------------------------------------------------------------------------------
@@ -131,13 +168,15 @@ class JsonSerializer:
 
     Args:
         strict: refuse values that would not come back unchanged.
+        signing_key: sign entries with HMAC-SHA256 under this secret (at least 32 bytes) and
+            refuse unsigned or forged ones; ``None``: a CRC-32 guards against corruption only.
     """
 
     __slots__ = ("_dumps", "_loads", "codec", "signing_key", "strict")
 
-    def __init__(self, *, strict: bool = True) -> None:
+    def __init__(self, *, strict: bool = True, signing_key: bytes | None = None) -> None:
         self.codec = "json"
-        self.signing_key: bytes | None = None
+        self.signing_key = check_signing_key(signing_key)
         self.strict = strict
         self._dumps = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":")
@@ -165,11 +204,12 @@ class OrjsonSerializer:
 
     Args:
         strict: refuse values that would not come back unchanged.
+        signing_key: see :class:`JsonSerializer`.
     """
 
     __slots__ = ("_dumps", "_loads", "codec", "signing_key", "strict")
 
-    def __init__(self, *, strict: bool = True) -> None:
+    def __init__(self, *, strict: bool = True, signing_key: bytes | None = None) -> None:
         try:
             import orjson
         except ImportError:
@@ -177,7 +217,7 @@ class OrjsonSerializer:
                 "OrjsonSerializer needs the orjson package: pip install 'cacheward[orjson]'"
             ) from None
         self.codec = "json"
-        self.signing_key: bytes | None = None
+        self.signing_key = check_signing_key(signing_key)
         self.strict = strict
         self._dumps = orjson.dumps
         self._loads = orjson.loads
@@ -202,13 +242,17 @@ class MsgspecSerializer:
     dataclass, ``TypedDict``, ``tuple[int, str]``, ...) values are decoded and validated as that
     type, so they come back as they went in; a payload that does not match is a miss.
 
+    For exact Python types without declaring a type, use :class:`MsgpackSerializer` (the
+    default).
+
     Args:
         type: the type to decode into (default: any MessagePack value).
+        signing_key: see :class:`JsonSerializer`.
     """
 
     __slots__ = ("_decoder", "_encoder", "codec", "signing_key", "type")
 
-    def __init__(self, *, type: Any = Any) -> None:
+    def __init__(self, *, type: Any = Any, signing_key: bytes | None = None) -> None:
         try:
             import msgspec
         except ImportError:
@@ -216,7 +260,7 @@ class MsgspecSerializer:
                 "MsgspecSerializer needs the msgspec package: pip install 'cacheward[msgspec]'"
             ) from None
         self.codec = "msgpack"
-        self.signing_key: bytes | None = None
+        self.signing_key = check_signing_key(signing_key)
         self.type = type
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(type)
@@ -252,17 +296,12 @@ class PickleSerializer:
     __slots__ = ("codec", "protocol", "signing_key")
 
     def __init__(self, *, key: bytes, protocol: int = 5) -> None:
-        if not isinstance(key, (bytes, bytearray)):
+        if key is None:
             raise ConfigurationTypeError(
-                f"key must be bytes (e.g. secrets.token_bytes(32)), got {type(key).__name__}"
-            )
-        if len(key) < _MIN_KEY_BYTES:
-            raise ConfigurationError(
-                f"key must be at least {_MIN_KEY_BYTES} bytes for HMAC-SHA256, got {len(key)}; "
-                "generate one with secrets.token_bytes(32)"
+                "PickleSerializer needs key= (bytes, e.g. secrets.token_bytes(32))"
             )
         self.codec = "pickle"
-        self.signing_key: bytes | None = bytes(key)
+        self.signing_key: bytes | None = check_signing_key(key, "key")
         self.protocol = protocol
 
     def dumps(self, value: Any) -> bytes:
@@ -287,10 +326,13 @@ class PayloadError(Exception):
     """Stored bytes that are not a valid entry for this key and serializer.
 
     Attributes:
-        reason: ``"truncated"``, ``"corrupt"``, ``"foreign"`` (another format version or codec,
-            or unsigned where a signature is required), ``"tampered"`` (bad signature),
-            ``"wrong_key"`` (a valid entry of another key) or ``"undecodable"`` (the serializer
-            refused the body).
+        reason: ``"truncated"``, ``"corrupt"`` (bad checksum, stamps out of order or in the
+            future, a compressed body that does not inflate as stated), ``"foreign"`` (another
+            format version, codec or compression this reader lacks, or unsigned where a
+            signature is required), ``"tampered"`` (bad signature), ``"wrong_key"`` (a valid
+            entry of another key, layer or version), ``"too_large"`` (over the reader's
+            ``max_payload_bytes``, checked before inflating) or ``"undecodable"`` (the
+            serializer refused the body).
     """
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -302,20 +344,186 @@ def _sign(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
-def encode_entry(entry: Entry, key_text: str, serializer: Serializer, *, token: int = 0) -> bytes:
-    """Return the envelope for ``entry`` stored under ``key_text``.
+#: The default cap on a value's serialized size for shared layers: 8 MiB. The incident's
+#: payloads were per-customer configurations of a few MB; a Redis GET of 8 MiB takes a few ms on
+#: loopback but tens on a real network, close to a cache timeout of 0.1 s (see docs/redis.md).
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 8 * 1024 * 1024
+#: Bodies at least this large are compressed (when compression is on).
+DEFAULT_COMPRESS_ABOVE: Final = 64 * 1024
+
+
+class UnstorableValue(Exception):
+    """A value a shared layer cannot store: the serializer refused it, or it is over the cap.
+
+    The value is still served to its callers (and kept in the in-process layer); the cached
+    function counts it in ``stats().unstorable`` and logs the first one.
+
+    Attributes:
+        reason: ``"unencodable"`` or ``"too_large"``.
+        type_name: the value's type (``module.QualName``).
+        size: the serialized size, for ``"too_large"`` (else 0).
+    """
+
+    def __init__(self, reason: str, type_name: str, message: str, size: int = 0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.type_name = type_name
+        self.size = size
+
+
+def unstorable_warning(source: str, layer: str, exc: UnstorableValue) -> None:
+    """Log (once per cached function and layer: the caller sees to that) that a value was
+    not stored, naming the function, the type and the fix."""
+    logging.getLogger("cacheward").warning(
+        "%s: a %s could not be stored in layer %r, so it is cached in this process only "
+        "(other processes fetch it themselves): %s. Counted in stats().unstorable; "
+        "logged once.",
+        source,
+        exc.type_name,
+        layer,
+        exc,
+    )
+
+
+class _Zlib:
+    ident = 1
+    name = "zlib"
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data, 1)
+
+    def inflate(self, data: bytes, size: int) -> bytes:
+        inflater = zlib.decompressobj()
+        out = inflater.decompress(data, size)
+        if len(out) != size or inflater.unconsumed_tail or not inflater.eof:
+            raise PayloadError("corrupt", "compressed body does not inflate to its stated size")
+        return out
+
+
+class _Zstd:
+    ident = 2
+    name = "zstd"
+
+    def __init__(self) -> None:
+        import zstandard
+
+        self._module = zstandard
+        self._compressor = zstandard.ZstdCompressor(level=3)
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(self._compressor.compress(data))
+
+    def inflate(self, data: bytes, size: int) -> bytes:
+        reader = self._module.ZstdDecompressor().stream_reader(data)
+        out = reader.read(size + 1)  # never more than the stated size (plus one, to notice)
+        if len(out) != size:
+            raise PayloadError("corrupt", "compressed body does not inflate to its stated size")
+        return bytes(out)
+
+
+_ZLIB: Final = _Zlib()
+_ZSTD: list[_Zstd] = []
+
+
+def _zstd() -> _Zstd | None:
+    if not _ZSTD:
+        try:
+            _ZSTD.append(_Zstd())
+        except ImportError:
+            return None
+    return _ZSTD[0]
+
+
+def compressor(name: str | None) -> _Zlib | _Zstd | None:
+    """The compressor for a ``compression=`` setting (``None``, ``"zlib"``, ``"zstd"``,
+    ``"auto"``: zstd when ``cacheward[zstd]`` is installed, else zlib).
 
     Raises:
-        TypeError, ValueError: the serializer cannot encode the value.
+        ConfigurationError: an unknown name, or ``"zstd"`` without the zstandard package.
     """
-    body = serializer.dumps(entry.value)
+    if name is None:
+        return None
+    if name == "zlib":
+        return _ZLIB
+    if name in ("zstd", "auto"):
+        found = _zstd()
+        if found is not None:
+            return found
+        if name == "auto":
+            return _ZLIB
+        raise ConfigurationError(
+            "compression='zstd' needs the zstandard package: pip install 'cacheward[zstd]'"
+        )
+    raise ConfigurationError(f"compression must be None, 'zlib', 'zstd' or 'auto', got {name!r}")
+
+
+def _inflater(ident: int) -> _Zlib | _Zstd:
+    if ident == 1:
+        return _ZLIB
+    if ident == 2:
+        found = _zstd()
+        if found is None:
+            raise PayloadError(
+                "foreign", "compressed with zstd; install it: pip install 'cacheward[zstd]'"
+            )
+        return found
+    raise PayloadError("foreign", f"unknown compression {ident}")
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def encode_entry(
+    entry: Entry,
+    key_text: str,
+    serializer: Serializer,
+    *,
+    token: int = 0,
+    max_payload_bytes: int | None = None,
+    compression: _Zlib | _Zstd | None = None,
+    compress_above: int = DEFAULT_COMPRESS_ABOVE,
+) -> bytes:
+    """Return the envelope for ``entry`` stored under ``key_text``.
+
+    Args:
+        max_payload_bytes: refuse a serialized body larger than this (``None``: no cap).
+        compression: compress bodies of at least ``compress_above`` bytes with this (see
+            :func:`compressor`), when that makes them smaller.
+
+    Raises:
+        UnstorableValue: the serializer cannot encode the value, or it is over the cap.
+    """
+    try:
+        body = serializer.dumps(entry.value)
+    except Exception as exc:
+        raise UnstorableValue(
+            "unencodable", _type_name(entry.value), f"{type(exc).__name__}: {exc}"
+        ) from exc
+    size = len(body)
+    if max_payload_bytes is not None and size > max_payload_bytes:
+        raise UnstorableValue(
+            "too_large",
+            _type_name(entry.value),
+            f"its serialized size is {size} bytes, over max_payload_bytes={max_payload_bytes}; "
+            "raise max_payload_bytes on the layer, or cache smaller pieces",
+            size,
+        )
     codec = serializer.codec.encode("ascii")
     key = key_text.encode("utf-8", "surrogatepass")
     signing_key = serializer.signing_key
-    head = _HEADER.pack(
+    flags = FLAG_SIGNED if signing_key is not None else 0
+    parts = [b"", codec, key, body]
+    if compression is not None and size >= compress_above:
+        packed = compression.compress(body)
+        if len(packed) + _COMPRESSION.size < size:
+            flags |= FLAG_COMPRESSED
+            parts[3] = _COMPRESSION.pack(compression.ident, size) + packed
+    parts[0] = _HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
-        FLAG_SIGNED if signing_key is not None else 0,
+        flags,
         len(codec),
         entry.created,
         entry.fresh_until,
@@ -324,17 +532,30 @@ def encode_entry(entry: Entry, key_text: str, serializer: Serializer, *, token: 
         float(token),
         len(key),
     )
-    data = b"".join((head, codec, key, body))
+    data = b"".join(parts)
     if signing_key is not None:
         return data + _sign(signing_key, data)
     return data + _CRC.pack(zlib.crc32(data))  # little-endian: see _CRC_RESIDUE
 
 
-def decode_entry(data: bytes, key_text: str, serializer: Serializer) -> Entry:
+def decode_entry(
+    data: bytes,
+    key_text: str,
+    serializer: Serializer,
+    *,
+    max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    now: float | None = None,
+) -> Entry:
     """Check the envelope and return the entry it holds.
 
     Nothing reaches ``serializer.loads`` unless the format, codec, key and checksum (or
-    signature, when the serializer has a ``signing_key``) are right.
+    signature, when the serializer has a ``signing_key``) are right; a compressed body is
+    inflated only if its stated size is within ``max_payload_bytes``, and never past it.
+
+    Args:
+        max_payload_bytes: the largest body accepted once inflated (``None``: no limit).
+        now: the reader's wall clock; an entry ``created`` more than
+            :data:`~cacheward._core.entry.MAX_CLOCK_SKEW` after it is refused.
 
     Raises:
         PayloadError: the bytes are not a valid entry of ``key_text`` for ``serializer``.
@@ -375,8 +596,31 @@ def decode_entry(data: bytes, key_text: str, serializer: Serializer) -> Entry:
         raise PayloadError("wrong_key", "entry of another key")
     if not (created <= fresh <= stale <= error < _INF and created > _NINF):
         raise PayloadError("corrupt", "stamps out of order")
+    if now is not None and created > now + MAX_CLOCK_SKEW:
+        raise PayloadError("corrupt", f"created {created - now:.0f} s in the future")
+    if flags & FLAG_COMPRESSED:
+        if end - body_start < _COMPRESSION.size:
+            raise PayloadError("truncated", "compressed body shorter than its header")
+        ident, inflated = _COMPRESSION.unpack_from(data, body_start)
+        if max_payload_bytes is not None and inflated > max_payload_bytes:
+            raise PayloadError(
+                "too_large",
+                f"inflates to {inflated} bytes, over max_payload_bytes={max_payload_bytes}",
+            )
+        try:
+            body = _inflater(ident).inflate(data[body_start + _COMPRESSION.size : end], inflated)
+        except PayloadError:
+            raise
+        except Exception as exc:
+            raise PayloadError("corrupt", f"cannot inflate: {type(exc).__name__}") from None
+    else:
+        if max_payload_bytes is not None and end - body_start > max_payload_bytes:
+            raise PayloadError(
+                "too_large", f"{end - body_start} bytes, over max_payload_bytes={max_payload_bytes}"
+            )
+        body = data[body_start:end]
     try:
-        value = serializer.loads(data[body_start:end])
+        value = serializer.loads(body)
     except Exception as exc:
         raise PayloadError("undecodable", f"{type(exc).__name__}: {exc}") from None
     return Entry(value, created, fresh, stale, error)
@@ -385,3 +629,63 @@ def decode_entry(data: bytes, key_text: str, serializer: Serializer) -> Entry:
 def entry_token(data: bytes) -> int:
     """The fencing token stored in an envelope's header (0 for an unfenced write)."""
     return int(_HEADER.unpack_from(data)[8])
+
+
+class Envelope:
+    """How one shared layer turns entries into bytes and back: a serializer, the size cap, and
+    compression. The layer's one call each way (:meth:`encode`, :meth:`decode`).
+
+    Args:
+        serializer: see :func:`default_serializer`.
+        max_payload_bytes: the cap on a value's serialized size (before compression) for
+            writes, and on a body's inflated size for reads (``None``: no cap).
+        compression: ``None``, ``"zlib"``, ``"zstd"`` or ``"auto"`` (see :func:`compressor`).
+        compress_above: bodies at least this large are compressed.
+
+    Raises:
+        ConfigurationError: an invalid setting.
+    """
+
+    __slots__ = ("compress_above", "compression", "max_payload_bytes", "serializer")
+
+    def __init__(
+        self,
+        serializer: Serializer,
+        *,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        compression: str | None = None,
+        compress_above: int = DEFAULT_COMPRESS_ABOVE,
+    ) -> None:
+        self.serializer = serializer
+        self.max_payload_bytes = (
+            None
+            if max_payload_bytes is None
+            else check_positive_int("max_payload_bytes", max_payload_bytes)
+        )
+        self.compression = compressor(compression)
+        self.compress_above = check_positive_int("compress_above", compress_above, minimum=0)
+
+    def encode(self, entry: Entry, key_text: str, *, token: int = 0) -> bytes:
+        """The envelope (raises :class:`UnstorableValue`)."""
+        return encode_entry(
+            entry,
+            key_text,
+            self.serializer,
+            token=token,
+            max_payload_bytes=self.max_payload_bytes,
+            compression=self.compression,
+            compress_above=self.compress_above,
+        )
+
+    def decode(self, data: bytes, key_text: str, *, now: float | None = None) -> Entry:
+        """The entry (raises :class:`PayloadError`)."""
+        return decode_entry(
+            data, key_text, self.serializer, max_payload_bytes=self.max_payload_bytes, now=now
+        )
+
+
+def default_serializer() -> Serializer:
+    """:class:`~cacheward.MsgpackSerializer` (exact Python types; msgspec is a dependency)."""
+    from cacheward._msgpack import MsgpackSerializer
+
+    return MsgpackSerializer()

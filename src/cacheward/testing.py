@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import ParamSpec, TypeVar
 
 from cacheward._config import duration
+from cacheward._testmode import bypass, disabled
 
 __all__ = [
     "Attempt",
@@ -30,6 +31,8 @@ __all__ = [
     "ScriptedBackend",
     "ScriptedLayer",
     "SimClock",
+    "bypass",
+    "disabled",
     "run_sequence",
     "run_simulated",
     "run_tasks",

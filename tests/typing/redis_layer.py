@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import cacheward as cw
@@ -33,3 +34,28 @@ def use() -> None:
         layer.release_lease(key, token)
         print(stored)
     layer.close()
+
+
+# Large payloads: the default codec with a registry, signing, the cap, compression, a byte
+# bound on memory, and the unstorable counter.
+@dataclasses.dataclass
+class Plan:
+    name: str
+
+
+msgpack = cw.MsgpackSerializer(types=[Plan], signing_key=b"s" * 32)
+msgpack.register(complex, name="complex", to_state=lambda c: [c.real, c.imag], from_state=tuple)
+big_layer = cw.RedisLayer.from_url(
+    "redis://127.0.0.1:6379/0",
+    serializer=msgpack,
+    max_payload_bytes=16 * 1024 * 1024,
+    compression="zstd",
+    compress_above=32 * 1024,
+)
+signed_json: cw.Serializer = cw.JsonSerializer(signing_key=b"s" * 32)
+bounded = cw.MemoryLayer(maxsize=1000, max_bytes=64 * 1024 * 1024, weigher=len, policy="lfu")
+held: int = bounded.bytes
+
+
+def unstorable(error: cw.UnstorableValue) -> tuple[str, str, int, int]:
+    return error.reason, error.type_name, error.size, load.stats().unstorable

@@ -5,7 +5,15 @@ from __future__ import annotations
 import enum
 from typing import Any, Final
 
-__all__ = ["Entry", "Freshness", "classify", "make_entry", "usable_on_error"]
+__all__ = [
+    "MAX_CLOCK_SKEW",
+    "Entry",
+    "Freshness",
+    "bounded",
+    "classify",
+    "make_entry",
+    "usable_on_error",
+]
 
 
 class Freshness(enum.Enum):
@@ -22,6 +30,11 @@ class Freshness(enum.Enum):
     """Past every limit: never served."""
 
 
+#: Interned stamp tails (see :class:`Entry`): entries written by one function share a handful.
+_TAILS: dict[tuple[bool, float, float, float], tuple[bool, float, float, float]] = {}
+_TAILS_MAX: Final = 8192
+
+
 class Entry:
     """A cached value with its own wall-clock stamps, so every process judges it alike.
 
@@ -32,9 +45,15 @@ class Entry:
         stale_until: the value may be served stale (and refreshed) while ``now < stale_until``.
         error_until: the value may be served when a fetch fails while ``now < error_until``;
             this is the entry's stale limit, the last moment it may be served at all.
+
+    Memory: an in-process layer holds one of these per key, so it is small. Only ``value`` and
+    ``fresh_until`` (the two the hit path reads) are stored per entry; the other three stamps are
+    kept as offsets from ``fresh_until`` in a tuple shared by every entry with the same offsets
+    (a function's entries have a few: its ``ttl``, ``stale_ttl`` and jitter steps), or as
+    absolute values when an offset would not give the stamp back exactly.
     """
 
-    __slots__ = ("created", "error_until", "fresh_until", "stale_until", "value")
+    __slots__ = ("_tail", "fresh_until", "value")
 
     def __init__(
         self,
@@ -44,14 +63,49 @@ class Entry:
         stale_until: float,
         error_until: float | None = None,
     ) -> None:
+        if error_until is None:
+            error_until = stale_until
         self.value: Final = value
-        self.created: Final = created
         self.fresh_until: Final = fresh_until
-        self.stale_until: Final = stale_until
-        self.error_until: Final = stale_until if error_until is None else error_until
+        to_created = fresh_until - created
+        to_stale = stale_until - fresh_until
+        to_error = error_until - fresh_until
+        tail: tuple[bool, float, float, float]
+        if (
+            fresh_until - to_created == created
+            and fresh_until + to_stale == stale_until
+            and fresh_until + to_error == error_until
+        ):
+            tail = (True, to_created, to_stale, to_error)
+            shared = _TAILS.get(tail)
+            if shared is not None:
+                tail = shared
+            elif len(_TAILS) < _TAILS_MAX:
+                _TAILS[tail] = tail
+        else:
+            tail = (False, created, stale_until, error_until)
+        self._tail: Final = tail
+
+    @property
+    def created(self) -> float:
+        tail = self._tail
+        return self.fresh_until - tail[1] if tail[0] else tail[1]
+
+    @property
+    def stale_until(self) -> float:
+        tail = self._tail
+        return self.fresh_until + tail[2] if tail[0] else tail[2]
+
+    @property
+    def error_until(self) -> float:
+        tail = self._tail
+        return self.fresh_until + tail[3] if tail[0] else tail[3]
 
     def _fields(self) -> tuple[Any, float, float, float, float]:
         return (self.value, self.created, self.fresh_until, self.stale_until, self.error_until)
+
+    def __reduce__(self) -> tuple[type[Entry], tuple[Any, float, float, float, float]]:
+        return (Entry, self._fields())
 
     def __repr__(self) -> str:
         return (
@@ -66,6 +120,33 @@ class Entry:
         return self._fields() == other._fields()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+#: How far in the future another process's ``created`` stamp may lie (clock skew between
+#: hosts); an entry claiming more is not trusted (see :func:`bounded`).
+MAX_CLOCK_SKEW: Final = 60.0
+
+
+def bounded(
+    entry: Entry, *, now: float, ttl: float, stale_ttl: float, stale_if_error: float
+) -> Entry | None:
+    """Return ``entry`` with its stamps cut to what this reader's settings would have written.
+
+    A shared layer's entry carries stamps written by another process (or by anyone able to
+    write to Redis): an entry ``created`` more than :data:`MAX_CLOCK_SKEW` seconds in the future
+    is refused (``None``), and one whose windows are longer than this reader's ``ttl`` /
+    ``stale_ttl`` / ``stale_if_error`` is served only within those, so no stamp can pin a value
+    for longer than the reader allows. An entry already within bounds is returned as is.
+    """
+    created = entry.created
+    if not created <= now + MAX_CLOCK_SKEW:
+        return None
+    fresh = min(entry.fresh_until, created + ttl)
+    stale = min(entry.stale_until, fresh + stale_ttl)
+    error = min(entry.error_until, fresh + max(stale_ttl, stale_if_error))
+    if fresh == entry.fresh_until and stale == entry.stale_until and error == entry.error_until:
+        return entry
+    return Entry(entry.value, created, fresh, max(stale, fresh), max(error, stale, fresh))
 
 
 def classify(entry: Entry | None, now: float) -> Freshness:
@@ -90,6 +171,9 @@ def usable_on_error(entry: Entry | None, now: float) -> bool:
     return entry is not None and now < entry.error_until
 
 
+_JITTER_STEPS: Final = 256
+
+
 def make_entry(
     value: Any,
     *,
@@ -107,7 +191,10 @@ def make_entry(
     windows follow the (jittered) freshness lifetime; ``stale_if_error`` is measured from the
     end of freshness too and is never shorter than ``stale_ttl``.
     """
-    lifetime = ttl * (1.0 - jitter * draw)
+    # The draw is rounded to one of 256 steps: expiries still spread over the jitter window,
+    # and the entries of one function share a few stamp tails (see Entry), which keeps the
+    # in-process layer at a few dozen bytes per entry.
+    lifetime = ttl * (1.0 - jitter * (int(draw * _JITTER_STEPS) / _JITTER_STEPS))
     fresh_until = now + lifetime
     return Entry(
         value,

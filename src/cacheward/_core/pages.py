@@ -1,28 +1,41 @@
 """Cursor pagination decisions: progress, loops, bounds and checkpoints, with ``now`` passed in.
 
-One :class:`Rebuild` follows one paginated rebuild. The drivers (``cacheward._pages``) ask it
-what to do before each page (:meth:`Rebuild.before_page`), tell it what each page returned
-(:meth:`Rebuild.page_arrived`) or that the page function raised (:meth:`Rebuild.page_failed`),
-and carry out the answer: fetch, yield, save or discard the checkpoint, raise. Nothing here reads
-a clock or does I/O.
+One :class:`Rebuild` follows one paginated rebuild: what to do before each page
+(:meth:`Rebuild.before_page`), what a page that arrived means (:meth:`Rebuild.page_arrived`) or
+that the page function raised (:meth:`Rebuild.page_failed`). :func:`rebuild_steps` is the whole
+rebuild written once, as a plan: a generator that yields typed requests -- read the monotonic
+clock, load / save / discard the checkpoint, fetch a page, hand a page out -- and receives their
+answers. The drivers in ``cacheward._pages`` (one plain, one ``async``) only perform the
+requests; neither holds a decision. Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Protocol
 
 from cacheward._errors import CacheWardError, CursorLoopError, PaginationError
 
 __all__ = [
+    "MONOTONIC",
     "Checkpoint",
     "CheckpointAction",
+    "DiscardCheckpoint",
+    "Emit",
+    "Failed",
+    "FetchPage",
+    "LoadCheckpoint",
+    "Monotonic",
+    "PageLike",
     "Rebuild",
+    "Request",
+    "SaveCheckpoint",
     "Stop",
     "Verdict",
     "checkpoint_from_value",
     "checkpoint_to_value",
+    "rebuild_steps",
 ]
 
 #: A page as remembered: its items and the cursor it pointed to next.
@@ -150,7 +163,8 @@ class Rebuild:
         checkpoint_every: also save the checkpoint after every this many new pages (``None``:
             only when the rebuild stops part-way).
         restored: the checkpoint this rebuild resumes from, if any.
-        resumable: whether a checkpoint is kept at all (only changes the error messages).
+        resumable: whether a checkpoint is kept at all.
+        scope: which later rebuild resumes from the checkpoint, for the error messages.
     """
 
     __slots__ = (
@@ -169,6 +183,7 @@ class Rebuild:
         "restored",
         "resumable",
         "saved",
+        "scope",
         "seen",
         "stop",
         "unsaved",
@@ -186,8 +201,10 @@ class Rebuild:
         checkpoint_every: int | None = None,
         restored: Checkpoint | None = None,
         resumable: bool = True,
+        scope: str = "the same page function and arguments",
     ) -> None:
         self.resumable = resumable
+        self.scope = scope
         self.page_size = page_size
         self.max_pages = max_pages
         self.max_items = max_items
@@ -370,8 +387,8 @@ class Rebuild:
                     f"page {done + 1} (cursor {self.cursor!r}) failed with "
                     f"{type(error).__name__}: {error}; "
                     + (
-                        f"{done} pages are checkpointed and the next rebuild with the same page "
-                        "function and arguments resumes from that cursor."
+                        f"{done} pages are checkpointed and the next rebuild with {self.scope} "
+                        "resumes from that cursor."
                         if self.resumable
                         else "resume=False, so the next rebuild starts over."
                     ),
@@ -396,3 +413,145 @@ class Rebuild:
             f"Rebuild(pages={len(self.pages)}, restored={self.restored}, fetched={self.fetched}, "
             f"items={self.items_done}, cursor={self.cursor!r})"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The rebuild as a plan: typed requests, performed by the drivers.
+# ---------------------------------------------------------------------------------------------
+
+
+class PageLike(Protocol):
+    """What the plan reads from a page: its items and the cursor of the next one."""
+
+    @property
+    def items(self) -> list[Any]: ...
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+class Monotonic:
+    """Read the monotonic clock; the answer is its value (seconds)."""
+
+    __slots__ = ()
+
+
+#: The one :class:`Monotonic` request (it carries nothing).
+MONOTONIC = Monotonic()
+
+
+class LoadCheckpoint:
+    """Load this rebuild's checkpoint; the answer is a :class:`Checkpoint` or ``None``.
+
+    The driver reads the wall clock for the store; a store that fails answers ``None``.
+    """
+
+    __slots__ = ()
+
+
+class SaveCheckpoint:
+    """Save :meth:`Rebuild.checkpoint` of ``rebuild`` (with wall-clock now and the store's TTL)."""
+
+    __slots__ = ("rebuild",)
+
+    def __init__(self, rebuild: Rebuild) -> None:
+        self.rebuild = rebuild
+
+
+class DiscardCheckpoint:
+    """Delete this rebuild's checkpoint."""
+
+    __slots__ = ()
+
+
+class FetchPage:
+    """Call the page function at ``cursor`` with ``limit``.
+
+    The answer is the :class:`PageLike` it returned, or :class:`Failed` if it raised.
+    """
+
+    __slots__ = ("cursor", "limit")
+
+    def __init__(self, cursor: str | None, limit: int) -> None:
+        self.cursor = cursor
+        self.limit = limit
+
+    def __repr__(self) -> str:
+        return f"FetchPage(cursor={self.cursor!r}, limit={self.limit})"
+
+
+class Failed:
+    """The answer to :class:`FetchPage` when the page function raised ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class Emit:
+    """Hand ``page`` to the caller (the sync driver yields it, the async one too)."""
+
+    __slots__ = ("page",)
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+
+
+Request = Monotonic | LoadCheckpoint | SaveCheckpoint | DiscardCheckpoint | FetchPage | Emit
+
+_LOAD = LoadCheckpoint()
+_DISCARD = DiscardCheckpoint()
+
+
+def _settle(run: Rebuild, action: CheckpointAction) -> Generator[Request, Any, None]:
+    if not run.resumable or action is CheckpointAction.NONE:
+        return
+    yield SaveCheckpoint(run) if action is CheckpointAction.SAVE else _DISCARD
+
+
+def rebuild_steps(
+    start: Callable[[Checkpoint | None, float], Rebuild],
+    *,
+    resumable: bool,
+    page_size: int,
+    make_page: Callable[[list[Any], str | None], Any],
+) -> Generator[Request, Any, None]:
+    """One whole rebuild, as the requests it needs; raises the rebuild's error when it stops.
+
+    Args:
+        start: makes the :class:`Rebuild` from the restored checkpoint and monotonic now.
+        resumable: whether a checkpoint store is used at all (``resume=True``).
+        page_size: the ``limit`` of every :class:`FetchPage`.
+        make_page: builds the page handed out for each restored ``(items, next_cursor)``.
+
+    Order (the drivers' contract): load the checkpoint; hand out the restored pages; then for
+    each page: check the bounds, fetch, judge; a page that continues the sequence is saved first
+    if a periodic save is due, then handed out; the last page settles the checkpoint, then is
+    handed out; a stop settles the checkpoint, then raises.
+    """
+    restored = (yield _LOAD) if resumable else None
+    run = start(restored, (yield MONOTONIC))
+    for items, cursor in run.pages:
+        yield Emit(make_page(items, cursor))
+    if run.finished:  # a checkpoint never ends the sequence, but a custom store might lie
+        return
+    while True:
+        stop = run.before_page((yield MONOTONIC))
+        if stop is None:
+            answer = yield FetchPage(run.cursor, page_size)
+            if isinstance(answer, Failed):
+                stop = run.page_failed(answer.error)
+            else:
+                verdict = run.page_arrived(answer.items, answer.next_cursor)
+                if verdict is Verdict.CONTINUE:
+                    if run.save_due():
+                        yield from _settle(run, CheckpointAction.SAVE)
+                    yield Emit(answer)
+                    continue
+                if verdict is Verdict.FINISHED:
+                    yield from _settle(run, run.finish_action())
+                    yield Emit(answer)
+                    return
+                stop = verdict
+        yield from _settle(run, stop.action)
+        raise stop.error from stop.cause

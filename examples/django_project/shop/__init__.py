@@ -1,0 +1,1 @@
+"""The example's one app: customers and their configuration."""
