@@ -421,15 +421,18 @@ class Detach(Op):
     __slots__ = ("executor", "layers", "plan")
 
     def __init__(
-        self, plan: Plan[None], executor: concurrent.futures.Executor, layers: tuple[Any, ...]
+        self,
+        plan: Plan[None],
+        executor: Callable[[], concurrent.futures.Executor],
+        layers: tuple[Any, ...],
     ) -> None:
         self.plan = plan
-        self.executor = executor
+        self.executor = executor  # called only by a thread: a task never needs a pool
         self.layers = layers
 
     def sync(self) -> None:
         try:
-            future = self.executor.submit(perform, self.plan)
+            future = self.executor().submit(perform, self.plan)
         except RuntimeError:  # executor shut down (interpreter exit): write here
             perform(self.plan)
         else:
@@ -987,6 +990,9 @@ class Driver:
         finally:
             flight.resolve(entry.value)
 
+    def writer(self) -> concurrent.futures.Executor:
+        return self.s.refresh_executor or default_writer()
+
     def lease_taken(self, coordinator: GuardedLayer) -> None:
         emit(EventKind.LEASE_TAKEN, self.namespace, layer=coordinator.layer.name)
 
@@ -994,7 +1000,7 @@ class Driver:
         """Shared-layer writes, after every caller was answered: detached, or run here."""
         if detach:
             layers = tuple(g.layer for g in self.remotes)
-            yield Detach(writes, self.s.refresh_executor or default_writer(), layers)
+            yield Detach(writes, self.writer, layers)
         else:
             yield from writes
 
