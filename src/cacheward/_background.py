@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["drain", "track"]
+__all__ = ["adrain", "drain", "track", "track_task"]
 
 _PENDING: weakref.WeakKeyDictionary[Any, set[concurrent.futures.Future[Any]]] = (
     weakref.WeakKeyDictionary()
@@ -49,3 +49,41 @@ def drain(owner: Any, timeout: float) -> bool:
         return True
     _, not_done = concurrent.futures.wait(pending, timeout=timeout)
     return not not_done
+
+
+_TASKS: weakref.WeakKeyDictionary[Any, set[Any]] = weakref.WeakKeyDictionary()
+
+
+def track_task(owners: Iterable[Any], task: Any) -> None:
+    """Remember ``task`` (an asyncio task writing to ``owners``) until it is done."""
+    for owner in owners:
+        with _LOCK:
+            try:
+                pending = _TASKS.setdefault(owner, set())
+            except TypeError:
+                continue
+            pending.add(task)
+        task.add_done_callback(functools.partial(_forget_task, owner))
+
+
+def _forget_task(owner: Any, task: Any) -> None:
+    with _LOCK:
+        pending = _TASKS.get(owner)
+        if pending is not None:
+            pending.discard(task)
+
+
+async def adrain(owner: Any, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for this loop's tasks still writing to ``owner``."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    current = asyncio.current_task()
+    with _LOCK:
+        pending = [
+            t
+            for t in _TASKS.get(owner, ())
+            if not t.done() and t is not current and t.get_loop() is loop
+        ]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)

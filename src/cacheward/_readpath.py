@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from cacheward._background import track
+from cacheward._background import track, track_task
 from cacheward._clock import Clock
 from cacheward._core.breaker import BreakerState
 from cacheward._core.entry import (
@@ -439,6 +439,11 @@ class Detach(Op):
             track(self.layers, future)
 
     async def aio(self) -> None:
+        import asyncio
+
+        task = asyncio.current_task()
+        if task is not None:
+            track_task(self.layers, task)
         await aperform(self.plan)
 
 

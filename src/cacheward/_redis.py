@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from cacheward._background import drain
+from cacheward._background import adrain, drain
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
@@ -646,9 +646,11 @@ class RedisLayer:
             client.close()
 
     async def aclose(self) -> None:
-        """Close this event loop's asyncio client if this layer created it."""
+        """Close this event loop's asyncio client if this layer created it (after waiting, at
+        most twice the socket timeout, for the writes its fetch tasks still make)."""
         if self._factory is None:
             return
+        await adrain(self, 2 * self._factory.timeout)
         import asyncio
 
         client = self._aclients.pop(asyncio.get_running_loop(), None)
