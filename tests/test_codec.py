@@ -570,12 +570,18 @@ def test_bounded_cuts_stamps_to_the_readers_settings() -> None:
 def test_a_pinned_shared_entry_is_served_only_within_the_readers_ttl() -> None:
     # Issue: an entry with a valid checksum and fresh_until in year 3000 was served, and stayed
     # pinned in memory after its shared key was deleted.
-    from cacheward.testing import FakeClock, ScriptedLayer
+    from cacheward.testing import FakeClock, InlineExecutor, ScriptedLayer
 
     clock = FakeClock()
     remote = ScriptedLayer("r", clock=clock)
 
-    @cw.cached(ttl=10, jitter=0.0, layers=[cw.MemoryLayer(), remote], clock=clock)
+    @cw.cached(
+        ttl=10,
+        jitter=0.0,
+        layers=[cw.MemoryLayer(), remote],
+        clock=clock,
+        refresh_executor=InlineExecutor(),  # the write, after the caller, in this thread
+    )
     def fetch(key: str) -> str:
         return "fetched"
 

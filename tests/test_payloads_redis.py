@@ -114,6 +114,7 @@ def _unstorable_case(
         assert load_config("c1") is value  # served
         assert load_config("c1") is value  # and kept in memory
         assert load_config("c2") is value
+        remote.close()  # waits for the writes, made after the callers were answered
     assert calls == ["c1", "c2"]
     assert load_config.stats().unstorable == 2
     records = [r for r in caplog.records if "could not be stored" in r.getMessage()]
@@ -160,6 +161,7 @@ def test_unstorable_values_never_open_the_breaker(url: str) -> None:
 
     for i in range(10):
         load(i)
+    remote.close()  # waits for the writes, made after the callers were answered
     stats = load.stats()
     assert stats.unstorable == 5
     assert stats.layer_skips == 0

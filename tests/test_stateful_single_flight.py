@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 )
 
 import cacheward as cw
-import cacheward._cached
+import cacheward._readpath
 from promise_harness import ForgetfulReadThrough
 
 KEYS = st.sampled_from(["a", "b", 1, "1"])
@@ -51,7 +51,7 @@ def machine(*, coalescing: bool = True) -> type[RuleBasedStateMachine]:
             if coalescing:
                 self.fn = cw.coalesce()(backend)
             else:
-                with mock.patch.object(cacheward._cached, "ReadThrough", ForgetfulReadThrough):
+                with mock.patch.object(cacheward._readpath, "ReadThrough", ForgetfulReadThrough):
                     self.fn = cw.coalesce()(backend)
             # The model.
             self.expected_calls = 0

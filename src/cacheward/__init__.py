@@ -9,6 +9,7 @@ from __future__ import annotations
 from cacheward._adaptive import AdaptiveLimit, AdaptiveStats, PriorityStats, priority
 from cacheward._backend_breaker import (
     BreakerState,
+    BreakerStats,
     CircuitBreaker,
     circuit_breaker,
     is_backend_failure,
@@ -26,9 +27,11 @@ from cacheward._errors import (
     ConfigurationError,
     ConfigurationTypeError,
     CursorLoopError,
+    FetchInterrupted,
     FetchTimeout,
     PaginationError,
     RateLimited,
+    RecursiveFetch,
     RetryBudgetExhausted,
 )
 from cacheward._events import (
@@ -43,7 +46,7 @@ from cacheward._events import (
 )
 from cacheward._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
 from cacheward._layers import AsyncLayer, Layer, MemoryLayer
-from cacheward._limit import Limiter, TokenBucket, rate_limit
+from cacheward._limit import BucketStats, Limiter, TokenBucket, rate_limit
 from cacheward._msgpack import MsgpackSerializer
 from cacheward._pages import (
     Checkpoint,
@@ -56,9 +59,9 @@ from cacheward._pages import (
     collect_pages,
     iter_pages,
 )
-from cacheward._redis import RedisLayer
-from cacheward._redis_bucket import RedisTokenBucket
-from cacheward._retry import RetryBudget, is_retryable, retry
+from cacheward._redis import RedisLayer, RedisLayerStats
+from cacheward._redis_bucket import RedisTokenBucket, SharedBucketStats
+from cacheward._retry import BudgetStats, RetryBudget, is_retryable, retry
 from cacheward._sentinel import redis_client
 from cacheward._serialize import (
     JsonSerializer,
@@ -80,6 +83,9 @@ __all__ = [
     "AsyncLayer",
     "BackoffActive",
     "BreakerState",
+    "BreakerStats",
+    "BucketStats",
+    "BudgetStats",
     "CacheKey",
     "CacheStats",
     "CacheWardError",
@@ -96,6 +102,7 @@ __all__ = [
     "Entry",
     "Event",
     "EventKind",
+    "FetchInterrupted",
     "FetchTimeout",
     "Freshness",
     "GuardStats",
@@ -117,11 +124,14 @@ __all__ = [
     "PickleSerializer",
     "PriorityStats",
     "RateLimited",
+    "RecursiveFetch",
     "RedisLayer",
+    "RedisLayerStats",
     "RedisTokenBucket",
     "RetryBudget",
     "RetryBudgetExhausted",
     "Serializer",
+    "SharedBucketStats",
     "SystemClock",
     "TokenBucket",
     "UnstorableValue",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 
-from cacheward._cached import _build, _Decorator, _make_settings
+from cacheward._cached import Decorator, build, make_settings
 from cacheward._clock import Clock
 from cacheward._config import Duration, keyword_settings
 
@@ -14,10 +14,11 @@ __all__ = ["coalesce"]
 @keyword_settings("coalesce", "")
 def coalesce(
     *,
-    timeout: Duration = 10.0,
+    wait_timeout: Duration = 10.0,
     key: Callable[..., Hashable] | None = None,
     clock: Clock | None = None,
-) -> _Decorator:
+    timeout: Duration | None = None,
+) -> Decorator:
     """Make concurrent calls with equal arguments share one execution (single-flight).
 
     The first caller runs the function; callers arriving while it runs wait for its result or
@@ -29,15 +30,16 @@ def coalesce(
     single-flight machinery, keys and counters (``.stats()``).
 
     Args:
-        timeout: the most a caller waits for another caller's execution (and, for ``async def``
+        wait_timeout: the most a caller waits for another caller's execution (and, for ``async def``
             functions, for its own); then it gets :class:`~cacheward.FetchTimeout`.
         key: maps the call's arguments to the key's arguments (see :func:`cached`).
         clock: the clock (``cacheward.testing.FakeClock`` in tests).
+        timeout: the old spelling of ``wait_timeout`` (deprecated; accepted until 0.2).
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
     """
-    settings = _make_settings(
+    settings = make_settings(
         ttl=0,
         stale_ttl=0,
         stale_if_error=None,
@@ -48,18 +50,18 @@ def coalesce(
         jitter=0.0,
         backoff=0,
         backoff_max=0,
-        timeout=timeout,
+        wait_timeout=wait_timeout if timeout is None else timeout,
         key=key,
         rng=None,
         refresh_executor=None,
         max_refreshes=1,
         lease_ttl=1.0,
         cross_process=False,
-        breaker_failures=1,
-        breaker_reset=1.0,
+        breaker_failures=None,
+        breaker_reset=None,
     )
 
     def decorate(fn: Callable[..., object]) -> object:
-        return _build(fn, settings)
+        return build(fn, settings)
 
     return decorate  # type: ignore[return-value]

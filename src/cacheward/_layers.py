@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import sys
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
-from cacheward._config import check_positive_int
+from cacheward._config import Duration, check_positive_int, duration
+from cacheward._core.breaker import Breaker
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 
-__all__ = ["AsyncLayer", "Layer", "MemoryLayer", "estimate_size"]
+__all__ = [
+    "AsyncLayer",
+    "AsyncLeasingLayer",
+    "Layer",
+    "LayerBreaker",
+    "LeaseReply",
+    "LeasingLayer",
+    "MemoryLayer",
+    "estimate_size",
+]
 
 
 @runtime_checkable
@@ -50,6 +61,85 @@ class AsyncLayer(Protocol):
     async def aset(self, key: CacheKey, entry: Entry) -> None: ...
     async def adelete(self, key: CacheKey) -> None: ...
     async def aclear(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseReply:
+    """What a lease request found, in one round trip (see :class:`LeasingLayer`).
+
+    Attributes:
+        token: the fencing token when the caller now holds the key's lease (it fetches, then
+            :meth:`~LeasingLayer.publish`); ``None`` otherwise.
+        entry: the entry stored under the key, read in the same round trip (``None``: none,
+            or invalid bytes). When it is fresh there is nothing to fetch and no lease is taken.
+        busy: another process holds the lease and will publish its value: wait for it.
+            Neither ``token`` nor ``busy`` (and no fresh ``entry``): fetch without a lease.
+    """
+
+    token: int | None = None
+    entry: Entry | None = None
+    busy: bool = False
+
+
+@runtime_checkable
+class LeasingLayer(Layer, Protocol):
+    """A shared layer that also gives one process per key the right to fetch it.
+
+    Every method may raise or time out; a failure of :meth:`lease` makes the caller fetch
+    under its in-process protections alone.
+    """
+
+    def lease(self, key: CacheKey, *, ttl: float) -> LeaseReply:
+        """Take ``key``'s lease for ``ttl`` seconds unless a fresh entry is stored or another
+        process holds it, and return what was found."""
+        ...
+
+    def publish(self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float) -> bool:
+        """Store ``entry`` (fenced by ``token``: never over a later holder's entry) and release
+        the lease, in one round trip; with nothing to store (``entry`` ``None`` or unstorable),
+        the release tells waiting processes that no value is coming. Returns whether stored."""
+        ...
+
+    def release_lease(self, key: CacheKey, token: int) -> None:
+        """Give the lease back without a value (the fetch failed)."""
+        ...
+
+
+@runtime_checkable
+class AsyncLeasingLayer(AsyncLayer, Protocol):
+    """The ``async def`` twin of :class:`LeasingLayer` (same contract)."""
+
+    async def alease(self, key: CacheKey, *, ttl: float) -> LeaseReply: ...
+    async def apublish(
+        self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
+    ) -> bool: ...
+    async def arelease_lease(self, key: CacheKey, token: int) -> None: ...
+
+
+class LayerBreaker:
+    """The circuit breaker of one shared layer, shared by every function that uses the layer.
+
+    A layer that offers a ``breaker`` attribute owns it (``RedisLayer(breaker_failures=...)``);
+    for any other layer the first :func:`~cacheward.cached` function using it makes one. A later
+    function asking for other settings is a configuration error, never silently ignored.
+
+    Args:
+        failures: consecutive failures that open it.
+        reset: seconds it stays open before letting one probe through.
+    """
+
+    __slots__ = ("breaker", "failures", "lock", "origin", "reset")
+
+    def __init__(self, *, failures: int = 3, reset: Duration = 5.0, origin: str = "") -> None:
+        self.failures = check_positive_int("breaker_failures", failures)
+        self.reset = duration("breaker_reset", reset, allow_zero=False)
+        self.breaker = Breaker(failure_threshold=self.failures, reset_timeout=self.reset)
+        self.lock = threading.Lock()
+        #: Who configured it (for error messages).
+        self.origin = origin
+
+    def __repr__(self) -> str:
+        return f"LayerBreaker(failures={self.failures}, reset={self.reset})"
 
 
 Policy = Literal["fifo", "lru", "lfu"]

@@ -1,8 +1,9 @@
 """The Redis layer (L2): entries shared between processes, and cross-process leases.
 
 One :class:`RedisLayer` talks to redis-py's synchronous client, its asyncio client, or either
-``RedisCluster``. The decisions (which key, which bytes, whether a reply is an entry) live in
-small shared helpers; the sync and async methods differ only in the one awaited call.
+``RedisCluster``. Every operation is written once, as a plan (see ``cacheward._plan``) of
+Redis commands (:class:`_Command`, run under the stall guard); the sync and async methods are
+one line each, running the same plan with ``perform`` or ``aperform``.
 
 What the layer promises the driver (``cacheward._cached``), which wraps it in a circuit breaker:
 
@@ -10,14 +11,14 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
   (corrupt, truncated, tampered, foreign, another key's) are a miss plus a counted event; an
   exhausted connection pool is a miss too. Redis errors and timeouts *raise*, so the breaker
   sees them and skips the layer while it is sick.
-- ``set`` raises :class:`~cacheward.UnstorableValue` (not a Redis failure: the breaker ignores
-  it) for a value the serializer refuses (a counted ``encode_errors``) or one over
-  ``max_payload_bytes`` (``writes_too_large``), and never replaces an entry created later than
-  the one it writes.
-- Leases: :meth:`RedisLayer.acquire_lease` / :meth:`RedisLayer.release_lease` /
-  :meth:`RedisLayer.set_fenced` (and ``a``-prefixed coroutines) give one process per key the
-  right to fetch, with a fencing token so a holder that lost its lease cannot overwrite what a
-  later holder stored. All three scripts are safe to run twice.
+- ``set`` never raises for a value the serializer refuses (a counted ``encode_errors``), and
+  never replaces an entry created later than the one it writes.
+- Leases (:class:`cacheward.layers.LeasingLayer`): :meth:`RedisLayer.lease` takes a key's
+  lease and reads its entry in one round trip; :meth:`RedisLayer.publish` stores the fetched
+  value and releases the lease in one (saying "no value is coming" when there is nothing to
+  store); :meth:`RedisLayer.release_lease` gives it back after a failed fetch. A fencing token
+  keeps a holder that lost its lease from overwriting what a later holder stored. Every
+  script is safe to run twice.
 - A stall guard (:class:`_Stall`): once Redis has been silent for ``stall_timeout`` while a
   command waits, new commands are not sent (reads miss, writes are skipped) until something
   answers or times out, so a hang holds only the callers already waiting.
@@ -25,8 +26,7 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
+import dataclasses
 import math
 import secrets
 import select
@@ -34,14 +34,29 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from importlib import resources
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from cacheward._background import adrain, drain
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
+from cacheward._events import EventKind, emit
+from cacheward._layers import LayerBreaker, LeaseReply
+from cacheward._plan import Op, Plan, aperform, perform
+from cacheward._rediskit import (
+    Fault,
+    check_name,
+    classify,
+    client_kind,
+    is_noscript,
+    is_timeout,
+    redis_module,
+    replied,
+    script,
+    sick,
+)
 from cacheward._serialize import (
     DEFAULT_COMPRESS_ABOVE,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -52,9 +67,12 @@ from cacheward._serialize import (
     default_serializer,
 )
 
-__all__ = ["RedisLayer"]
+if TYPE_CHECKING:
+    import asyncio
 
-#: Counters reported by :meth:`RedisLayer.events`.
+__all__ = ["RedisLayer", "RedisLayerStats"]
+
+#: Counters reported by :meth:`RedisLayer.stats`.
 EVENTS: Final = (
     "hits",
     "misses",
@@ -62,6 +80,7 @@ EVENTS: Final = (
     "errors",
     "timeouts",
     "pool_exhausted",
+    "key_errors",
     "stalled",
     "encode_errors",
     "payload_truncated",
@@ -83,116 +102,14 @@ EVENTS: Final = (
 
 #: A client timeout above this many seconds draws a warning.
 _SLOW_TIMEOUT: Final = 1.0
-_INSTALL_HINT = "RedisLayer needs redis-py: pip install 'cacheward[redis]'"
 _FIX_HINT = (
     "build the client with socket_timeout=0.1, socket_connect_timeout=0.1 and "
     "retry=Retry(NoBackoff(), 0) (from redis.retry and redis.backoff), or let cacheward build "
-    "it: RedisLayer.from_url(url, timeout=0.1)"
+    "it: RedisLayer.from_url(url, socket_timeout=0.1)"
 )
 
 
-def _redis() -> Any:
-    try:
-        import redis
-    except ImportError:
-        raise ConfigurationError(_INSTALL_HINT) from None
-    return redis
-
-
-# --- scripts -------------------------------------------------------------------------------------
-
-
-class _Script:
-    """A Lua script shipped as package data, loaded once per server and run with EVALSHA."""
-
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.source = (resources.files("cacheward") / "resources" / name).read_text("utf-8")
-        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-
-    def run(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except Exception as exc:
-            if not _is_noscript(exc):
-                raise
-        # NOSCRIPT means it did not run: loading it and running again is safe.
-        client.script_load(self.source)
-        return client.evalsha(self.sha, len(keys), *keys, *args)
-
-    async def arun(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except Exception as exc:
-            if not _is_noscript(exc):
-                raise
-        await client.script_load(self.source)
-        return await client.evalsha(self.sha, len(keys), *keys, *args)
-
-
-def _is_noscript(exc: BaseException) -> bool:
-    return type(exc).__name__ == "NoScriptError" or str(exc).startswith("NOSCRIPT")
-
-
-_SCRIPTS: dict[str, _Script] = {}
-_SCRIPTS_LOCK = threading.Lock()
-
-
-def _script(name: str) -> _Script:
-    script = _SCRIPTS.get(name)
-    if script is None:
-        with _SCRIPTS_LOCK:
-            script = _SCRIPTS.get(name) or _Script(name)
-            _SCRIPTS[name] = script
-    return script
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-
-def _pool_exhausted(exc: BaseException) -> bool:
-    """redis-py's "no free connection" errors: the pool is full, Redis itself may be fine."""
-    name = type(exc).__name__
-    return name == "MaxConnectionsError" or (
-        name == "ConnectionError" and str(exc) == "No connection available."
-    )
-
-
-def _replied(exc: BaseException) -> bool:
-    """Whether a failed command still heard from Redis (an error reply, a refused connect)."""
-    return not (_is_timeout(exc) or _pool_exhausted(exc) or isinstance(exc, asyncio.CancelledError))
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError"
-
-
 # --- client inspection ---------------------------------------------------------------------------
-
-
-def _kind(client: Any) -> tuple[bool, bool]:
-    """``(is_async, is_cluster)`` for a redis-py client."""
-    _redis()
-    from redis import Redis
-    from redis.asyncio import Redis as AsyncRedis
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.cluster import RedisCluster
-
-    if isinstance(client, AsyncRedisCluster):
-        return True, True
-    if isinstance(client, AsyncRedis):
-        return True, False
-    if isinstance(client, RedisCluster):
-        return False, True
-    if isinstance(client, Redis):
-        return False, False
-    raise ConfigurationTypeError(
-        "client must be a redis-py client (redis.Redis, redis.asyncio.Redis, "
-        f"redis.cluster.RedisCluster or redis.asyncio.cluster.RedisCluster), got "
-        f"{type(client).__name__}; or use RedisLayer.from_url(url)"
-    )
 
 
 def _check_client(client: Any) -> float:
@@ -233,26 +150,6 @@ def _check_client(client: Any) -> float:
     return float(kwargs["socket_timeout"])
 
 
-def _check_name(name: str, value: object, *, empty: bool, part: bool = False) -> str:
-    """``part``: a part of a layer's key base, where a colon would make ``prefix="a:b"`` the
-    same keys as ``prefix="a", namespace="b"``."""
-    if not isinstance(value, str):
-        raise ConfigurationTypeError(f"{name} must be a str, got {type(value).__name__}")
-    if not value and not empty:
-        raise ConfigurationError(f"{name} must not be empty")
-    if part and ":" in value:
-        raise ConfigurationError(
-            f"{name} must not contain a colon (prefix='a:b' would share keys with prefix='a', "
-            f"namespace='b'); use prefix and namespace for the parts, got {value!r}"
-        )
-    if any(c in value for c in "{}*?[]\\ \r\n"):
-        raise ConfigurationError(
-            f"{name} must not contain braces, glob characters, backslashes or whitespace "
-            f"(braces would break the Redis Cluster hash tag), got {value!r}"
-        )
-    return value
-
-
 class _Counters:
     __slots__ = ("_lock", "counts")
 
@@ -267,6 +164,60 @@ class _Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisLayerStats:
+    """A snapshot of a :class:`RedisLayer`'s counters (see :meth:`RedisLayer.stats`)."""
+
+    hits: int = 0
+    """Reads that returned an entry."""
+    misses: int = 0
+    """Reads that found nothing."""
+    expired: int = 0
+    """Reads that found an entry past its limit."""
+    errors: int = 0
+    """Commands that failed (not timeouts)."""
+    timeouts: int = 0
+    """Commands that timed out."""
+    pool_exhausted: int = 0
+    """Commands not sent: every pooled connection was busy (a miss)."""
+    key_errors: int = 0
+    """Errors about one key (``WRONGTYPE``): a miss for that key, not a sick layer."""
+    stalled: int = 0
+    """Commands not sent: Redis had gone silent (a miss)."""
+    encode_errors: int = 0
+    """Values the serializer refused (not stored)."""
+    payload_truncated: int = 0
+    """Payloads refused as truncated (a miss)."""
+    payload_corrupt: int = 0
+    """Payloads refused as corrupt (a miss)."""
+    payload_foreign: int = 0
+    """Payloads refused as foreign (a miss)."""
+    payload_tampered: int = 0
+    """Payloads refused as tampered (a miss)."""
+    payload_wrong_key: int = 0
+    """Payloads refused as wrong_key (a miss)."""
+    payload_undecodable: int = 0
+    """Payloads refused as undecodable (a miss)."""
+    payload_too_large: int = 0
+    """Payloads refused as over ``max_payload_bytes`` (a miss)."""
+    writes_too_large: int = 0
+    """Values not written: over ``max_payload_bytes``."""
+    writes: int = 0
+    """Entries stored."""
+    writes_refused: int = 0
+    """Writes refused: a newer entry was there."""
+    leases_acquired: int = 0
+    """Leases taken."""
+    leases_busy: int = 0
+    """Lease requests that found another holder."""
+    leases_declined: int = 0
+    """Lease requests that took none: a fresh value was stored, or none is coming."""
+    leases_released: int = 0
+    """Leases given back (published or released)."""
+    leases_lost: int = 0
+    """Leases gone before their release (expired or taken over)."""
 
 
 class _Stall:
@@ -303,7 +254,7 @@ class _Stall:
 
         A read is refused when Redis has been silent for ``after`` and the probe does not
         show replies waiting; a write or lease command only after twice that silence and
-        when the probe confirms it (skipping one has a cost: see ``RedisLayer._guarded``).
+        when the probe confirms it (skipping one has a cost: see ``RedisLayer._begin``).
         """
         now = self._mono()
         waiting = self.waiting
@@ -335,6 +286,41 @@ class _Stall:
 
 class _Stalled(TimeoutError):
     """Raised instead of sending a command to a Redis that has gone silent."""
+
+
+class _Command(Op):
+    """One Redis command, under the layer's stall guard (reads are held back sooner than
+    writes and lease commands: see :meth:`_Stall.begin`)."""
+
+    __slots__ = ("args", "layer", "name", "read")
+
+    def __init__(
+        self, layer: RedisLayer, name: str, args: tuple[Any, ...], *, read: bool = False
+    ) -> None:
+        self.layer = layer
+        self.name = name
+        self.args = args
+        self.read = read
+
+    def sync(self) -> Any:
+        stall = self.layer._begin(self.read)
+        try:
+            result = getattr(self.layer._sync(), self.name)(*self.args)
+        except BaseException as exc:
+            stall.end(replied=replied(exc))
+            raise
+        stall.end(replied=True)
+        return result
+
+    async def aio(self) -> Any:
+        stall = self.layer._begin(self.read)
+        try:
+            result = await getattr(self.layer._async(), self.name)(*self.args)
+        except BaseException as exc:
+            stall.end(replied=replied(exc))
+            raise
+        stall.end(replied=True)
+        return result
 
 
 class RedisLayer:
@@ -376,6 +362,11 @@ class RedisLayer:
             twice this silence and when no in-flight connection has a reply waiting to be
             read. Defaults to a quarter of the client's ``socket_timeout``; ``0`` switches it
             off.
+        breaker_failures: consecutive failures that open the layer's circuit breaker (one
+            breaker per layer, shared by every function using it); defaults to what the first
+            :func:`~cacheward.cached` function using the layer asks for, else 3.
+        breaker_reset: seconds the open breaker waits before letting a probe through
+            (defaults likewise, else 5).
         max_payload_bytes: the largest serialized value written (default 8 MiB); a larger
             one is served to its callers and kept in memory, not written (``writes_too_large``;
             the cached function counts it in ``stats().unstorable`` and logs it once). Reads
@@ -406,6 +397,7 @@ class RedisLayer:
         "_stall",
         "_sync_client",
         "_sync_lock",
+        "breaker",
         "cluster",
         "local",
         "name",
@@ -427,12 +419,14 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset: Duration | None = None,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
         compression: str | None = None,
         compress_above: int = DEFAULT_COMPRESS_ABOVE,
     ) -> None:
-        self.prefix = _check_name("prefix", prefix, empty=False, part=True)
-        self.namespace = _check_name("namespace", namespace, empty=True, part=True)
+        self.prefix = check_name("prefix", prefix, empty=False, part=True)
+        self.namespace = check_name("namespace", namespace, empty=True, part=True)
         self.version = check_positive_int("version", version, minimum=0)
         if serializer is None:
             serializer = default_serializer()
@@ -451,6 +445,15 @@ class RedisLayer:
         self._clock = check_clock(clock)
         self.name = name
         self.local = False
+        #: The layer's circuit breaker, shared by every function using the layer: configured
+        #: here, or (both settings left out) by the first cached function that uses it.
+        self.breaker: LayerBreaker | None = None
+        if breaker_failures is not None or breaker_reset is not None:
+            self.breaker = LayerBreaker(
+                failures=3 if breaker_failures is None else breaker_failures,
+                reset=5.0 if breaker_reset is None else breaker_reset,
+                origin=f"RedisLayer(name={name!r})",
+            )
         self._fence_ms = max(1, math.ceil(duration("fence_ttl", fence_ttl, allow_zero=False) * 1e3))
         parts = [self.prefix, self.namespace] if self.namespace else [self.prefix]
         self._base = ":".join([*parts, f"v{self.version}", ""])
@@ -458,7 +461,7 @@ class RedisLayer:
         self._counters = _Counters()
         self._sync_client: Any = None
         self._async_client: Any = None
-        self._factory: Any = None  # a _Factory or a cacheward._sentinel.SentinelFactory
+        self._factory: Any = None  # a Factory or a cacheward._sentinel.SentinelFactory
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -468,7 +471,7 @@ class RedisLayer:
         self._stall.probe = self._silent
         socket_timeout: float | None = None
         if client is not None:
-            is_async, self.cluster = _kind(client)
+            is_async, self.cluster = client_kind(client)
             socket_timeout = _check_client(client)
             if is_async:
                 self._async_client = client
@@ -491,8 +494,8 @@ class RedisLayer:
         cls,
         url: str,
         *,
-        timeout: Duration = 0.1,
-        connect_timeout: Duration | None = None,
+        socket_timeout: Duration = 0.1,
+        socket_connect_timeout: Duration | None = None,
         max_connections: int = 64,
         cluster: bool = False,
         prefix: str = "cacheward",
@@ -503,9 +506,13 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset: Duration | None = None,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
         compression: str | None = None,
         compress_above: int = DEFAULT_COMPRESS_ABOVE,
+        timeout: Duration | None = None,
+        connect_timeout: Duration | None = None,
     ) -> RedisLayer:
         """Build a layer whose clients cacheward creates, with safe settings.
 
@@ -519,9 +526,9 @@ class RedisLayer:
             url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket), or
                 ``redis+sentinel://host:port,host:port/service/db`` to follow the master of a
                 Sentinel-monitored service through failovers (see ``docs/redis.md``).
-            timeout: the per-operation socket timeout; a hung Redis costs a caller at most this
-                long, and the driver's breaker then skips the layer for a while.
-            connect_timeout: the connect timeout (defaults to ``timeout``).
+            socket_timeout: the per-operation socket timeout; a hung Redis costs a caller at
+                most this long, and the driver's breaker then skips the layer for a while.
+            socket_connect_timeout: the connect timeout (defaults to ``socket_timeout``).
             max_connections: the connection pool's size (per node for a cluster).
             cluster: connect to a Redis Cluster (``url`` names any one node).
             prefix: see :class:`RedisLayer`.
@@ -531,15 +538,23 @@ class RedisLayer:
             clock: see :class:`RedisLayer`.
             name: see :class:`RedisLayer`.
             fence_ttl: see :class:`RedisLayer`.
-            stall_timeout: see :class:`RedisLayer` (default: ``timeout / 4``).
+            stall_timeout: see :class:`RedisLayer` (default: ``socket_timeout / 4``).
+            breaker_failures: see :class:`RedisLayer`.
+            breaker_reset: see :class:`RedisLayer`.
             max_payload_bytes: see :class:`RedisLayer`.
             compression: see :class:`RedisLayer`.
             compress_above: see :class:`RedisLayer`.
+            timeout: the old spelling of ``socket_timeout`` (deprecated; accepted until 0.2).
+            connect_timeout: the old spelling of ``socket_connect_timeout`` (likewise).
 
         Raises:
             ConfigurationError: an argument is invalid or redis-py is missing.
         """
-        _redis()
+        redis_module()
+        if timeout is not None:
+            socket_timeout = timeout
+        if connect_timeout is not None:
+            socket_connect_timeout = connect_timeout
         given: object = url
         if not isinstance(given, str) or "://" not in given:
             raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
@@ -547,10 +562,10 @@ class RedisLayer:
 
         factory = factory_for(
             url,
-            timeout=duration("timeout", timeout, allow_zero=False),
+            timeout=duration("socket_timeout", socket_timeout, allow_zero=False),
             connect_timeout=duration(
-                "connect_timeout",
-                timeout if connect_timeout is None else connect_timeout,
+                "socket_connect_timeout",
+                socket_timeout if socket_connect_timeout is None else socket_connect_timeout,
                 allow_zero=False,
             ),
             max_connections=check_positive_int("max_connections", max_connections),
@@ -565,6 +580,8 @@ class RedisLayer:
             clock=clock,
             name=name,
             fence_ttl=fence_ttl,
+            breaker_failures=breaker_failures,
+            breaker_reset=breaker_reset,
             max_payload_bytes=max_payload_bytes,
             compression=compression,
             compress_above=compress_above,
@@ -602,6 +619,8 @@ class RedisLayer:
                 "RedisLayer.from_url"
             )
         # asyncio connections belong to the loop that made them: one client per loop.
+        import asyncio
+
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
@@ -609,8 +628,14 @@ class RedisLayer:
         return client
 
     def close(self) -> None:
-        """Close the synchronous client if this layer created it (:meth:`from_url`)."""
+        """Close the synchronous client if this layer created it (:meth:`from_url`).
+
+        Waits first (at most twice the socket timeout) for the writes that cached
+        functions started in the background after answering their callers: a lease holder's
+        value, which other processes may be waiting for.
+        """
         if self._factory is not None and self._sync_client is not None:
+            drain(self, 2 * self._factory.timeout)
             client, self._sync_client = self._sync_client, None
             if self.cluster:
                 # RedisCluster.close() leaves its nodes' pooled sockets to the garbage
@@ -621,9 +646,13 @@ class RedisLayer:
             client.close()
 
     async def aclose(self) -> None:
-        """Close this event loop's asyncio client if this layer created it."""
+        """Close this event loop's asyncio client if this layer created it (after waiting, at
+        most twice the socket timeout, for the writes its fetch tasks still make)."""
         if self._factory is None:
             return
+        await adrain(self, 2 * self._factory.timeout)
+        import asyncio
+
         client = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
@@ -685,6 +714,7 @@ class RedisLayer:
             entry = self._envelope.decode(data, self.redis_key(key), now=self._clock.time())
         except PayloadError as exc:
             counters.add(f"payload_{exc.reason}")
+            emit(EventKind.SERIALIZER_REJECTED, self.name, layer=self.name, error=exc)
             return None
         if entry.error_until <= self._clock.time():
             counters.add("expired")
@@ -693,79 +723,154 @@ class RedisLayer:
         return entry
 
     def _put_args(
-        self, key: CacheKey, entry: Entry, token: int
-    ) -> tuple[tuple[str, str], tuple[Any, ...]] | None:
-        """The put script's keys and arguments, or ``None`` when there is nothing to store."""
-        ttl_ms = self._ttl_ms(entry)
-        if ttl_ms <= 0:
-            return None
+        self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
+    ) -> tuple[tuple[tuple[str, str], tuple[Any, ...]] | None, UnstorableValue | None]:
+        """The put script's keys and arguments (``None`` when there is nothing to send: no
+        entry to store, or an expired or unstorable one, and no lease to release), and the
+        reason the value could not be stored, if it could not."""
+        payload = b""
+        ttl_ms = 0
+        refused: UnstorableValue | None = None
         value_key = self.redis_key(key)
-        try:
-            payload = self._envelope.encode(entry, value_key, token=token)
-        except UnstorableValue as exc:
-            too_large = exc.reason == "too_large"
-            self._counters.add("writes_too_large" if too_large else "encode_errors")
-            raise
-        return (value_key, value_key + ":lease"), (
+        if entry is not None:
+            ttl_ms = self._ttl_ms(entry)
+            if ttl_ms > 0:
+                try:
+                    payload = self._envelope.encode(entry, value_key, token=token)
+                except UnstorableValue as exc:
+                    too_large = exc.reason == "too_large"
+                    self._counters.add("writes_too_large" if too_large else "encode_errors")
+                    refused = exc
+        if not payload and not release:
+            return None, refused
+        args = (
             payload,
-            ttl_ms,
+            max(ttl_ms, 1),
             token,
-            repr(entry.created),
+            repr(entry.created if entry is not None else 0.0),
             self._lease_value(token),
+            "1" if release else "0",
+            max(1, math.ceil(lease_ttl * 1000.0)),
             repr(MAX_CLOCK_SKEW),
         )
+        return ((value_key, value_key + ":lease"), args), refused
 
-    def _put_result(self, result: Any) -> bool:
-        stored = bool(result)
-        self._counters.add("writes" if stored else "writes_refused")
-        return stored
+    def _begin(self, read: bool) -> _Stall:
+        """Admit one command past the stall guard, or raise :class:`_Stalled`.
 
-    def _failed(self, exc: BaseException) -> bool:
-        """Count a failed operation; ``True`` when it is a miss rather than a Redis failure
-        (an exhausted pool, or a command not sent because Redis has gone silent)."""
-        if isinstance(exc, _Stalled):
-            self._counters.add("stalled")
-            return True
-        if _pool_exhausted(exc):
-            self._counters.add("pool_exhausted")
-            return True
-        self._counters.add("timeouts" if _is_timeout(exc) else "errors")
-        return False
-
-    def _guarded(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` (a write or a lease command) under the stall guard.
-
-        Refused (``_Stalled``) only when the probe confirms that no reply is waiting on any
-        in-flight connection: skipping a lease or a write can cost an extra backend fetch
-        (a lease not taken, a value other processes wait for and never see), and a process
+        A write or a lease command is refused only when the probe confirms that no reply is
+        waiting on any in-flight connection: skipping one can cost an extra backend fetch (a
+        lease not taken, a value other processes wait for and never see), and a process
         starved of CPU (threads queued for the GIL) can look like a silent Redis for tens of
         milliseconds while the replies sit unread in its sockets.
         """
         stall = self._stall
-        if not stall.begin(read=False):
+        if not stall.begin(read=read):
             raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
-        try:
-            result = fn(*args)
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
-            raise
-        stall.end(replied=True)
-        return result
+        return stall
 
-    async def _aguarded(self, fn: Any, *args: Any) -> Any:
-        """Async :meth:`_guarded`."""
-        stall = self._stall
-        if not stall.begin(read=False):
-            raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
-        try:
-            result = await fn(*args)
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
-            raise
-        stall.end(replied=True)
-        return result
+    def _failed(self, exc: BaseException) -> bool:
+        """Count a failed operation; ``True`` when it is a miss rather than a Redis failure
+        (an exhausted pool, an error about this one key such as ``WRONGTYPE``, or a command
+        not sent because Redis has gone silent): see ``cacheward._rediskit.sick``."""
+        if isinstance(exc, _Stalled):
+            self._counters.add("stalled")
+            return True
+        fault = classify(exc)
+        if fault is Fault.POOL_FULL:
+            self._counters.add("pool_exhausted")
+        elif fault is Fault.KEY:
+            self._counters.add("key_errors")
+        else:
+            self._counters.add("timeouts" if is_timeout(exc) else "errors")
+        return not sick(fault)
 
-    # --- the Layer protocol ---
+    # --- the plans: every operation, once for both colours (see cacheward._plan) ---
+
+    def _script_plan(self, name: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> Plan[Any]:
+        lua = script(name)
+        try:
+            return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args)))
+        except Exception as exc:
+            if not is_noscript(exc):
+                raise
+        # NOSCRIPT means it did not run: loading it and running again is safe.
+        yield _Command(self, "script_load", (lua.source,))
+        return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args)))
+
+    def _get_plan(self, key: CacheKey) -> Plan[Entry | None]:
+        try:
+            data = yield _Command(self, "get", (f"{self._base}{{{key.text}}}",), read=True)
+        except Exception as exc:
+            if self._failed(exc):
+                return None
+            raise
+        return self._decode(data, key)
+
+    def _put_plan(
+        self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
+    ) -> Plan[bool]:
+        """Store (and release); a value that cannot be stored raises
+        :class:`UnstorableValue` after the lease was released saying no value is coming."""
+        prepared, refused = self._put_args(key, entry, token, release=release, lease_ttl=lease_ttl)
+        stored: Any = 0
+        if prepared is not None:
+            try:
+                stored, released = yield from self._script_plan("cache_put.lua", *prepared)
+            except Exception as exc:
+                if not self._failed(exc):
+                    raise
+            else:
+                if prepared[1][0]:
+                    self._counters.add("writes" if stored else "writes_refused")
+                if release:
+                    self._counters.add("leases_released" if released else "leases_lost")
+        if refused is not None:
+            raise refused
+        return bool(stored)
+
+    def _lease_plan(self, key: CacheKey, ttl: float) -> Plan[LeaseReply]:
+        value_key = self.redis_key(key)
+        keys = (value_key + ":lease", value_key + ":fence", value_key)
+        ttl_ms = max(1, math.ceil(ttl * 1000.0))
+        now = repr(self._clock.time())
+        refused: bytes | None = None
+        for _ in range(2):
+            try:
+                token, data = yield from self._script_plan(
+                    "cache_lease_acquire.lua", keys, (ttl_ms, self._owner, self._fence_ms, now)
+                )
+            except Exception as exc:
+                if self._failed(exc):
+                    return LeaseReply()  # fetch without a lease
+                raise
+            token = int(token)
+            found = None if data is not None and data == refused else self._decode(data, key)
+            if token < 0 and data is not None and found is None and now != "0":
+                # The stored bytes claim a freshness they do not have: ask again, ignoring it.
+                now, refused = "0", data
+                continue
+            break
+        if token > 0:
+            self._counters.add("leases_acquired")
+            return LeaseReply(token=token, entry=found)
+        if token == 0:
+            self._counters.add("leases_busy")
+            return LeaseReply(entry=found, busy=True)
+        self._counters.add("leases_declined")
+        return LeaseReply(entry=found)
+
+    def _release_plan(self, key: CacheKey, token: int) -> Plan[None]:
+        value_key = self.redis_key(key)
+        result = yield from self._script_plan(
+            "cache_lease_release.lua", (value_key + ":lease",), (self._lease_value(token),)
+        )
+        self._counters.add("leases_released" if result else "leases_lost")
+
+    def _delete_plan(self, key: CacheKey) -> Plan[None]:
+        yield _Command(self, "delete", (self.redis_key(key),))
+
+    # --- the Layer protocol (one line per colour) ---
 
     def get(self, key: CacheKey) -> Entry | None:
         """Return ``key``'s entry, or ``None`` (missing, invalid bytes, or no free connection).
@@ -773,28 +878,27 @@ class RedisLayer:
         Raises:
             redis.RedisError: Redis failed or timed out (the driver's breaker counts it).
         """
-        # The hot path: the stall guard inlined (see _guarded).
-        stall = self._stall
-        if not stall.begin():
-            self._counters.add("stalled")
-            return None
-        try:
-            data = self._sync().get(f"{self._base}{{{key.text}}}")
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
-            if isinstance(exc, Exception) and self._failed(exc):
-                return None
-            raise
-        stall.end(replied=True)
-        return self._decode(data, key)
+        return perform(self._get_plan(key))
+
+    async def aget(self, key: CacheKey) -> Entry | None:
+        """Async :meth:`get`."""
+        return await aperform(self._get_plan(key))
 
     def set(self, key: CacheKey, entry: Entry) -> None:
         """Store ``entry`` until its ``error_until``, unless Redis holds one created later."""
-        self.set_fenced(key, entry, 0)
+        perform(self._put_plan(key, entry, 0, release=False, lease_ttl=0))
+
+    async def aset(self, key: CacheKey, entry: Entry) -> None:
+        """Async :meth:`set`."""
+        await aperform(self._put_plan(key, entry, 0, release=False, lease_ttl=0))
 
     def delete(self, key: CacheKey) -> None:
         """Remove ``key``'s entry."""
-        self._sync().delete(self.redis_key(key))
+        perform(self._delete_plan(key))
+
+    async def adelete(self, key: CacheKey) -> None:
+        """Async :meth:`delete`."""
+        await aperform(self._delete_plan(key))
 
     def clear(self) -> None:
         """Remove every key under this layer's prefix, namespace and version (SCAN + DEL)."""
@@ -808,35 +912,6 @@ class RedisLayer:
         if batch:
             client.delete(*batch)
 
-    def _pattern(self) -> str:
-        # "{" right after the version: no other layer's keys start with this (":" and "{" are
-        # refused in prefix and namespace).
-        return self._base + "{*"
-
-    async def aget(self, key: CacheKey) -> Entry | None:
-        """Async :meth:`get`."""
-        stall = self._stall
-        if not stall.begin():
-            self._counters.add("stalled")
-            return None
-        try:
-            data = await self._async().get(f"{self._base}{{{key.text}}}")
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
-            if isinstance(exc, Exception) and self._failed(exc):
-                return None
-            raise
-        stall.end(replied=True)
-        return self._decode(data, key)
-
-    async def aset(self, key: CacheKey, entry: Entry) -> None:
-        """Async :meth:`set`."""
-        await self.aset_fenced(key, entry, 0)
-
-    async def adelete(self, key: CacheKey) -> None:
-        """Async :meth:`delete`."""
-        await self._async().delete(self.redis_key(key))
-
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
         client = self._async()
@@ -849,43 +924,68 @@ class RedisLayer:
         if batch:
             await client.delete(*batch)
 
+    def _pattern(self) -> str:
+        # "{" right after the version: no other layer's keys start with this (":" and "{" are
+        # refused in prefix and namespace).
+        return self._base + "{*"
+
     # --- leases ---
 
-    def acquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
-        """Take ``key``'s lease for ``ttl`` seconds.
+    def lease(self, key: CacheKey, *, ttl: float) -> LeaseReply:
+        """Take ``key``'s lease for ``ttl`` seconds and read its entry, in one round trip.
 
-        Returns:
-            The fencing token (> 0) if this process now holds the lease; ``None`` if another
-            process does, or if a fresh entry was stored just before (read it with
-            :meth:`get`: there is nothing to fetch).
+        No lease is taken when the stored entry is fresh (use it: there is nothing to fetch),
+        or when the last holder said no value is coming (fetch without waiting).
 
         Raises:
             redis.RedisError: Redis failed, timed out or has no free connection; the driver
                 then fetches without a lease, under its in-process protections.
         """
-        try:
-            result = self._guarded(
-                _script("cache_lease_acquire.lua").run, self._sync(), *self._acquire_args(key, ttl)
-            )
-        except Exception as exc:
-            self._failed(exc)
-            raise
-        token, arrived = self._lease_result(result, key)
-        if arrived:
-            self.release_lease(key, token)
-            return None
-        return token or None
+        return perform(self._lease_plan(key, ttl))
+
+    async def alease(self, key: CacheKey, *, ttl: float) -> LeaseReply:
+        """Async :meth:`lease`."""
+        return await aperform(self._lease_plan(key, ttl))
+
+    def publish(self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float) -> bool:
+        """Store ``entry`` fetched under lease ``token`` and release the lease, in one round
+        trip (see :meth:`set_fenced` for when the entry is stored).
+
+        When there is nothing to store (``entry`` is ``None``, expired, or the serializer
+        refuses it) the released lease says "no value is coming" for ``lease_ttl`` seconds, so
+        other processes fetch for themselves at once instead of waiting for it.
+
+        Returns:
+            Whether the entry was stored.
+        """
+        return perform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
+
+    async def apublish(
+        self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
+    ) -> bool:
+        """Async :meth:`publish`."""
+        return await aperform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
+
+    def acquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
+        """Take ``key``'s lease for ``ttl`` seconds (:meth:`lease` without the entry).
+
+        Returns:
+            The fencing token (> 0) if this process now holds the lease; ``None`` if another
+            process does, or if a fresh entry is stored (there is nothing to fetch).
+        """
+        return self.lease(key, ttl=ttl).token
+
+    async def aacquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
+        """Async :meth:`acquire_lease`."""
+        return (await self.alease(key, ttl=ttl)).token
 
     def release_lease(self, key: CacheKey, token: int) -> None:
         """Give ``key``'s lease back if this process still holds it under ``token``."""
-        value_key = self.redis_key(key)
-        result = self._guarded(
-            _script("cache_lease_release.lua").run,
-            self._sync(),
-            (value_key + ":lease",),
-            (self._lease_value(token),),
-        )
-        self._counters.add("leases_released" if result else "leases_lost")
+        perform(self._release_plan(key, token))
+
+    async def arelease_lease(self, key: CacheKey, token: int) -> None:
+        """Async :meth:`release_lease`."""
+        await aperform(self._release_plan(key, token))
 
     def set_fenced(self, key: CacheKey, entry: Entry, token: int) -> bool:
         """Store ``entry`` fetched under lease ``token``; never replace a newer entry.
@@ -898,93 +998,21 @@ class RedisLayer:
         Returns:
             Whether the entry was stored.
         """
-        prepared = self._put_args(key, entry, token)
-        if prepared is None:
-            return False
-        try:
-            result = self._guarded(_script("cache_put.lua").run, self._sync(), *prepared)
-        except Exception as exc:
-            if self._failed(exc):
-                return False
-            raise
-        return self._put_result(result)
-
-    async def aacquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
-        """Async :meth:`acquire_lease`."""
-        try:
-            result = await self._aguarded(
-                _script("cache_lease_acquire.lua").arun,
-                self._async(),
-                *self._acquire_args(key, ttl),
-            )
-        except Exception as exc:
-            self._failed(exc)
-            raise
-        token, arrived = self._lease_result(result, key)
-        if arrived:
-            await self.arelease_lease(key, token)
-            return None
-        return token or None
-
-    async def arelease_lease(self, key: CacheKey, token: int) -> None:
-        """Async :meth:`release_lease`."""
-        value_key = self.redis_key(key)
-        result = await self._aguarded(
-            _script("cache_lease_release.lua").arun,
-            self._async(),
-            (value_key + ":lease",),
-            (self._lease_value(token),),
-        )
-        self._counters.add("leases_released" if result else "leases_lost")
+        return perform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
 
     async def aset_fenced(self, key: CacheKey, entry: Entry, token: int) -> bool:
         """Async :meth:`set_fenced`."""
-        prepared = self._put_args(key, entry, token)
-        if prepared is None:
-            return False
-        try:
-            result = await self._aguarded(_script("cache_put.lua").arun, self._async(), *prepared)
-        except Exception as exc:
-            if self._failed(exc):
-                return False
-            raise
-        return self._put_result(result)
-
-    def _acquire_args(
-        self, key: CacheKey, ttl: float
-    ) -> tuple[tuple[str, str, str], tuple[Any, ...]]:
-        value_key = self.redis_key(key)
-        return (value_key + ":lease", value_key + ":fence", value_key), (
-            max(1, math.ceil(ttl * 1000.0)),
-            self._owner,
-            self._fence_ms,
-        )
-
-    def _lease_result(self, result: Any, key: CacheKey) -> tuple[int, bool]:
-        """``(token, arrived)``: token 0 when busy; ``arrived`` when the lease was taken but a
-        fresh entry is already stored (a holder finished just before), so it must be given
-        back rather than used to fetch again."""
-        token = int(result[0])
-        if token <= 0:
-            self._counters.add("leases_busy")
-            return 0, False
-        data = result[1]
-        if data is not None:
-            try:
-                found = self._envelope.decode(data, self.redis_key(key), now=self._clock.time())
-            except PayloadError:
-                found = None  # counted when get() reads it
-            if found is not None and self._clock.time() < found.fresh_until:
-                self._counters.add("leases_declined")
-                return token, True
-        self._counters.add("leases_acquired")
-        return token, False
+        return await aperform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
 
     # --- introspection ---
 
-    def events(self) -> dict[str, int]:
+    def stats(self) -> RedisLayerStats:
         """Counters since the layer was made: hits, misses, errors, timeouts, pool exhaustion,
         refused payloads by reason (``payload_tampered``, ...), writes, leases."""
+        return RedisLayerStats(**self._counters.snapshot())
+
+    def events(self) -> dict[str, int]:
+        """The counters of :meth:`stats` as a ``dict`` (deprecated: use :meth:`stats`)."""
         return self._counters.snapshot()
 
     def __repr__(self) -> str:
@@ -995,7 +1023,7 @@ class RedisLayer:
         )
 
 
-class _Factory:
+class Factory:
     """Builds redis-py clients with cacheward's safe settings."""
 
     __slots__ = ("cluster", "connect_timeout", "max_connections", "timeout", "url")

@@ -235,9 +235,9 @@ def factory_for(
             max_connections=max_connections,
             cluster=cluster,
         )
-    from cacheward._redis import _Factory
+    from cacheward._redis import Factory
 
-    return _Factory(
+    return Factory(
         url,
         timeout=timeout,
         connect_timeout=connect_timeout,

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 
 import cacheward as cw
-from cacheward._cached import _Decorator
+from cacheward._cached import Decorator as _Decorator
 from cacheward._config import Duration
 from cacheward._errors import ConfigurationError
 from cacheward._guard import _GuardDecorator

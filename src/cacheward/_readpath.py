@@ -1,0 +1,1329 @@
+"""The read-through of :func:`cacheward.cached`, written once for ``def`` and ``async def``.
+
+Every step a call takes — serve, read the shared layers, take the lease, fetch, finish, refresh,
+invalidate — is one *plan* (a generator, see ``cacheward._plan``) of :class:`_Driver`. A plan
+asks the pure core (``cacheward._core.readthrough``) what to do and yields typed I/O requests
+(the ops below); ``perform`` runs it in a thread, ``aperform`` on an event loop. The only
+things that differ by colour are how an op is done (each op's ``sync`` / ``aio``, a line or
+two) and how a caller waits for a fetch (a ``threading.Event`` for threads, futures answered
+by the fetch task for asyncio tasks): the flights below.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from cacheward._background import track, track_task
+from cacheward._clock import Clock
+from cacheward._core.breaker import BreakerState
+from cacheward._core.entry import (
+    Entry,
+    Freshness,
+    bounded,
+    classify,
+    make_entry,
+    usable_on_error,
+)
+from cacheward._core.keys import CacheKey, local_key
+from cacheward._core.leasewait import LeaseWait
+from cacheward._core.readthrough import Action, Flight, ReadThrough
+from cacheward._errors import (
+    BackoffActive,
+    ConfigurationError,
+    FetchInterrupted,
+    FetchTimeout,
+    RecursiveFetch,
+)
+from cacheward._events import EventKind, emit
+from cacheward._layers import (
+    AsyncLeasingLayer,
+    LayerBreaker,
+    LeaseReply,
+    LeasingLayer,
+    MemoryLayer,
+)
+from cacheward._plan import Op, Plan, aperform, perform
+from cacheward._serialize import UnstorableValue, unstorable_warning
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from cacheward._cached import Settings
+
+__all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
+
+#: The flights whose fetch this thread or task is running (to catch a fetch that calls itself).
+LEADING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "cacheward_leading", default=frozenset()
+)
+
+#: What ``Lead`` answers a thread: run the fetch plan here, in the serve plan.
+INLINE: Any = type("Inline", (), {"__repr__": lambda self: "<inline>"})()
+
+#: What a layer op returns when its layer was skipped or failed (a miss).
+MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of one cached function's counters (see :meth:`CachedFunction.stats`)."""
+
+    hits: int = 0
+    """Calls served a fresh entry (from any layer)."""
+    stale_hits: int = 0
+    """Calls served a stale entry (while a refresh ran, during back-off, or after a failure)."""
+    misses: int = 0
+    """Calls that led a fetch (no layer had a fresh or servable stale entry)."""
+    fetches: int = 0
+    """Backend calls made (leaders and background refreshes)."""
+    fetch_errors: int = 0
+    """Backend calls that raised."""
+    coalesced_waits: int = 0
+    """Calls that waited for another caller's fetch instead of fetching."""
+    refreshes: int = 0
+    """Background refreshes started."""
+    refreshes_skipped: int = 0
+    """Refreshes not started because every refresh slot was busy (the stale value was served)."""
+    backoff_rejections: int = 0
+    """Calls refused with :class:`~cacheward.BackoffActive` (no stale value to serve)."""
+    wait_timeouts: int = 0
+    """Calls whose wait for a fetch reached ``wait_timeout``."""
+    stale_on_error: int = 0
+    """Calls served a stale entry because the fetch failed, timed out or was refused."""
+    layer_errors: int = 0
+    """Layer operations that raised or returned something that is not an entry (each a miss)."""
+    layer_skips: int = 0
+    """Layer operations skipped because that layer's circuit breaker was open."""
+    lease_waits: int = 0
+    """Fetches that waited for another process holding the key's lease."""
+    invalidations: int = 0
+    """Calls to ``invalidate``."""
+    unstorable: int = 0
+    """Values a shared layer could not store (the serializer refused them, or they are over
+    its ``max_payload_bytes``): served and kept in memory, not shared. The first is logged."""
+    in_flight: int = 0
+    """Fetches running at the moment of the snapshot."""
+
+
+class Counters:
+    """The live, mutable counters behind :class:`CacheStats` (same names)."""
+
+    __slots__ = (
+        "backoff_rejections",
+        "coalesced_waits",
+        "fetch_errors",
+        "fetches",
+        "hits",
+        "invalidations",
+        "layer_errors",
+        "layer_skips",
+        "lease_waits",
+        "misses",
+        "refreshes",
+        "refreshes_skipped",
+        "stale_hits",
+        "stale_on_error",
+        "unstorable",
+        "wait_timeouts",
+    )
+
+    def __init__(self) -> None:
+        self.hits = self.stale_hits = self.misses = self.fetches = self.fetch_errors = 0
+        self.coalesced_waits = self.refreshes = self.refreshes_skipped = 0
+        self.backoff_rejections = self.wait_timeouts = self.stale_on_error = 0
+        self.layer_errors = self.layer_skips = self.lease_waits = self.invalidations = 0
+        self.unstorable = 0
+
+    def snapshot(self, in_flight: int) -> CacheStats:
+        return CacheStats(**{n: getattr(self, n) for n in self.__slots__}, in_flight=in_flight)
+
+
+# --------------------------------------------------------------------------------------------
+# Remote layers behind their circuit breakers
+
+
+_HEALTH: weakref.WeakKeyDictionary[object, LayerBreaker] = weakref.WeakKeyDictionary()
+_HEALTH_LOCK = threading.Lock()
+
+
+def breaker_of(
+    layer: Any, index: int, failures: int | None, reset: float | None, owner: str
+) -> LayerBreaker:
+    """The layer's breaker: its own, or the one the first function using it made.
+
+    Raises:
+        ConfigurationError: this function asks for settings the layer's breaker does not have.
+    """
+    with _HEALTH_LOCK:
+        owned = getattr(layer, "breaker", None)
+        health = owned if isinstance(owned, LayerBreaker) else _HEALTH.get(layer)
+        if health is None:
+            health = LayerBreaker(
+                failures=3 if failures is None else failures,
+                reset=5.0 if reset is None else reset,
+                origin=f"cached() of {owner}",
+            )
+            if hasattr(layer, "breaker"):
+                layer.breaker = health
+            else:
+                # Not weak-referenceable: the breaker is this function's alone.
+                with contextlib.suppress(TypeError):
+                    _HEALTH[layer] = health
+            return health
+    if (failures is not None and failures != health.failures) or (
+        reset is not None and reset != health.reset
+    ):
+        asked = f"breaker_failures={failures}, breaker_reset={reset}"
+        raise ConfigurationError(
+            f"layers[{index}] ({getattr(layer, 'name', type(layer).__name__)}) already has a "
+            f"circuit breaker with breaker_failures={health.failures}, "
+            f"breaker_reset={health.reset} (set by {health.origin or 'the layer'}), but "
+            f"{owner} asks for {asked}: one layer has one breaker; configure it once, on the "
+            "layer (RedisLayer(..., breaker_failures=..., breaker_reset=...)), and leave "
+            "these out of cached()"
+        )
+    return health
+
+
+class GuardedLayer:
+    """A remote layer seen through its breaker: every failure is a miss (:data:`MISSING`)."""
+
+    __slots__ = ("_counters", "_health", "_mono", "_source", "layer", "leases")
+
+    def __init__(
+        self, layer: Any, clock: Clock, counters: Counters, health: LayerBreaker, source: str
+    ) -> None:
+        self.layer = layer
+        self._source = source
+        self.leases = isinstance(layer, (LeasingLayer, AsyncLeasingLayer))
+        self._mono = clock.monotonic
+        self._counters = counters
+        self._health = health
+
+    def admit(self, mode: str) -> bool:
+        """Whether the breaker lets an operation through.
+
+        ``"read"``: reads may probe a sick layer. ``"write"``: a plain write never probes (it
+        would only spend a background thread's time on a hung layer). ``"lease"``: a lease
+        holder's publish or release always goes through, whatever the breaker says: skipping it
+        would leave other processes waiting for a value that never comes (the layer's own
+        timeouts still bound it, and it runs after every caller was answered).
+        """
+        health = self._health
+        now = self._mono()
+        with health.lock:
+            before = health.breaker.state(now)
+            if mode == "lease":
+                allowed = True
+            elif before is not BreakerState.CLOSED and mode == "write":
+                allowed = False
+            else:
+                allowed = health.breaker.allow(now)
+        if not allowed:
+            self._counters.layer_skips += 1
+            emit(EventKind.LAYER_SKIPPED, self._source, layer=self.layer.name)
+        elif before is BreakerState.HALF_OPEN:
+            emit(EventKind.BREAKER_HALF_OPEN, self._source, layer=self.layer.name)
+        return allowed
+
+    def settle(self, error: Exception | None) -> None:
+        health = self._health
+        with health.lock:
+            if error is None:
+                changed = health.breaker.record_success(self._mono())
+            else:
+                changed = health.breaker.record_failure(self._mono())
+        if error is not None:
+            self._counters.layer_errors += 1
+            emit(EventKind.LAYER_ERROR, self._source, layer=self.layer.name, error=error)
+        if changed is BreakerState.OPEN:
+            emit(EventKind.BREAKER_OPENED, self._source, layer=self.layer.name, error=error)
+        elif changed is BreakerState.CLOSED:
+            emit(EventKind.BREAKER_CLOSED, self._source, layer=self.layer.name)
+
+    def failed(self, exc: Exception) -> Any:
+        """A layer operation raised: a miss (:data:`MISSING`), counted against the layer
+        unless the value was at fault (:class:`UnstorableValue`: the layer is fine)."""
+        if isinstance(exc, UnstorableValue):
+            self.settle(None)
+            self._counters.unstorable += 1
+            if self._counters.unstorable == 1:
+                unstorable_warning(self._source, self.layer.name, exc)
+        else:
+            self.settle(exc)
+        return MISSING
+
+    def entry(self, found: Any) -> Entry | None:
+        """Accept what a layer returned only if it is an entry (anything else is a miss)."""
+        if found is None or found is MISSING:
+            return None
+        if isinstance(found, Entry):
+            return found
+        self._counters.layer_errors += 1
+        emit(EventKind.LAYER_ERROR, self._source, layer=self.layer.name)
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# The ops: the I/O a plan asks for, each in both colours
+
+
+class LayerOp(Op):
+    """One operation of a remote layer, through its breaker: skipped or failed is MISSING."""
+
+    __slots__ = ("guarded", "key")
+    #: How the layer's breaker admits it (see :meth:`GuardedLayer.admit`).
+    mode: ClassVar[str] = "read"
+
+    def __init__(self, guarded: GuardedLayer, key: CacheKey) -> None:
+        self.guarded = guarded
+        self.key = key
+
+    def sync(self) -> Any:
+        guarded = self.guarded
+        if not guarded.admit(self.mode):
+            return MISSING
+        try:
+            result = self.call(guarded.layer)
+        except Exception as exc:
+            return guarded.failed(exc)
+        guarded.settle(None)
+        return result
+
+    async def aio(self) -> Any:
+        guarded = self.guarded
+        if not guarded.admit(self.mode):
+            return MISSING
+        try:
+            result = await self.acall(guarded.layer)
+        except Exception as exc:
+            return guarded.failed(exc)
+        guarded.settle(None)
+        return result
+
+    def call(self, layer: Any) -> Any:
+        raise NotImplementedError
+
+    async def acall(self, layer: Any) -> Any:
+        raise NotImplementedError
+
+
+class Get(LayerOp):
+    __slots__ = ()
+
+    def call(self, layer: Any) -> Any:
+        return layer.get(self.key)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.aget(self.key)
+
+
+class Put(LayerOp):
+    """Store an entry (no lease: ordered by the entries' ``created`` stamps)."""
+
+    __slots__ = ("entry",)
+    mode = "write"
+
+    def __init__(self, guarded: GuardedLayer, key: CacheKey, entry: Entry) -> None:
+        super().__init__(guarded, key)
+        self.entry = entry
+
+    def call(self, layer: Any) -> Any:
+        return layer.set(self.key, self.entry)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.aset(self.key, self.entry)
+
+
+class Delete(LayerOp):
+    __slots__ = ()
+    mode = "write"
+
+    def call(self, layer: Any) -> Any:
+        return layer.delete(self.key)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.adelete(self.key)
+
+
+class Lease(LayerOp):
+    """Take the key's cross-process lease and read its entry: a :class:`LeaseReply`."""
+
+    __slots__ = ("ttl",)
+
+    def __init__(self, guarded: GuardedLayer, key: CacheKey, ttl: float) -> None:
+        super().__init__(guarded, key)
+        self.ttl = ttl
+
+    def call(self, layer: Any) -> Any:
+        return layer.lease(self.key, ttl=self.ttl)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.alease(self.key, ttl=self.ttl)
+
+
+class Publish(LayerOp):
+    """Store the value fetched under the lease and release it, in one round trip."""
+
+    __slots__ = ("entry", "lease_ttl", "token")
+    mode = "lease"
+
+    def __init__(
+        self,
+        guarded: GuardedLayer,
+        key: CacheKey,
+        entry: Entry | None,
+        token: int,
+        lease_ttl: float,
+    ) -> None:
+        super().__init__(guarded, key)
+        self.entry = entry
+        self.token = token
+        self.lease_ttl = lease_ttl
+
+    def call(self, layer: Any) -> Any:
+        return layer.publish(self.key, self.entry, self.token, lease_ttl=self.lease_ttl)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.apublish(self.key, self.entry, self.token, lease_ttl=self.lease_ttl)
+
+
+class Release(LayerOp):
+    """Give the lease back without a value (the fetch failed)."""
+
+    __slots__ = ("token",)
+    mode = "lease"
+
+    def __init__(self, guarded: GuardedLayer, key: CacheKey, token: int) -> None:
+        super().__init__(guarded, key)
+        self.token = token
+
+    def call(self, layer: Any) -> Any:
+        return layer.release_lease(self.key, self.token)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.arelease_lease(self.key, self.token)
+
+
+class Detach(Op):
+    """Run a plan without keeping anyone waiting for it: shared-layer writes after every
+    caller was answered. A thread hands it to an executor; a fetch task (whose callers are
+    already answered) runs it itself."""
+
+    __slots__ = ("executor", "layers", "plan")
+
+    def __init__(
+        self,
+        plan: Plan[None],
+        executor: Callable[[], concurrent.futures.Executor],
+        layers: tuple[Any, ...],
+    ) -> None:
+        self.plan = plan
+        self.executor = executor  # called only by a thread: a task never needs a pool
+        self.layers = layers
+
+    def sync(self) -> None:
+        try:
+            future = self.executor().submit(perform, self.plan)
+        except RuntimeError:  # executor shut down (interpreter exit): write here
+            perform(self.plan)
+        else:
+            track(self.layers, future)
+
+    async def aio(self) -> None:
+        import asyncio
+
+        task = asyncio.current_task()
+        if task is not None:
+            track_task(self.layers, task)
+        await aperform(self.plan)
+
+
+class Sleep(Op):
+    __slots__ = ("clock", "seconds")
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock = clock
+        self.seconds = seconds
+
+    def sync(self) -> None:
+        self.clock.sleep(self.seconds)
+
+    async def aio(self) -> None:
+        await self.clock.asleep(self.seconds)
+
+
+class Fetch(Op):
+    """Call the backend (the cached function itself)."""
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def sync(self) -> Any:
+        return self.fn(*self.args, **self.kwargs)
+
+    async def aio(self) -> Any:
+        return await self.fn(*self.args, **self.kwargs)
+
+
+class _FlightOp(Op):
+    """An op about one flight of one call (its driver, key and arguments)."""
+
+    __slots__ = ("args", "driver", "flight", "key", "kwargs")
+
+    def __init__(
+        self,
+        driver: Driver,
+        key: CacheKey,
+        flight: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.driver = driver
+        self.key = key
+        self.flight = flight
+        self.args = args
+        self.kwargs = kwargs
+
+
+class Lead(_FlightOp):
+    """Lead a flight: a thread runs the fetch plan itself; a task starts the fetch task and
+    waits for it like any waiter (so its own deadline holds)."""
+
+    __slots__ = ()
+
+    def sync(self) -> Any:
+        return INLINE  # the thread runs the fetch plan itself, inside the serve plan
+
+    async def aio(self) -> Any:
+        flight = cast(AsyncFlight, self.flight)
+        self.driver.start_task(self.key, flight, self.args, self.kwargs, None)
+        return await flight.wait(self.driver.s.wait_timeout)
+
+
+class Join(Op):
+    """Wait for a flight another caller leads: its value, its error, or :class:`Expired`."""
+
+    __slots__ = ("flight", "timeout")
+
+    def __init__(self, flight: Any, timeout: float) -> None:
+        self.flight = flight
+        self.timeout = timeout
+
+    def sync(self) -> Any:
+        flight = cast(SyncFlight, self.flight)
+        if not flight.wait(self.timeout):
+            raise Expired
+        if flight.error is not None:
+            raise flight.error
+        return flight.value
+
+    async def aio(self) -> Any:
+        return await cast(AsyncFlight, self.flight).wait(self.timeout)
+
+
+class Refresh(_FlightOp):
+    """Start a background refresh of a stale key: in the refresh executor, or as a task."""
+
+    __slots__ = ("stale",)
+
+    def __init__(
+        self,
+        driver: Driver,
+        key: CacheKey,
+        flight: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        stale: Entry | None,
+    ) -> None:
+        super().__init__(driver, key, flight, args, kwargs)
+        self.stale = stale
+
+    def sync(self) -> None:
+        self.driver.start_refresh(self.key, self.flight, self.args, self.kwargs, self.stale)
+
+    async def aio(self) -> None:
+        self.driver.start_arefresh(self.key, self.flight, self.args, self.kwargs, self.stale)
+
+
+# --------------------------------------------------------------------------------------------
+# Flights: how callers of one fetch wait for it
+
+
+class SyncFlight(Flight):
+    """A fetch that threads wait for. The event is made only when a waiter appears (under
+    the driver's lock, see :meth:`Driver.decide`): most fetches have none."""
+
+    __slots__ = ("_done", "error", "settled", "stale", "value")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done: threading.Event | None = None
+        self.settled = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        #: The best entry the fetch found in a shared layer (a waiter's fallback on error).
+        self.stale: Entry | None = None
+
+    def prepare_wait(self) -> None:
+        if self._done is None:
+            self._done = threading.Event()
+
+    def resolve(self, value: Any) -> None:
+        if not self.settled:
+            self.value = value
+            self._settle()
+
+    def reject(self, error: BaseException) -> None:
+        if not self.settled:
+            self.error = error
+            self._settle()
+
+    def _settle(self) -> None:
+        self.settled = True
+        if self._done is not None:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        if self.settled:
+            return True
+        return cast(threading.Event, self._done).wait(timeout)
+
+
+class Expired(Exception):
+    """A waiter's deadline passed (private)."""
+
+
+class AsyncFlight(Flight):
+    """The fetch task, one plain future per waiting caller, and one deadline timer.
+
+    Waiters of a flight all wait the same ``timeout``, so their deadlines come in arrival
+    order: a single timer expires the due prefix and re-arms itself for the next one, and one
+    done-callback on the task resolves every waiter still waiting. A thousand tasks waiting for
+    one fetch thus cost a thousand futures and one timer, where ``wait_for(shield(task))``
+    costs a shield future, a wrapper and a timer per waiter.
+    """
+
+    __slots__ = ("delivered", "stale", "task", "timer", "waiters")
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: The best entry the fetch found in a shared layer (a waiter's fallback on error).
+        self.stale: Entry | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.waiters: collections.deque[tuple[float, asyncio.Future[Any]]] | None = (
+            collections.deque()
+        )
+        self.timer: asyncio.TimerHandle | None = None
+        self.delivered: Any = MISSING
+
+    def prepare_wait(self) -> None:
+        """Nothing to prepare: a waiter's future is made when it waits."""
+
+    def resolve(self, value: Any) -> None:
+        """Answer every waiter with ``value`` now, before the task's last steps."""
+        if self.delivered is not MISSING:
+            return
+        self.delivered = value
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        waiters, self.waiters = self.waiters, None
+        for _, waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(value)
+
+    def reject(self, error: BaseException) -> None:
+        """Failures reach the waiters through the task's done-callback (:meth:`settle`)."""
+
+    def settle(self, task: asyncio.Task[Any]) -> None:
+        """The task's done-callback: hand its outcome to every waiter still waiting."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        waiters, self.waiters = self.waiters, None
+        # A cancelled (or interrupted) fetch is not the waiters' cancellation: they get a
+        # FetchInterrupted, never a CancelledError nobody asked for.
+        # Retrieving the exception also keeps a failure nobody awaited (every waiter left)
+        # from being reported as "never retrieved"; it was already counted and backed off.
+        error = (
+            FetchInterrupted("the fetch task was cancelled")
+            if task.cancelled()
+            else (task.exception())
+        )
+        if error is not None and not isinstance(error, Exception):
+            error = FetchInterrupted(f"the fetch was interrupted ({type(error).__name__})")
+        for _, waiter in waiters or ():
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(error)
+            else:
+                waiter.set_result(task.result())
+
+    def expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: fail the waiters whose deadline passed, re-arm for the next one."""
+        self.timer = None
+        waiters = self.waiters
+        if waiters is None:
+            return
+        now = loop.time()
+        while waiters and waiters[0][0] <= now:
+            waiter = waiters.popleft()[1]
+            if not waiter.done():
+                waiter.set_exception(Expired())
+        if waiters:
+            self.timer = loop.call_at(waiters[0][0], self.expire_due, loop)
+
+    async def wait(self, timeout: float) -> Any:
+        """The task's result, or :class:`Expired` after ``timeout`` (the task carries on)."""
+        if self.delivered is not MISSING:
+            return self.delivered
+        task = cast("asyncio.Task[Any]", self.task)
+        if self.waiters is None:
+            return task.result()
+        import asyncio  # at first use: a sync-only program never imports it
+
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        deadline = loop.time() + timeout
+        self.waiters.append((deadline, waiter))
+        if self.timer is None:
+            self.timer = loop.call_at(deadline, self.expire_due, loop)
+        return await waiter
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+_WRITER: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def default_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=4, thread_name_prefix="cacheward-refresh"
+            )
+        return _POOL
+
+
+def default_writer() -> concurrent.futures.ThreadPoolExecutor:
+    """Where a thread's shared-layer writes run after its callers were answered (its own
+    pool, so writes to a hung layer never delay a refresh)."""
+    global _WRITER
+    with _POOL_LOCK:
+        if _WRITER is None:
+            _WRITER = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="cacheward-write"
+            )
+        return _WRITER
+
+
+def positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in params if p.kind in kinds)
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: the plans
+
+
+class Driver:
+    """Everything one cached function needs at call time, and its plans."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        s: Settings,
+        qualname: str,
+        l1: MemoryLayer | None,
+        *,
+        is_async: bool,
+    ) -> None:
+        self.fn = fn
+        self.s = s
+        self.l1 = l1
+        self.names = positional_names(fn)
+        self.namespace = f"{s.namespace or qualname}:v{s.version}"
+        self.counters = Counters()
+        self.core: ReadThrough[Any] = ReadThrough(backoff=s.backoff, backoff_max=s.backoff_max)
+        self.lock = threading.Lock()
+        self.new_flight: Callable[[], Flight] = AsyncFlight if is_async else SyncFlight
+        self.remotes = [
+            GuardedLayer(
+                layer,
+                s.clock,
+                self.counters,
+                breaker_of(layer, index, s.breaker_failures, s.breaker_reset, qualname),
+                self.namespace,
+            )
+            for index, layer in enumerate(s.layers)
+            if layer is not l1
+        ]
+        self.coordinator = next((g for g in self.remotes if g.leases), None)
+        if not s.cross_process:
+            self.coordinator = None
+        self.refresh_slots = threading.BoundedSemaphore(s.max_refreshes)
+        #: Without a memory layer: entries whose shared-layer writes have not finished yet,
+        #: so that a call right after a fetch does not miss while the write is on its way.
+        self.writing: dict[Hashable, Entry] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        #: Hits counted on the hot path (in the wrapper's closure).
+        self.memory_hits: Callable[[], int] = lambda: 0
+
+    # ---- the two entry points per colour (one line each)
+
+    def serve(
+        self, local: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return perform(self.serve_plan(local, entry, args, kwargs))
+
+    async def aserve(
+        self, local: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return await aperform(self.serve_plan(local, entry, args, kwargs))
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> None:
+        perform(self.invalidate_plan(args, kwargs))
+
+    async def ainvalidate(self, *args: Any, **kwargs: Any) -> None:
+        await aperform(self.invalidate_plan(args, kwargs))
+
+    # ---- the plans
+
+    def serve_plan(
+        self, local: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Plan[Any]:
+        """One call that the memory layer did not answer with a fresh entry.
+
+        The decision comes first, so that concurrent misses of a key in this process join one
+        flight before anything reads a shared layer: its leader reads them (see :meth:`run`).
+        """
+        key = self.cache_key(local, args, kwargs)
+        action, state, flight, entry = self.decide(key, entry)
+        if action is Action.BACKOFF and self.remotes:
+            # Another process may have stored the key since this one's fetch failed.
+            entry, action = yield from self.reread(key, entry, action)
+        if action is Action.REFRESH:
+            yield Refresh(self, key, flight, args, kwargs, stale=entry)
+        answer = self.answer_now(key, action, state, entry)
+        if answer is not MISSING:
+            return answer
+        if action is Action.WAIT and id(flight) in LEADING.get():
+            return self.fallback(entry, self.recursion_error())
+        try:
+            if action is Action.WAIT:
+                self.count("coalesced_waits", EventKind.COALESCED_WAIT)
+                return (yield Join(flight, self.s.wait_timeout))
+            led = yield Lead(self, key, flight, args, kwargs)
+            if led is INLINE:
+                return (yield from self.run(key, flight, args, kwargs))
+            return led
+        except Expired:
+            error: BaseException = self.timeout_error("the fetch")
+        except BaseException as exc:
+            error = exc
+        now = self.s.clock.time()
+        return self.fallback(
+            flight.stale if self.better(entry, flight.stale, now) else entry, error
+        )
+
+    def reread(
+        self, key: CacheKey, entry: Entry | None, action: Action
+    ) -> Plan[tuple[Entry | None, Action]]:
+        """During a back-off: what the shared layers hold now, and what it lets the caller do."""
+        found, _ = yield from self.read_shared(key, entry, lease=False)
+        freshness = classify(found, self.s.clock.time())
+        if freshness is Freshness.FRESH:
+            return found, Action.HIT
+        if freshness is Freshness.STALE:
+            return found, Action.STALE
+        return found, action
+
+    def read_shared(
+        self, key: CacheKey, entry: Entry | None, *, lease: bool
+    ) -> Plan[tuple[Entry | None, LeaseReply | None]]:
+        """Read the shared layers top-down until a fresh entry; the lease layer is read by
+        taking the lease in the same round trip (when ``lease``). Returns the best entry and
+        the lease reply (``None`` if the lease layer was not reached)."""
+        now = self.s.clock.time()
+        reply: LeaseReply | None = None
+        for guarded in self.remotes:
+            if lease and guarded is self.coordinator:
+                answer = yield Lease(guarded, key, self.s.lease_ttl)
+                reply = LeaseReply() if answer is MISSING else cast(LeaseReply, answer)
+                found = guarded.entry(reply.entry)
+            else:
+                found = guarded.entry((yield Get(guarded, key)))
+            entry, fresh = self.absorb(key, entry, found, now)
+            if fresh:
+                break
+        return entry, reply
+
+    def run(
+        self,
+        key: CacheKey,
+        flight: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None = None,
+        *,
+        detach: bool = True,
+    ) -> Plan[Any]:
+        """Lead ``flight``: consult the shared layers, else fetch; store; resolve the flight.
+
+        ``stale`` is set for a background refresh (the memory layer's stale entry). ``detach``
+        hands the shared-layer writes to a background executor, so that no caller waits for
+        them (a thread leading its own call); a background refresh writes itself.
+        """
+        token: int | None = None
+        try:
+            if self.remotes:
+                answered, value, token = yield from self.consult(key, flight, stale, args, kwargs)
+                if answered:
+                    return value
+            elif stale is None:
+                self.count("misses", EventKind.MISS)
+            started = self.s.clock.monotonic()
+            self.counters.fetches += 1
+            leading = LEADING.set(LEADING.get() | {id(flight)})
+            try:
+                value = yield Fetch(self.fn, args, kwargs)
+            except BaseException as exc:
+                self.count("fetch_errors", EventKind.FETCH_ERROR, exc)
+                raise
+            finally:
+                LEADING.reset(leading)
+            emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
+        except BaseException as exc:
+            self.settle_failure(key, flight, exc)
+            flight.reject(exc if isinstance(exc, Exception) else self.interrupted(exc))
+            if token is not None:
+                yield from self.write(self.release_plan(key, token), detach)
+            raise
+        entry = self.new_entry(value)
+        store = self.adopt(key, flight, entry, fetched=True)
+        if self.remotes and (store or token is not None):
+            yield from self.write(self.store_plan(key, entry if store else None, token), detach)
+        return value
+
+    def consult(
+        self,
+        key: CacheKey,
+        flight: Any,
+        stale: Entry | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Plan[tuple[bool, Any, int | None]]:
+        """The leader reads the shared layers (taking the lease in the same round trip) and
+        uses a fresh entry found there, serves a stale one while a refresh fetches, or waits
+        for the process holding the lease. Returns ``(answered, value, token)``: ``answered``
+        when the flight is resolved, else the lease token to fetch under (or ``None``)."""
+        coordinator = self.coordinator
+        entry, reply = yield from self.read_shared(key, stale, lease=coordinator is not None)
+        token = None if reply is None else reply.token
+        if token is not None:
+            self.lease_taken(cast(GuardedLayer, coordinator))
+        if entry is not None and self.s.clock.time() < entry.fresh_until:
+            if token is not None:
+                yield Release(cast(GuardedLayer, coordinator), key, token)
+            if stale is None:
+                self.count("hits", EventKind.HIT)
+            self.adopt(key, flight, entry)
+            return True, entry.value, None
+        if stale is None and entry is not None and self.stale_servable(entry):
+            if token is not None:
+                yield Release(cast(GuardedLayer, coordinator), key, token)
+            value = yield from self.serve_stale(key, flight, entry, args, kwargs)
+            return True, value, None
+        flight.stale = entry
+        if stale is None:
+            self.count("misses", EventKind.MISS)
+        if reply is not None and reply.busy:
+            token, found = yield from self.lease_wait(key)
+            if found is not None:
+                self.adopt(key, flight, found)
+                return True, found.value, None
+        return False, None, token
+
+    def serve_stale(
+        self,
+        key: CacheKey,
+        flight: Any,
+        entry: Entry,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Plan[Any]:
+        """The leader found only a stale entry in a shared layer (this process had none):
+        every caller of the flight gets it now, and a background refresh fetches."""
+        with self.lock:
+            self.core.abandon(key.local, flight)
+        flight.resolve(entry.value)
+        action, _, refresh, judged = self.decide(key, entry)
+        if action is Action.REFRESH:
+            yield Refresh(self, key, refresh, args, kwargs, stale=judged)
+        self.count("stale_hits", EventKind.STALE_SERVED)
+        return entry.value
+
+    def adopt(self, key: CacheKey, flight: Any, entry: Entry, *, fetched: bool = False) -> bool:
+        """End ``flight`` with ``entry`` and answer its callers; says whether to store it
+        (``fetched``: it is this process's fetch, not another's value read back)."""
+        try:
+            return self.settle_success(key, flight, entry, fetched=fetched)
+        finally:
+            flight.resolve(entry.value)
+
+    def writer(self) -> concurrent.futures.Executor:
+        return self.s.refresh_executor or default_writer()
+
+    def lease_taken(self, coordinator: GuardedLayer) -> None:
+        emit(EventKind.LEASE_TAKEN, self.namespace, layer=coordinator.layer.name)
+
+    def write(self, writes: Plan[None], detach: bool) -> Plan[None]:
+        """Shared-layer writes, after every caller was answered: detached, or run here."""
+        if detach:
+            layers = tuple(g.layer for g in self.remotes)
+            yield Detach(writes, self.writer, layers)
+        else:
+            yield from writes
+
+    def store_plan(self, key: CacheKey, entry: Entry | None, token: int | None) -> Plan[None]:
+        """Write the shared layers; the lease layer is written and released in one round trip
+        (and told "no value is coming" when there is nothing to store)."""
+        try:
+            for guarded in self.remotes:
+                if token is not None and guarded is self.coordinator:
+                    stored = yield Publish(guarded, key, entry, token, self.s.lease_ttl)
+                    if stored is False and entry is not None:  # refused: lease lost
+                        emit(EventKind.LEASE_LOST, self.namespace, layer=guarded.layer.name)
+                elif entry is not None:
+                    yield Put(guarded, key, entry)
+        finally:
+            if entry is not None and self.writing:
+                with self.lock:
+                    if self.writing.get(key.local) is entry:
+                        del self.writing[key.local]
+
+    def release_plan(self, key: CacheKey, token: int) -> Plan[None]:
+        yield Release(cast(GuardedLayer, self.coordinator), key, token)
+
+    def lease_wait(self, key: CacheKey) -> Plan[tuple[int | None, Entry | None]]:
+        """Wait while another process holds the key's lease: poll (each poll one round trip
+        that retries the lease and reads the entry) until its value arrives, the lease is
+        ours, or no value is coming; raises :class:`FetchTimeout` at the deadline.
+
+        Returns ``(token, None)`` to fetch (``token`` is ``None`` when no lease service
+        answered or the holder said no value is coming: fetch without one) or
+        ``(None, entry)`` when the holder's value arrived.
+        """
+        coordinator = cast(GuardedLayer, self.coordinator)
+        clock = self.s.clock
+        wait = LeaseWait(start=clock.monotonic(), timeout=self.s.wait_timeout)
+        self.count("lease_waits", EventKind.LEASE_WAIT)
+        while True:
+            delay = wait.next_delay(clock.monotonic())
+            if delay is None:
+                raise self.timeout_error("the process holding this key's lease")
+            yield Sleep(clock, delay)
+            answer = yield Lease(coordinator, key, self.s.lease_ttl)
+            if answer is MISSING:
+                return None, None
+            reply = cast(LeaseReply, answer)
+            found = coordinator.entry(reply.entry)
+            if found is not None and clock.time() < found.fresh_until:
+                return None, found
+            if not reply.busy:
+                if reply.token is not None:
+                    self.lease_taken(coordinator)
+                return reply.token, None
+
+    def invalidate_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[None]:
+        local = self.local(args, kwargs)
+        key = self.cache_key(local, args, kwargs)
+        with self.lock:
+            self.core.invalidate(local)
+            self.writing.pop(local, None)
+        self.count("invalidations", EventKind.INVALIDATED)
+        if self.l1 is not None:
+            self.l1.delete(key)
+        for guarded in self.remotes:
+            yield Delete(guarded, key)
+
+    # ---- background work: a thread of the refresh executor, or a task
+
+    def take_refresh_slot(self, key: CacheKey, flight: Flight) -> bool:
+        """Take one of ``max_refreshes`` slots for a background refresh; when all are busy,
+        the refresh is abandoned (the stale value was served anyway)."""
+        if not self.refresh_slots.acquire(blocking=False):
+            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
+            with self.lock:
+                self.core.abandon(key.local, flight)
+            return False
+        self.count("refreshes", EventKind.REFRESH_STARTED)
+        return True
+
+    def start_refresh(
+        self,
+        key: CacheKey,
+        flight: SyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None,
+    ) -> None:
+        if not self.take_refresh_slot(key, flight):
+            flight.reject(RuntimeError("refresh skipped"))
+            return
+
+        def job() -> None:
+            try:
+                perform(self.run(key, flight, args, kwargs, stale, detach=False))
+            except Exception:  # noqa: S110 - counted and backed off by run(); stale was served
+                pass
+            finally:
+                self.refresh_slots.release()
+
+        executor = self.s.refresh_executor or default_pool()
+        try:
+            executor.submit(job)
+        except RuntimeError as exc:  # executor shut down (interpreter exit)
+            self.refresh_slots.release()
+            self.settle_failure(key, flight, exc)
+            flight.reject(exc)
+
+    def start_arefresh(
+        self,
+        key: CacheKey,
+        flight: AsyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None,
+    ) -> None:
+        if not self.take_refresh_slot(key, flight):
+            return
+        self.start_task(key, flight, args, kwargs, stale)
+        cast("asyncio.Task[Any]", flight.task).add_done_callback(
+            lambda _: self.refresh_slots.release()
+        )
+
+    def start_task(
+        self,
+        key: CacheKey,
+        flight: AsyncFlight,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        stale: Entry | None,
+    ) -> None:
+        plan = self.run(key, flight, args, kwargs, stale)
+        import asyncio
+
+        task = asyncio.get_running_loop().create_task(aperform(plan))
+        flight.task = task
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(flight.settle)
+
+    # ---- keys and decisions (no I/O)
+
+    def count(self, counter: str, kind: EventKind, error: BaseException | None = None) -> None:
+        """Bump a counter and emit the matching event (slow paths only)."""
+        counters = self.counters
+        setattr(counters, counter, getattr(counters, counter) + 1)
+        emit(kind, self.namespace, error=error)
+
+    def key_args(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], Sequence[str]]:
+        """The arguments a key is made of: ``key=``'s result, or the call's arguments with
+        positional parameters passed by keyword moved into place (``f("a")`` and
+        ``f(customer="a")`` share a key; defaults are not filled in)."""
+        if self.s.key is not None:
+            return (self.s.key(*args, **kwargs),), {}, ("key",)
+        if kwargs:
+            names = self.names
+            moved = list(args)
+            rest = dict(kwargs)
+            for name in names[len(args) :]:
+                if name not in rest:
+                    break
+                moved.append(rest.pop(name))
+            return tuple(moved), rest, names
+        return args, kwargs, self.names
+
+    def local(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        return local_key(*self.key_args(args, kwargs))
+
+    def cache_key(self, local: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CacheKey:
+        return CacheKey(local, self.namespace, *self.key_args(args, kwargs))
+
+    def decide(self, key: CacheKey, entry: Entry | None) -> tuple[Action, Any, Any, Entry | None]:
+        """Ask the core, holding the lock; returns its answer and the entry it judged.
+
+        The memory layer is read again under the lock: a fetch that finished while this caller
+        was reading a slow shared layer stored its entry there (under this same lock), and
+        deciding on the older entry would start a second fetch of the key.
+        """
+        now = self.s.clock.time()
+        with self.lock:
+            current = self.l1.lookup(key.local) if self.l1 is not None else None
+            if current is None and self.writing:
+                current = self.writing.get(key.local)
+            if self.better(entry, current, now):
+                entry = current
+            action, state, flight = self.core.decide(
+                key.local, entry, now=now, mono=self.s.clock.monotonic(), new_flight=self.new_flight
+            )
+            if action is Action.WAIT:
+                cast(Any, flight).prepare_wait()
+        return action, state, flight, entry
+
+    def answer_now(self, key: CacheKey, action: Action, state: Any, entry: Entry | None) -> Any:
+        """The answer of the actions that need no fetch, else :data:`MISSING`."""
+        if action is Action.HIT:
+            self.count("hits", EventKind.HIT)
+            return cast(Entry, entry).value
+        if action is Action.STALE or action is Action.REFRESH:
+            self.count("stale_hits", EventKind.STALE_SERVED)
+            return cast(Entry, entry).value
+        if action is Action.BACKOFF:
+            return self.fallback(entry, self.backoff_error(key, state))
+        return MISSING
+
+    def absorb(
+        self, key: CacheKey, entry: Entry | None, found: Entry | None, now: float
+    ) -> tuple[Entry | None, bool]:
+        """Take a shared layer's answer into account: returns the best entry so far and
+        whether it is fresh (no need to read further layers)."""
+        if found is not None:
+            s = self.s
+            found = bounded(
+                found, now=now, ttl=s.ttl, stale_ttl=s.stale_ttl, stale_if_error=s.stale_if_error
+            )
+        if not self.better(entry, found, now):
+            return entry, False
+        found = cast(Entry, found)
+        if self.l1 is not None and self.s.stores:
+            self.l1.set(key, found)
+        return found, now < found.fresh_until
+
+    def stale_servable(self, entry: Entry | None) -> bool:
+        """Whether the memory layer's entry may be served stale right now.
+
+        Such a caller does not read the shared layers: it is served at once, and the refresh
+        it may start reads them first (in the background). A hung shared layer thus never
+        delays a stale hit, only a miss.
+        """
+        return entry is not None and classify(entry, self.s.clock.time()) is Freshness.STALE
+
+    def better(self, entry: Entry | None, found: Entry | None, now: float) -> bool:
+        """Whether ``found`` (from a shared layer) beats ``entry`` (what the caller holds)."""
+        if found is None or now >= found.error_until:
+            return False
+        return entry is None or found.fresh_until > entry.fresh_until
+
+    def new_entry(self, value: Any) -> Entry:
+        s = self.s
+        return make_entry(
+            value,
+            now=s.clock.time(),
+            ttl=s.ttl,
+            stale_ttl=s.stale_ttl,
+            stale_if_error=s.stale_if_error,
+            jitter=s.jitter,
+            draw=s.rng.random(),
+        )
+
+    def settle_failure(self, key: CacheKey, flight: Flight, exc: BaseException) -> None:
+        with self.lock:
+            if isinstance(exc, Exception):
+                self.core.fail(
+                    key.local, flight, exc, mono=self.s.clock.monotonic(), draw=self.s.rng.random()
+                )
+            else:  # cancelled or interrupted: no verdict on the backend
+                self.core.abandon(key.local, flight)
+
+    def settle_success(self, key: CacheKey, flight: Flight, entry: Entry, *, fetched: bool) -> bool:
+        """End ``flight`` with ``entry``; stores it in memory (under the lock, so no caller can
+        see the flight gone and the entry missing) and says whether shared layers get it.
+
+        Without a memory layer, a ``fetched`` entry is kept in :attr:`writing` until its
+        shared-layer writes are done (:meth:`store_plan` drops it)."""
+        with self.lock:
+            store = self.core.succeed(key.local, flight) and self.s.stores
+            if store:
+                if self.l1 is not None:
+                    self.l1.set(key, entry)
+                elif fetched and self.remotes:
+                    self.writing[key.local] = entry
+        return store
+
+    def fallback(self, entry: Entry | None, exc: BaseException) -> Any:
+        """Serve ``entry`` if it is usable on error, else re-raise ``exc``."""
+        if isinstance(exc, Exception) and usable_on_error(entry, self.s.clock.time()):
+            self.count("stale_on_error", EventKind.STALE_SERVED, exc)
+            return cast(Entry, entry).value
+        raise exc
+
+    def backoff_error(self, key: CacheKey, state: Any) -> BackoffActive:
+        self.count("backoff_rejections", EventKind.BACKOFF_REJECTED, state.last_error)
+        wait = self.core.retry_after(state, self.s.clock.monotonic())
+        error = BackoffActive(
+            f"{self.namespace}: the last fetch of this key failed "
+            f"({type(state.last_error).__name__}: {state.last_error}); not fetching again for "
+            f"{wait:.2f}s (backoff={self.s.backoff}s, backoff_max={self.s.backoff_max}s) "
+            "and no stale value is available (raise stale_if_error to serve older values)",
+            retry_after=wait,
+        )
+        error.__cause__ = state.last_error
+        return error
+
+    def interrupted(self, exc: BaseException) -> FetchInterrupted:
+        """What waiters get instead of an interruption that happened to the leader."""
+        error = FetchInterrupted(
+            f"{self.namespace}: the fetch this call waited for was interrupted "
+            f"({type(exc).__name__}) in the caller that led it; call again to fetch anew"
+        )
+        error.__cause__ = None
+        return error
+
+    def recursion_error(self) -> RecursiveFetch:
+        return RecursiveFetch(
+            f"{self.namespace}: the fetch of this key called the same cached function with the "
+            "same key, so it would wait for itself until wait_timeout; fetch the inner value "
+            "another way (or use another key)"
+        )
+
+    def timeout_error(self, what: str) -> FetchTimeout:
+        self.count("wait_timeouts", EventKind.WAIT_TIMEOUT)
+        return FetchTimeout(
+            f"{self.namespace}: waited wait_timeout={self.s.wait_timeout}s for {what} and no "
+            "stale value is available; raise wait_timeout or stale_if_error, or make the "
+            "backend faster"
+        )
+
+    def stats(self) -> CacheStats:
+        with self.lock:
+            in_flight = sum(1 for st in self.core.states.values() if st.flight is not None)
+        stats = self.counters.snapshot(in_flight)
+        return dataclasses.replace(stats, hits=stats.hits + self.memory_hits())
