@@ -25,6 +25,7 @@ from cacheward._config import (
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import HIT_LISTENERS, EventKind, emit
 from cacheward._hotpath import build_wrapper
+from cacheward._identity import claim, default_namespace, identity_of
 from cacheward._layers import MemoryLayer
 from cacheward._readpath import CacheStats, Driver
 
@@ -319,15 +320,10 @@ def check_function(fn: object) -> Callable[..., Any]:
 def build(fn: Callable[..., Any], settings: Settings) -> Any:
     fn = check_function(fn)
     is_async = inspect.iscoroutinefunction(fn)
-    qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
     layers = settings.layers
     l1 = layers[0] if layers and isinstance(layers[0], MemoryLayer) else None
+    qualname = claim_layers(fn, settings)
     if l1 is not None:
-        if l1.owner is not None and l1.owner != qualname:
-            raise ConfigurationError(
-                f"layers[0] is a MemoryLayer already used by {l1.owner}; give each cached "
-                "function its own MemoryLayer (a shared one would mix their keys)"
-            )
         l1.owner = qualname
     needed = ("aget", "aset", "adelete") if is_async else ("get", "set", "delete")
     for index, layer in enumerate(layers):
@@ -345,6 +341,24 @@ def build(fn: Callable[..., Any], settings: Settings) -> Any:
     wrapper.stats = driver.stats
     wrapper.namespace = driver.namespace
     return wrapper
+
+
+def claim_layers(fn: Callable[..., Any], settings: Settings) -> str:
+    """Claim the function's namespace on each of its layers; returns its default namespace.
+
+    Raises:
+        ConfigurationError: a lambda or a function made in a factory has no ``namespace=`` in
+            a stack with a shared layer, or another live function owns the namespace (see
+            ``cacheward._identity``).
+    """
+    identity = identity_of(fn)
+    shared = any(not getattr(layer, "local", False) for layer in settings.layers)
+    name = identity.name if settings.namespace else default_namespace(identity, shared=shared)
+    namespace = f"{settings.namespace or name}:v{settings.version}"
+    for index, layer in enumerate(settings.layers):
+        local = isinstance(layer, MemoryLayer)
+        claim(layer, "" if local else namespace, identity, what=f"layers[{index}]")
+    return name
 
 
 def _wrapper(driver: Driver, *, is_async: bool) -> Callable[..., Any]:
