@@ -89,6 +89,10 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
     assert calls[0] == 1, "the L2 hit benchmark reached the backend after warm-up"
     key = cw.CacheKey(1, "l2hit:v1", (1,), {}, ("customer",))
     layer_get = layer.get
+    for _ in range(200):  # the write runs after the caller was answered: wait for it (≤ 1 s)
+        if layer_get(key) is not None:
+            break
+        time.sleep(0.005)
     assert layer_get(key) is not None
 
     # Async: each contender on its own loop, its client made on that loop.

@@ -32,6 +32,7 @@ from cacheward.testing import (
     CallRecord,
     FakeClock,
     ManualExecutor,
+    Outcome,
     ScriptedBackend,
     ScriptedLayer,
     SimClock,
@@ -39,7 +40,7 @@ from cacheward.testing import (
     run_simulated,
     run_tasks,
 )
-from strategies import KEYS, Schedule
+from strategies import KEYS, REGRESSION_CONFIG, Schedule
 
 EPS = 1e-6
 #: Tolerance for "which came first" at the same instant: float noise only.
@@ -481,6 +482,30 @@ async def _drained(main: Awaitable[list[CallRecord]], horizon: float) -> list[Ca
 # The clauses
 
 
+def hung_layer_schedule(*, breaker_failures: int, timeout: float = 1.0) -> Schedule:
+    """One call, ttl=0.5 s and no stale window, one shared layer hung from the start (1 s
+    timeout), a 0.5 s backend: the regression schedule of "a leader answers before writing"."""
+    config = dataclasses.replace(
+        REGRESSION_CONFIG,
+        ttl=0.5,
+        timeout=timeout,
+        l1=False,
+        remotes=1,
+        layer_timeout=1.0,
+        breaker_failures=breaker_failures,
+        breaker_reset=0.5,
+        rate=1.0,
+        burst=1.0,
+    )
+    return Schedule(
+        config=config,
+        calls=[(0.0, "a")],
+        layer_events=[(0.0, 0, "hung")],
+        backend_events=[],
+        first_outcome=Outcome("ok", delay=0.5),
+    )
+
+
 def check_rate(run: Run) -> None:
     """Clause 1: backend attempts <= burst + rate * T over every window."""
     cfg = run.schedule.config
@@ -598,7 +623,8 @@ def deadline_of(run: Run) -> float:
         [run.schedule.first_outcome.delay, *(o.delay for _, o in run.schedule.backend_events)]
     )
     retrying = cfg.timeout if run.stack == "guard" else cfg.deadline
-    return reads + retrying + slowest + cfg.remotes * cfg.layer_timeout
+    # No shared-layer write term: writes run after the caller was answered.
+    return reads + retrying + slowest
 
 
 def check_deadline(run: Run) -> None:
@@ -616,15 +642,6 @@ def check_stale_limit(run: Run) -> None:
     """Clause 5b: a served value is never older than its stale limit."""
     cfg = run.schedule.config
     limit = cfg.ttl + cfg.error_limit + run.slack
-    if not run.is_async:
-        # KNOWN LIMIT, tolerated here so that it fails no random example: a synchronous
-        # leader's own caller gets its value after the leader wrote the shared layers. Writes
-        # never probe a layer whose breaker is open or half-open (that case is the regression
-        # test test_promise.py::test_a_leader_answers_before_writing_shared_layers), but a
-        # layer that hangs while its breaker is still closed costs the leader one write
-        # timeout per layer (the thorough profile finds it: one call, a layer hung from the
-        # start with breaker_failures=3). Waiters, and every async caller, are answered first.
-        limit += cfg.remotes * cfg.layer_timeout
     for call in run.records:
         if call.error is not None or call.end is None:
             continue

@@ -417,7 +417,7 @@ def test_tokens_keep_growing_when_the_fencing_counter_is_lost(
     a.close()
 
 
-def test_a_lease_taken_just_after_a_value_arrived_is_given_back(url: str) -> None:
+def test_no_lease_is_taken_when_a_fresh_value_is_stored(url: str) -> None:
     a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
     key = make_key()
     token = a.acquire_lease(key, ttl=5)
@@ -426,10 +426,160 @@ def test_a_lease_taken_just_after_a_value_arrived_is_given_back(url: str) -> Non
     a.release_lease(key, token)
     assert b.acquire_lease(key, ttl=5) is None  # fresh value there: nothing to fetch
     assert b.events()["leases_declined"] == 1
-    assert b.events()["leases_released"] == 1
+    assert b.events()["leases_released"] == 0  # none was taken, so none to give back
+    reply = b.lease(key, ttl=5)  # the same round trip hands over the value
+    assert reply.token is None
+    assert reply.entry is not None
+    assert reply.entry.value == "v"
     assert b.get(key) is not None
     # A stale value does not stop a refresh.
     b.set(key, Entry("stale", time.time() + 1, time.time() - 1, time.time() + 60))
     assert b.acquire_lease(key, ttl=5) is not None
     a.close()
     b.close()
+
+
+# --- round trips, and leases that nobody can hold ------------------------------------------------
+
+
+class Counting:
+    """Counts the commands a layer's synchronous client sends (each one round trip)."""
+
+    def __init__(self, layer: RedisLayer) -> None:
+        self.sent: list[str] = []
+        client = layer._sync()
+        original = client.execute_command
+
+        def execute_command(*args: Any, **options: Any) -> Any:
+            self.sent.append(str(args[0]))
+            return original(*args, **options)
+
+        client.execute_command = execute_command
+
+
+def wait_for(predicate: Any, seconds: float = 2.0) -> None:
+    give_up = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < give_up:
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("cross_process", [True, False])
+def test_a_miss_with_memory_and_redis_costs_two_round_trips(url: str, cross_process: bool) -> None:
+    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer.get(make_key("warm-up"))  # connect and load nothing yet
+    _ = RedisLayer  # the scripts get loaded on first use: run each once before counting
+    layer.publish(make_key("warm-up"), None, 1, lease_ttl=1)
+    layer.lease(make_key("warm-up"), ttl=1)
+    counting = Counting(layer)
+
+    @cw.cached(
+        ttl=60,
+        layers=[cw.MemoryLayer(), layer],
+        namespace="trips",
+        cross_process=cross_process,
+    )
+    def load(name: str) -> str:
+        return name.upper()
+
+    assert load("a") == "A"
+    wait_for(lambda: len(counting.sent) >= 2)
+    time.sleep(0.05)  # nothing more arrives
+    assert len(counting.sent) == 2, counting.sent
+    assert load("a") == "A"  # from memory
+    assert len(counting.sent) == 2
+    layer.close()
+
+
+def test_a_lease_key_without_ttl_or_with_garbage_is_taken_over(
+    url: str, server: RedisServer
+) -> None:
+    a = RedisLayer.from_url(url, timeout=1.0)
+    for index, planted in enumerate([b"123:someone", b"garbage", b"-5:x", b":"]):
+        key = make_key(f"planted{index}")
+        server.command("SET", a.redis_key(key) + ":lease", planted)  # no TTL
+        token = a.acquire_lease(key, ttl=5)
+        assert token is not None, planted
+        a.release_lease(key, token)
+    a.close()
+
+
+def test_a_fencing_counter_near_2_to_the_63_does_not_make_every_token_busy(
+    url: str, server: RedisServer
+) -> None:
+    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    key = make_key("huge-fence")
+    server.command("SET", a.redis_key(key) + ":fence", str(2**63 - 2))
+    token = a.acquire_lease(key, ttl=5)
+    assert token is not None
+    assert 0 < token < 2**53
+    assert b.acquire_lease(key, ttl=5) is None  # held by a, not "busy" for everyone
+    a.release_lease(key, token)
+    assert b.acquire_lease(key, ttl=5) is not None
+    a.close()
+    b.close()
+
+
+def test_a_value_that_cannot_be_stored_tells_waiting_processes_no_value_is_coming(
+    url: str,
+) -> None:
+    holder, waiter = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    key = make_key("unstorable")
+    token = holder.acquire_lease(key, ttl=5)
+    assert token is not None
+    assert waiter.lease(key, ttl=5).busy
+    now = time.time()
+    stored = holder.publish(key, entry({1, 2}, now), token, lease_ttl=5)  # a set: no JSON
+    assert not stored
+    assert holder.events()["encode_errors"] == 1
+    reply = waiter.lease(key, ttl=5)
+    assert not reply.busy  # no value is coming: stop waiting...
+    assert reply.token is None  # ...and fetch without a lease
+    holder.close()
+    waiter.close()
+
+
+def test_processes_waiting_for_an_unstorable_value_fetch_at_once_not_one_after_another(
+    url: str,
+) -> None:
+    """Issue 14's cross-process case: 3 stacks (3 lease owners) on one cold key whose value
+    JSON refuses. Before, each waited for a value that never came, then fetched in turn.
+    The two later fetches wait (bounded) for each other: they meet only if they run at once."""
+    lock = threading.Condition()
+    running = [0]
+    first_running = [False]
+    peak = [0]  # the most later fetches (all but the first) running at once
+    fetches: list[bool] = []  # per fetch after the first: did it meet another one?
+    stacks = []
+    for _ in range(3):
+        layer = RedisLayer.from_url(url, timeout=1.0)
+
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(), layer], namespace="unstorable", timeout=5)
+        def load(name: str) -> set[str]:
+            with lock:
+                first = not fetches and running[0] == 0 and not hasattr(load, "seen")
+                load.seen = True  # type: ignore[attr-defined]
+                running[0] += 1
+                if not first:
+                    peak[0] = max(peak[0], running[0] - (1 if first_running[0] else 0))
+                lock.notify_all()
+                if first:
+                    first_running[0] = True
+                    lock.wait_for(lambda: False, timeout=0.2)  # the others start waiting
+                    first_running[0] = False
+                else:
+                    fetches.append(lock.wait_for(lambda: peak[0] >= 2, timeout=3.0))
+                running[0] -= 1
+            return {name}
+
+        stacks.append((load, layer))
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda f=f: results.append(f("k"))) for f, _ in stacks]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)  # the first stack takes the lease
+    for thread in threads:
+        thread.join(10)
+    assert results == [{"k"}] * 3
+    assert fetches == [True, True]
+    for _, layer in stacks:
+        layer.close()

@@ -121,7 +121,7 @@ class Recorder:
         return aio if name != method else sync
 
 
-SYNC_NAMES = {"get", "set", "set_fenced", "delete", "acquire_lease", "release_lease"}
+SYNC_NAMES = {"get", "set", "delete", "lease", "publish", "release_lease"}
 
 
 KEY = CacheKey(local_key(("k",), {}, ("k",)), "ns:v1", ("k",), {}, ("k",))
@@ -132,10 +132,10 @@ def layer_ops(guarded: rp.GuardedLayer) -> list[rp.LayerOp]:
     key, entry = KEY, ENTRY
     return [
         rp.Get(guarded, key),
-        rp.Put(guarded, key, entry, None),
-        rp.Put(guarded, key, entry, 7),
+        rp.Put(guarded, key, entry),
         rp.Delete(guarded, key),
-        rp.Acquire(guarded, key, 2.0),
+        rp.Lease(guarded, key, 2.0),
+        rp.Publish(guarded, key, entry, 7, 2.0),
         rp.Release(guarded, key, 7),
     ]
 

@@ -15,7 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cacheward.testing import Outcome
-from promise_harness import CLAUSES, check_all, run_async, run_async_functions
+from promise_harness import (
+    CLAUSES,
+    check_all,
+    hung_layer_schedule,
+    run_async,
+    run_async_functions,
+)
 from strategies import REGRESSION_CONFIG, Schedule, schedules
 
 
@@ -74,31 +80,14 @@ def test_a_leader_answers_before_writing_shared_layers() -> None:
     (fresh until 2.0) but reached the caller only at 2.5, after the write to the hung layer
     timed out (with timeout=1 the caller got FetchTimeout at 2.0 although the value was there
     at 1.5). Waiters are now answered before the shared layers are written."""
-    config = dataclasses.replace(
-        REGRESSION_CONFIG,
-        ttl=0.5,
-        timeout=5.0,
-        l1=False,
-        remotes=1,
-        layer_timeout=1.0,
-        breaker_reset=0.5,
-        rate=1.0,
-        burst=1.0,
-    )
-    schedule = Schedule(
-        config=config,
-        calls=[(0.0, "a")],
-        layer_events=[(0.0, 0, "hung")],
-        backend_events=[],
-        first_outcome=Outcome("ok", delay=0.5),
-    )
+    schedule = hung_layer_schedule(breaker_failures=1, timeout=5.0)
     run = run_async(schedule)
     (call,) = run.records
     fetched = run.backend.attempts[0].end
     assert call.error is None
     assert fetched is not None
     assert call.end is not None
-    assert call.end - fetched < config.ttl + config.error_limit
+    assert call.end - fetched < schedule.config.ttl + schedule.config.error_limit
 
 
 #: Per-function clauses (single flight and back-off are per function and key) left out.

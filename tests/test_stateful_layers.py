@@ -5,7 +5,9 @@ The model keeps one plain ``dict`` per layer and spells out the read-through rul
 entry from the first layer that has one (copying it into memory), else fetch and write every
 layer that is up. A layer that is down or corrupt is a miss, a hung one also costs its timeout
 on the clock, an evicting one keeps only its latest write. After every call the value (or the
-error), the number of backend calls and the clock must be exactly what the model says.
+error), the number of backend calls and the clock must be exactly what the model says — both
+when the caller is answered and after the shared-layer writes, which run after it (in the
+refresh executor, here a manual one).
 Entries here have no stale window and failures no back-off, so every rule is simple; the stale
 and back-off rules have their own model test (``test_cached_model.py``).
 """
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 import cacheward as cw
-from cacheward.testing import FakeClock, ScriptedLayer
+from cacheward.testing import FakeClock, ManualExecutor, ScriptedLayer
 
 TTL, LAYER_TIMEOUT = 10.0, 0.5
 KEYS = st.sampled_from(["a", "b", 1])
@@ -50,8 +52,10 @@ def machine(layer: type[ScriptedLayer] = ScriptedLayer) -> type[RuleBasedStateMa
             self.memory: dict[Any, tuple[Any, float]] = {}
             self.stores: list[dict[Any, tuple[Any, float]]] = [{}, {}]
             self.expected_calls = 0
+            self.executor = ManualExecutor()
 
             @cw.cached(
+                refresh_executor=self.executor,
                 ttl=TTL,
                 jitter=0.0,
                 backoff=0.0,
@@ -79,6 +83,7 @@ def machine(layer: type[ScriptedLayer] = ScriptedLayer) -> type[RuleBasedStateMa
 
         def expect(self, key: Any) -> tuple[str, Any]:
             self.model_now = start = self.clock.time()
+            self.answered_at: float | None = None
             best = self.memory.get(key)
             if best is not None and start < best[1]:
                 return "value", best[0]
@@ -101,6 +106,7 @@ def machine(layer: type[ScriptedLayer] = ScriptedLayer) -> type[RuleBasedStateMa
                 return "raises", ConnectionError
             entry = ((key, self.expected_calls), self.model_now + TTL)
             self.memory[key] = entry
+            self.answered_at = self.model_now
             for index in range(2):
                 if self.touch(index):
                     store = self.stores[index]
@@ -122,6 +128,9 @@ def machine(layer: type[ScriptedLayer] = ScriptedLayer) -> type[RuleBasedStateMa
                 got = ("raises", type(exc))
             assert got == (kind, expected)
             assert self.calls == self.expected_calls
+            if self.answered_at is not None:  # answered before the writes
+                assert self.clock.time() == self.answered_at
+            self.executor.run_pending()
             assert self.clock.time() == self.model_now
 
         @rule(seconds=st.sampled_from([0.5, 2.0, 5.0, 9.5, 20.0]))

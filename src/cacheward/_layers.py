@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Hashable, MutableMapping
 from typing import Literal, Protocol, runtime_checkable
@@ -11,7 +12,14 @@ from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError
 
-__all__ = ["AsyncLayer", "Layer", "MemoryLayer"]
+__all__ = [
+    "AsyncLayer",
+    "AsyncLeasingLayer",
+    "Layer",
+    "LeaseReply",
+    "LeasingLayer",
+    "MemoryLayer",
+]
 
 
 @runtime_checkable
@@ -48,6 +56,59 @@ class AsyncLayer(Protocol):
     async def aset(self, key: CacheKey, entry: Entry) -> None: ...
     async def adelete(self, key: CacheKey) -> None: ...
     async def aclear(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseReply:
+    """What a lease request found, in one round trip (see :class:`LeasingLayer`).
+
+    Attributes:
+        token: the fencing token when the caller now holds the key's lease (it fetches, then
+            :meth:`~LeasingLayer.publish`); ``None`` otherwise.
+        entry: the entry stored under the key, read in the same round trip (``None``: none,
+            or invalid bytes). When it is fresh there is nothing to fetch and no lease is taken.
+        busy: another process holds the lease and will publish its value: wait for it.
+            Neither ``token`` nor ``busy`` (and no fresh ``entry``): fetch without a lease.
+    """
+
+    token: int | None = None
+    entry: Entry | None = None
+    busy: bool = False
+
+
+@runtime_checkable
+class LeasingLayer(Layer, Protocol):
+    """A shared layer that also gives one process per key the right to fetch it.
+
+    Every method may raise or time out; a failure of :meth:`lease` makes the caller fetch
+    under its in-process protections alone.
+    """
+
+    def lease(self, key: CacheKey, *, ttl: float) -> LeaseReply:
+        """Take ``key``'s lease for ``ttl`` seconds unless a fresh entry is stored or another
+        process holds it, and return what was found."""
+        ...
+
+    def publish(self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float) -> bool:
+        """Store ``entry`` (fenced by ``token``: never over a later holder's entry) and release
+        the lease, in one round trip; with nothing to store (``entry`` ``None`` or unstorable),
+        the release tells waiting processes that no value is coming. Returns whether stored."""
+        ...
+
+    def release_lease(self, key: CacheKey, token: int) -> None:
+        """Give the lease back without a value (the fetch failed)."""
+        ...
+
+
+@runtime_checkable
+class AsyncLeasingLayer(AsyncLayer, Protocol):
+    """The ``async def`` twin of :class:`LeasingLayer` (same contract)."""
+
+    async def alease(self, key: CacheKey, *, ttl: float) -> LeaseReply: ...
+    async def apublish(
+        self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
+    ) -> bool: ...
+    async def arelease_lease(self, key: CacheKey, token: int) -> None: ...
 
 
 Policy = Literal["fifo", "lru", "lfu"]

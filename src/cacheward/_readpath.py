@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from cacheward._background import track
 from cacheward._clock import Clock
 from cacheward._core.breaker import Breaker, BreakerState
 from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable_on_error
@@ -28,7 +29,7 @@ from cacheward._core.leasewait import LeaseWait
 from cacheward._core.readthrough import Action, Flight, ReadThrough
 from cacheward._errors import BackoffActive, FetchTimeout
 from cacheward._events import EventKind, emit
-from cacheward._layers import MemoryLayer
+from cacheward._layers import AsyncLeasingLayer, LeaseReply, LeasingLayer, MemoryLayer
 from cacheward._plan import Op, Plan, aperform, perform
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class CacheStats:
     stale_hits: int = 0
     """Calls served a stale entry (while a refresh ran, during back-off, or after a failure)."""
     misses: int = 0
-    """Calls that led a fetch."""
+    """Calls that led a fetch (no layer had a fresh or servable stale entry)."""
     fetches: int = 0
     """Backend calls made (leaders and background refreshes)."""
     fetch_errors: int = 0
@@ -148,22 +149,27 @@ class GuardedLayer:
     ) -> None:
         self.layer = layer
         self._source = source
-        self.leases = callable(getattr(layer, "acquire_lease", None)) or callable(
-            getattr(layer, "aacquire_lease", None)
-        )
+        self.leases = isinstance(layer, (LeasingLayer, AsyncLeasingLayer))
         self._mono = clock.monotonic
         self._counters = counters
         self._health = health
 
-    def admit(self, write: bool) -> bool:
-        """Whether the breaker lets this operation through (only reads probe a sick layer:
-        a write is on a caller's path after its fetch, and must not be the call that waits out
-        a hung layer's timeout)."""
+    def admit(self, mode: str) -> bool:
+        """Whether the breaker lets an operation through.
+
+        ``"read"``: reads may probe a sick layer. ``"write"``: a plain write never probes (it
+        would only spend a background thread's time on a hung layer). ``"lease"``: a lease
+        holder's publish or release always goes through, whatever the breaker says: skipping it
+        would leave other processes waiting for a value that never comes (the layer's own
+        timeouts still bound it, and it runs after every caller was answered).
+        """
         health = self._health
         now = self._mono()
         with health.lock:
             before = health.breaker.state(now)
-            if before is not BreakerState.CLOSED and write:
+            if mode == "lease":
+                allowed = True
+            elif before is not BreakerState.CLOSED and mode == "write":
                 allowed = False
             else:
                 allowed = health.breaker.allow(now)
@@ -208,7 +214,8 @@ class LayerOp(Op):
     """One operation of a remote layer, through its breaker: skipped or failed is MISSING."""
 
     __slots__ = ("guarded", "key")
-    write: ClassVar[bool] = False
+    #: How the layer's breaker admits it (see :meth:`GuardedLayer.admit`).
+    mode: ClassVar[str] = "read"
 
     def __init__(self, guarded: GuardedLayer, key: CacheKey) -> None:
         self.guarded = guarded
@@ -216,7 +223,7 @@ class LayerOp(Op):
 
     def sync(self) -> Any:
         guarded = self.guarded
-        if not guarded.admit(self.write):
+        if not guarded.admit(self.mode):
             return MISSING
         try:
             result = self.call(guarded.layer)
@@ -228,7 +235,7 @@ class LayerOp(Op):
 
     async def aio(self) -> Any:
         guarded = self.guarded
-        if not guarded.admit(self.write):
+        if not guarded.admit(self.mode):
             return MISSING
         try:
             result = await self.acall(guarded.layer)
@@ -256,30 +263,25 @@ class Get(LayerOp):
 
 
 class Put(LayerOp):
-    """Store an entry; fenced by ``token`` when it was fetched under a lease."""
+    """Store an entry (no lease: ordered by the entries' ``created`` stamps)."""
 
-    __slots__ = ("entry", "token")
-    write = True
+    __slots__ = ("entry",)
+    mode = "write"
 
-    def __init__(self, guarded: GuardedLayer, key: CacheKey, entry: Entry, token: int | None):
+    def __init__(self, guarded: GuardedLayer, key: CacheKey, entry: Entry) -> None:
         super().__init__(guarded, key)
         self.entry = entry
-        self.token = token
 
     def call(self, layer: Any) -> Any:
-        if self.token is None:
-            return layer.set(self.key, self.entry)
-        return layer.set_fenced(self.key, self.entry, self.token)
+        return layer.set(self.key, self.entry)
 
     async def acall(self, layer: Any) -> Any:
-        if self.token is None:
-            return await layer.aset(self.key, self.entry)
-        return await layer.aset_fenced(self.key, self.entry, self.token)
+        return await layer.aset(self.key, self.entry)
 
 
 class Delete(LayerOp):
     __slots__ = ()
-    write = True
+    mode = "write"
 
     def call(self, layer: Any) -> Any:
         return layer.delete(self.key)
@@ -288,8 +290,8 @@ class Delete(LayerOp):
         return await layer.adelete(self.key)
 
 
-class Acquire(LayerOp):
-    """Take the key's cross-process lease: a token, ``None`` (busy) or MISSING."""
+class Lease(LayerOp):
+    """Take the key's cross-process lease and read its entry: a :class:`LeaseReply`."""
 
     __slots__ = ("ttl",)
 
@@ -298,15 +300,43 @@ class Acquire(LayerOp):
         self.ttl = ttl
 
     def call(self, layer: Any) -> Any:
-        return layer.acquire_lease(self.key, ttl=self.ttl)
+        return layer.lease(self.key, ttl=self.ttl)
 
     async def acall(self, layer: Any) -> Any:
-        return await layer.aacquire_lease(self.key, ttl=self.ttl)
+        return await layer.alease(self.key, ttl=self.ttl)
+
+
+class Publish(LayerOp):
+    """Store the value fetched under the lease and release it, in one round trip."""
+
+    __slots__ = ("entry", "lease_ttl", "token")
+    mode = "lease"
+
+    def __init__(
+        self,
+        guarded: GuardedLayer,
+        key: CacheKey,
+        entry: Entry | None,
+        token: int,
+        lease_ttl: float,
+    ) -> None:
+        super().__init__(guarded, key)
+        self.entry = entry
+        self.token = token
+        self.lease_ttl = lease_ttl
+
+    def call(self, layer: Any) -> Any:
+        return layer.publish(self.key, self.entry, self.token, lease_ttl=self.lease_ttl)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.apublish(self.key, self.entry, self.token, lease_ttl=self.lease_ttl)
 
 
 class Release(LayerOp):
+    """Give the lease back without a value (the fetch failed)."""
+
     __slots__ = ("token",)
-    write = True
+    mode = "lease"
 
     def __init__(self, guarded: GuardedLayer, key: CacheKey, token: int) -> None:
         super().__init__(guarded, key)
@@ -317,6 +347,32 @@ class Release(LayerOp):
 
     async def acall(self, layer: Any) -> Any:
         return await layer.arelease_lease(self.key, self.token)
+
+
+class Detach(Op):
+    """Run a plan without keeping anyone waiting for it: shared-layer writes after every
+    caller was answered. A thread hands it to an executor; a fetch task (whose callers are
+    already answered) runs it itself."""
+
+    __slots__ = ("executor", "layers", "plan")
+
+    def __init__(
+        self, plan: Plan[None], executor: concurrent.futures.Executor, layers: tuple[Any, ...]
+    ) -> None:
+        self.plan = plan
+        self.executor = executor
+        self.layers = layers
+
+    def sync(self) -> None:
+        try:
+            future = self.executor.submit(perform, self.plan)
+        except RuntimeError:  # executor shut down (interpreter exit): write here
+            perform(self.plan)
+        else:
+            track(self.layers, future)
+
+    async def aio(self) -> None:
+        await aperform(self.plan)
 
 
 class Sleep(Op):
@@ -436,24 +492,43 @@ class Refresh(_FlightOp):
 
 
 class SyncFlight(Flight):
-    __slots__ = ("_done", "error", "value")
+    """A fetch that threads wait for. The event is made only when a waiter appears (under
+    the driver's lock, see :meth:`Driver.decide`): most fetches have none."""
+
+    __slots__ = ("_done", "error", "settled", "stale", "value")
 
     def __init__(self) -> None:
         super().__init__()
-        self._done = threading.Event()
+        self._done: threading.Event | None = None
+        self.settled = False
         self.value: Any = None
         self.error: BaseException | None = None
+        #: The best entry the fetch found in a shared layer (a waiter's fallback on error).
+        self.stale: Entry | None = None
+
+    def prepare_wait(self) -> None:
+        if self._done is None:
+            self._done = threading.Event()
 
     def resolve(self, value: Any) -> None:
-        self.value = value
-        self._done.set()
+        if not self.settled:
+            self.value = value
+            self._settle()
 
     def reject(self, error: BaseException) -> None:
-        self.error = error
-        self._done.set()
+        if not self.settled:
+            self.error = error
+            self._settle()
+
+    def _settle(self) -> None:
+        self.settled = True
+        if self._done is not None:
+            self._done.set()
 
     def wait(self, timeout: float) -> bool:
-        return self._done.wait(timeout)
+        if self.settled:
+            return True
+        return cast(threading.Event, self._done).wait(timeout)
 
 
 class Expired(Exception):
@@ -470,10 +545,12 @@ class AsyncFlight(Flight):
     costs a shield future, a wrapper and a timer per waiter.
     """
 
-    __slots__ = ("delivered", "task", "timer", "waiters")
+    __slots__ = ("delivered", "stale", "task", "timer", "waiters")
 
     def __init__(self) -> None:
         super().__init__()
+        #: The best entry the fetch found in a shared layer (a waiter's fallback on error).
+        self.stale: Entry | None = None
         self.task: asyncio.Task[Any] | None = None
         self.waiters: collections.deque[tuple[float, asyncio.Future[Any]]] | None = (
             collections.deque()
@@ -481,8 +558,13 @@ class AsyncFlight(Flight):
         self.timer: asyncio.TimerHandle | None = None
         self.delivered: Any = MISSING
 
+    def prepare_wait(self) -> None:
+        """Nothing to prepare: a waiter's future is made when it waits."""
+
     def resolve(self, value: Any) -> None:
         """Answer every waiter with ``value`` now, before the task's last steps."""
+        if self.delivered is not MISSING:
+            return
         self.delivered = value
         if self.timer is not None:
             self.timer.cancel()
@@ -550,6 +632,9 @@ _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+_WRITER: concurrent.futures.ThreadPoolExecutor | None = None
+
+
 def default_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
@@ -558,6 +643,18 @@ def default_pool() -> concurrent.futures.ThreadPoolExecutor:
                 max_workers=4, thread_name_prefix="cacheward-refresh"
             )
         return _POOL
+
+
+def default_writer() -> concurrent.futures.ThreadPoolExecutor:
+    """Where a thread's shared-layer writes run after its callers were answered (its own
+    pool, so writes to a hung layer never delay a refresh)."""
+    global _WRITER
+    with _POOL_LOCK:
+        if _WRITER is None:
+            _WRITER = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="cacheward-write"
+            )
+        return _WRITER
 
 
 def positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -611,6 +708,9 @@ class Driver:
         if not s.cross_process:
             self.coordinator = None
         self.refresh_slots = threading.BoundedSemaphore(s.max_refreshes)
+        #: Without a memory layer: entries whose shared-layer writes have not finished yet,
+        #: so that a call right after a fetch does not miss while the write is on its way.
+        self.writing: dict[Hashable, Entry] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Hits counted on the hot path (in the wrapper's closure).
         self.memory_hits: Callable[[], int] = lambda: 0
@@ -638,11 +738,16 @@ class Driver:
     def serve_plan(
         self, local: Hashable, entry: Entry | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Plan[Any]:
-        """One call that the memory layer did not answer with a fresh entry."""
+        """One call that the memory layer did not answer with a fresh entry.
+
+        The decision comes first, so that concurrent misses of a key in this process join one
+        flight before anything reads a shared layer: its leader reads them (see :meth:`run`).
+        """
         key = self.cache_key(local, args, kwargs)
-        if self.remotes and not self.stale_servable(entry):
-            entry = yield from self.read_remotes(key, entry)
         action, state, flight, entry = self.decide(key, entry)
+        if action is Action.BACKOFF and self.remotes:
+            # Another process may have stored the key since this one's fetch failed.
+            entry, action = yield from self.reread(key, entry, action)
         if action is Action.REFRESH:
             yield Refresh(self, key, flight, args, kwargs, stale=entry)
         answer = self.answer_now(key, action, state, entry)
@@ -652,21 +757,47 @@ class Driver:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
                 return (yield Join(flight, self.s.timeout))
-            self.count("misses", EventKind.MISS)
             return (yield Lead(self, key, flight, args, kwargs))
         except Expired:
-            return self.fallback(entry, self.timeout_error("the fetch"))
+            error: BaseException = self.timeout_error("the fetch")
         except BaseException as exc:
-            return self.fallback(entry, exc)
-
-    def read_remotes(self, key: CacheKey, entry: Entry | None) -> Plan[Entry | None]:
+            error = exc
         now = self.s.clock.time()
+        return self.fallback(
+            flight.stale if self.better(entry, flight.stale, now) else entry, error
+        )
+
+    def reread(
+        self, key: CacheKey, entry: Entry | None, action: Action
+    ) -> Plan[tuple[Entry | None, Action]]:
+        """During a back-off: what the shared layers hold now, and what it lets the caller do."""
+        found, _ = yield from self.read_shared(key, entry, lease=False)
+        freshness = classify(found, self.s.clock.time())
+        if freshness is Freshness.FRESH:
+            return found, Action.HIT
+        if freshness is Freshness.STALE:
+            return found, Action.STALE
+        return found, action
+
+    def read_shared(
+        self, key: CacheKey, entry: Entry | None, *, lease: bool
+    ) -> Plan[tuple[Entry | None, LeaseReply | None]]:
+        """Read the shared layers top-down until a fresh entry; the lease layer is read by
+        taking the lease in the same round trip (when ``lease``). Returns the best entry and
+        the lease reply (``None`` if the lease layer was not reached)."""
+        now = self.s.clock.time()
+        reply: LeaseReply | None = None
         for guarded in self.remotes:
-            found = guarded.entry((yield Get(guarded, key)))
+            if lease and guarded is self.coordinator:
+                answer = yield Lease(guarded, key, self.s.lease_ttl)
+                reply = LeaseReply() if answer is MISSING else cast(LeaseReply, answer)
+                found = guarded.entry(reply.entry)
+            else:
+                found = guarded.entry((yield Get(guarded, key)))
             entry, fresh = self.absorb(key, entry, found, now)
             if fresh:
                 break
-        return entry
+        return entry, reply
 
     def run(
         self,
@@ -675,24 +806,23 @@ class Driver:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         stale: Entry | None = None,
+        *,
+        detach: bool = True,
     ) -> Plan[Any]:
-        """Fetch (or obtain from the lease holder), store, and resolve ``flight``.
+        """Lead ``flight``: consult the shared layers, else fetch; store; resolve the flight.
 
-        ``stale`` is set for a refresh: the shared layers, not read by the caller, are read
-        first, and a fresh entry there (another process refreshed) ends the flight.
+        ``stale`` is set for a background refresh (the memory layer's stale entry). ``detach``
+        hands the shared-layer writes to a background executor, so that no caller waits for
+        them (a thread leading its own call); a background refresh writes itself.
         """
         token: int | None = None
         try:
-            if stale is not None and self.remotes:
-                newer = yield from self.read_remotes(key, stale)
-                if newer is not None and self.s.clock.time() < newer.fresh_until:
-                    yield from self.finish(key, flight, newer, None, remote=False)
-                    return newer.value
-            if self.coordinator is not None:
-                token, found = yield from self.lease(key)
-                if found is not None:
-                    yield from self.finish(key, flight, found, None, remote=False)
-                    return found.value
+            if self.remotes:
+                answered, value, token = yield from self.consult(key, flight, stale, args, kwargs)
+                if answered:
+                    return value
+            elif stale is None:
+                self.count("misses", EventKind.MISS)
             started = self.s.clock.monotonic()
             self.counters.fetches += 1
             try:
@@ -702,59 +832,140 @@ class Driver:
                 raise
             emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
-            if token is not None:
-                yield Release(cast(GuardedLayer, self.coordinator), key, token)
             self.settle_failure(key, flight, exc)
             flight.reject(exc)
+            if token is not None:
+                yield from self.write(self.release_plan(key, token), detach)
             raise
-        yield from self.finish(key, flight, self.new_entry(value), token, remote=True)
+        entry = self.new_entry(value)
+        store = self.adopt(key, flight, entry)
+        if self.remotes and (store or token is not None):
+            yield from self.write(self.store_plan(key, entry if store else None, token), detach)
         return value
 
-    def finish(
-        self, key: CacheKey, flight: Any, entry: Entry, token: int | None, *, remote: bool
-    ) -> Plan[None]:
-        # Waiters get the value before the shared layers are written: a slow or hung layer
-        # delays only this (leading) caller, by at most one write timeout per layer.
+    def consult(
+        self,
+        key: CacheKey,
+        flight: Any,
+        stale: Entry | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Plan[tuple[bool, Any, int | None]]:
+        """The leader reads the shared layers (taking the lease in the same round trip) and
+        uses a fresh entry found there, serves a stale one while a refresh fetches, or waits
+        for the process holding the lease. Returns ``(answered, value, token)``: ``answered``
+        when the flight is resolved, else the lease token to fetch under (or ``None``)."""
+        coordinator = self.coordinator
+        entry, reply = yield from self.read_shared(key, stale, lease=coordinator is not None)
+        token = None if reply is None else reply.token
+        if entry is not None and self.s.clock.time() < entry.fresh_until:
+            if token is not None:
+                yield Release(cast(GuardedLayer, coordinator), key, token)
+            if stale is None:
+                self.count("hits", EventKind.HIT)
+            self.adopt(key, flight, entry)
+            return True, entry.value, None
+        if stale is None and entry is not None and self.stale_servable(entry):
+            if token is not None:
+                yield Release(cast(GuardedLayer, coordinator), key, token)
+            value = yield from self.serve_stale(key, flight, entry, args, kwargs)
+            return True, value, None
+        flight.stale = entry
+        if stale is None:
+            self.count("misses", EventKind.MISS)
+        if reply is not None and reply.busy:
+            token, found = yield from self.lease_wait(key)
+            if found is not None:
+                self.adopt(key, flight, found)
+                return True, found.value, None
+        return False, None, token
+
+    def serve_stale(
+        self,
+        key: CacheKey,
+        flight: Any,
+        entry: Entry,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Plan[Any]:
+        """The leader found only a stale entry in a shared layer (this process had none):
+        every caller of the flight gets it now, and a background refresh fetches."""
+        with self.lock:
+            self.core.abandon(key.local, flight)
+        flight.resolve(entry.value)
+        action, _, refresh, judged = self.decide(key, entry)
+        if action is Action.REFRESH:
+            yield Refresh(self, key, refresh, args, kwargs, stale=judged)
+        self.count("stale_hits", EventKind.STALE_SERVED)
+        return entry.value
+
+    def adopt(self, key: CacheKey, flight: Any, entry: Entry) -> bool:
+        """End ``flight`` with ``entry`` and answer its callers; says whether to store it."""
         try:
-            store = self.settle_success(key, flight, entry)
+            return self.settle_success(key, flight, entry)
         finally:
             flight.resolve(entry.value)
-        if store and remote:
-            for guarded in self.remotes:
-                fence = token if guarded is self.coordinator else None
-                yield Put(guarded, key, entry, fence)
-        if token is not None:
-            yield Release(cast(GuardedLayer, self.coordinator), key, token)
 
-    def lease(self, key: CacheKey) -> Plan[tuple[int | None, Entry | None]]:
-        """Take the key's cross-process lease, or wait for its holder's value.
+    def write(self, writes: Plan[None], detach: bool) -> Plan[None]:
+        """Shared-layer writes, after every caller was answered: detached, or run here."""
+        if detach:
+            layers = tuple(g.layer for g in self.remotes)
+            yield Detach(writes, self.s.refresh_executor or default_writer(), layers)
+        else:
+            yield from writes
+
+    def store_plan(self, key: CacheKey, entry: Entry | None, token: int | None) -> Plan[None]:
+        """Write the shared layers; the lease layer is written and released in one round trip
+        (and told "no value is coming" when there is nothing to store)."""
+        try:
+            for guarded in self.remotes:
+                if token is not None and guarded is self.coordinator:
+                    yield Publish(guarded, key, entry, token, self.s.lease_ttl)
+                elif entry is not None:
+                    yield Put(guarded, key, entry)
+        finally:
+            if entry is not None and self.writing:
+                with self.lock:
+                    if self.writing.get(key.local) is entry:
+                        del self.writing[key.local]
+
+    def release_plan(self, key: CacheKey, token: int) -> Plan[None]:
+        yield Release(cast(GuardedLayer, self.coordinator), key, token)
+
+    def lease_wait(self, key: CacheKey) -> Plan[tuple[int | None, Entry | None]]:
+        """Wait while another process holds the key's lease: poll (each poll one round trip
+        that retries the lease and reads the entry) until its value arrives, the lease is
+        ours, or no value is coming; raises :class:`FetchTimeout` at the deadline.
 
         Returns ``(token, None)`` to fetch (``token`` is ``None`` when no lease service
-        answered: the process then fetches under its local protections alone) or
+        answered or the holder said no value is coming: fetch without one) or
         ``(None, entry)`` when the holder's value arrived.
         """
         coordinator = cast(GuardedLayer, self.coordinator)
         clock = self.s.clock
         wait = LeaseWait(start=clock.monotonic(), timeout=self.s.timeout)
+        self.count("lease_waits", EventKind.LEASE_WAIT)
         while True:
-            token = yield Acquire(coordinator, key, self.s.lease_ttl)
-            if token is MISSING or token is not None:
-                return (None if token is MISSING else int(token)), None
-            found = coordinator.entry((yield Get(coordinator, key)))
-            if wait.polls == 0:
-                self.count("lease_waits", EventKind.LEASE_WAIT)
-            if found is not None and clock.time() < found.fresh_until:
-                return None, found
             delay = wait.next_delay(clock.monotonic())
             if delay is None:
                 raise self.timeout_error("the process holding this key's lease")
             yield Sleep(clock, delay)
+            answer = yield Lease(coordinator, key, self.s.lease_ttl)
+            if answer is MISSING:
+                return None, None
+            reply = cast(LeaseReply, answer)
+            found = coordinator.entry(reply.entry)
+            if found is not None and clock.time() < found.fresh_until:
+                return None, found
+            if not reply.busy:
+                return reply.token, None
 
     def invalidate_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[None]:
         local = self.local(args, kwargs)
         key = self.cache_key(local, args, kwargs)
         with self.lock:
             self.core.invalidate(local)
+            self.writing.pop(local, None)
         self.count("invalidations", EventKind.INVALIDATED)
         if self.l1 is not None:
             self.l1.delete(key)
@@ -788,7 +999,7 @@ class Driver:
 
         def job() -> None:
             try:
-                perform(self.run(key, flight, args, kwargs, stale))
+                perform(self.run(key, flight, args, kwargs, stale, detach=False))
             except Exception:  # noqa: S110 - counted and backed off by run(); stale was served
                 pass
             finally:
@@ -874,13 +1085,16 @@ class Driver:
         """
         now = self.s.clock.time()
         with self.lock:
-            if self.l1 is not None:
-                current = self.l1.lookup(key.local)
-                if self.better(entry, current, now):
-                    entry = current
+            current = self.l1.lookup(key.local) if self.l1 is not None else None
+            if current is None and self.writing:
+                current = self.writing.get(key.local)
+            if self.better(entry, current, now):
+                entry = current
             action, state, flight = self.core.decide(
                 key.local, entry, now=now, mono=self.s.clock.monotonic(), new_flight=self.new_flight
             )
+            if action is Action.WAIT:
+                cast(Any, flight).prepare_wait()
         return action, state, flight, entry
 
     def answer_now(self, key: CacheKey, action: Action, state: Any, entry: Entry | None) -> Any:
@@ -948,8 +1162,11 @@ class Driver:
         see the flight gone and the entry missing) and says whether shared layers get it."""
         with self.lock:
             store = self.core.succeed(key.local, flight) and self.s.stores
-            if store and self.l1 is not None:
-                self.l1.set(key, entry)
+            if store:
+                if self.l1 is not None:
+                    self.l1.set(key, entry)
+                elif self.remotes:
+                    self.writing[key.local] = entry
         return store
 
     def fallback(self, entry: Entry | None, exc: BaseException) -> Any:

@@ -1,8 +1,9 @@
 """The Redis layer (L2): entries shared between processes, and cross-process leases.
 
 One :class:`RedisLayer` talks to redis-py's synchronous client, its asyncio client, or either
-``RedisCluster``. The decisions (which key, which bytes, whether a reply is an entry) live in
-small shared helpers; the sync and async methods differ only in the one awaited call.
+``RedisCluster``. Every operation is written once, as a plan (see ``cacheward._plan``) of
+Redis commands (:class:`_Command`, run under the stall guard); the sync and async methods are
+one line each, running the same plan with ``perform`` or ``aperform``.
 
 What the layer promises the driver (``cacheward._cached``), which wraps it in a circuit breaker:
 
@@ -12,10 +13,12 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
   sees them and skips the layer while it is sick.
 - ``set`` never raises for a value the serializer refuses (a counted ``encode_errors``), and
   never replaces an entry created later than the one it writes.
-- Leases: :meth:`RedisLayer.acquire_lease` / :meth:`RedisLayer.release_lease` /
-  :meth:`RedisLayer.set_fenced` (and ``a``-prefixed coroutines) give one process per key the
-  right to fetch, with a fencing token so a holder that lost its lease cannot overwrite what a
-  later holder stored. All three scripts are safe to run twice.
+- Leases (:class:`cacheward.layers.LeasingLayer`): :meth:`RedisLayer.lease` takes a key's
+  lease and reads its entry in one round trip; :meth:`RedisLayer.publish` stores the fetched
+  value and releases the lease in one (saying "no value is coming" when there is nothing to
+  store); :meth:`RedisLayer.release_lease` gives it back after a failed fetch. A fencing token
+  keeps a holder that lost its lease from overwriting what a later holder stored. Every
+  script is safe to run twice.
 - A stall guard (:class:`_Stall`): once Redis has been silent for ``stall_timeout`` while a
   command waits, new commands are not sent (reads miss, writes are skipped) until something
   answers or times out, so a hang holds only the callers already waiting.
@@ -35,11 +38,14 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
 
+from cacheward._background import drain
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
+from cacheward._layers import LeaseReply
+from cacheward._plan import Op, Plan, aperform, perform
 from cacheward._serialize import (
     JsonSerializer,
     PayloadError,
@@ -290,7 +296,7 @@ class _Stall:
 
         A read is refused when Redis has been silent for ``after`` and the probe does not
         show replies waiting; a write or lease command only after twice that silence and
-        when the probe confirms it (skipping one has a cost: see ``RedisLayer._guarded``).
+        when the probe confirms it (skipping one has a cost: see ``RedisLayer._begin``).
         """
         now = self._mono()
         waiting = self.waiting
@@ -322,6 +328,41 @@ class _Stall:
 
 class _Stalled(TimeoutError):
     """Raised instead of sending a command to a Redis that has gone silent."""
+
+
+class _Command(Op):
+    """One Redis command, under the layer's stall guard (reads are held back sooner than
+    writes and lease commands: see :meth:`_Stall.begin`)."""
+
+    __slots__ = ("args", "layer", "name", "read")
+
+    def __init__(
+        self, layer: RedisLayer, name: str, args: tuple[Any, ...], *, read: bool = False
+    ) -> None:
+        self.layer = layer
+        self.name = name
+        self.args = args
+        self.read = read
+
+    def sync(self) -> Any:
+        stall = self.layer._begin(self.read)
+        try:
+            result = getattr(self.layer._sync(), self.name)(*self.args)
+        except BaseException as exc:
+            stall.end(replied=_replied(exc))
+            raise
+        stall.end(replied=True)
+        return result
+
+    async def aio(self) -> Any:
+        stall = self.layer._begin(self.read)
+        try:
+            result = await getattr(self.layer._async(), self.name)(*self.args)
+        except BaseException as exc:
+            stall.end(replied=_replied(exc))
+            raise
+        stall.end(replied=True)
+        return result
 
 
 class RedisLayer:
@@ -563,8 +604,14 @@ class RedisLayer:
         return client
 
     def close(self) -> None:
-        """Close the synchronous client if this layer created it (:meth:`from_url`)."""
+        """Close the synchronous client if this layer created it (:meth:`from_url`).
+
+        Waits first (at most twice the socket timeout) for the writes that cached
+        functions started in the background after answering their callers: a lease holder's
+        value, which other processes may be waiting for.
+        """
         if self._factory is not None and self._sync_client is not None:
+            drain(self, 2 * self._factory.timeout)
             client, self._sync_client = self._sync_client, None
             if self.cluster:
                 # RedisCluster.close() leaves its nodes' pooled sockets to the garbage
@@ -638,30 +685,45 @@ class RedisLayer:
         return entry
 
     def _put_args(
-        self, key: CacheKey, entry: Entry, token: int
+        self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
     ) -> tuple[tuple[str, str], tuple[Any, ...]] | None:
-        """The put script's keys and arguments, or ``None`` when there is nothing to store."""
-        ttl_ms = self._ttl_ms(entry)
-        if ttl_ms <= 0:
-            return None
-        try:
-            payload = encode_entry(entry, key.text, self.serializer, token=token)
-        except Exception:
-            self._counters.add("encode_errors")
+        """The put script's keys and arguments; ``None`` when there is nothing to send (no
+        entry to store, or an expired or unencodable one, and no lease to release)."""
+        payload = b""
+        ttl_ms = 0
+        if entry is not None:
+            ttl_ms = self._ttl_ms(entry)
+            if ttl_ms > 0:
+                try:
+                    payload = encode_entry(entry, key.text, self.serializer, token=token)
+                except Exception:
+                    self._counters.add("encode_errors")
+        if not payload and not release:
             return None
         value_key = self.redis_key(key)
         return (value_key, value_key + ":lease"), (
             payload,
-            ttl_ms,
+            max(ttl_ms, 1),
             token,
-            repr(entry.created),
+            repr(entry.created if entry is not None else 0.0),
             self._lease_value(token),
+            "1" if release else "0",
+            max(1, math.ceil(lease_ttl * 1000.0)),
         )
 
-    def _put_result(self, result: Any) -> bool:
-        stored = bool(result)
-        self._counters.add("writes" if stored else "writes_refused")
-        return stored
+    def _begin(self, read: bool) -> _Stall:
+        """Admit one command past the stall guard, or raise :class:`_Stalled`.
+
+        A write or a lease command is refused only when the probe confirms that no reply is
+        waiting on any in-flight connection: skipping one can cost an extra backend fetch (a
+        lease not taken, a value other processes wait for and never see), and a process
+        starved of CPU (threads queued for the GIL) can look like a silent Redis for tens of
+        milliseconds while the replies sit unread in its sockets.
+        """
+        stall = self._stall
+        if not stall.begin(read=read):
+            raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
+        return stall
 
     def _failed(self, exc: BaseException) -> bool:
         """Count a failed operation; ``True`` when it is a miss rather than a Redis failure
@@ -675,40 +737,87 @@ class RedisLayer:
         self._counters.add("timeouts" if _is_timeout(exc) else "errors")
         return False
 
-    def _guarded(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` (a write or a lease command) under the stall guard.
+    # --- the plans: every operation, once for both colours (see cacheward._plan) ---
 
-        Refused (``_Stalled``) only when the probe confirms that no reply is waiting on any
-        in-flight connection: skipping a lease or a write can cost an extra backend fetch
-        (a lease not taken, a value other processes wait for and never see), and a process
-        starved of CPU (threads queued for the GIL) can look like a silent Redis for tens of
-        milliseconds while the replies sit unread in its sockets.
-        """
-        stall = self._stall
-        if not stall.begin(read=False):
-            raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
+    def _script_plan(self, name: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> Plan[Any]:
+        script = _script(name)
         try:
-            result = fn(*args)
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
-            raise
-        stall.end(replied=True)
-        return result
+            return (yield _Command(self, "evalsha", (script.sha, len(keys), *keys, *args)))
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+        # NOSCRIPT means it did not run: loading it and running again is safe.
+        yield _Command(self, "script_load", (script.source,))
+        return (yield _Command(self, "evalsha", (script.sha, len(keys), *keys, *args)))
 
-    async def _aguarded(self, fn: Any, *args: Any) -> Any:
-        """Async :meth:`_guarded`."""
-        stall = self._stall
-        if not stall.begin(read=False):
-            raise _Stalled(f"Redis sent nothing for {stall.after:.3f} s; command not sent")
+    def _get_plan(self, key: CacheKey) -> Plan[Entry | None]:
         try:
-            result = await fn(*args)
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
+            data = yield _Command(self, "get", (f"{self._base}{{{key.text}}}",), read=True)
+        except Exception as exc:
+            if self._failed(exc):
+                return None
             raise
-        stall.end(replied=True)
-        return result
+        return self._decode(data, key)
 
-    # --- the Layer protocol ---
+    def _put_plan(
+        self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
+    ) -> Plan[bool]:
+        prepared = self._put_args(key, entry, token, release=release, lease_ttl=lease_ttl)
+        if prepared is None:
+            return False
+        try:
+            stored, released = yield from self._script_plan("cache_put.lua", *prepared)
+        except Exception as exc:
+            if self._failed(exc):
+                return False
+            raise
+        if prepared[1][0]:
+            self._counters.add("writes" if stored else "writes_refused")
+        if release:
+            self._counters.add("leases_released" if released else "leases_lost")
+        return bool(stored)
+
+    def _lease_plan(self, key: CacheKey, ttl: float) -> Plan[LeaseReply]:
+        value_key = self.redis_key(key)
+        keys = (value_key + ":lease", value_key + ":fence", value_key)
+        ttl_ms = max(1, math.ceil(ttl * 1000.0))
+        now = repr(self._clock.time())
+        refused: bytes | None = None
+        for _ in range(2):
+            try:
+                token, data = yield from self._script_plan(
+                    "cache_lease_acquire.lua", keys, (ttl_ms, self._owner, self._fence_ms, now)
+                )
+            except Exception as exc:
+                self._failed(exc)
+                raise
+            token = int(token)
+            found = None if data is not None and data == refused else self._decode(data, key)
+            if token < 0 and data is not None and found is None and now != "0":
+                # The stored bytes claim a freshness they do not have: ask again, ignoring it.
+                now, refused = "0", data
+                continue
+            break
+        if token > 0:
+            self._counters.add("leases_acquired")
+            return LeaseReply(token=token, entry=found)
+        if token == 0:
+            self._counters.add("leases_busy")
+            return LeaseReply(entry=found, busy=True)
+        self._counters.add("leases_declined")
+        return LeaseReply(entry=found)
+
+    def _release_plan(self, key: CacheKey, token: int) -> Plan[None]:
+        value_key = self.redis_key(key)
+        result = yield from self._script_plan(
+            "cache_lease_release.lua", (value_key + ":lease",), (self._lease_value(token),)
+        )
+        self._counters.add("leases_released" if result else "leases_lost")
+
+    def _delete_plan(self, key: CacheKey) -> Plan[None]:
+        yield _Command(self, "delete", (self.redis_key(key),))
+
+    # --- the Layer protocol (one line per colour) ---
 
     def get(self, key: CacheKey) -> Entry | None:
         """Return ``key``'s entry, or ``None`` (missing, invalid bytes, or no free connection).
@@ -716,28 +825,27 @@ class RedisLayer:
         Raises:
             redis.RedisError: Redis failed or timed out (the driver's breaker counts it).
         """
-        # The hot path: the stall guard inlined (see _guarded).
-        stall = self._stall
-        if not stall.begin():
-            self._counters.add("stalled")
-            return None
-        try:
-            data = self._sync().get(f"{self._base}{{{key.text}}}")
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
-            if isinstance(exc, Exception) and self._failed(exc):
-                return None
-            raise
-        stall.end(replied=True)
-        return self._decode(data, key)
+        return perform(self._get_plan(key))
+
+    async def aget(self, key: CacheKey) -> Entry | None:
+        """Async :meth:`get`."""
+        return await aperform(self._get_plan(key))
 
     def set(self, key: CacheKey, entry: Entry) -> None:
         """Store ``entry`` until its ``error_until``, unless Redis holds one created later."""
-        self.set_fenced(key, entry, 0)
+        perform(self._put_plan(key, entry, 0, release=False, lease_ttl=0))
+
+    async def aset(self, key: CacheKey, entry: Entry) -> None:
+        """Async :meth:`set`."""
+        await aperform(self._put_plan(key, entry, 0, release=False, lease_ttl=0))
 
     def delete(self, key: CacheKey) -> None:
         """Remove ``key``'s entry."""
-        self._sync().delete(self.redis_key(key))
+        perform(self._delete_plan(key))
+
+    async def adelete(self, key: CacheKey) -> None:
+        """Async :meth:`delete`."""
+        await aperform(self._delete_plan(key))
 
     def clear(self) -> None:
         """Remove every key under this layer's prefix, namespace and version (SCAN + DEL)."""
@@ -751,33 +859,6 @@ class RedisLayer:
         if batch:
             client.delete(*batch)
 
-    def _pattern(self) -> str:
-        return self._base + "*"
-
-    async def aget(self, key: CacheKey) -> Entry | None:
-        """Async :meth:`get`."""
-        stall = self._stall
-        if not stall.begin():
-            self._counters.add("stalled")
-            return None
-        try:
-            data = await self._async().get(f"{self._base}{{{key.text}}}")
-        except BaseException as exc:
-            stall.end(replied=_replied(exc))
-            if isinstance(exc, Exception) and self._failed(exc):
-                return None
-            raise
-        stall.end(replied=True)
-        return self._decode(data, key)
-
-    async def aset(self, key: CacheKey, entry: Entry) -> None:
-        """Async :meth:`set`."""
-        await self.aset_fenced(key, entry, 0)
-
-    async def adelete(self, key: CacheKey) -> None:
-        """Async :meth:`delete`."""
-        await self._async().delete(self.redis_key(key))
-
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
         client = self._async()
@@ -790,43 +871,66 @@ class RedisLayer:
         if batch:
             await client.delete(*batch)
 
+    def _pattern(self) -> str:
+        return self._base + "*"
+
     # --- leases ---
 
-    def acquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
-        """Take ``key``'s lease for ``ttl`` seconds.
+    def lease(self, key: CacheKey, *, ttl: float) -> LeaseReply:
+        """Take ``key``'s lease for ``ttl`` seconds and read its entry, in one round trip.
 
-        Returns:
-            The fencing token (> 0) if this process now holds the lease; ``None`` if another
-            process does, or if a fresh entry was stored just before (read it with
-            :meth:`get`: there is nothing to fetch).
+        No lease is taken when the stored entry is fresh (use it: there is nothing to fetch),
+        or when the last holder said no value is coming (fetch without waiting).
 
         Raises:
             redis.RedisError: Redis failed, timed out or has no free connection; the driver
                 then fetches without a lease, under its in-process protections.
         """
-        try:
-            result = self._guarded(
-                _script("cache_lease_acquire.lua").run, self._sync(), *self._acquire_args(key, ttl)
-            )
-        except Exception as exc:
-            self._failed(exc)
-            raise
-        token, arrived = self._lease_result(result, key)
-        if arrived:
-            self.release_lease(key, token)
-            return None
-        return token or None
+        return perform(self._lease_plan(key, ttl))
+
+    async def alease(self, key: CacheKey, *, ttl: float) -> LeaseReply:
+        """Async :meth:`lease`."""
+        return await aperform(self._lease_plan(key, ttl))
+
+    def publish(self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float) -> bool:
+        """Store ``entry`` fetched under lease ``token`` and release the lease, in one round
+        trip (see :meth:`set_fenced` for when the entry is stored).
+
+        When there is nothing to store (``entry`` is ``None``, expired, or the serializer
+        refuses it) the released lease says "no value is coming" for ``lease_ttl`` seconds, so
+        other processes fetch for themselves at once instead of waiting for it.
+
+        Returns:
+            Whether the entry was stored.
+        """
+        return perform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
+
+    async def apublish(
+        self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
+    ) -> bool:
+        """Async :meth:`publish`."""
+        return await aperform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
+
+    def acquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
+        """Take ``key``'s lease for ``ttl`` seconds (:meth:`lease` without the entry).
+
+        Returns:
+            The fencing token (> 0) if this process now holds the lease; ``None`` if another
+            process does, or if a fresh entry is stored (there is nothing to fetch).
+        """
+        return self.lease(key, ttl=ttl).token
+
+    async def aacquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
+        """Async :meth:`acquire_lease`."""
+        return (await self.alease(key, ttl=ttl)).token
 
     def release_lease(self, key: CacheKey, token: int) -> None:
         """Give ``key``'s lease back if this process still holds it under ``token``."""
-        value_key = self.redis_key(key)
-        result = self._guarded(
-            _script("cache_lease_release.lua").run,
-            self._sync(),
-            (value_key + ":lease",),
-            (self._lease_value(token),),
-        )
-        self._counters.add("leases_released" if result else "leases_lost")
+        perform(self._release_plan(key, token))
+
+    async def arelease_lease(self, key: CacheKey, token: int) -> None:
+        """Async :meth:`release_lease`."""
+        await aperform(self._release_plan(key, token))
 
     def set_fenced(self, key: CacheKey, entry: Entry, token: int) -> bool:
         """Store ``entry`` fetched under lease ``token``; never replace a newer entry.
@@ -839,87 +943,11 @@ class RedisLayer:
         Returns:
             Whether the entry was stored.
         """
-        prepared = self._put_args(key, entry, token)
-        if prepared is None:
-            return False
-        try:
-            result = self._guarded(_script("cache_put.lua").run, self._sync(), *prepared)
-        except Exception as exc:
-            if self._failed(exc):
-                return False
-            raise
-        return self._put_result(result)
-
-    async def aacquire_lease(self, key: CacheKey, *, ttl: float) -> int | None:
-        """Async :meth:`acquire_lease`."""
-        try:
-            result = await self._aguarded(
-                _script("cache_lease_acquire.lua").arun,
-                self._async(),
-                *self._acquire_args(key, ttl),
-            )
-        except Exception as exc:
-            self._failed(exc)
-            raise
-        token, arrived = self._lease_result(result, key)
-        if arrived:
-            await self.arelease_lease(key, token)
-            return None
-        return token or None
-
-    async def arelease_lease(self, key: CacheKey, token: int) -> None:
-        """Async :meth:`release_lease`."""
-        value_key = self.redis_key(key)
-        result = await self._aguarded(
-            _script("cache_lease_release.lua").arun,
-            self._async(),
-            (value_key + ":lease",),
-            (self._lease_value(token),),
-        )
-        self._counters.add("leases_released" if result else "leases_lost")
+        return perform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
 
     async def aset_fenced(self, key: CacheKey, entry: Entry, token: int) -> bool:
         """Async :meth:`set_fenced`."""
-        prepared = self._put_args(key, entry, token)
-        if prepared is None:
-            return False
-        try:
-            result = await self._aguarded(_script("cache_put.lua").arun, self._async(), *prepared)
-        except Exception as exc:
-            if self._failed(exc):
-                return False
-            raise
-        return self._put_result(result)
-
-    def _acquire_args(
-        self, key: CacheKey, ttl: float
-    ) -> tuple[tuple[str, str, str], tuple[Any, ...]]:
-        value_key = self.redis_key(key)
-        return (value_key + ":lease", value_key + ":fence", value_key), (
-            max(1, math.ceil(ttl * 1000.0)),
-            self._owner,
-            self._fence_ms,
-        )
-
-    def _lease_result(self, result: Any, key: CacheKey) -> tuple[int, bool]:
-        """``(token, arrived)``: token 0 when busy; ``arrived`` when the lease was taken but a
-        fresh entry is already stored (a holder finished just before), so it must be given
-        back rather than used to fetch again."""
-        token = int(result[0])
-        if token <= 0:
-            self._counters.add("leases_busy")
-            return 0, False
-        data = result[1]
-        if data is not None:
-            try:
-                found = decode_entry(data, key.text, self.serializer)
-            except PayloadError:
-                found = None  # counted when get() reads it
-            if found is not None and self._clock.time() < found.fresh_until:
-                self._counters.add("leases_declined")
-                return token, True
-        self._counters.add("leases_acquired")
-        return token, False
+        return await aperform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
 
     # --- introspection ---
 

@@ -1,27 +1,42 @@
--- cacheward: store a cache entry unless that would replace a newer one.
+-- cacheward: store a cache entry unless that would replace a newer one, and (for a lease
+-- holder) release the key's lease, in one round trip.
 --
 -- KEYS[1] the entry's key, KEYS[2] its lease key (same hash tag, so the same slot).
--- ARGV[1] the envelope, ARGV[2] its TTL in ms, ARGV[3] the fencing token ("0": unfenced),
--- ARGV[4] the entry's `created` stamp, ARGV[5] the lease value the writer would hold.
--- Returns 1 when stored, 0 when refused. Safe to run twice: a re-run stores the same bytes.
+-- ARGV[1] the envelope ('': nothing to store), ARGV[2] its TTL in ms, ARGV[3] the fencing
+-- token ('0': unfenced), ARGV[4] the entry's `created` stamp, ARGV[5] the lease value the writer
+-- would hold, ARGV[6] '1' to release that lease, ARGV[7] how long (ms) a released lease says
+-- "no value is coming" when there was nothing to store.
+-- Returns {stored, released}: 1/0 each. Safe to run twice: a re-run stores the same bytes and
+-- finds nothing more to release.
 --
 -- The envelope header (see _serialize.py) holds `created` at byte 5 and the writer's fencing
 -- token at byte 37, both big-endian doubles.
 local token = ARGV[3]
-if token ~= '0' and redis.call('GET', KEYS[2]) == ARGV[5] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-local old = redis.call('GET', KEYS[1])
-if old and string.len(old) >= 48 and string.byte(old, 1) == 199 and string.byte(old, 2) == 1 then
-  local old_created = struct.unpack('>d', old, 5)
-  local old_token = struct.unpack('>d', old, 37)
-  if old_created >= tonumber(ARGV[4]) then
-    return 0
+local holds = token ~= '0' and redis.call('GET', KEYS[2]) == ARGV[5]
+local stored = 0
+if ARGV[1] ~= '' then
+  local newer = false
+  if not holds then
+    local old = redis.call('GET', KEYS[1])
+    if old and string.len(old) >= 48 and string.byte(old, 1) == 199
+        and string.byte(old, 2) == 1 then
+      local old_created = struct.unpack('>d', old, 5)
+      local old_token = struct.unpack('>d', old, 37)
+      newer = old_created >= tonumber(ARGV[4]) or (token ~= '0' and old_token >= tonumber(token))
+    end
   end
-  if token ~= '0' and old_token >= tonumber(token) then
-    return 0
+  if not newer then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    stored = 1
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+local released = 0
+if holds and ARGV[6] == '1' then
+  if ARGV[1] == '' then
+    redis.call('SET', KEYS[2], '0:none', 'PX', ARGV[7])
+  else
+    redis.call('DEL', KEYS[2])
+  end
+  released = 1
+end
+return {stored, released}
