@@ -290,6 +290,36 @@ class Delete(LayerOp):
         return await layer.adelete(self.key)
 
 
+class Fence(LayerOp):
+    """Invalidate a key (or write over it) and fence every rebuild under way in any process:
+    a layer's ``fence`` (see :meth:`RedisLayer.fence`). Returns the mark, or MISSING."""
+
+    __slots__ = ("announce", "entry")
+    mode = "lease"  # like a publish: skipping it would let rebuilds already under way store
+
+    def __init__(
+        self,
+        guarded: GuardedLayer,
+        key: CacheKey,
+        entry: Entry | None = None,
+        announce: tuple[str, str] = ("", ""),
+    ) -> None:
+        super().__init__(guarded, key)
+        self.entry = entry
+        self.announce = announce
+
+    def call(self, layer: Any) -> Any:
+        return layer.fence(self.key, self.entry, announce=self.announce)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.afence(self.key, self.entry, announce=self.announce)
+
+
+def fences(layer: Any) -> bool:
+    """Whether a layer can fence rebuilds (``fence`` / ``afence``, as :class:`RedisLayer`)."""
+    return callable(getattr(layer, "fence", None)) or callable(getattr(layer, "afence", None))
+
+
 class Lease(LayerOp):
     """Take the key's cross-process lease and read its entry: a :class:`LeaseReply`."""
 
@@ -920,7 +950,9 @@ class Driver:
         try:
             for guarded in self.remotes:
                 if token is not None and guarded is self.coordinator:
-                    yield Publish(guarded, key, entry, token, self.s.lease_ttl)
+                    stored = yield Publish(guarded, key, entry, token, self.s.lease_ttl)
+                    if stored is None and entry is not None:
+                        self.forget(key, entry)
                 elif entry is not None:
                     yield Put(guarded, key, entry)
         finally:
@@ -970,7 +1002,15 @@ class Driver:
         if self.l1 is not None:
             self.l1.delete(key)
         for guarded in self.remotes:
-            yield Delete(guarded, key)
+            yield Fence(guarded, key) if fences(guarded.layer) else Delete(guarded, key)
+
+    def forget(self, key: CacheKey, entry: Entry) -> None:
+        """A shared layer refused ``entry`` (fenced by an invalidation in another process, or
+        older than what it holds): this process stops serving it too."""
+        if self.l1 is not None:
+            with self.lock:
+                if self.l1.lookup(key.local) is entry:
+                    self.l1.delete(key)
 
     # ---- background work: a thread of the refresh executor, or a task
 

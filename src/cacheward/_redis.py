@@ -79,6 +79,8 @@ EVENTS: Final = (
     "leases_declined",
     "leases_released",
     "leases_lost",
+    "fences",
+    "writes_fenced",
 )
 
 #: A client timeout above this many seconds draws a warning.
@@ -686,7 +688,7 @@ class RedisLayer:
 
     def _put_args(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
-    ) -> tuple[tuple[str, str], tuple[Any, ...]] | None:
+    ) -> tuple[tuple[str, str, str], tuple[Any, ...]] | None:
         """The put script's keys and arguments; ``None`` when there is nothing to send (no
         entry to store, or an expired or unencodable one, and no lease to release)."""
         payload = b""
@@ -701,7 +703,7 @@ class RedisLayer:
         if not payload and not release:
             return None
         value_key = self.redis_key(key)
-        return (value_key, value_key + ":lease"), (
+        return (value_key, value_key + ":lease", value_key + ":inv"), (
             payload,
             max(ttl_ms, 1),
             token,
@@ -761,20 +763,23 @@ class RedisLayer:
 
     def _put_plan(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
-    ) -> Plan[bool]:
+    ) -> Plan[bool | None]:
         prepared = self._put_args(key, entry, token, release=release, lease_ttl=lease_ttl)
         if prepared is None:
             return False
         try:
-            stored, released = yield from self._script_plan("cache_put.lua", *prepared)
+            stored, released, *fenced = yield from self._script_plan("cache_put.lua", *prepared)
         except Exception as exc:
             if self._failed(exc):
                 return False
             raise
-        if prepared[1][0]:
-            self._counters.add("writes" if stored else "writes_refused")
         if release:
             self._counters.add("leases_released" if released else "leases_lost")
+        if fenced and fenced[0]:
+            self._counters.add("writes_fenced")
+            return None
+        if prepared[1][0]:
+            self._counters.add("writes" if stored else "writes_refused")
         return bool(stored)
 
     def _lease_plan(self, key: CacheKey, ttl: float) -> Plan[LeaseReply]:
@@ -813,6 +818,26 @@ class RedisLayer:
             "cache_lease_release.lua", (value_key + ":lease",), (self._lease_value(token),)
         )
         self._counters.add("leases_released" if result else "leases_lost")
+
+    def _fence_plan(
+        self, key: CacheKey, entry: Entry | None, announce: tuple[str, str]
+    ) -> Plan[int]:
+        value_key = self.redis_key(key)
+        payload, ttl_ms = b"", 0
+        if entry is not None:
+            ttl_ms = self._ttl_ms(entry)
+            if ttl_ms > 0:
+                payload = encode_entry(entry, key.text, self.serializer)
+        keys = (value_key, value_key + ":lease", value_key + ":fence", value_key + ":inv")
+        channel, message = announce
+        args = (self._fence_ms, payload, max(ttl_ms, 1), channel, message, int(self.cluster))
+        try:
+            mark = yield from self._script_plan("cache_invalidate.lua", keys, args)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._counters.add("fences")
+        return int(mark)
 
     def _delete_plan(self, key: CacheKey) -> Plan[None]:
         yield _Command(self, "delete", (self.redis_key(key),))
@@ -892,7 +917,9 @@ class RedisLayer:
         """Async :meth:`lease`."""
         return await aperform(self._lease_plan(key, ttl))
 
-    def publish(self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float) -> bool:
+    def publish(
+        self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
+    ) -> bool | None:
         """Store ``entry`` fetched under lease ``token`` and release the lease, in one round
         trip (see :meth:`set_fenced` for when the entry is stored).
 
@@ -901,13 +928,14 @@ class RedisLayer:
         other processes fetch for themselves at once instead of waiting for it.
 
         Returns:
-            Whether the entry was stored.
+            Whether the entry was stored; ``None`` (falsy) when it was refused because the key
+            was invalidated or written (:meth:`fence`) after the lease was taken.
         """
         return perform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
 
     async def apublish(
         self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
-    ) -> bool:
+    ) -> bool | None:
         """Async :meth:`publish`."""
         return await aperform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
 
@@ -943,11 +971,34 @@ class RedisLayer:
         Returns:
             Whether the entry was stored.
         """
-        return perform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
+        return bool(perform(self._put_plan(key, entry, token, release=False, lease_ttl=0)))
 
     async def aset_fenced(self, key: CacheKey, entry: Entry, token: int) -> bool:
         """Async :meth:`set_fenced`."""
-        return await aperform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
+        return bool(await aperform(self._put_plan(key, entry, token, release=False, lease_ttl=0)))
+
+    def fence(
+        self, key: CacheKey, entry: Entry | None = None, *, announce: tuple[str, str] = ("", "")
+    ) -> int:
+        """Delete ``key``'s entry (or store ``entry`` over it), drop its lease and fence every
+        lease taken before, in one round trip: a rebuild already under way in any process
+        cannot store its (older) result afterwards. ``announce`` is a ``(channel, message)``
+        published in the same script (the backplane, see docs/caching.md).
+
+        Returns:
+            The invalidation mark (above every token handed out for the key so far).
+
+        Raises:
+            redis.RedisError: Redis failed or timed out (the driver keeps the invalidation
+                and replays it when Redis answers again).
+        """
+        return perform(self._fence_plan(key, entry, announce))
+
+    async def afence(
+        self, key: CacheKey, entry: Entry | None = None, *, announce: tuple[str, str] = ("", "")
+    ) -> int:
+        """Async :meth:`fence`."""
+        return await aperform(self._fence_plan(key, entry, announce))
 
     # --- introspection ---
 
