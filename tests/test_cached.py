@@ -648,3 +648,39 @@ def test_namespace_is_public() -> None:
         return key
 
     assert afetch.namespace.endswith("test_namespace_is_public.<locals>.afetch:v1")
+
+
+def test_a_shared_layer_has_one_breaker_and_a_conflicting_setting_fails_at_decoration() -> None:
+    """Issue 12: a second function's breaker_failures on the same layer was silently ignored."""
+    shared = FlakyLayer()
+
+    @cw.cached(ttl=1, layers=[shared], breaker_failures=50)
+    def first(x: str) -> str:
+        return x
+
+    @cw.cached(ttl=1, layers=[shared])  # leaves it to the layer: fine
+    def second(x: str) -> str:
+        return x
+
+    @cw.cached(ttl=1, layers=[shared], breaker_failures=50)  # the same setting: fine
+    def third(x: str) -> str:
+        return x
+
+    with pytest.raises(cw.ConfigurationError, match=r"breaker_failures=50.*asks for"):
+
+        @cw.cached(ttl=1, layers=[shared], breaker_failures=3)
+        def fourth(x: str) -> str:
+            return x
+
+    assert first("a") == second("a") == third("a") == "a"
+
+
+def test_a_redis_layer_owns_its_breaker_settings() -> None:
+    layer = cw.RedisLayer.from_url(
+        "redis://127.0.0.1:1/0", timeout=0.05, breaker_failures=7, breaker_reset=2
+    )
+    assert layer.breaker is not None
+    assert (layer.breaker.failures, layer.breaker.reset) == (7, 2.0)
+    with pytest.raises(cw.ConfigurationError, match="configure it once, on the layer"):
+        cw.cached(ttl=1, layers=[layer], breaker_reset=5)(lambda x: x)
+    assert cw.cached(ttl=1, layers=[layer], breaker_failures=7)(lambda x: x) is not None

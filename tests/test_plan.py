@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import cacheward._readpath as rp
 from cacheward._core.entry import make_entry
 from cacheward._core.keys import CacheKey, local_key
+from cacheward._layers import LayerBreaker
 from cacheward._plan import Op, Plan, aperform, perform
 
 
@@ -147,7 +148,7 @@ def test_every_layer_op_does_the_same_in_both_colours() -> None:
     for colour in ("sync", "aio"):
         layer = Recorder()
         guarded = rp.GuardedLayer(
-            layer, SYSTEM_CLOCK, rp.Counters(), rp._LayerHealth(3, 1.0), "ns:v1"
+            layer, SYSTEM_CLOCK, rp.Counters(), LayerBreaker(failures=3, reset=1.0), "ns:v1"
         )
         got = [
             op.sync() if colour == "sync" else asyncio.run(op.aio()) for op in layer_ops(guarded)
@@ -175,7 +176,8 @@ def test_a_failing_layer_op_is_a_miss_in_both_colours(error: Exception) -> None:
 
     for colour in ("sync", "aio"):
         counters = rp.Counters()
-        guarded = rp.GuardedLayer(Failing(), SYSTEM_CLOCK, counters, rp._LayerHealth(3, 1), "n")
+        breaker = LayerBreaker(failures=3, reset=1)
+        guarded = rp.GuardedLayer(Failing(), SYSTEM_CLOCK, counters, breaker, "n")
         op = layer_ops(guarded)[0]
         got = op.sync() if colour == "sync" else asyncio.run(op.aio())
         assert got is rp.MISSING

@@ -23,7 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 import cacheward as cw
-from cacheward._redis import _script
+from cacheward._rediskit import script as _script
 from cacheward.testing import FakeClock
 from servers import RedisServer
 

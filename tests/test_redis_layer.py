@@ -445,3 +445,83 @@ def test_stall_guard_rule() -> None:
     assert stall.begin()  # a reply came back: healthy again
     clock.advance(2.0)
     assert stall.begin()  # a mark left far too long is not trusted
+
+
+@pytest.mark.parametrize("cross_process", [True, False])
+def test_a_wrong_typed_key_is_a_miss_for_that_key_not_a_sick_layer(
+    url: str, server: RedisServer, cross_process: bool
+) -> None:
+    """Issue 15 item 13: a LIST at one value key (WRONGTYPE) opened the breaker for the whole
+    layer. It is a miss for that key; the layer keeps serving the others."""
+    layer = RedisLayer.from_url(url, timeout=1.0)
+    calls: list[str] = []
+
+    @cw.cached(
+        ttl=60,
+        layers=[layer],
+        namespace="wrongtype",
+        breaker_failures=1,
+        cross_process=cross_process,
+    )
+    def load(name: str) -> str:
+        calls.append(name)
+        return name.upper()
+
+    good = CacheKey("good", "wrongtype:v1", ("good",), {}, ("name",))
+    bad = CacheKey("bad", "wrongtype:v1", ("bad",), {}, ("name",))
+    layer.set(good, entry("GOOD"))
+    server.command("RPUSH", layer.redis_key(bad), "not", "an", "entry")
+    assert load("bad") == "BAD"  # a miss, never an error (the write then replaces the list)
+    assert load("good") == "GOOD"  # still read from Redis: the breaker did not open
+    assert "good" not in calls
+    stats = load.stats()
+    assert stats.layer_errors == 0
+    assert stats.layer_skips == 0
+    assert layer.events()["key_errors"] >= 1
+    layer.close()
+
+
+def test_the_wrong_type_check_catches_a_layer_that_calls_every_error_sickness(
+    url: str, server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sibling: with every fault counted as sickness, the same key opens the breaker."""
+    import cacheward._redis
+
+    monkeypatch.setattr(cacheward._redis, "sick", lambda fault: True)
+    layer = RedisLayer.from_url(url, timeout=1.0)
+
+    @cw.cached(ttl=60, layers=[layer], namespace="wrongtype2", breaker_failures=1)
+    def load(name: str) -> str:
+        return name.upper()
+
+    bad = CacheKey("bad", "wrongtype2:v1", ("bad",), {}, ("name",))
+    server.command("RPUSH", layer.redis_key(bad), "x")
+    assert load("bad") == "BAD"
+    assert load.stats().layer_errors >= 1
+    layer.close()
+
+
+def test_errors_are_classified_once_for_the_layer_and_the_bucket() -> None:
+    import redis
+
+    from cacheward._rediskit import Fault, classify, sick, unreachable
+
+    wrongtype = redis.ResponseError(
+        "WRONGTYPE Operation against a key holding the wrong kind of value"
+    )
+    cases = {
+        wrongtype: Fault.KEY,
+        redis.ConnectionError("Error 111 connecting"): Fault.UNREACHABLE,
+        redis.TimeoutError("Timeout reading"): Fault.UNREACHABLE,
+        redis.ResponseError("LOADING Redis is loading the dataset"): Fault.UNREACHABLE,
+        redis.exceptions.MaxConnectionsError("Too many connections"): Fault.POOL_FULL,
+        redis.exceptions.NoScriptError("NOSCRIPT No matching script"): Fault.NOSCRIPT,
+        redis.AuthenticationError("invalid password"): Fault.OTHER,
+        redis.ResponseError("NOPERM this user has no permissions"): Fault.OTHER,
+    }
+    for exc, fault in cases.items():
+        assert classify(exc) is fault, exc
+    assert not sick(Fault.KEY)
+    assert not sick(Fault.POOL_FULL)
+    assert sick(Fault.UNREACHABLE)
+    assert not unreachable(wrongtype)

@@ -119,8 +119,8 @@ class Settings:
     refresh_executor: concurrent.futures.Executor | None
     max_refreshes: int
     cross_process: bool
-    breaker_failures: int
-    breaker_reset: float
+    breaker_failures: int | None
+    breaker_reset: float | None
 
     @property
     def stores(self) -> bool:
@@ -146,8 +146,8 @@ def make_settings(
     max_refreshes: int,
     lease_ttl: Duration,
     cross_process: bool,
-    breaker_failures: int,
-    breaker_reset: Duration,
+    breaker_failures: int | None,
+    breaker_reset: Duration | None,
 ) -> Settings:
     ttl_s = duration("ttl", ttl)
     stale_s = duration("stale_ttl", stale_ttl)
@@ -209,8 +209,12 @@ def make_settings(
         refresh_executor=refresh_executor,
         max_refreshes=check_positive_int("max_refreshes", max_refreshes),
         cross_process=bool(cross_process),
-        breaker_failures=check_positive_int("breaker_failures", breaker_failures),
-        breaker_reset=duration("breaker_reset", breaker_reset, allow_zero=False),
+        breaker_failures=None
+        if breaker_failures is None
+        else check_positive_int("breaker_failures", breaker_failures),
+        breaker_reset=None
+        if breaker_reset is None
+        else duration("breaker_reset", breaker_reset, allow_zero=False),
     )
 
 
@@ -233,8 +237,8 @@ def cached(
     max_refreshes: int = 16,
     lease_ttl: Duration = 15.0,
     cross_process: bool = True,
-    breaker_failures: int = 3,
-    breaker_reset: Duration = 5.0,
+    breaker_failures: int | None = None,
+    breaker_reset: Duration | None = None,
 ) -> Decorator:
     """Cache a function's results in layers, with single-flight, stale serving and back-off.
 
@@ -270,8 +274,12 @@ def cached(
         lease_ttl: how long a cross-process lease lasts (should exceed a fetch's duration).
         cross_process: take a lease in the first shared layer that supports leases, so one
             process per key fetches.
-        breaker_failures: consecutive failures that open a shared layer's circuit breaker.
-        breaker_reset: seconds an open layer breaker waits before letting a probe through.
+        breaker_failures: consecutive failures that open a shared layer's circuit breaker
+            (default: the layer's own setting, else 3). A layer has one breaker, shared by
+            every function using it: asking for another setting than it has is a
+            :class:`~cacheward.ConfigurationError`.
+        breaker_reset: seconds an open layer breaker waits before letting a probe through
+            (default: the layer's own setting, else 5).
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).

@@ -54,8 +54,8 @@ def coalesce(
         max_refreshes=1,
         lease_ttl=1.0,
         cross_process=False,
-        breaker_failures=1,
-        breaker_reset=1.0,
+        breaker_failures=None,
+        breaker_reset=None,
     )
 
     def decorate(fn: Callable[..., object]) -> object:

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable, Hashable, MutableMapping
 from typing import Literal, Protocol, runtime_checkable
 
-from cacheward._config import check_positive_int
+from cacheward._config import Duration, check_positive_int, duration
+from cacheward._core.breaker import Breaker
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError
@@ -16,6 +17,7 @@ __all__ = [
     "AsyncLayer",
     "AsyncLeasingLayer",
     "Layer",
+    "LayerBreaker",
     "LeaseReply",
     "LeasingLayer",
     "MemoryLayer",
@@ -112,6 +114,32 @@ class AsyncLeasingLayer(AsyncLayer, Protocol):
         self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
     ) -> bool | None: ...
     async def arelease_lease(self, key: CacheKey, token: int) -> None: ...
+
+
+class LayerBreaker:
+    """The circuit breaker of one shared layer, shared by every function that uses the layer.
+
+    A layer that offers a ``breaker`` attribute owns it (``RedisLayer(breaker_failures=...)``);
+    for any other layer the first :func:`~cacheward.cached` function using it makes one. A later
+    function asking for other settings is a configuration error, never silently ignored.
+
+    Args:
+        failures: consecutive failures that open it.
+        reset: seconds it stays open before letting one probe through.
+    """
+
+    __slots__ = ("breaker", "failures", "lock", "origin", "reset")
+
+    def __init__(self, *, failures: int = 3, reset: Duration = 5.0, origin: str = "") -> None:
+        self.failures = check_positive_int("breaker_failures", failures)
+        self.reset = duration("breaker_reset", reset, allow_zero=False)
+        self.breaker = Breaker(failure_threshold=self.failures, reset_timeout=self.reset)
+        self.lock = threading.Lock()
+        #: Who configured it (for error messages).
+        self.origin = origin
+
+    def __repr__(self) -> str:
+        return f"LayerBreaker(failures={self.failures}, reset={self.reset})"
 
 
 Policy = Literal["fifo", "lru", "lfu"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import threading
 import weakref
@@ -22,14 +23,20 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from cacheward._background import track
 from cacheward._clock import Clock
-from cacheward._core.breaker import Breaker, BreakerState
+from cacheward._core.breaker import BreakerState
 from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable_on_error
 from cacheward._core.keys import CacheKey, local_key
 from cacheward._core.leasewait import LeaseWait
 from cacheward._core.readthrough import Action, Flight, ReadThrough
-from cacheward._errors import BackoffActive, FetchTimeout
+from cacheward._errors import BackoffActive, ConfigurationError, FetchTimeout
 from cacheward._events import EventKind, emit
-from cacheward._layers import AsyncLeasingLayer, LeaseReply, LeasingLayer, MemoryLayer
+from cacheward._layers import (
+    AsyncLeasingLayer,
+    LayerBreaker,
+    LeaseReply,
+    LeasingLayer,
+    MemoryLayer,
+)
 from cacheward._plan import Op, Plan, aperform, perform
 
 if TYPE_CHECKING:
@@ -114,28 +121,46 @@ class Counters:
 # Remote layers behind their circuit breakers
 
 
-class _LayerHealth:
-    """One breaker per layer object, shared by every function using that layer."""
-
-    __slots__ = ("breaker", "lock")
-
-    def __init__(self, failure_threshold: int, reset_timeout: float) -> None:
-        self.breaker = Breaker(failure_threshold=failure_threshold, reset_timeout=reset_timeout)
-        self.lock = threading.Lock()
-
-
-_HEALTH: weakref.WeakKeyDictionary[object, _LayerHealth] = weakref.WeakKeyDictionary()
+_HEALTH: weakref.WeakKeyDictionary[object, LayerBreaker] = weakref.WeakKeyDictionary()
 _HEALTH_LOCK = threading.Lock()
 
 
-def _health_of(layer: object, failure_threshold: int, reset_timeout: float) -> _LayerHealth:
+def breaker_of(
+    layer: Any, index: int, failures: int | None, reset: float | None, owner: str
+) -> LayerBreaker:
+    """The layer's breaker: its own, or the one the first function using it made.
+
+    Raises:
+        ConfigurationError: this function asks for settings the layer's breaker does not have.
+    """
     with _HEALTH_LOCK:
-        try:
-            health = _HEALTH.get(layer)
-            if health is None:
-                health = _HEALTH[layer] = _LayerHealth(failure_threshold, reset_timeout)
-        except TypeError:  # not weak-referenceable: the breaker is per function instead
-            health = _LayerHealth(failure_threshold, reset_timeout)
+        owned = getattr(layer, "breaker", None)
+        health = owned if isinstance(owned, LayerBreaker) else _HEALTH.get(layer)
+        if health is None:
+            health = LayerBreaker(
+                failures=3 if failures is None else failures,
+                reset=5.0 if reset is None else reset,
+                origin=f"cached() of {owner}",
+            )
+            if hasattr(layer, "breaker"):
+                layer.breaker = health
+            else:
+                # Not weak-referenceable: the breaker is this function's alone.
+                with contextlib.suppress(TypeError):
+                    _HEALTH[layer] = health
+            return health
+    if (failures is not None and failures != health.failures) or (
+        reset is not None and reset != health.reset
+    ):
+        asked = f"breaker_failures={failures}, breaker_reset={reset}"
+        raise ConfigurationError(
+            f"layers[{index}] ({getattr(layer, 'name', type(layer).__name__)}) already has a "
+            f"circuit breaker with breaker_failures={health.failures}, "
+            f"breaker_reset={health.reset} (set by {health.origin or 'the layer'}), but "
+            f"{owner} asks for {asked}: one layer has one breaker; configure it once, on the "
+            "layer (RedisLayer(..., breaker_failures=..., breaker_reset=...)), and leave "
+            "these out of cached()"
+        )
     return health
 
 
@@ -145,7 +170,7 @@ class GuardedLayer:
     __slots__ = ("_counters", "_health", "_mono", "_source", "layer", "leases")
 
     def __init__(
-        self, layer: Any, clock: Clock, counters: Counters, health: _LayerHealth, source: str
+        self, layer: Any, clock: Clock, counters: Counters, health: LayerBreaker, source: str
     ) -> None:
         self.layer = layer
         self._source = source
@@ -728,10 +753,10 @@ class Driver:
                 layer,
                 s.clock,
                 self.counters,
-                _health_of(layer, s.breaker_failures, s.breaker_reset),
+                breaker_of(layer, index, s.breaker_failures, s.breaker_reset, qualname),
                 self.namespace,
             )
-            for layer in s.layers
+            for index, layer in enumerate(s.layers)
             if layer is not l1
         ]
         self.coordinator = next((g for g in self.remotes if g.leases), None)

@@ -27,7 +27,6 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import secrets
 import select
@@ -35,7 +34,6 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from importlib import resources
 from typing import Any, Final
 
 from cacheward._background import drain
@@ -44,8 +42,20 @@ from cacheward._config import Duration, check_clock, check_positive_int, duratio
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
-from cacheward._layers import LeaseReply
+from cacheward._layers import LayerBreaker, LeaseReply
 from cacheward._plan import Op, Plan, aperform, perform
+from cacheward._rediskit import (
+    Fault,
+    check_name,
+    classify,
+    client_kind,
+    is_noscript,
+    is_timeout,
+    redis_module,
+    replied,
+    script,
+    sick,
+)
 from cacheward._serialize import (
     JsonSerializer,
     PayloadError,
@@ -64,6 +74,7 @@ EVENTS: Final = (
     "errors",
     "timeouts",
     "pool_exhausted",
+    "key_errors",
     "stalled",
     "encode_errors",
     "payload_truncated",
@@ -85,7 +96,6 @@ EVENTS: Final = (
 
 #: A client timeout above this many seconds draws a warning.
 _SLOW_TIMEOUT: Final = 1.0
-_INSTALL_HINT = "RedisLayer needs redis-py: pip install 'cacheward[redis]'"
 _FIX_HINT = (
     "build the client with socket_timeout=0.1, socket_connect_timeout=0.1 and "
     "retry=Retry(NoBackoff(), 0) (from redis.retry and redis.backoff), or let cacheward build "
@@ -93,108 +103,7 @@ _FIX_HINT = (
 )
 
 
-def _redis() -> Any:
-    try:
-        import redis
-    except ImportError:
-        raise ConfigurationError(_INSTALL_HINT) from None
-    return redis
-
-
-# --- scripts -------------------------------------------------------------------------------------
-
-
-class _Script:
-    """A Lua script shipped as package data, loaded once per server and run with EVALSHA."""
-
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.source = (resources.files("cacheward") / "resources" / name).read_text("utf-8")
-        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
-
-    def run(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except Exception as exc:
-            if not _is_noscript(exc):
-                raise
-        # NOSCRIPT means it did not run: loading it and running again is safe.
-        client.script_load(self.source)
-        return client.evalsha(self.sha, len(keys), *keys, *args)
-
-    async def arun(self, client: Any, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except Exception as exc:
-            if not _is_noscript(exc):
-                raise
-        await client.script_load(self.source)
-        return await client.evalsha(self.sha, len(keys), *keys, *args)
-
-
-def _is_noscript(exc: BaseException) -> bool:
-    return type(exc).__name__ == "NoScriptError" or str(exc).startswith("NOSCRIPT")
-
-
-_SCRIPTS: dict[str, _Script] = {}
-_SCRIPTS_LOCK = threading.Lock()
-
-
-def _script(name: str) -> _Script:
-    script = _SCRIPTS.get(name)
-    if script is None:
-        with _SCRIPTS_LOCK:
-            script = _SCRIPTS.get(name) or _Script(name)
-            _SCRIPTS[name] = script
-    return script
-
-
-# --- errors --------------------------------------------------------------------------------------
-
-
-def _pool_exhausted(exc: BaseException) -> bool:
-    """redis-py's "no free connection" errors: the pool is full, Redis itself may be fine."""
-    name = type(exc).__name__
-    return name == "MaxConnectionsError" or (
-        name == "ConnectionError" and str(exc) == "No connection available."
-    )
-
-
-def _replied(exc: BaseException) -> bool:
-    """Whether a failed command still heard from Redis (an error reply, a refused connect)."""
-    return not (_is_timeout(exc) or _pool_exhausted(exc) or isinstance(exc, asyncio.CancelledError))
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError"
-
-
 # --- client inspection ---------------------------------------------------------------------------
-
-
-def _kind(client: Any) -> tuple[bool, bool]:
-    """``(is_async, is_cluster)`` for a redis-py client."""
-    _redis()
-    from redis import Redis
-    from redis.asyncio import Redis as AsyncRedis
-    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-    from redis.cluster import RedisCluster
-
-    if isinstance(client, AsyncRedisCluster):
-        return True, True
-    if isinstance(client, AsyncRedis):
-        return True, False
-    if isinstance(client, RedisCluster):
-        return False, True
-    if isinstance(client, Redis):
-        return False, False
-    raise ConfigurationTypeError(
-        "client must be a redis-py client (redis.Redis, redis.asyncio.Redis, "
-        f"redis.cluster.RedisCluster or redis.asyncio.cluster.RedisCluster), got "
-        f"{type(client).__name__}; or use RedisLayer.from_url(url)"
-    )
 
 
 def _check_client(client: Any) -> float:
@@ -233,19 +142,6 @@ def _check_client(client: Any) -> float:
             stacklevel=3,
         )
     return float(kwargs["socket_timeout"])
-
-
-def _check_name(name: str, value: object, *, empty: bool) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationTypeError(f"{name} must be a str, got {type(value).__name__}")
-    if not value and not empty:
-        raise ConfigurationError(f"{name} must not be empty")
-    if any(c in value for c in "{}*?[]\\ \r\n"):
-        raise ConfigurationError(
-            f"{name} must not contain braces, glob characters, backslashes or whitespace "
-            f"(braces would break the Redis Cluster hash tag), got {value!r}"
-        )
-    return value
 
 
 class _Counters:
@@ -351,7 +247,7 @@ class _Command(Op):
         try:
             result = getattr(self.layer._sync(), self.name)(*self.args)
         except BaseException as exc:
-            stall.end(replied=_replied(exc))
+            stall.end(replied=replied(exc))
             raise
         stall.end(replied=True)
         return result
@@ -361,7 +257,7 @@ class _Command(Op):
         try:
             result = await getattr(self.layer._async(), self.name)(*self.args)
         except BaseException as exc:
-            stall.end(replied=_replied(exc))
+            stall.end(replied=replied(exc))
             raise
         stall.end(replied=True)
         return result
@@ -406,6 +302,11 @@ class RedisLayer:
             twice this silence and when no in-flight connection has a reply waiting to be
             read. Defaults to a quarter of the client's ``socket_timeout``; ``0`` switches it
             off.
+        breaker_failures: consecutive failures that open the layer's circuit breaker (one
+            breaker per layer, shared by every function using it); defaults to what the first
+            :func:`~cacheward.cached` function using the layer asks for, else 3.
+        breaker_reset: seconds the open breaker waits before letting a probe through
+            (defaults likewise, else 5).
 
     Raises:
         ConfigurationError: an argument is invalid, redis-py is missing, or the client could
@@ -425,6 +326,7 @@ class RedisLayer:
         "_stall",
         "_sync_client",
         "_sync_lock",
+        "breaker",
         "cluster",
         "local",
         "name",
@@ -446,9 +348,11 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset: Duration | None = None,
     ) -> None:
-        self.prefix = _check_name("prefix", prefix, empty=False)
-        self.namespace = _check_name("namespace", namespace, empty=True)
+        self.prefix = check_name("prefix", prefix, empty=False)
+        self.namespace = check_name("namespace", namespace, empty=True)
         self.version = check_positive_int("version", version, minimum=0)
         if serializer is None:
             serializer = JsonSerializer()
@@ -461,6 +365,15 @@ class RedisLayer:
         self._clock = check_clock(clock)
         self.name = name
         self.local = False
+        #: The layer's circuit breaker, shared by every function using the layer: configured
+        #: here, or (both settings left out) by the first cached function that uses it.
+        self.breaker: LayerBreaker | None = None
+        if breaker_failures is not None or breaker_reset is not None:
+            self.breaker = LayerBreaker(
+                failures=3 if breaker_failures is None else breaker_failures,
+                reset=5.0 if breaker_reset is None else breaker_reset,
+                origin=f"RedisLayer(name={name!r})",
+            )
         self._fence_ms = max(1, math.ceil(duration("fence_ttl", fence_ttl, allow_zero=False) * 1e3))
         parts = [self.prefix, self.namespace] if self.namespace else [self.prefix]
         self._base = ":".join([*parts, f"v{self.version}", ""])
@@ -478,7 +391,7 @@ class RedisLayer:
         self._stall.probe = self._silent
         socket_timeout: float | None = None
         if client is not None:
-            is_async, self.cluster = _kind(client)
+            is_async, self.cluster = client_kind(client)
             socket_timeout = _check_client(client)
             if is_async:
                 self._async_client = client
@@ -513,6 +426,8 @@ class RedisLayer:
         name: str = "redis",
         fence_ttl: Duration = 3600.0,
         stall_timeout: Duration | None = None,
+        breaker_failures: int | None = None,
+        breaker_reset: Duration | None = None,
     ) -> RedisLayer:
         """Build a layer whose clients cacheward creates, with safe settings.
 
@@ -537,11 +452,13 @@ class RedisLayer:
             name: see :class:`RedisLayer`.
             fence_ttl: see :class:`RedisLayer`.
             stall_timeout: see :class:`RedisLayer` (default: ``timeout / 4``).
+            breaker_failures: see :class:`RedisLayer`.
+            breaker_reset: see :class:`RedisLayer`.
 
         Raises:
             ConfigurationError: an argument is invalid or redis-py is missing.
         """
-        _redis()
+        redis_module()
         given: object = url
         if not isinstance(given, str) or "://" not in given:
             raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
@@ -565,6 +482,8 @@ class RedisLayer:
             clock=clock,
             name=name,
             fence_ttl=fence_ttl,
+            breaker_failures=breaker_failures,
+            breaker_reset=breaker_reset,
         )
         layer._factory = factory
         layer.cluster = factory.cluster
@@ -729,28 +648,32 @@ class RedisLayer:
 
     def _failed(self, exc: BaseException) -> bool:
         """Count a failed operation; ``True`` when it is a miss rather than a Redis failure
-        (an exhausted pool, or a command not sent because Redis has gone silent)."""
+        (an exhausted pool, an error about this one key such as ``WRONGTYPE``, or a command
+        not sent because Redis has gone silent): see ``cacheward._rediskit.sick``."""
         if isinstance(exc, _Stalled):
             self._counters.add("stalled")
             return True
-        if _pool_exhausted(exc):
+        fault = classify(exc)
+        if fault is Fault.POOL_FULL:
             self._counters.add("pool_exhausted")
-            return True
-        self._counters.add("timeouts" if _is_timeout(exc) else "errors")
-        return False
+        elif fault is Fault.KEY:
+            self._counters.add("key_errors")
+        else:
+            self._counters.add("timeouts" if is_timeout(exc) else "errors")
+        return not sick(fault)
 
     # --- the plans: every operation, once for both colours (see cacheward._plan) ---
 
     def _script_plan(self, name: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> Plan[Any]:
-        script = _script(name)
+        lua = script(name)
         try:
-            return (yield _Command(self, "evalsha", (script.sha, len(keys), *keys, *args)))
+            return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args)))
         except Exception as exc:
-            if not _is_noscript(exc):
+            if not is_noscript(exc):
                 raise
         # NOSCRIPT means it did not run: loading it and running again is safe.
-        yield _Command(self, "script_load", (script.source,))
-        return (yield _Command(self, "evalsha", (script.sha, len(keys), *keys, *args)))
+        yield _Command(self, "script_load", (lua.source,))
+        return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args)))
 
     def _get_plan(self, key: CacheKey) -> Plan[Entry | None]:
         try:
@@ -794,7 +717,8 @@ class RedisLayer:
                     "cache_lease_acquire.lua", keys, (ttl_ms, self._owner, self._fence_ms, now)
                 )
             except Exception as exc:
-                self._failed(exc)
+                if self._failed(exc):
+                    return LeaseReply()  # fetch without a lease
                 raise
             token = int(token)
             found = None if data is not None and data == refused else self._decode(data, key)

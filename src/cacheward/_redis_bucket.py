@@ -26,7 +26,10 @@ from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, duration
 from cacheward._errors import ConfigurationError, RateLimited
 from cacheward._limit import TokenBucket, _positive_number
-from cacheward._redis import _check_name, _kind, _script
+from cacheward._rediskit import check_name as _check_name
+from cacheward._rediskit import client_kind as _kind
+from cacheward._rediskit import script as _script
+from cacheward._rediskit import unreachable as _unreachable
 
 __all__ = ["RedisTokenBucket"]
 
@@ -289,23 +292,3 @@ class RedisTokenBucket:
             f"RedisTokenBucket(name={self.name!r}, rate={self.rate:g}, burst={self.burst:g}, "
             f"mode={self.mode!r})"
         )
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Errors that mean "Redis did not answer" (connection, timeout, busy, loading, failover),
-    as opposed to a bug in the call (which must surface)."""
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
-        return True
-    name = type(exc).__name__
-    return name in {
-        "ConnectionError",
-        "TimeoutError",
-        "BusyLoadingError",
-        "ClusterDownError",
-        "TryAgainError",
-        "MasterDownError",
-        "ReadOnlyError",
-        "MaxConnectionsError",
-        "ClusterError",
-        "SlotNotCoveredError",
-    } or str(exc).startswith(("BUSY", "LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN"))
