@@ -7,6 +7,7 @@ keys too (``started:SPACE``), so nothing depends on reading a pipe at the right 
 Modes:
     rebuild   one call of ``load("c1")`` whose fetch reads the data, says it started, then
               takes 1.5 s (the rebuild in flight); prints the value its caller got.
+    read      one call of ``load("c1")`` (a fresh process reading); prints the value.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main() -> None:
         time.sleep(1.5)
         return value
 
-    if mode == "rebuild":
+    if mode in ("rebuild", "read"):
         print(load("c1"), flush=True)
     layer.close()  # waits for the background write (bounded)
 

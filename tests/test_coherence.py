@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import sys
 import time
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any
 import pytest
 
 import cacheward as cw
-from servers import RedisServer
+from cacheward._background import drain
+from cacheward._pending import Pending
+from cacheward._readpath import Driver
+from servers import RedisServer, TcpProxy
 
 pytestmark = pytest.mark.redis
 
@@ -32,8 +36,19 @@ def server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def space(server: RedisServer) -> str:
-    return f"coh{uuid.uuid4().hex[:10]}"
+def space(server: RedisServer) -> Iterator[str]:
+    yield f"coh{uuid.uuid4().hex[:10]}"
+    while OPENED:  # layers and clients the test made: closed here, not by the collector
+        OPENED.pop().close()
+
+
+OPENED: list[Any] = []
+
+
+def client(server: RedisServer) -> Any:
+    made = server.client()
+    OPENED.append(made)
+    return made
 
 
 def start(server: RedisServer, space: str, mode: str) -> subprocess.Popen[str]:
@@ -61,7 +76,8 @@ def wait_for(client: Any, name: str, *, timeout: float = 30.0) -> None:
 def loader(server: RedisServer, space: str, layer: Any = None) -> Any:
     """This process's copy of the workers' function (same namespace, fresh layers)."""
     layer = layer or cw.RedisLayer.from_url(server.url, timeout=2.0, namespace=space)
-    data = server.client()
+    OPENED.append(layer)
+    data = client(server)
     calls: list[str] = []
 
     @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="config")
@@ -88,7 +104,7 @@ class PlainDeleteLayer(cw.RedisLayer):
 def _race(server: RedisServer, space: str, layer: Any) -> tuple[str, str]:
     """B rebuilds for 1.5 s; meanwhile A changes the data and invalidates; then a fresh
     process reads. Returns (what B's caller got, what the fresh reader gets)."""
-    data = server.client()
+    data = client(server)
     data.set(f"truth:{space}", "old")
     rebuild = start(server, space, "rebuild")
     wait_for(data, f"started:{space}")
@@ -177,3 +193,73 @@ def test_afence_is_the_same_for_async_callers(server: RedisServer, space: str) -
         await layer.aclose()
 
     asyncio.run(main())
+
+
+# --- case 3: an invalidation dropped while Redis is sick -----------------------------------------
+
+
+def _while_hung(server: RedisServer, space: str) -> tuple[Any, Any]:
+    """Store "old", hang the path to Redis, change the data, invalidate: (load, result)."""
+    data = client(server)
+    data.set(f"truth:{space}", "old")
+    proxy = TcpProxy(server.port).__enter__()
+    OPENED.append(types.SimpleNamespace(close=proxy.stop))
+    layer = cw.RedisLayer.from_url(proxy.url, timeout=0.2, namespace=space, breaker_reset=0.2)
+    load = loader(server, space, layer)
+    assert load("c1") == "old"
+    assert drain(layer, 5.0)
+    proxy.blackhole()  # hung: nothing this process sends reaches Redis
+    result = load.invalidate("c1")
+    proxy.heal()
+    data.set(f"truth:{space}", "new")
+    return load, result
+
+
+def _eventually(check: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.01)
+
+
+def test_an_invalidation_while_redis_hangs_is_kept_and_replayed_when_it_answers(
+    server: RedisServer, space: str
+) -> None:
+    load, result = _while_hung(server, space)
+    assert not result
+    assert result.pending == ("redis",)
+    # Nothing in this process reads Redis again: the background replay delivers it.
+    _eventually(lambda: load.stats().invalidations_pending == 0)
+    assert load.stats().invalidations_replayed == 1
+    assert finish(start(server, space, "read")) == "new"  # another process: the new data
+
+
+def test_sibling_without_keeping_it_other_processes_serve_the_old_value(
+    server: RedisServer, space: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Pending, "keep", lambda self, key, now: None)
+    load, result = _while_hung(server, space)
+    assert load.stats().invalidations_pending == 0
+    assert finish(start(server, space, "read")) == "old"  # the issue's bug
+
+
+def test_pending_invalidations_are_replayed_before_this_process_reads_the_layer(
+    server: RedisServer, space: str
+) -> None:
+    load, result = _while_hung(server, space)
+    assert result.pending == ("redis",)
+    assert load("c1") == "new"  # the read replays first, then misses and fetches
+    assert load.calls == ["c1", "c1"]
+
+
+def test_sibling_reading_without_replaying_first_serves_the_old_value(
+    server: RedisServer, space: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_replay(self: Any, guarded: Any) -> Any:
+        return True
+        yield  # a plan that sends nothing
+
+    monkeypatch.setattr(Driver, "replay", no_replay)
+    load, result = _while_hung(server, space)
+    assert result.pending == ("redis",)
+    assert load("c1") == "old"

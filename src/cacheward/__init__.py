@@ -54,6 +54,7 @@ from cacheward._pages import (
     collect_pages,
     iter_pages,
 )
+from cacheward._pending import Invalidation
 from cacheward._redis import RedisLayer
 from cacheward._redis_bucket import RedisTokenBucket
 from cacheward._retry import RetryBudget, is_retryable, retry
@@ -94,6 +95,7 @@ __all__ = [
     "GuardStats",
     "GuardedFunction",
     "InvalidCursor",
+    "Invalidation",
     "JsonSerializer",
     "Layer",
     "LayerCheckpoints",

@@ -27,6 +27,7 @@ from cacheward._events import HIT_LISTENERS, EventKind, emit
 from cacheward._hotpath import build_wrapper
 from cacheward._identity import claim, default_namespace, identity_of
 from cacheward._layers import MemoryLayer
+from cacheward._pending import Invalidation
 from cacheward._readpath import CacheStats, Driver
 
 __all__ = [
@@ -55,11 +56,16 @@ class CachedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
-    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer.
 
-        A fetch of that key already in flight still answers its callers but is not stored,
-        and callers arriving after the invalidation start a new fetch.
+        A fetch of that key already in flight, in this process or (through a layer that
+        fences, as :class:`~cacheward.RedisLayer`) any other, still answers its callers but is
+        not stored, and callers arriving after the invalidation start a new fetch.
+
+        Returns:
+            An :class:`~cacheward.Invalidation`: its ``pending`` names the shared layers that
+            could not take it now; they get it before this process reads them again.
         """
         ...
 
@@ -77,7 +83,7 @@ class AsyncCachedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
 
-    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer (see
         :meth:`CachedFunction.invalidate`)."""
         ...

@@ -25,6 +25,7 @@ from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, duration
 from cacheward._errors import ConfigurationTypeError
 from cacheward._limit import LimitCounters, Limiter, TokenBucket, check_function, limiting
+from cacheward._pending import Invalidation
 from cacheward._retry import RetryBudget, RetryCounters, RetryOn, retrying
 
 __all__ = ["AsyncGuardedFunction", "GuardStats", "GuardedFunction", "guard"]
@@ -79,7 +80,7 @@ class GuardedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
-    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer."""
         ...
 
@@ -99,7 +100,7 @@ class AsyncGuardedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
 
-    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer."""
         ...
 

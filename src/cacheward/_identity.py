@@ -33,6 +33,7 @@ from __future__ import annotations
 import gc
 import inspect
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -132,7 +133,11 @@ def claim(layer: object, namespace: str, identity: Identity, *, what: str) -> No
         if holder is not None and not holder.same_function(identity):
             # The first owner may be garbage that only a cycle keeps alive (a decorated
             # function refers to itself through its wrapper): collect once before refusing.
-            gc.collect()
+            with warnings.catch_warnings():
+                # Finalizers of other garbage run here; their ResourceWarnings (an unclosed
+                # socket somewhere else) are not this decoration's business.
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
             if holder.ref() is not None:
                 raise ConfigurationError(_conflict(layer, namespace, holder, identity, what))
         claims[namespace] = identity
