@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from cacheward._background import track
-from cacheward._clock import Clock
+from cacheward._clock import Clock, SystemClock
 from cacheward._core.breaker import BreakerState
 from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable_on_error
 from cacheward._core.keys import CacheKey, local_key
@@ -42,6 +42,10 @@ from cacheward._plan import Op, Plan, aperform, perform
 
 if TYPE_CHECKING:
     from cacheward._cached import Settings
+
+#: How many times in a row a background replay is tried before waiting for the next
+#: invalidation or read of the layer (see :meth:`Driver.schedule_replay`).
+REPLAY_TRIES = 30
 
 __all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
 
@@ -1083,11 +1087,17 @@ class Driver:
                 self.schedule_replay(guarded)
         return Invalidation(pending=tuple(pending))
 
-    def schedule_replay(self, guarded: GuardedLayer, delay: float = 0.0) -> None:
+    def schedule_replay(self, guarded: GuardedLayer, delay: float = 0.0, tries: int = 0) -> None:
         """Replay ``guarded``'s pending invalidations in the background until they are all
         delivered, so that other processes stop serving the old values as soon as the layer
         answers again even if this process does not read it: one timer per layer at a time,
-        retrying every ``breaker_reset`` at first, then up to 8 times that."""
+        retrying every ``breaker_reset`` at first, then up to 8 times that, at most
+        :data:`REPLAY_TRIES` times (the next invalidation or read of the layer tries again).
+
+        Only on the system clock: with an injected clock (tests, simulations) replays happen
+        before the next read of the layer, so a schedule stays deterministic."""
+        if tries >= REPLAY_TRIES or not isinstance(self.s.clock, SystemClock):
+            return
         book = guarded.pending
         if not book.claim_replay():
             return
@@ -1097,7 +1107,7 @@ class Driver:
         def again(done: bool) -> None:
             book.release_replay()
             if not done or book:
-                self.schedule_replay(guarded, delay)
+                self.schedule_replay(guarded, delay, tries + 1)
 
         if self.is_async:
             loop = asyncio.get_running_loop()
