@@ -111,6 +111,29 @@ def _take_contenders() -> list[h.Contender]:
     ]
 
 
+def _miss_contenders() -> list[h.Contender]:
+    """The miss path without I/O: ``ttl=0`` (nothing is kept), a backend that returns at once;
+    every call leads a fetch through the whole stack."""
+
+    async def _anoop(arg: object) -> object:
+        return arg
+
+    return [
+        h.Contender("python call (miss)", "miss", _noop, 0, config="def f(x)", reference=True),
+        h.Contender("cached miss", "miss", cw.cached(ttl=0)(_noop), 0, config="ttl=0"),
+        h.Contender("guard miss", "miss", cw.guard(ttl=0)(_noop), 0, config="cw.guard(ttl=0)"),
+        h.Contender("await coroutine (miss)", "amiss", _anoop, 0, is_async=True, reference=True),
+        h.Contender(
+            "guard miss async",
+            "amiss",
+            cw.guard(ttl=0)(_anoop),
+            0,
+            is_async=True,
+            config="cw.guard(ttl=0)",
+        ),
+    ]
+
+
 # --------------------------------------------------------------------------- 3. Redis takes
 
 
@@ -242,7 +265,7 @@ def run(*, quick: bool) -> dict[str, object]:
     figures: dict[str, Any] = {"settings": settings, "machine": h.machine()}
     figures["versions"] = h.versions("tenacity", "stamina", "redis")
 
-    contenders = _hit_contenders() + _take_contenders()
+    contenders = _hit_contenders() + _take_contenders() + _miss_contenders()
     redis_rows, client, redis_skip = _redis_contenders()
     contenders += redis_rows
     started = time.perf_counter()

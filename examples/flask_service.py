@@ -10,7 +10,7 @@ The same guard as the FastAPI example, in the synchronous colour, spelled out de
 decorator (``cw.guard`` stacks the same ones): ``load_config`` is a plain ``def``, called from
 many request threads at once. ``cw.cached`` puts a ``MemoryLayer`` in front of a ``RedisLayer``
 on a synchronous ``redis.Redis`` client; concurrent misses of one key make one database call
-(the other threads wait for it, up to ``timeout``); ``cw.retry`` retries within a
+(the other threads wait for it, up to ``wait_timeout``); ``cw.retry`` retries within a
 ``cw.RetryBudget``; ``cw.rate_limit`` makes every database attempt take a token from the
 ``cw.RedisTokenBucket`` named ``<namespace>:db``, shared by all the threads and with every other
 process using that name. With the same ``namespace`` the FastAPI service, this one and the

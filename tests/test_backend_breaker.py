@@ -16,9 +16,7 @@ from cacheward.testing import FakeClock
 def make(
     clock: FakeClock, failure_on: type[BaseException] | None = None
 ) -> tuple[cw.CircuitBreaker, list[str], Callable[[str], str]]:
-    breaker = cw.CircuitBreaker(
-        failure_threshold=3, reset_timeout=5, clock=clock, failure_on=failure_on
-    )
+    breaker = cw.CircuitBreaker(failures=3, reset=5, clock=clock, failure_on=failure_on)
     outcomes: list[str] = []
 
     @cw.circuit_breaker(breaker)
@@ -94,7 +92,7 @@ def test_successes_reset_the_count_and_non_failures_count_as_answers() -> None:
 
 def test_cacheward_refusals_are_not_backend_failures() -> None:
     clock = FakeClock()
-    breaker = cw.CircuitBreaker(failure_threshold=1, clock=clock)
+    breaker = cw.CircuitBreaker(failures=1, clock=clock)
 
     @cw.circuit_breaker(breaker)
     def call() -> None:
@@ -108,7 +106,7 @@ def test_cacheward_refusals_are_not_backend_failures() -> None:
 
 def test_async_functions_and_signatures() -> None:
     clock = FakeClock()
-    breaker = cw.CircuitBreaker(failure_threshold=2, reset_timeout=1, clock=clock)
+    breaker = cw.CircuitBreaker(failures=2, reset=1, clock=clock)
     calls = 0
 
     @cw.circuit_breaker(breaker)
@@ -139,7 +137,7 @@ def test_async_functions_and_signatures() -> None:
 
 def test_cancellation_gives_no_verdict() -> None:
     clock = FakeClock()
-    breaker = cw.CircuitBreaker(failure_threshold=1, clock=clock)
+    breaker = cw.CircuitBreaker(failures=1, clock=clock)
 
     @cw.circuit_breaker(breaker)
     async def fetch() -> None:
@@ -151,15 +149,15 @@ def test_cancellation_gives_no_verdict() -> None:
 
 
 def test_circuit_breaker_validates() -> None:
-    with pytest.raises(cw.ConfigurationError, match="failure_threshold"):
-        cw.CircuitBreaker(failure_threshold=0)
-    with pytest.raises(cw.ConfigurationError, match="reset_timeout"):
-        cw.CircuitBreaker(reset_timeout=0)
+    with pytest.raises(cw.ConfigurationError, match="failures"):
+        cw.CircuitBreaker(failures=0)
+    with pytest.raises(cw.ConfigurationError, match="reset"):
+        cw.CircuitBreaker(reset=0)
     with pytest.raises(cw.ConfigurationError, match="not both"):
-        cw.circuit_breaker(cw.CircuitBreaker(), failure_threshold=3)
+        cw.circuit_breaker(cw.CircuitBreaker(), failures=3)
     with pytest.raises(cw.ConfigurationError, match="CircuitBreaker"):
         cw.circuit_breaker("breaker")  # type: ignore[arg-type]
-    own = cw.circuit_breaker(failure_threshold=1, clock=FakeClock())(lambda: 1)
+    own = cw.circuit_breaker(failures=1, clock=FakeClock())(lambda: 1)
     assert own() == 1
     assert "CircuitBreaker(name='backend', state='closed'" in repr(cw.CircuitBreaker())
 
@@ -194,7 +192,7 @@ def test_default_rule_counts_sick_backends_not_bad_calls() -> None:
     assert not cw.is_backend_failure(KeyError("customer not found"))
     assert not cw.is_backend_failure(cw.RateLimited("a refusal"))
     clock = FakeClock()
-    breaker = cw.CircuitBreaker(failure_threshold=2, clock=clock)
+    breaker = cw.CircuitBreaker(failures=2, clock=clock)
 
     @cw.circuit_breaker(breaker)
     def lookup(error: Exception) -> None:

@@ -447,7 +447,7 @@ def test_sync_waiter_times_out_and_gets_stale_or_an_error() -> None:
     release = threading.Event()
     calls = []
 
-    @cw.cached(ttl=60, timeout=0.05)
+    @cw.cached(ttl=60, wait_timeout=0.05)
     def fetch(key: str) -> int:
         calls.append(key)
         release.wait(5)
@@ -470,7 +470,7 @@ def test_async_timeout_serves_stale_if_error_and_keeps_the_fetch() -> None:
     gate = asyncio.Event()
     calls: list[str] = []
 
-    @cw.cached(ttl=1, stale_if_error=100, timeout=0.05, clock=clock)
+    @cw.cached(ttl=1, stale_if_error=100, wait_timeout=0.05, clock=clock)
     async def fetch(key: str) -> int:
         calls.append(key)
         if len(calls) > 1:
@@ -677,7 +677,7 @@ def test_a_shared_layer_has_one_breaker_and_a_conflicting_setting_fails_at_decor
 
 def test_a_redis_layer_owns_its_breaker_settings() -> None:
     layer = cw.RedisLayer.from_url(
-        "redis://127.0.0.1:1/0", timeout=0.05, breaker_failures=7, breaker_reset=2
+        "redis://127.0.0.1:1/0", socket_timeout=0.05, breaker_failures=7, breaker_reset=2
     )
     assert layer.breaker is not None
     assert (layer.breaker.failures, layer.breaker.reset) == (7, 2.0)

@@ -128,3 +128,168 @@ def test_unlisten_and_bad_kinds() -> None:
     assert events == []
     with pytest.raises(ValueError, match="not_a_kind"):
         cw.listen(events.append, kinds=["not_a_kind"])
+
+
+# --- every kind is emitted where it is documented ------------------------------------------------
+
+
+class Switchable(Broken):
+    """A shared layer that fails until told to work (then it stores nothing: every read
+    misses)."""
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def get(self, key: Any) -> Any:
+        if not self.up:
+            raise ConnectionError("refused")
+        return None
+
+    def set(self, key: Any, entry: Any) -> None:
+        if not self.up:
+            raise ConnectionError("refused")
+
+
+def fire_cache_kinds() -> None:
+    """hit, miss, fetch, stale_served, refresh_started / skipped, invalidated; fetch_error,
+    backoff_rejected; layer_error / skipped and a layer breaker's open / half-open / close."""
+    clock = FakeClock()
+    executor = cw.testing.ManualExecutor()
+
+    @cw.cached(ttl=10, stale_ttl=100, clock=clock, refresh_executor=executor, max_refreshes=1)
+    def fetch(key: str) -> str:
+        return key
+
+    fetch("a")
+    fetch("b")
+    fetch("a")
+    clock.advance(20)
+    fetch("a")  # stale: served, refresh started (the one slot)
+    fetch("b")  # stale: served, refresh skipped (the slot is busy)
+    executor.run_pending()
+    fetch.invalidate("a")
+
+    layer = Switchable()
+
+    @cw.cached(ttl=10, layers=[layer], clock=clock, breaker_failures=1, breaker_reset=1)
+    def failing(key: str) -> str:
+        raise TimeoutError("db slow")
+
+    with pytest.raises(TimeoutError):
+        failing("a")  # layer_error, breaker_opened, fetch_error
+    with pytest.raises(cw.BackoffActive):
+        failing("a")  # layer_skipped, backoff_rejected
+    clock.advance(2)
+    layer.up = True
+    with pytest.raises(TimeoutError):
+        failing("a")  # the back-off is over; the probe read: breaker_half_open, _closed
+
+
+def fire_wait_kinds() -> None:
+    """coalesced_wait and wait_timeout (real threads: one waits for the other's fetch)."""
+    import threading
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    @cw.cached(ttl=10, wait_timeout=0.05)
+    def slow(key: str) -> str:
+        entered.set()
+        release.wait(5)
+        return key
+
+    leader = threading.Thread(target=slow, args=("a",))
+    leader.start()
+    entered.wait(5)
+    with pytest.raises(cw.FetchTimeout):
+        slow("a")  # joins the leader's fetch, gives up at its timeout
+    release.set()
+    leader.join(5)
+
+
+def fire_protection_kinds() -> None:
+    """rate_limited, retry, budget_exhausted."""
+    clock = FakeClock()
+    bucket = cw.TokenBucket(rate=1, burst=1, clock=clock)
+
+    @cw.rate_limit(bucket, max_wait=0)
+    def limited() -> None:
+        return None
+
+    limited()
+    with pytest.raises(cw.RateLimited):
+        limited()
+    budget = cw.RetryBudget(ratio=0.01, min_per_second=0.01, clock=clock)
+
+    @cw.retry(attempts=5, budget=budget, clock=clock)
+    def flaky() -> None:
+        raise ConnectionError("down")
+
+    for _ in range(3):
+        with pytest.raises((ConnectionError, cw.RetryBudgetExhausted)):
+            flaky()  # the budget's reserve allows a retry or two, then it is spent
+
+    @cw.retry(attempts=2, clock=clock)
+    def once() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        once()  # retried once (its own budget has room)
+
+
+def fire_lease_kinds(url: str) -> None:
+    """lease_taken, lease_wait, lease_lost, serializer_rejected (a real Redis)."""
+    import threading
+    import time
+
+    import redis as redis_py
+
+    raw = redis_py.Redis.from_url(url)
+    holder = cw.RedisLayer.from_url(url, socket_timeout=1.0, namespace="kinds")
+    other = cw.RedisLayer.from_url(url, socket_timeout=1.0, namespace="kinds")
+    raw.delete(*(raw.keys("cacheward:kinds:*") or ["none"]))
+    entered = threading.Event()
+
+    def key_of(name: str) -> cw.CacheKey:
+        return cw.CacheKey(name, "kinds-fn:v1", (name,), {}, ("key",))
+
+    @cw.cached(ttl=60, layers=[holder], namespace="kinds-fn")
+    def first(key: str) -> str:
+        entered.set()
+        time.sleep(0.1)
+        if key == "lost":  # meanwhile the lease expires and another process stores a value
+            raw.delete(holder.redis_key(key_of(key)) + ":lease")
+            now = time.time() + 1
+            other.set(key_of(key), cw.Entry("newer", now, now + 60, now + 60, now + 60))
+        return key
+
+    @cw.cached(ttl=60, layers=[other], namespace="kinds-fn")
+    def second(key: str) -> str:
+        return key
+
+    thread = threading.Thread(target=first, args=("a",))
+    thread.start()  # lease_taken
+    entered.wait(5)
+    assert second("a") == "a"  # lease_wait: the holder's value arrives
+    thread.join(5)
+    assert first("lost") == "lost"  # its publish is refused: lease_lost
+    raw.set(holder.redis_key(key_of("forged")), b"\xc7\x01" + b"not an entry" * 8)
+    assert holder.get(key_of("forged")) is None  # serializer_rejected
+    holder.close()  # waits for the background publish
+    other.close()
+    raw.close()
+
+
+def test_every_event_kind_is_emitted() -> None:
+    """Each documented kind fires in a scenario (a kind nobody emits must not be documented
+    or exported as a metric)."""
+    import os
+
+    events: list[cw.Event] = []
+    with cw.listening(events.append, kinds=list(cw.EventKind)):
+        fire_cache_kinds()
+        fire_wait_kinds()
+        fire_protection_kinds()
+        fire_lease_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    missing = set(cw.EventKind) - {e.kind for e in events}
+    assert not missing, sorted(k.value for k in missing)

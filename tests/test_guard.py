@@ -188,7 +188,7 @@ def test_stale_is_served_when_the_budget_says_no() -> None:
 
 def test_stale_is_served_when_the_breaker_says_no() -> None:
     clock = FakeClock()
-    breaker = cw.CircuitBreaker(failure_threshold=1, reset_timeout=60, clock=clock)
+    breaker = cw.CircuitBreaker(failures=1, reset=60, clock=clock)
     load, calls, state = seeded(clock, breaker=breaker, attempts=1)
     state["fail"] = True
     assert load("k") == state["first"]  # the attempt fails and opens the breaker
@@ -243,7 +243,7 @@ def test_guard_validates_at_decoration_time() -> None:
     with pytest.raises(cw.ConfigurationError, match="attempts"):
         cw.guard(ttl=1, attempts=0)(lambda: 1)
     with pytest.raises(cw.ConfigurationError, match="timeout"):
-        cw.guard(ttl=1, timeout=0)
+        cw.guard(ttl=1, wait_timeout=0)
     with pytest.raises(cw.ConfigurationError, match="max_wait"):
         cw.guard(ttl=1, max_wait=-1)(lambda: 1)
 
@@ -271,7 +271,7 @@ def test_thousand_async_callers_over_many_keys_with_every_layer_failing() -> Non
     rng = random.Random(3)
 
     @cw.guard(ttl=5, stale_ttl=30, layers=[layer], limiter=bucket, budget=budget, clock=clock,
-              rng=random.Random(4), max_wait=0.2, timeout=2, backoff=0.5,
+              rng=random.Random(4), max_wait=0.2, wait_timeout=2, backoff=0.5,
               backoff_max=2)  # fmt: skip
     async def load(key: int) -> int:
         attempts.append(clock.monotonic())
@@ -444,3 +444,43 @@ def test_wrong_order_retry_outside_cached_counts_every_waiter_as_a_request() -> 
     run_virtual(clock, main())
     assert budget.requests == 100  # one request per waiter, each free to retry on its own
     assert budget.retries > 1
+
+
+def test_guard_takes_every_setting_of_cached_with_the_same_default() -> None:
+    """guard derives its cache settings from cached (passed on by name, CACHED_SETTINGS)."""
+    import inspect
+
+    from cacheward._guard import CACHED_SETTINGS
+
+    cached_params = inspect.signature(cw.cached).parameters
+    guard_params = inspect.signature(cw.guard).parameters
+    assert set(CACHED_SETTINGS) == set(cached_params)
+    for name, param in cached_params.items():
+        assert name in guard_params, f"guard lacks cached's {name}"
+        assert guard_params[name].default == param.default, name
+        assert guard_params[name].annotation == param.annotation, name
+
+
+def test_guard_passes_cache_settings_on() -> None:
+    clock = FakeClock()
+    shared = cw.MemoryLayer()
+
+    @cw.guard(ttl=1, layers=[shared], clock=clock, max_refreshes=1, wait_timeout=2)
+    def fetch(x: str) -> str:
+        return x
+
+    assert fetch("a") == "a"
+    assert shared.lookup("a") is not None
+
+
+def test_the_old_spellings_are_still_accepted() -> None:
+    clock = FakeClock()
+    assert cw.cached(ttl=1, timeout=2, clock=clock)(lambda x: x)("a") == "a"
+    assert cw.coalesce(timeout=2, clock=clock)(lambda x: x)("a") == "a"
+    assert cw.guard(ttl=1, timeout=2, clock=clock)(lambda x: x)("a") == "a"
+    breaker = cw.CircuitBreaker(failure_threshold=2, reset_timeout=3, clock=clock)
+    assert "failures=2" in repr(breaker)
+    assert "reset=3" in repr(breaker)
+    layer = cw.RedisLayer.from_url("redis://127.0.0.1:1/0", timeout=0.3, connect_timeout=0.2)
+    assert layer._factory is not None
+    assert (layer._factory.timeout, layer._factory.connect_timeout) == (0.3, 0.2)

@@ -48,8 +48,8 @@ def entry(value: Any, created: float) -> Entry:
 
 def test_one_holder_at_a_time_with_increasing_tokens(url: str) -> None:
     a, b = (
-        RedisLayer.from_url(url, timeout=1.0),
-        RedisLayer.from_url(url, timeout=1.0),
+        RedisLayer.from_url(url, socket_timeout=1.0),
+        RedisLayer.from_url(url, socket_timeout=1.0),
     )  # two "processes"
     key = make_key()
     token = a.acquire_lease(key, ttl=5)
@@ -72,7 +72,7 @@ def test_one_holder_at_a_time_with_increasing_tokens(url: str) -> None:
 
 
 def test_an_expired_lease_is_taken_over(url: str) -> None:
-    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    a, b = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
     key = make_key()
     first = a.acquire_lease(key, ttl=0.05)
     assert first is not None
@@ -87,7 +87,7 @@ def test_an_expired_lease_is_taken_over(url: str) -> None:
 def test_the_holder_writes_and_a_holder_that_lost_its_lease_cannot_overwrite(
     url: str, server: RedisServer
 ) -> None:
-    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    a, b = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
     key = make_key()
     now = time.time()
     old_token = a.acquire_lease(key, ttl=5)
@@ -107,7 +107,7 @@ def test_the_holder_writes_and_a_holder_that_lost_its_lease_cannot_overwrite(
 
 
 def test_a_lost_lease_may_fill_an_empty_key_but_never_replace_a_newer_entry(url: str) -> None:
-    a = RedisLayer.from_url(url, timeout=1.0)
+    a = RedisLayer.from_url(url, socket_timeout=1.0)
     key = make_key()
     now = time.time()
     assert a.set_fenced(key, entry("no holder, empty key", now), 7)
@@ -118,7 +118,7 @@ def test_a_lost_lease_may_fill_an_empty_key_but_never_replace_a_newer_entry(url:
 
 def test_leases_and_fenced_writes_async(url: str) -> None:
     async def main() -> None:
-        a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+        a, b = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
         key = make_key()
         token = await a.aacquire_lease(key, ttl=5)
         assert token is not None
@@ -140,7 +140,7 @@ def test_under_allkeys_lru_a_lease_is_evicted_and_fencing_still_protects_the_val
 ) -> None:
     server.config_set("maxmemory", "2mb")
     server.config_set("maxmemory-policy", "allkeys-lru")
-    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    a, b = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
     key = make_key()
     now = time.time()
     old_token = a.acquire_lease(key, ttl=60)
@@ -167,7 +167,7 @@ def test_under_noeviction_the_lease_survives_and_full_memory_is_an_error_not_a_h
     import redis
 
     server.config_set("maxmemory", "2mb")
-    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    a, b = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
     key = make_key()
     token = a.acquire_lease(key, ttl=60)
     assert token is not None
@@ -200,7 +200,7 @@ def _fill(server: RedisServer, count: int) -> str:
 
 
 def _guarded(url: str, calls: list[str], **options: Any) -> Any:
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
 
     @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="leased", **options)
     def load(name: str) -> dict[str, Any]:
@@ -239,7 +239,7 @@ def test_many_stacks_in_one_process_fetch_a_cold_key_once(url: str) -> None:
 def test_a_dead_holders_lease_is_taken_over_by_one_waiter(url: str) -> None:
     calls: list[str] = []
     stacks = [_guarded(url, calls, lease_ttl=15) for _ in range(3)]
-    dead = RedisLayer.from_url(url, timeout=1.0)
+    dead = RedisLayer.from_url(url, socket_timeout=1.0)
     key = CacheKey("cold", "leased:v1", ("cold",), {}, ("name",))
     assert dead.acquire_lease(key, ttl=0.5) is not None  # a holder that then dies
     results: list[Any] = []
@@ -265,7 +265,7 @@ def test_a_lease_wait_that_times_out_serves_stale_or_raises_and_never_fetches(
     calls: list[str] = []
     load, layer = _guarded(url, calls, timeout=0.3)
     key = CacheKey("held", "leased:v1", ("held",), {}, ("name",))
-    holder = RedisLayer.from_url(url, timeout=1.0)
+    holder = RedisLayer.from_url(url, socket_timeout=1.0)
     assert holder.acquire_lease(key, ttl=30) is not None  # alive, but slow
     started = time.monotonic()
     with pytest.raises(cw.FetchTimeout):
@@ -286,7 +286,7 @@ def _process_worker(
     # 8 interpreters starting at once on a 2-core machine can stall a reply past the default
     # 0.25 s; this test is about leases with Redis up, so it allows 2 s (timeouts are counted
     # and asserted to be zero below).
-    layer = RedisLayer.from_url(url, timeout=2.0)
+    layer = RedisLayer.from_url(url, socket_timeout=2.0)
 
     def backend(name: str) -> dict[str, Any]:
         with counter.get_lock():
@@ -405,7 +405,7 @@ def test_without_leases_every_process_fetches(url: str) -> None:
 def test_tokens_keep_growing_when_the_fencing_counter_is_lost(
     url: str, server: RedisServer
 ) -> None:
-    a = RedisLayer.from_url(url, timeout=1.0)
+    a = RedisLayer.from_url(url, socket_timeout=1.0)
     key = make_key()
     first = a.acquire_lease(key, ttl=5)
     assert first is not None
@@ -418,7 +418,7 @@ def test_tokens_keep_growing_when_the_fencing_counter_is_lost(
 
 
 def test_no_lease_is_taken_when_a_fresh_value_is_stored(url: str) -> None:
-    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    a, b = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
     key = make_key()
     token = a.acquire_lease(key, ttl=5)
     assert token is not None
@@ -465,7 +465,7 @@ def wait_for(predicate: Any, seconds: float = 2.0) -> None:
 
 @pytest.mark.parametrize("cross_process", [True, False])
 def test_a_miss_with_memory_and_redis_costs_two_round_trips(url: str, cross_process: bool) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
     layer.get(make_key("warm-up"))  # connect and load nothing yet
     _ = RedisLayer  # the scripts get loaded on first use: run each once before counting
     layer.publish(make_key("warm-up"), None, 1, lease_ttl=1)
@@ -493,7 +493,7 @@ def test_a_miss_with_memory_and_redis_costs_two_round_trips(url: str, cross_proc
 def test_a_lease_key_without_ttl_or_with_garbage_is_taken_over(
     url: str, server: RedisServer
 ) -> None:
-    a = RedisLayer.from_url(url, timeout=1.0)
+    a = RedisLayer.from_url(url, socket_timeout=1.0)
     for index, planted in enumerate([b"123:someone", b"garbage", b"-5:x", b":"]):
         key = make_key(f"planted{index}")
         server.command("SET", a.redis_key(key) + ":lease", planted)  # no TTL
@@ -506,7 +506,7 @@ def test_a_lease_key_without_ttl_or_with_garbage_is_taken_over(
 def test_a_fencing_counter_near_2_to_the_63_does_not_make_every_token_busy(
     url: str, server: RedisServer
 ) -> None:
-    a, b = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    a, b = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
     key = make_key("huge-fence")
     server.command("SET", a.redis_key(key) + ":fence", str(2**63 - 2))
     token = a.acquire_lease(key, ttl=5)
@@ -522,7 +522,7 @@ def test_a_fencing_counter_near_2_to_the_63_does_not_make_every_token_busy(
 def test_a_value_that_cannot_be_stored_tells_waiting_processes_no_value_is_coming(
     url: str,
 ) -> None:
-    holder, waiter = RedisLayer.from_url(url, timeout=1.0), RedisLayer.from_url(url, timeout=1.0)
+    holder, waiter = (RedisLayer.from_url(url, socket_timeout=1.0) for _ in range(2))
     key = make_key("unstorable")
     token = holder.acquire_lease(key, ttl=5)
     assert token is not None
@@ -551,9 +551,9 @@ def test_processes_waiting_for_an_unstorable_value_fetch_at_once_not_one_after_a
     fetches: list[bool] = []  # per fetch after the first: did it meet another one?
     stacks = []
     for _ in range(3):
-        layer = RedisLayer.from_url(url, timeout=1.0)
+        layer = RedisLayer.from_url(url, socket_timeout=1.0)
 
-        @cw.cached(ttl=60, layers=[cw.MemoryLayer(), layer], namespace="unstorable", timeout=5)
+        @cw.cached(ttl=60, layers=[cw.MemoryLayer(), layer], namespace="unstorable", wait_timeout=5)
         def load(name: str) -> set[str]:
             with lock:
                 first = not fetches and running[0] == 0 and not hasattr(load, "seen")
@@ -583,3 +583,53 @@ def test_processes_waiting_for_an_unstorable_value_fetch_at_once_not_one_after_a
     assert fetches == [True, True]
     for _, layer in stacks:
         layer.close()
+
+
+def _holder_whose_breaker_opens_mid_fetch(url: str) -> tuple[RedisLayer, CacheKey, list[str]]:
+    holder = RedisLayer.from_url(url, socket_timeout=1.0, breaker_failures=1, breaker_reset=60)
+    calls: list[str] = []
+
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(), holder], namespace="mid-fetch")
+    def load(name: str) -> str:
+        calls.append(name)
+        breaker = holder.breaker
+        assert breaker is not None
+        with breaker.lock:  # a failure elsewhere opens the layer's breaker meanwhile
+            breaker.breaker.record_failure(time.monotonic())
+        return name.upper()
+
+    assert load("k") == "K"
+    holder.close()  # waits for the background publish
+    return holder, CacheKey("k", "mid-fetch:v1", ("k",), {}, ("name",)), calls
+
+
+def test_a_holder_whose_breaker_opens_mid_fetch_still_publishes_and_releases(url: str) -> None:
+    """Issue 15 item 4: release and fenced writes were skipped unless the breaker was closed,
+    so another process waited its whole timeout for a value that never came."""
+    holder, key, calls = _holder_whose_breaker_opens_mid_fetch(url)
+    other = RedisLayer.from_url(url, socket_timeout=1.0)
+    found = other.get(key)
+    assert found is not None
+    assert found.value == "K"
+    assert other.acquire_lease(key, ttl=5) is None  # fresh value there: nothing to fetch
+    assert holder.events()["leases_released"] == 1
+    assert calls == ["k"]
+    other.close()
+
+
+def test_the_mid_fetch_check_catches_a_holder_that_skips_its_publish(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sibling: a breaker that refuses the publish like any write leaves nothing stored."""
+    import cacheward._readpath
+
+    original = cacheward._readpath.GuardedLayer.admit
+    monkeypatch.setattr(
+        cacheward._readpath.GuardedLayer,
+        "admit",
+        lambda self, mode: original(self, "write" if mode == "lease" else mode),
+    )
+    _, key, _ = _holder_whose_breaker_opens_mid_fetch(url)
+    other = RedisLayer.from_url(url, socket_timeout=1.0)
+    assert other.get(key) is None
+    other.close()

@@ -188,7 +188,7 @@ async def two_processes(
     )
     stacks = []
     for process in range(2):
-        layer = RedisLayer.from_url(proxy.url, timeout=redis_timeout, namespace="promise")
+        layer = RedisLayer.from_url(proxy.url, socket_timeout=redis_timeout, namespace="promise")
         fn, backend, remotes, trace, _ = build(
             plain,
             SYSTEM_CLOCK,

@@ -45,7 +45,7 @@ def test_entries_spread_over_the_shards_and_round_trip(
 ) -> None:
     from redis.crc import key_slot
 
-    layer = RedisLayer.from_url(url, timeout=1.0, cluster=True, namespace="svc")
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True, namespace="svc")
     keys = [make_key(i) for i in range(30)]
     for i, key in enumerate(keys):
         layer.set(key, entry({"i": i}))
@@ -63,8 +63,8 @@ def test_entries_spread_over_the_shards_and_round_trip(
 
 
 def test_leases_and_fenced_writes_run_on_the_owning_shard(url: str) -> None:
-    a = RedisLayer.from_url(url, timeout=1.0, cluster=True)
-    b = RedisLayer.from_url(url, timeout=1.0, cluster=True)
+    a = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True)
+    b = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True)
     for i in range(10):  # keys on every shard: the scripts' keys must share a slot each time
         key = make_key(f"lease-{i}")
         token = a.acquire_lease(key, ttl=5)
@@ -81,7 +81,7 @@ def test_leases_and_fenced_writes_run_on_the_owning_shard(url: str) -> None:
 
 
 def test_scripts_are_reloaded_after_a_script_flush(url: str, cluster: RedisClusterServers) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0, cluster=True)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True)
     key = make_key("flushed")
     layer.set(key, entry(1))
     for node in cluster.nodes:
@@ -93,7 +93,7 @@ def test_scripts_are_reloaded_after_a_script_flush(url: str, cluster: RedisClust
 
 def test_async_cluster_client(url: str) -> None:
     async def main() -> None:
-        layer = RedisLayer.from_url(url, timeout=1.0, cluster=True)
+        layer = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True)
         keys = [make_key(f"a{i}") for i in range(10)]
         for key in keys:
             await layer.aset(key, entry(key.local))
@@ -132,7 +132,7 @@ def test_cross_process_single_flight_on_the_cluster(url: str) -> None:
     calls: list[str] = []
     stacks = []
     for _ in range(4):  # four stacks with their own L1 and lease owner: four "processes"
-        layer = RedisLayer.from_url(url, timeout=1.0, cluster=True)
+        layer = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True)
 
         @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="cl")
         def load(name: str) -> dict[str, str]:
@@ -162,7 +162,7 @@ def test_cross_process_single_flight_on_the_cluster(url: str) -> None:
 def test_a_dead_shard_is_a_miss_for_its_keys_never_an_error_or_a_hang() -> None:
     calls: list[int] = []
     with RedisClusterServers.started() as own:
-        layer = RedisLayer.from_url(own.url, cluster=True, timeout=0.2)
+        layer = RedisLayer.from_url(own.url, cluster=True, socket_timeout=0.2)
 
         @cw.cached(
             ttl=0.2, stale_ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="shard"

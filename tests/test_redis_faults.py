@@ -84,7 +84,7 @@ def hammer(
 def stack(
     url: str, backend: Backend, *, timeout: float = 0.25, **options: Any
 ) -> tuple[Any, RedisLayer]:
-    layer = RedisLayer.from_url(url, timeout=timeout)
+    layer = RedisLayer.from_url(url, socket_timeout=timeout)
     settings: dict[str, Any] = {"ttl": 3.0, "stale_ttl": 60.0, "breaker_reset": 1.0}
     settings.update(options)
     fn = cw.cached(layers=[cw.MemoryLayer(maxsize=1000), layer], namespace="faults", **settings)(
@@ -141,7 +141,7 @@ def test_sigstop_async_64_tasks(server: RedisServer) -> None:
     backend_calls: list[str] = []
 
     async def main() -> None:
-        layer = RedisLayer.from_url(server.url, timeout=0.2)
+        layer = RedisLayer.from_url(server.url, socket_timeout=0.2)
 
         @cw.cached(
             ttl=1.0,
@@ -347,7 +347,7 @@ def _expect_timeout(layer: RedisLayer, key: cw.CacheKey) -> None:
 
 
 def _second_call_during_a_hang(server: RedisServer, stall_timeout: float) -> tuple[float, Any]:
-    layer = RedisLayer.from_url(server.url, timeout=0.5, stall_timeout=stall_timeout)
+    layer = RedisLayer.from_url(server.url, socket_timeout=0.5, stall_timeout=stall_timeout)
     key = _key("stall")
     layer.set(key, cw.Entry(1, time.time(), time.time() + 60, time.time() + 60))
     server.pause()

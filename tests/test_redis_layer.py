@@ -42,7 +42,7 @@ def entry(value: Any, *, ttl: float = 10.0, created: float | None = None) -> Ent
 
 
 def test_round_trip_sync_and_async(url: str, server: RedisServer) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0, namespace="svc")
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, namespace="svc")
     key = make_key("a")
     assert layer.get(key) is None
     stored = entry({"x": [1, 2]})
@@ -71,7 +71,7 @@ def test_round_trip_sync_and_async(url: str, server: RedisServer) -> None:
 def test_key_layout_ttl_and_hash_slots(url: str, server: RedisServer) -> None:
     from redis.crc import key_slot
 
-    layer = RedisLayer.from_url(url, timeout=1.0, prefix="app", namespace="svc", version=3)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, prefix="app", namespace="svc", version=3)
     key = make_key("a")
     redis_key = layer.redis_key(key)
     assert redis_key == f"app:svc:v3:{{{key.text}}}"
@@ -86,7 +86,7 @@ def test_key_layout_ttl_and_hash_slots(url: str, server: RedisServer) -> None:
 
 
 def test_expired_entries_are_not_written(url: str, server: RedisServer) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
     now = time.time()
     layer.set(make_key("old"), Entry(1, now - 100, now - 90, now - 80, now - 70))
     assert server.command("DBSIZE") == 0
@@ -94,9 +94,9 @@ def test_expired_entries_are_not_written(url: str, server: RedisServer) -> None:
 
 
 def test_version_and_namespace_separate_entries(url: str) -> None:
-    v1 = RedisLayer.from_url(url, timeout=1.0, namespace="svc", version=1)
-    v2 = RedisLayer.from_url(url, timeout=1.0, namespace="svc", version=2)
-    other = RedisLayer.from_url(url, timeout=1.0, namespace="other", version=1)
+    v1 = RedisLayer.from_url(url, socket_timeout=1.0, namespace="svc", version=1)
+    v2 = RedisLayer.from_url(url, socket_timeout=1.0, namespace="svc", version=2)
+    other = RedisLayer.from_url(url, socket_timeout=1.0, namespace="other", version=1)
     key = make_key("a")
     v1.set(key, entry("shape 1"))
     assert v2.get(key) is None
@@ -111,7 +111,7 @@ def test_version_and_namespace_separate_entries(url: str) -> None:
 
 
 def test_a_write_never_replaces_a_newer_entry(url: str) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
     key = make_key("a")
     now = time.time()
     newer = entry("newer", created=now + 1)
@@ -123,7 +123,7 @@ def test_a_write_never_replaces_a_newer_entry(url: str) -> None:
 
 
 def test_values_the_serializer_refuses_are_counted_not_raised(url: str) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
     key = make_key("a")
     layer.set(key, entry((1, 2)))  # a tuple would come back from JSON as a list
     assert layer.get(key) is None
@@ -132,7 +132,7 @@ def test_values_the_serializer_refuses_are_counted_not_raised(url: str) -> None:
 
 
 def test_bad_bytes_in_redis_are_a_counted_miss(url: str, server: RedisServer) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
     key, other = make_key("a"), make_key("b")
     redis_key = layer.redis_key(key)
     good = encode_entry(entry({"v": 1}), key.text, JsonSerializer())
@@ -166,7 +166,7 @@ def test_a_value_forged_into_redis_with_a_wrong_signature_is_a_miss_never_execut
 ) -> None:
     EXECUTED.clear()
     secret = b"s" * 32
-    layer = RedisLayer.from_url(url, timeout=1.0, serializer=PickleSerializer(key=secret))
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, serializer=PickleSerializer(key=secret))
     calls: list[str] = []
 
     @cw.cached(ttl=60, layers=[layer], namespace="forged")
@@ -181,16 +181,18 @@ def test_a_value_forged_into_redis_with_a_wrong_signature_is_a_miss_never_execut
     assert calls == ["c1"]
     assert EXECUTED == []
     assert layer.events()["payload_tampered"] == 1
+    layer.close()  # waits for the write, which runs after the caller was answered
     # The honest value replaced the forged one (it was written later).
     assert (
-        RedisLayer.from_url(url, timeout=1.0, serializer=PickleSerializer(key=secret)).get(key)
+        RedisLayer.from_url(url, socket_timeout=1.0, serializer=PickleSerializer(key=secret)).get(
+            key
+        )
         is not None
     )
-    layer.close()
 
 
 def test_pool_exhaustion_is_a_miss_not_an_error_or_a_wait(url: str) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0, max_connections=1)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, max_connections=1)
     key = make_key("a")
     layer.set(key, entry(1))
     pool = layer._sync().connection_pool
@@ -211,7 +213,7 @@ def test_redis_errors_raise_so_the_breaker_sees_them(server: RedisServer) -> Non
     import redis
 
     with RedisServer.started() as doomed:
-        layer = RedisLayer.from_url(doomed.url, timeout=0.2)
+        layer = RedisLayer.from_url(doomed.url, socket_timeout=0.2)
         key = make_key("a")
         layer.set(key, entry(1))
         doomed.pause()
@@ -326,7 +328,7 @@ def test_l1_l2_stack_shares_values_between_processes(url: str) -> None:
     calls: list[str] = []
 
     def make() -> Any:
-        layer = RedisLayer.from_url(url, timeout=1.0, namespace="stack")
+        layer = RedisLayer.from_url(url, socket_timeout=1.0, namespace="stack")
 
         @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="load")
         def load(name: str) -> dict[str, str]:
@@ -360,7 +362,7 @@ def test_l1_l2_stack_async(url: str) -> None:
     calls: list[str] = []
 
     async def main() -> None:
-        layer = RedisLayer.from_url(url, timeout=1.0, namespace="stack-async")
+        layer = RedisLayer.from_url(url, socket_timeout=1.0, namespace="stack-async")
 
         @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="aload")
         async def aload(name: str) -> dict[str, str]:
@@ -370,7 +372,7 @@ def test_l1_l2_stack_async(url: str) -> None:
 
         results = await asyncio.gather(*(aload("c1") for _ in range(50)))
         assert all(r == {"name": "c1"} for r in results)
-        other = RedisLayer.from_url(url, timeout=1.0, namespace="stack-async")
+        other = RedisLayer.from_url(url, socket_timeout=1.0, namespace="stack-async")
 
         @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), other], namespace="aload")
         async def aload2(name: str) -> dict[str, str]:
@@ -388,7 +390,7 @@ def test_l1_l2_stack_async(url: str) -> None:
 
 
 def test_threads_share_one_layer_safely(url: str) -> None:
-    layer = RedisLayer.from_url(url, timeout=1.0, max_connections=8)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, max_connections=8)
     keys = [make_key(i) for i in range(20)]
     for i, key in enumerate(keys):
         layer.set(key, entry(i))
@@ -453,7 +455,7 @@ def test_a_wrong_typed_key_is_a_miss_for_that_key_not_a_sick_layer(
 ) -> None:
     """Issue 15 item 13: a LIST at one value key (WRONGTYPE) opened the breaker for the whole
     layer. It is a miss for that key; the layer keeps serving the others."""
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
     calls: list[str] = []
 
     @cw.cached(
@@ -488,7 +490,7 @@ def test_the_wrong_type_check_catches_a_layer_that_calls_every_error_sickness(
     import cacheward._redis
 
     monkeypatch.setattr(cacheward._redis, "sick", lambda fault: True)
-    layer = RedisLayer.from_url(url, timeout=1.0)
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
 
     @cw.cached(ttl=60, layers=[layer], namespace="wrongtype2", breaker_failures=1)
     def load(name: str) -> str:
@@ -525,3 +527,25 @@ def test_errors_are_classified_once_for_the_layer_and_the_bucket() -> None:
     assert not sick(Fault.POOL_FULL)
     assert sick(Fault.UNREACHABLE)
     assert not unreachable(wrongtype)
+
+
+def test_without_a_memory_layer_nothing_read_from_redis_is_kept_in_the_process(
+    url: str, server: RedisServer
+) -> None:
+    """A regression test: an entry read back from Redis was kept like a pending write (an
+    unbounded in-process cache that ignored deletions in Redis)."""
+    layer = RedisLayer.from_url(url, socket_timeout=1.0)
+    calls: list[str] = []
+
+    @cw.cached(ttl=60, layers=[layer], namespace="nol1")
+    def load(name: str) -> str:
+        calls.append(name)
+        return name.upper()
+
+    key = CacheKey("a", "nol1:v1", ("a",), {}, ("name",))
+    layer.set(key, entry("from redis"))
+    assert load("a") == "from redis"
+    server.command("DEL", layer.redis_key(key))
+    assert load("a") == "A"  # read Redis again, found nothing, fetched
+    assert calls == ["a"]
+    layer.close()

@@ -160,7 +160,7 @@ def test_in_flight_table_is_empty_after_a_cancelled_fetch() -> None:
 def test_waiter_deadline_does_not_cancel_the_shared_fetch() -> None:
     calls = []
 
-    @cw.coalesce(timeout=0.02)
+    @cw.coalesce(wait_timeout=0.02)
     async def work(key: str) -> str:
         calls.append(key)
         await asyncio.sleep(0.1)
@@ -191,7 +191,7 @@ def test_coalesce_does_not_cache() -> None:
     assert work(2) == 4
     assert len(calls) == 2
     with pytest.raises(cw.ConfigurationError, match="timeout must be > 0"):
-        cw.coalesce(timeout=0)
+        cw.coalesce(wait_timeout=0)
 
 
 def test_each_async_waiter_keeps_its_own_deadline() -> None:
@@ -199,7 +199,7 @@ def test_each_async_waiter_keeps_its_own_deadline() -> None:
     order, and a late arrival whose deadline is after the fetch gets the value."""
     done: list[tuple[str, object]] = []
 
-    @cw.coalesce(timeout=0.2)
+    @cw.coalesce(wait_timeout=0.2)
     async def work(key: str) -> str:
         await asyncio.sleep(0.5)
         return "value"
@@ -216,3 +216,92 @@ def test_each_async_waiter_keeps_its_own_deadline() -> None:
 
     asyncio.run(main())
     assert done == [("a", "timeout"), ("b", "timeout"), ("c", "value")]
+
+
+# --- BaseExceptions stay with their caller; a fetch that calls itself (issue 15 item 16) ------
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_an_interruption_in_a_sync_fetch_reaches_only_its_own_caller(
+    interruption: type[BaseException],
+) -> None:
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    @cw.cached(ttl=10)
+    def load(key: str) -> str:
+        entered.set()
+        release.wait(5)
+        raise interruption
+
+    seen: list[BaseException] = []
+
+    def lead() -> None:
+        try:
+            load("a")
+        except BaseException as exc:  # the leader's own caller gets the interruption
+            seen.append(exc)
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    entered.wait(5)
+    waiter_error: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            load("a")
+        except BaseException as exc:
+            waiter_error.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    for _ in range(500):  # bounded: until the waiter has joined the flight
+        if load.stats().coalesced_waits:
+            break
+        threading.Event().wait(0.002)
+    release.set()
+    leader.join(5)
+    waiter.join(5)
+    assert [type(e) for e in seen] == [interruption]
+    assert [type(e) for e in waiter_error] == [cw.FetchInterrupted]
+
+
+def test_a_cancelled_async_fetch_hands_waiters_fetch_interrupted_not_cancelled_error() -> None:
+    async def main() -> list[BaseException]:
+        started = asyncio.Event()
+
+        @cw.cached(ttl=10)
+        async def load(key: str) -> str:
+            started.set()
+            raise asyncio.CancelledError  # the fetch itself raises it: nobody cancelled a caller
+
+        results = await asyncio.gather(load("a"), load("a"), return_exceptions=True)
+        return list(results)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, cw.FetchInterrupted) for r in results), results
+
+
+def test_a_fetch_that_calls_itself_on_the_same_key_gets_a_clear_error() -> None:
+    @cw.cached(ttl=10, wait_timeout=5)
+    def load(key: str) -> str:
+        return load(key)  # waits for itself
+
+    with pytest.raises(cw.RecursiveFetch, match="called the same cached function"):
+        load("a")
+
+    @cw.cached(ttl=10, wait_timeout=5)
+    def other_key(key: str) -> str:
+        return key if key == "inner" else other_key("inner")  # another key: fine
+
+    assert other_key("outer") == "inner"
+
+
+def test_an_async_fetch_that_calls_itself_gets_a_clear_error() -> None:
+    @cw.cached(ttl=10, wait_timeout=5)
+    async def load(key: str) -> str:
+        return await load(key)
+
+    with pytest.raises(cw.RecursiveFetch):
+        asyncio.run(load("a"))

@@ -132,3 +132,20 @@ def test_the_comparison_catches_twins_that_drifted() -> None:
     same = ast.parse("async def aget(self, key):\n    return await self.layer.aget(key)\n").body[0]
     assert isinstance(same, ast.AsyncFunctionDef)
     assert unasync(_body(same)) == _body(sync)
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """Private names stay in their module: other modules import what it offers by name."""
+    import pathlib
+
+    offenders = []
+    for path in pathlib.Path(cacheward._plan.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cacheward"):
+                offenders += [
+                    f"{path.name}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not offenders, offenders

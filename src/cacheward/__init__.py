@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cacheward._backend_breaker import (
     BreakerState,
+    BreakerStats,
     CircuitBreaker,
     circuit_breaker,
     is_backend_failure,
@@ -25,9 +26,11 @@ from cacheward._errors import (
     ConfigurationError,
     ConfigurationTypeError,
     CursorLoopError,
+    FetchInterrupted,
     FetchTimeout,
     PaginationError,
     RateLimited,
+    RecursiveFetch,
     RetryBudgetExhausted,
 )
 from cacheward._events import (
@@ -42,7 +45,7 @@ from cacheward._events import (
 )
 from cacheward._guard import AsyncGuardedFunction, GuardedFunction, GuardStats, guard
 from cacheward._layers import AsyncLayer, Layer, MemoryLayer
-from cacheward._limit import Limiter, TokenBucket, rate_limit
+from cacheward._limit import BucketStats, Limiter, TokenBucket, rate_limit
 from cacheward._pages import (
     Checkpoint,
     CheckpointStore,
@@ -55,9 +58,9 @@ from cacheward._pages import (
     iter_pages,
 )
 from cacheward._pending import Invalidation
-from cacheward._redis import RedisLayer
-from cacheward._redis_bucket import RedisTokenBucket
-from cacheward._retry import RetryBudget, is_retryable, retry
+from cacheward._redis import RedisLayer, RedisLayerStats
+from cacheward._redis_bucket import RedisTokenBucket, SharedBucketStats
+from cacheward._retry import BudgetStats, RetryBudget, is_retryable, retry
 from cacheward._serialize import (
     JsonSerializer,
     MsgspecSerializer,
@@ -74,6 +77,9 @@ __all__ = [
     "AsyncLayer",
     "BackoffActive",
     "BreakerState",
+    "BreakerStats",
+    "BucketStats",
+    "BudgetStats",
     "CacheKey",
     "CacheStats",
     "CacheWardError",
@@ -90,6 +96,7 @@ __all__ = [
     "Entry",
     "Event",
     "EventKind",
+    "FetchInterrupted",
     "FetchTimeout",
     "Freshness",
     "GuardStats",
@@ -110,11 +117,14 @@ __all__ = [
     "PaginationError",
     "PickleSerializer",
     "RateLimited",
+    "RecursiveFetch",
     "RedisLayer",
+    "RedisLayerStats",
     "RedisTokenBucket",
     "RetryBudget",
     "RetryBudgetExhausted",
     "Serializer",
+    "SharedBucketStats",
     "SystemClock",
     "TokenBucket",
     "__version__",

@@ -6,6 +6,7 @@ module holds the lock, reads the clock, classifies outcomes and counts.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import threading
@@ -18,9 +19,16 @@ from cacheward._core.breaker import Breaker, BreakerState
 from cacheward._errors import CacheWardError, CircuitOpen, ConfigurationError
 from cacheward._events import EventKind, emit
 from cacheward._limit import Decorator, check_function
-from cacheward._retry import RetryOn, _predicate, is_retryable
+from cacheward._retry import RetryOn, is_retryable
+from cacheward._retry import predicate as _predicate
 
-__all__ = ["BreakerState", "CircuitBreaker", "circuit_breaker", "is_backend_failure"]
+__all__ = [
+    "BreakerState",
+    "BreakerStats",
+    "CircuitBreaker",
+    "circuit_breaker",
+    "is_backend_failure",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,18 +50,35 @@ def is_backend_failure(error: BaseException) -> bool:
     return any(kind.__name__ == "OperationalError" for kind in type(error).__mro__)
 
 
+@dataclasses.dataclass(frozen=True)
+class BreakerStats:
+    """A snapshot of a :class:`CircuitBreaker`'s counters and state."""
+
+    state: str
+    """``"closed"``, ``"open"`` or ``"half_open"``."""
+    rejected: int
+    """Calls refused while open (or while a probe was out)."""
+    opened: int
+    """Times it opened."""
+    failed: int
+    """Calls that failed."""
+    succeeded: int
+    """Calls that succeeded."""
+
+
 class CircuitBreaker:
     """A circuit breaker for one backend, shared by every function that calls it.
 
-    Closed, it lets calls through and counts consecutive failures; at ``failure_threshold`` it
-    opens and refuses calls with :class:`~cacheward.CircuitOpen` for ``reset_timeout``; then it
+    Closed, it lets calls through and counts consecutive failures; at ``failures`` of them it
+    opens and refuses calls with :class:`~cacheward.CircuitOpen` for ``reset`` seconds; then it
     lets one probe through (half-open): a success closes it, a failure opens it again. A probe
     whose caller never reports (cancelled) does not wedge it: another is let through after
-    another ``reset_timeout``.
+    another ``reset``.
 
     Args:
-        failure_threshold: consecutive failures that open it (>= 1; default 5).
-        reset_timeout: how long it stays open before a probe (seconds or ``timedelta``;
+        failures: consecutive failures that open it (>= 1; default 5). The same word as
+            ``cached(breaker_failures=)`` for a layer's breaker.
+        reset: how long it stays open before a probe (seconds or ``timedelta``;
             default 10).
         failure_on: which errors count as backend failures: exception types or a predicate.
             Default: :func:`is_backend_failure` (connection failures, timeouts and DB-API
@@ -82,15 +107,22 @@ class CircuitBreaker:
     def __init__(
         self,
         *,
-        failure_threshold: int = 5,
-        reset_timeout: Duration = 10.0,
+        failures: int = 5,
+        reset: Duration = 10.0,
         failure_on: RetryOn | None = None,
         clock: Clock | None = None,
         name: str = "backend",
+        failure_threshold: int | None = None,
+        reset_timeout: Duration | None = None,
     ) -> None:
+        # failure_threshold / reset_timeout: the old spellings (accepted until 0.2).
+        if failure_threshold is not None:
+            failures = failure_threshold
+        if reset_timeout is not None:
+            reset = reset_timeout
         self._breaker = Breaker(
-            failure_threshold=check_positive_int("failure_threshold", failure_threshold),
-            reset_timeout=duration("reset_timeout", reset_timeout, allow_zero=False),
+            failure_threshold=check_positive_int("failures", failures),
+            reset_timeout=duration("reset", reset, allow_zero=False),
         )
         self._is_failure = is_backend_failure if failure_on is None else _predicate(failure_on)
         self.clock = check_clock(clock)
@@ -128,7 +160,7 @@ class CircuitBreaker:
             f"circuit breaker {self.name!r} is open after {self._breaker.failure_threshold} "
             f"consecutive backend failures; the backend is not called for {retry_after:.3g}s "
             "more (then one probe goes through). Serve stale data meanwhile (stale_ttl / "
-            "stale_if_error), or tune failure_threshold / reset_timeout",
+            "stale_if_error), or tune failures / reset",
             retry_after=retry_after,
         )
 
@@ -158,11 +190,21 @@ class CircuitBreaker:
         if change is not None:
             emit(change, self.name, error=error)
 
+    def stats(self) -> BreakerStats:
+        """A snapshot of the counters and the state."""
+        return BreakerStats(
+            state=self.state.name.lower(),
+            rejected=self.rejected,
+            opened=self.opened,
+            failed=self.failures,
+            succeeded=self.successes,
+        )
+
     def __repr__(self) -> str:
         return (
             f"CircuitBreaker(name={self.name!r}, state={self.state.value!r}, "
-            f"failure_threshold={self._breaker.failure_threshold}, "
-            f"reset_timeout={self._breaker.reset_timeout:g})"
+            f"failures={self._breaker.failure_threshold}, "
+            f"reset={self._breaker.reset_timeout:g})"
         )
 
 
@@ -179,10 +221,12 @@ def circuit_breaker(
     breaker: CircuitBreaker | None = None,
     /,
     *,
-    failure_threshold: int | None = None,
-    reset_timeout: Duration | None = None,
+    failures: int | None = None,
+    reset: Duration | None = None,
     failure_on: RetryOn | None = None,
     clock: Clock | None = None,
+    failure_threshold: int | None = None,
+    reset_timeout: Duration | None = None,
 ) -> Decorator:
     """Guard the decorated function with a :class:`CircuitBreaker`.
 
@@ -193,18 +237,24 @@ def circuit_breaker(
 
     Args:
         breaker: the breaker to use; when given, the other settings must not be.
-        failure_threshold: see :class:`CircuitBreaker` (default 5).
-        reset_timeout: see :class:`CircuitBreaker` (default 10 s).
+        failures: see :class:`CircuitBreaker` (default 5).
+        reset: see :class:`CircuitBreaker` (default 10 s).
         failure_on: see :class:`CircuitBreaker`.
         clock: see :class:`CircuitBreaker`.
+        failure_threshold: the old spelling of ``failures`` (deprecated; accepted until 0.2).
+        reset_timeout: the old spelling of ``reset`` (likewise).
 
     Raises:
         ConfigurationError: a setting is invalid, or both a breaker and settings were given.
     """
+    if failure_threshold is not None:
+        failures = failure_threshold
+    if reset_timeout is not None:
+        reset = reset_timeout
     if breaker is None:
         breaker = CircuitBreaker(
-            failure_threshold=5 if failure_threshold is None else failure_threshold,
-            reset_timeout=10.0 if reset_timeout is None else reset_timeout,
+            failures=5 if failures is None else failures,
+            reset=10.0 if reset is None else reset,
             failure_on=failure_on,
             clock=clock,
         )
@@ -212,7 +262,7 @@ def circuit_breaker(
         raise ConfigurationError(
             f"breaker must be a cacheward.CircuitBreaker, got {type(breaker).__name__}"
         )
-    elif any(v is not None for v in (failure_threshold, reset_timeout, failure_on, clock)):
+    elif any(v is not None for v in (failures, reset, failure_on, clock)):
         raise ConfigurationError(
             "give circuit_breaker either a CircuitBreaker or its settings, not both "
             "(the settings belong to the shared breaker)"

@@ -114,7 +114,7 @@ class Settings:
     jitter: float
     backoff: float
     backoff_max: float
-    timeout: float
+    wait_timeout: float
     lease_ttl: float
     clock: Clock
     rng: random.Random
@@ -145,7 +145,7 @@ def make_settings(
     jitter: float,
     backoff: Duration,
     backoff_max: Duration,
-    timeout: Duration,
+    wait_timeout: Duration,
     key: Callable[..., Hashable] | None,
     rng: random.Random | None,
     refresh_executor: concurrent.futures.Executor | None,
@@ -204,7 +204,7 @@ def make_settings(
         jitter=check_fraction("jitter", jitter, maximum=0.5),
         backoff=backoff_s,
         backoff_max=backoff_max_s,
-        timeout=duration("timeout", timeout, allow_zero=False),
+        wait_timeout=duration("wait_timeout", wait_timeout, allow_zero=False),
         lease_ttl=duration("lease_ttl", lease_ttl, allow_zero=False),
         clock=check_clock(clock),
         rng=rng if rng is not None else random.Random(),
@@ -236,7 +236,7 @@ def cached(
     jitter: float = 0.1,
     backoff: Duration = 1.0,
     backoff_max: Duration = 60.0,
-    timeout: Duration = 10.0,
+    wait_timeout: Duration = 10.0,
     key: Callable[..., Hashable] | None = None,
     rng: random.Random | None = None,
     refresh_executor: concurrent.futures.Executor | None = None,
@@ -245,6 +245,7 @@ def cached(
     cross_process: bool = True,
     breaker_failures: int | None = None,
     breaker_reset: Duration | None = None,
+    timeout: Duration | None = None,
 ) -> Decorator:
     """Cache a function's results in layers, with single-flight, stale serving and back-off.
 
@@ -266,7 +267,7 @@ def cached(
         backoff: the first failure back-off of a key, in seconds; it doubles per consecutive
             failure (with jitter) up to ``backoff_max``.
         backoff_max: the longest failure back-off, in seconds.
-        timeout: the most a caller waits for a fetch led by another caller, another process,
+        wait_timeout: the most a caller waits for a fetch led by another caller, another process,
             or (for ``async def`` functions) by itself; then it gets a stale value or
             :class:`~cacheward.FetchTimeout`. A synchronous leader runs the fetch in its own
             thread and cannot be interrupted: bound the backend call itself.
@@ -286,6 +287,7 @@ def cached(
             :class:`~cacheward.ConfigurationError`.
         breaker_reset: seconds an open layer breaker waits before letting a probe through
             (default: the layer's own setting, else 5).
+        timeout: the old spelling of ``wait_timeout`` (deprecated; accepted until 0.2).
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
@@ -301,7 +303,7 @@ def cached(
         jitter=jitter,
         backoff=backoff,
         backoff_max=backoff_max,
-        timeout=timeout,
+        wait_timeout=wait_timeout if timeout is None else timeout,
         key=key,
         rng=rng,
         refresh_executor=refresh_executor,

@@ -8,7 +8,6 @@ deadlines inside one process.
 
 from __future__ import annotations
 
-import asyncio
 import time as _time
 from typing import Protocol, runtime_checkable
 
@@ -47,6 +46,8 @@ class SystemClock:
     sleep = staticmethod(_time.sleep)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio  # at first use: a sync-only program never imports it
+
         await asyncio.sleep(seconds)
 
     def __repr__(self) -> str:

@@ -13,9 +13,10 @@ __all__ = ["coalesce"]
 
 def coalesce(
     *,
-    timeout: Duration = 10.0,
+    wait_timeout: Duration = 10.0,
     key: Callable[..., Hashable] | None = None,
     clock: Clock | None = None,
+    timeout: Duration | None = None,
 ) -> Decorator:
     """Make concurrent calls with equal arguments share one execution (single-flight).
 
@@ -28,10 +29,11 @@ def coalesce(
     single-flight machinery, keys and counters (``.stats()``).
 
     Args:
-        timeout: the most a caller waits for another caller's execution (and, for ``async def``
+        wait_timeout: the most a caller waits for another caller's execution (and, for ``async def``
             functions, for its own); then it gets :class:`~cacheward.FetchTimeout`.
         key: maps the call's arguments to the key's arguments (see :func:`cached`).
         clock: the clock (``cacheward.testing.FakeClock`` in tests).
+        timeout: the old spelling of ``wait_timeout`` (deprecated; accepted until 0.2).
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
@@ -47,7 +49,7 @@ def coalesce(
         jitter=0.0,
         backoff=0,
         backoff_max=0,
-        timeout=timeout,
+        wait_timeout=wait_timeout if timeout is None else timeout,
         key=key,
         rng=None,
         refresh_executor=None,

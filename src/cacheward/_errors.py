@@ -12,9 +12,11 @@ __all__ = [
     "ConfigurationError",
     "ConfigurationTypeError",
     "CursorLoopError",
+    "FetchInterrupted",
     "FetchTimeout",
     "PaginationError",
     "RateLimited",
+    "RecursiveFetch",
     "RetryBudgetExhausted",
 ]
 
@@ -45,6 +47,17 @@ class BackoffActive(CacheWardError):
 
 class FetchTimeout(CacheWardError, TimeoutError):
     """A caller waited its whole deadline for a fetch and no stale value was available."""
+
+
+class FetchInterrupted(CacheWardError):
+    """The fetch this caller waited for ended without an answer: its leader was interrupted
+    (``KeyboardInterrupt``, ``SystemExit``...) or cancelled. The interruption itself reaches
+    only the caller it happened to; call again to fetch anew."""
+
+
+class RecursiveFetch(CacheWardError, RecursionError):
+    """A cached function's fetch called the same function with the same key: it would wait
+    for itself. Fetch the value another way (or give the inner call another key)."""
 
 
 class RateLimited(CacheWardError):

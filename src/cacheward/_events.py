@@ -69,11 +69,13 @@ class EventKind(str, enum.Enum):
     LEASE_TAKEN = "lease_taken"
     """This process took a key's cross-process lease."""
     LEASE_LOST = "lease_lost"
-    """A fenced write found the lease gone or a newer value stored; the write was dropped."""
+    """A lease holder's publish found the lease gone and a newer value stored; its value was
+    not stored."""
     LEASE_WAIT = "lease_wait"
     """This process waited for another process holding a key's lease."""
     SERIALIZER_REJECTED = "serializer_rejected"
-    """Bytes from a shared layer were corrupt, foreign or tampered with (a miss)."""
+    """Bytes from a shared layer were corrupt, foreign or tampered with (a miss); the source
+    and ``layer`` are the layer's name, ``error`` says why."""
     INVALIDATED = "invalidated"
     """A key was invalidated."""
 

@@ -118,6 +118,10 @@ class _GuardDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> GuardedFunction[P, R]: ...
 
 
+#: The settings of ``cached``, all of which ``guard`` takes and passes on as given.
+CACHED_SETTINGS: tuple[str, ...] = cached.__code__.co_varnames[: cached.__code__.co_kwonlyargcount]
+
+
 def guard(
     *,
     ttl: Duration,
@@ -131,9 +135,9 @@ def guard(
     budget: RetryBudget | None = None,
     retry_on: RetryOn | None = None,
     retry_backoff: Duration = 0.05,
-    retry_backoff_max: Duration = 1.0,
+    retry_backoff_max: Duration = 2.0,
     breaker: CircuitBreaker | None = None,
-    timeout: Duration = 10.0,
+    wait_timeout: Duration = 10.0,
     clock: Clock | None = None,
     rng: random.Random | None = None,
     namespace: str | None = None,
@@ -143,8 +147,12 @@ def guard(
     backoff_max: Duration = 60.0,
     key: Callable[..., Hashable] | None = None,
     refresh_executor: concurrent.futures.Executor | None = None,
+    max_refreshes: int = 16,
     lease_ttl: Duration = 15.0,
     cross_process: bool = True,
+    breaker_failures: int | None = None,
+    breaker_reset: Duration | None = None,
+    timeout: Duration | None = None,
 ) -> _GuardDecorator:
     """Cache, coalesce, retry within a budget, break and rate-limit a backend fetch function.
 
@@ -174,11 +182,12 @@ def guard(
             (ratio 0.2, 10 retries/s floor, 10 s window).
         retry_on: which errors to retry (default: :func:`~cacheward.is_retryable`).
         retry_backoff: the first retry back-off ceiling (default 0.05 s; full jitter).
-        retry_backoff_max: the largest retry back-off ceiling (default 1 s).
+        retry_backoff_max: the largest retry back-off ceiling (default 2 s, as
+            :func:`~cacheward.retry`'s ``backoff_max``).
         breaker: the backend :class:`~cacheward.CircuitBreaker`; default: one of this
             function's own (5 consecutive failures, 10 s reset).
-        timeout: see :func:`~cacheward.cached`; also each fetch's retry deadline, so a leader
-            stops retrying by the time its waiters stop waiting.
+        wait_timeout: see :func:`~cacheward.cached`; also each fetch's retry deadline, so a
+            leader stops retrying by the time its waiters stop waiting.
         clock: the clock for everything the guard builds (``FakeClock`` in tests). Objects you
             pass in keep their own clocks.
         rng: the random source for jitter.
@@ -189,14 +198,25 @@ def guard(
         backoff_max: see :func:`~cacheward.cached`.
         key: see :func:`~cacheward.cached`.
         refresh_executor: see :func:`~cacheward.cached`.
+        max_refreshes: see :func:`~cacheward.cached`.
         lease_ttl: see :func:`~cacheward.cached`.
         cross_process: see :func:`~cacheward.cached`.
+        breaker_failures: see :func:`~cacheward.cached` (the shared layers' breaker; the
+            backend's is ``breaker``).
+        breaker_reset: see :func:`~cacheward.cached`.
+        timeout: the old spelling of ``wait_timeout`` (deprecated; accepted until 0.2).
+
+    Every setting of :func:`~cacheward.cached` is a setting of ``guard``, with the same
+    default, and is passed to it as given (checked by ``tests/test_guard.py``).
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
     """
+    given = dict(locals())
     the_clock = check_clock(clock)
-    deadline = duration("timeout", timeout, allow_zero=False)
+    deadline = duration(
+        "wait_timeout", wait_timeout if timeout is None else timeout, allow_zero=False
+    )
     if limiter is not None and not isinstance(limiter, Limiter):
         raise ConfigurationTypeError(
             "limiter must be a cacheward.TokenBucket, a cacheward.RedisTokenBucket or another "
@@ -206,24 +226,9 @@ def guard(
         raise ConfigurationTypeError(
             f"breaker must be a cacheward.CircuitBreaker, got {type(breaker).__name__}"
         )
-    caching = cached(
-        ttl=ttl,
-        stale_ttl=stale_ttl,
-        stale_if_error=stale_if_error,
-        layers=layers,
-        clock=the_clock,
-        namespace=namespace,
-        version=version,
-        jitter=jitter,
-        backoff=backoff,
-        backoff_max=backoff_max,
-        timeout=deadline,
-        key=key,
-        rng=rng,
-        refresh_executor=refresh_executor,
-        lease_ttl=lease_ttl,
-        cross_process=cross_process,
-    )
+    options = {name: given[name] for name in CACHED_SETTINGS}
+    options.update(clock=the_clock, wait_timeout=deadline, timeout=None)
+    caching = cached(**options)
     retry_rng = None if rng is None else random.Random(rng.random())
 
     def decorate(fn: Callable[..., Any], /) -> Any:

@@ -9,6 +9,7 @@ critical section is a few float operations and never awaits, so one ``threading.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import threading
@@ -22,7 +23,7 @@ from cacheward._core.bucket import BucketState
 from cacheward._errors import ConfigurationError, ConfigurationTypeError, RateLimited
 from cacheward._events import EventKind, emit
 
-__all__ = ["Limiter", "TokenBucket", "rate_limit"]
+__all__ = ["BucketStats", "Limiter", "TokenBucket", "rate_limit"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,6 +112,18 @@ class Limiter(Protocol):
     async def acancel(self) -> None:
         """:meth:`cancel` for ``async def`` callers."""
         ...
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketStats:
+    """A snapshot of a :class:`TokenBucket`'s counters."""
+
+    taken: int
+    """Tokens taken at once."""
+    waited: int
+    """Callers queued for a token."""
+    refused: int
+    """Takes refused, and queued callers that gave up."""
 
 
 class TokenBucket:
@@ -239,6 +252,10 @@ class TokenBucket:
         """The tokens in the bucket now (fractional while refilling)."""
         with self._lock:
             return self._state.level(self.clock.monotonic())
+
+    def stats(self) -> BucketStats:
+        """A snapshot of the counters."""
+        return BucketStats(taken=self.taken, waited=self.waited, refused=self.refused)
 
     def __repr__(self) -> str:
         return (
@@ -415,3 +432,7 @@ def limiting(
         return wrapper
 
     return decorate
+
+
+#: For other modules (``_redis_bucket``): a finite number > 0, named in the error.
+positive_number = _positive_number

@@ -11,10 +11,10 @@ by the fetch task for asyncio tasks): the flights below.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import threading
 import weakref
@@ -28,7 +28,13 @@ from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable
 from cacheward._core.keys import CacheKey, local_key
 from cacheward._core.leasewait import LeaseWait
 from cacheward._core.readthrough import Action, Flight, ReadThrough
-from cacheward._errors import BackoffActive, ConfigurationError, FetchTimeout
+from cacheward._errors import (
+    BackoffActive,
+    ConfigurationError,
+    FetchInterrupted,
+    FetchTimeout,
+    RecursiveFetch,
+)
 from cacheward._events import EventKind, emit
 from cacheward._layers import (
     AsyncLeasingLayer,
@@ -41,6 +47,8 @@ from cacheward._pending import Invalidation, book_of
 from cacheward._plan import Op, Plan, aperform, perform
 
 if TYPE_CHECKING:
+    import asyncio
+
     from cacheward._cached import Settings
 
 #: How many times in a row a background replay is tried before waiting for the next
@@ -48,6 +56,14 @@ if TYPE_CHECKING:
 REPLAY_TRIES = 30
 
 __all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
+
+#: The flights whose fetch this thread or task is running (to catch a fetch that calls itself).
+LEADING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "cacheward_leading", default=frozenset()
+)
+
+#: What ``Lead`` answers a thread: run the fetch plan here, in the serve plan.
+INLINE: Any = type("Inline", (), {"__repr__": lambda self: "<inline>"})()
 
 #: What a layer op returns when its layer was skipped or failed (a miss).
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
@@ -76,7 +92,7 @@ class CacheStats:
     backoff_rejections: int = 0
     """Calls refused with :class:`~cacheward.BackoffActive` (no stale value to serve)."""
     wait_timeouts: int = 0
-    """Calls whose wait for a fetch reached ``timeout``."""
+    """Calls whose wait for a fetch reached ``wait_timeout``."""
     stale_on_error: int = 0
     """Calls served a stale entry because the fetch failed, timed out or was refused."""
     layer_errors: int = 0
@@ -524,12 +540,12 @@ class Lead(_FlightOp):
     __slots__ = ()
 
     def sync(self) -> Any:
-        return perform(self.driver.run(self.key, self.flight, self.args, self.kwargs))
+        return INLINE  # the thread runs the fetch plan itself, inside the serve plan
 
     async def aio(self) -> Any:
         flight = cast(AsyncFlight, self.flight)
         self.driver.start_task(self.key, flight, self.args, self.kwargs, None)
-        return await flight.wait(self.driver.s.timeout)
+        return await flight.wait(self.driver.s.wait_timeout)
 
 
 class Join(Op):
@@ -674,13 +690,17 @@ class AsyncFlight(Flight):
             self.timer.cancel()
             self.timer = None
         waiters, self.waiters = self.waiters, None
-        if task.cancelled():
-            for _, waiter in waiters or ():
-                waiter.cancel()
-            return
+        # A cancelled (or interrupted) fetch is not the waiters' cancellation: they get a
+        # FetchInterrupted, never a CancelledError nobody asked for.
         # Retrieving the exception also keeps a failure nobody awaited (every waiter left)
         # from being reported as "never retrieved"; it was already counted and backed off.
-        error = task.exception()
+        error = (
+            FetchInterrupted("the fetch task was cancelled")
+            if task.cancelled()
+            else (task.exception())
+        )
+        if error is not None and not isinstance(error, Exception):
+            error = FetchInterrupted(f"the fetch was interrupted ({type(error).__name__})")
         for _, waiter in waiters or ():
             if waiter.done():
                 continue
@@ -707,9 +727,11 @@ class AsyncFlight(Flight):
         """The task's result, or :class:`Expired` after ``timeout`` (the task carries on)."""
         if self.delivered is not MISSING:
             return self.delivered
-        task = cast(asyncio.Task[Any], self.task)
+        task = cast("asyncio.Task[Any]", self.task)
         if self.waiters is None:
             return task.result()
+        import asyncio  # at first use: a sync-only program never imports it
+
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         deadline = loop.time() + timeout
@@ -845,11 +867,16 @@ class Driver:
         answer = self.answer_now(key, action, state, entry)
         if answer is not MISSING:
             return answer
+        if action is Action.WAIT and id(flight) in LEADING.get():
+            return self.fallback(entry, self.recursion_error())
         try:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
-                return (yield Join(flight, self.s.timeout))
-            return (yield Lead(self, key, flight, args, kwargs))
+                return (yield Join(flight, self.s.wait_timeout))
+            led = yield Lead(self, key, flight, args, kwargs)
+            if led is INLINE:
+                return (yield from self.run(key, flight, args, kwargs))
+            return led
         except Expired:
             error: BaseException = self.timeout_error("the fetch")
         except BaseException as exc:
@@ -921,20 +948,23 @@ class Driver:
                 self.count("misses", EventKind.MISS)
             started = self.s.clock.monotonic()
             self.counters.fetches += 1
+            leading = LEADING.set(LEADING.get() | {id(flight)})
             try:
                 value = yield Fetch(self.fn, args, kwargs)
             except BaseException as exc:
                 self.count("fetch_errors", EventKind.FETCH_ERROR, exc)
                 raise
+            finally:
+                LEADING.reset(leading)
             emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
             self.settle_failure(key, flight, exc)
-            flight.reject(exc)
+            flight.reject(exc if isinstance(exc, Exception) else self.interrupted(exc))
             if token is not None:
                 yield from self.write(self.release_plan(key, token), detach)
             raise
         entry = self.new_entry(value)
-        store = self.adopt(key, flight, entry)
+        store = self.adopt(key, flight, entry, fetched=True)
         if self.remotes and (store or token is not None):
             yield from self.write(self.store_plan(key, entry if store else None, token), detach)
         return value
@@ -954,6 +984,8 @@ class Driver:
         coordinator = self.coordinator
         entry, reply = yield from self.read_shared(key, stale, lease=coordinator is not None)
         token = None if reply is None else reply.token
+        if token is not None:
+            self.lease_taken(cast(GuardedLayer, coordinator))
         if entry is not None and self.s.clock.time() < entry.fresh_until:
             if token is not None:
                 yield Release(cast(GuardedLayer, coordinator), key, token)
@@ -995,12 +1027,16 @@ class Driver:
         self.count("stale_hits", EventKind.STALE_SERVED)
         return entry.value
 
-    def adopt(self, key: CacheKey, flight: Any, entry: Entry) -> bool:
-        """End ``flight`` with ``entry`` and answer its callers; says whether to store it."""
+    def adopt(self, key: CacheKey, flight: Any, entry: Entry, *, fetched: bool = False) -> bool:
+        """End ``flight`` with ``entry`` and answer its callers; says whether to store it
+        (``fetched``: it is this process's fetch, not another's value read back)."""
         try:
-            return self.settle_success(key, flight, entry)
+            return self.settle_success(key, flight, entry, fetched=fetched)
         finally:
             flight.resolve(entry.value)
+
+    def lease_taken(self, coordinator: GuardedLayer) -> None:
+        emit(EventKind.LEASE_TAKEN, self.namespace, layer=coordinator.layer.name)
 
     def write(self, writes: Plan[None], detach: bool) -> Plan[None]:
         """Shared-layer writes, after every caller was answered: detached, or run here."""
@@ -1017,8 +1053,10 @@ class Driver:
             for guarded in self.remotes:
                 if token is not None and guarded is self.coordinator:
                     stored = yield Publish(guarded, key, entry, token, self.s.lease_ttl)
-                    if stored is None and entry is not None:
+                    if stored is None and entry is not None:  # fenced by an invalidation
                         self.forget(key, entry)
+                    elif stored is False and entry is not None:  # refused: lease lost
+                        emit(EventKind.LEASE_LOST, self.namespace, layer=guarded.layer.name)
                 elif entry is not None:
                     yield Put(guarded, key, entry)
         finally:
@@ -1041,7 +1079,7 @@ class Driver:
         """
         coordinator = cast(GuardedLayer, self.coordinator)
         clock = self.s.clock
-        wait = LeaseWait(start=clock.monotonic(), timeout=self.s.timeout)
+        wait = LeaseWait(start=clock.monotonic(), timeout=self.s.wait_timeout)
         self.count("lease_waits", EventKind.LEASE_WAIT)
         while True:
             delay = wait.next_delay(clock.monotonic())
@@ -1058,6 +1096,8 @@ class Driver:
             if found is not None and clock.time() < found.fresh_until:
                 return None, found
             if not reply.busy:
+                if reply.token is not None:
+                    self.lease_taken(coordinator)
                 return reply.token, None
 
     def invalidate_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Invalidation]:
@@ -1201,7 +1241,7 @@ class Driver:
         if not self.take_refresh_slot(key, flight):
             return
         self.start_task(key, flight, args, kwargs, stale)
-        cast(asyncio.Task[Any], flight.task).add_done_callback(
+        cast("asyncio.Task[Any]", flight.task).add_done_callback(
             lambda _: self.refresh_slots.release()
         )
 
@@ -1214,6 +1254,8 @@ class Driver:
         stale: Entry | None,
     ) -> None:
         plan = self.run(key, flight, args, kwargs, stale)
+        import asyncio
+
         task = asyncio.get_running_loop().create_task(aperform(plan))
         flight.task = task
         self.tasks.add(task)
@@ -1334,15 +1376,18 @@ class Driver:
             else:  # cancelled or interrupted: no verdict on the backend
                 self.core.abandon(key.local, flight)
 
-    def settle_success(self, key: CacheKey, flight: Flight, entry: Entry) -> bool:
+    def settle_success(self, key: CacheKey, flight: Flight, entry: Entry, *, fetched: bool) -> bool:
         """End ``flight`` with ``entry``; stores it in memory (under the lock, so no caller can
-        see the flight gone and the entry missing) and says whether shared layers get it."""
+        see the flight gone and the entry missing) and says whether shared layers get it.
+
+        Without a memory layer, a ``fetched`` entry is kept in :attr:`writing` until its
+        shared-layer writes are done (:meth:`store_plan` drops it)."""
         with self.lock:
             store = self.core.succeed(key.local, flight) and self.s.stores
             if store:
                 if self.l1 is not None:
                     self.l1.set(key, entry)
-                elif self.remotes:
+                elif fetched and self.remotes:
                     self.writing[key.local] = entry
         return store
 
@@ -1366,11 +1411,28 @@ class Driver:
         error.__cause__ = state.last_error
         return error
 
+    def interrupted(self, exc: BaseException) -> FetchInterrupted:
+        """What waiters get instead of an interruption that happened to the leader."""
+        error = FetchInterrupted(
+            f"{self.namespace}: the fetch this call waited for was interrupted "
+            f"({type(exc).__name__}) in the caller that led it; call again to fetch anew"
+        )
+        error.__cause__ = None
+        return error
+
+    def recursion_error(self) -> RecursiveFetch:
+        return RecursiveFetch(
+            f"{self.namespace}: the fetch of this key called the same cached function with the "
+            "same key, so it would wait for itself until wait_timeout; fetch the inner value "
+            "another way (or use another key)"
+        )
+
     def timeout_error(self, what: str) -> FetchTimeout:
         self.count("wait_timeouts", EventKind.WAIT_TIMEOUT)
         return FetchTimeout(
-            f"{self.namespace}: waited timeout={self.s.timeout}s for {what} and no stale value "
-            "is available; raise timeout or stale_if_error, or make the backend faster"
+            f"{self.namespace}: waited wait_timeout={self.s.wait_timeout}s for {what} and no "
+            "stale value is available; raise wait_timeout or stale_if_error, or make the "
+            "backend faster"
         )
 
     def stats(self) -> CacheStats:

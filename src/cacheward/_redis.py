@@ -26,7 +26,7 @@ What the layer promises the driver (``cacheward._cached``), which wraps it in a 
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import math
 import secrets
 import select
@@ -34,7 +34,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cacheward._background import drain
 from cacheward._clock import Clock
@@ -42,6 +42,7 @@ from cacheward._config import Duration, check_clock, check_positive_int, duratio
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
+from cacheward._events import EventKind, emit
 from cacheward._layers import LayerBreaker, LeaseReply
 from cacheward._plan import Op, Plan, aperform, perform
 from cacheward._rediskit import (
@@ -64,9 +65,12 @@ from cacheward._serialize import (
     encode_entry,
 )
 
-__all__ = ["RedisLayer"]
+if TYPE_CHECKING:
+    import asyncio
 
-#: Counters reported by :meth:`RedisLayer.events`.
+__all__ = ["RedisLayer", "RedisLayerStats"]
+
+#: Counters reported by :meth:`RedisLayer.stats`.
 EVENTS: Final = (
     "hits",
     "misses",
@@ -99,7 +103,7 @@ _SLOW_TIMEOUT: Final = 1.0
 _FIX_HINT = (
     "build the client with socket_timeout=0.1, socket_connect_timeout=0.1 and "
     "retry=Retry(NoBackoff(), 0) (from redis.retry and redis.backoff), or let cacheward build "
-    "it: RedisLayer.from_url(url, timeout=0.1)"
+    "it: RedisLayer.from_url(url, socket_timeout=0.1)"
 )
 
 
@@ -158,6 +162,56 @@ class _Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisLayerStats:
+    """A snapshot of a :class:`RedisLayer`'s counters (see :meth:`RedisLayer.stats`)."""
+
+    hits: int = 0
+    """Reads that returned an entry."""
+    misses: int = 0
+    """Reads that found nothing."""
+    expired: int = 0
+    """Reads that found an entry past its limit."""
+    errors: int = 0
+    """Commands that failed (not timeouts)."""
+    timeouts: int = 0
+    """Commands that timed out."""
+    pool_exhausted: int = 0
+    """Commands not sent: every pooled connection was busy (a miss)."""
+    key_errors: int = 0
+    """Errors about one key (``WRONGTYPE``): a miss for that key, not a sick layer."""
+    stalled: int = 0
+    """Commands not sent: Redis had gone silent (a miss)."""
+    encode_errors: int = 0
+    """Values the serializer refused (not stored)."""
+    payload_truncated: int = 0
+    """Payloads refused as truncated (a miss)."""
+    payload_corrupt: int = 0
+    """Payloads refused as corrupt (a miss)."""
+    payload_foreign: int = 0
+    """Payloads refused as foreign (a miss)."""
+    payload_tampered: int = 0
+    """Payloads refused as tampered (a miss)."""
+    payload_wrong_key: int = 0
+    """Payloads refused as wrong_key (a miss)."""
+    payload_undecodable: int = 0
+    """Payloads refused as undecodable (a miss)."""
+    writes: int = 0
+    """Entries stored."""
+    writes_refused: int = 0
+    """Writes refused: a newer entry was there."""
+    leases_acquired: int = 0
+    """Leases taken."""
+    leases_busy: int = 0
+    """Lease requests that found another holder."""
+    leases_declined: int = 0
+    """Lease requests that took none: a fresh value was stored, or none is coming."""
+    leases_released: int = 0
+    """Leases given back (published or released)."""
+    leases_lost: int = 0
+    """Leases gone before their release (expired or taken over)."""
 
 
 class _Stall:
@@ -414,8 +468,8 @@ class RedisLayer:
         cls,
         url: str,
         *,
-        timeout: Duration = 0.1,
-        connect_timeout: Duration | None = None,
+        socket_timeout: Duration = 0.1,
+        socket_connect_timeout: Duration | None = None,
         max_connections: int = 64,
         cluster: bool = False,
         prefix: str = "cacheward",
@@ -428,6 +482,8 @@ class RedisLayer:
         stall_timeout: Duration | None = None,
         breaker_failures: int | None = None,
         breaker_reset: Duration | None = None,
+        timeout: Duration | None = None,
+        connect_timeout: Duration | None = None,
     ) -> RedisLayer:
         """Build a layer whose clients cacheward creates, with safe settings.
 
@@ -439,9 +495,9 @@ class RedisLayer:
 
         Args:
             url: ``redis://host:port/db`` (``rediss://`` for TLS, ``unix://`` for a socket).
-            timeout: the per-operation socket timeout; a hung Redis costs a caller at most this
-                long, and the driver's breaker then skips the layer for a while.
-            connect_timeout: the connect timeout (defaults to ``timeout``).
+            socket_timeout: the per-operation socket timeout; a hung Redis costs a caller at
+                most this long, and the driver's breaker then skips the layer for a while.
+            socket_connect_timeout: the connect timeout (defaults to ``socket_timeout``).
             max_connections: the connection pool's size (per node for a cluster).
             cluster: connect to a Redis Cluster (``url`` names any one node).
             prefix: see :class:`RedisLayer`.
@@ -451,23 +507,29 @@ class RedisLayer:
             clock: see :class:`RedisLayer`.
             name: see :class:`RedisLayer`.
             fence_ttl: see :class:`RedisLayer`.
-            stall_timeout: see :class:`RedisLayer` (default: ``timeout / 4``).
+            stall_timeout: see :class:`RedisLayer` (default: ``socket_timeout / 4``).
             breaker_failures: see :class:`RedisLayer`.
             breaker_reset: see :class:`RedisLayer`.
+            timeout: the old spelling of ``socket_timeout`` (deprecated; accepted until 0.2).
+            connect_timeout: the old spelling of ``socket_connect_timeout`` (likewise).
 
         Raises:
             ConfigurationError: an argument is invalid or redis-py is missing.
         """
         redis_module()
+        if timeout is not None:
+            socket_timeout = timeout
+        if connect_timeout is not None:
+            socket_connect_timeout = connect_timeout
         given: object = url
         if not isinstance(given, str) or "://" not in given:
             raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
         factory = _Factory(
             url,
-            timeout=duration("timeout", timeout, allow_zero=False),
+            timeout=duration("socket_timeout", socket_timeout, allow_zero=False),
             connect_timeout=duration(
-                "connect_timeout",
-                timeout if connect_timeout is None else connect_timeout,
+                "socket_connect_timeout",
+                socket_timeout if socket_connect_timeout is None else socket_connect_timeout,
                 allow_zero=False,
             ),
             max_connections=check_positive_int("max_connections", max_connections),
@@ -518,6 +580,8 @@ class RedisLayer:
                 "RedisLayer.from_url"
             )
         # asyncio connections belong to the loop that made them: one client per loop.
+        import asyncio
+
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is None:
@@ -546,6 +610,8 @@ class RedisLayer:
         """Close this event loop's asyncio client if this layer created it."""
         if self._factory is None:
             return
+        import asyncio
+
         client = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
@@ -598,6 +664,7 @@ class RedisLayer:
             entry = decode_entry(data, key.text, self.serializer)
         except PayloadError as exc:
             counters.add(f"payload_{exc.reason}")
+            emit(EventKind.SERIALIZER_REJECTED, self.name, layer=self.name, error=exc)
             return None
         if entry.error_until <= self._clock.time():
             counters.add("expired")
@@ -926,9 +993,13 @@ class RedisLayer:
 
     # --- introspection ---
 
-    def events(self) -> dict[str, int]:
+    def stats(self) -> RedisLayerStats:
         """Counters since the layer was made: hits, misses, errors, timeouts, pool exhaustion,
         refused payloads by reason (``payload_tampered``, ...), writes, leases."""
+        return RedisLayerStats(**self._counters.snapshot())
+
+    def events(self) -> dict[str, int]:
+        """The counters of :meth:`stats` as a ``dict`` (deprecated: use :meth:`stats`)."""
         return self._counters.snapshot()
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ Two failure rules matter more than the arithmetic:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import secrets
 import threading
@@ -25,17 +26,34 @@ from typing import Any
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, duration
 from cacheward._errors import ConfigurationError, RateLimited
-from cacheward._limit import TokenBucket, _positive_number
+from cacheward._limit import TokenBucket
+from cacheward._limit import positive_number as _positive_number
 from cacheward._rediskit import check_name as _check_name
 from cacheward._rediskit import client_kind as _kind
 from cacheward._rediskit import script as _script
 from cacheward._rediskit import unreachable as _unreachable
 
-__all__ = ["RedisTokenBucket"]
+__all__ = ["RedisTokenBucket", "SharedBucketStats"]
 
 _SCRIPT = "token_bucket.lua"
 #: ``_down_until`` while Redis is up.
 _UP = float("-inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedBucketStats:
+    """A snapshot of a :class:`RedisTokenBucket`'s counters."""
+
+    mode: str
+    """``"shared"`` or ``"fallback"``."""
+    shared_takes: int
+    """Tokens taken from the shared bucket."""
+    fallback_takes: int
+    """Tokens taken from the local fallback bucket."""
+    refused: int
+    """Takes refused by the shared bucket."""
+    errors: int
+    """Redis calls that failed."""
 
 
 class RedisTokenBucket:
@@ -286,6 +304,16 @@ class RedisTokenBucket:
     async def acancel(self) -> None:
         """:meth:`cancel` with an asyncio client."""
         self.fallback.cancel()
+
+    def stats(self) -> SharedBucketStats:
+        """A snapshot of the counters."""
+        return SharedBucketStats(
+            mode=self.mode,
+            shared_takes=self.shared_takes,
+            fallback_takes=self.fallback_takes,
+            refused=self.refused,
+            errors=self.errors,
+        )
 
     def __repr__(self) -> str:
         return (

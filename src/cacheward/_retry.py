@@ -8,6 +8,7 @@ call's deadline), and whether the budget (``cacheward._core.budget``) allows one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import functools
 import inspect
@@ -32,7 +33,7 @@ from cacheward._errors import (
 from cacheward._events import EventKind, emit
 from cacheward._limit import Decorator, check_function, deadline_scope
 
-__all__ = ["RetryBudget", "RetryOn", "is_retryable", "retry"]
+__all__ = ["BudgetStats", "RetryBudget", "RetryOn", "is_retryable", "retry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +76,18 @@ def is_retryable(error: BaseException) -> bool:
     if redis_errors is not None:
         return isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError))
     return False
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetStats:
+    """A snapshot of a :class:`RetryBudget`'s counters."""
+
+    requests: int
+    """Requests deposited (first attempts)."""
+    retries: int
+    """Retries the budget allowed."""
+    exhausted: int
+    """Retries the budget refused."""
 
 
 class RetryBudget:
@@ -163,6 +176,10 @@ class RetryBudget:
         """Retries available now (a retry needs at least 1)."""
         with self._lock:
             return self._state.balance(self.clock.monotonic())
+
+    def stats(self) -> BudgetStats:
+        """A snapshot of the counters."""
+        return BudgetStats(requests=self.requests, retries=self.retries, exhausted=self.exhausted)
 
     def __repr__(self) -> str:
         return (
@@ -384,3 +401,7 @@ def _chain(refusal: CacheWardError, failed: list[BaseException]) -> None:
     """A retry refused by the limiter or the breaker keeps the failure that led to it."""
     if failed and refusal.__cause__ is None and refusal is not failed[-1]:
         refusal.__cause__ = failed[-1]
+
+
+#: For other modules (``_backend_breaker``): what ``retry_on`` / ``failure_on`` accept.
+predicate = _predicate

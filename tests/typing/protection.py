@@ -8,7 +8,7 @@ from cacheward.testing import FakeClock
 clock = FakeClock()
 bucket = cw.TokenBucket(rate=50, burst=100, clock=clock)
 budget = cw.RetryBudget(ratio=0.2, min_per_second=10, clock=clock)
-breaker = cw.CircuitBreaker(failure_threshold=5, reset_timeout=10, clock=clock)
+breaker = cw.CircuitBreaker(failures=5, reset=10, clock=clock)
 
 
 @cw.retry(attempts=3, budget=budget, clock=clock)

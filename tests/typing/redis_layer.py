@@ -8,8 +8,8 @@ import cacheward as cw
 
 layer = cw.RedisLayer.from_url(
     "redis://127.0.0.1:6379/0",
-    timeout=0.1,
-    connect_timeout=timedelta(milliseconds=100),
+    socket_timeout=0.1,
+    socket_connect_timeout=timedelta(milliseconds=100),
     namespace="billing",
     version=2,
     serializer=cw.PickleSerializer(key=b"k" * 32),
