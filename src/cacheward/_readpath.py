@@ -1150,6 +1150,8 @@ class Driver:
                 self.schedule_replay(guarded, delay, tries + 1)
 
         if self.is_async:
+            import asyncio
+
             loop = asyncio.get_running_loop()
 
             def start() -> None:
