@@ -22,7 +22,7 @@ import cacheward as cw
 
 
 def stack(url: str, space: str) -> tuple[Any, Any]:
-    layer = cw.RedisLayer.from_url(url, timeout=2.0, namespace=space)
+    layer = cw.RedisLayer.from_url(url, socket_timeout=2.0, namespace=space)
     return layer, [cw.MemoryLayer(maxsize=100), layer]
 
 

@@ -75,7 +75,7 @@ def wait_for(client: Any, name: str, *, timeout: float = 30.0) -> None:
 
 def loader(server: RedisServer, space: str, layer: Any = None) -> Any:
     """This process's copy of the workers' function (same namespace, fresh layers)."""
-    layer = layer or cw.RedisLayer.from_url(server.url, timeout=2.0, namespace=space)
+    layer = layer or cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
     OPENED.append(layer)
     data = client(server)
     calls: list[str] = []
@@ -119,17 +119,17 @@ def _race(server: RedisServer, space: str, layer: Any) -> tuple[str, str]:
 def test_an_invalidation_fences_a_rebuild_in_flight_in_another_process(
     server: RedisServer, space: str
 ) -> None:
-    layer = cw.RedisLayer.from_url(server.url, timeout=2.0, namespace=space)
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
     got, fresh = _race(server, space, layer)
     assert got == "old"  # the rebuild's result reached its own caller...
     assert fresh == "new"  # ...but was stored nowhere: a fresh process fetches the new data
-    assert layer.events()["fences"] == 1
+    assert layer.stats().fences == 1
 
 
 def test_sibling_with_a_plain_delete_the_rebuild_stores_the_old_value(
     server: RedisServer, space: str
 ) -> None:
-    layer = PlainDeleteLayer.from_url(server.url, timeout=2.0, namespace=space)
+    layer = PlainDeleteLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
     got, fresh = _race(server, space, layer)
     assert got == "old"
     assert fresh == "old"  # the issue's bug: what the fence prevents
@@ -142,7 +142,7 @@ def _key(name: str = "k") -> cw.CacheKey:
 def test_fence_refuses_the_older_leaseholder_and_lets_the_next_one_store(
     server: RedisServer, space: str
 ) -> None:
-    layer = cw.RedisLayer.from_url(server.url, timeout=2.0, namespace=space)
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
     key = _key()
     old = layer.lease(key, ttl=30).token
     assert old is not None
@@ -156,14 +156,14 @@ def test_fence_refuses_the_older_leaseholder_and_lets_the_next_one_store(
     found = layer.get(key)
     assert found is not None
     assert found.value == "new"
-    assert layer.events()["writes_fenced"] == 1
+    assert layer.stats().writes_fenced == 1
     layer.close()
 
 
 def test_a_value_written_over_a_key_fences_older_rebuilds_and_unfenced_older_writes(
     server: RedisServer, space: str
 ) -> None:
-    layer = cw.RedisLayer.from_url(server.url, timeout=2.0, namespace=space)
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
     key = _key("w")
     token = layer.lease(key, ttl=30).token
     assert token is not None
@@ -182,7 +182,7 @@ def test_a_value_written_over_a_key_fences_older_rebuilds_and_unfenced_older_wri
 
 def test_afence_is_the_same_for_async_callers(server: RedisServer, space: str) -> None:
     async def main() -> None:
-        layer = cw.RedisLayer.from_url(server.url, timeout=2.0, namespace=space)
+        layer = cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
         key = _key("a")
         reply = await layer.alease(key, ttl=30)
         assert reply.token is not None
@@ -204,7 +204,9 @@ def _while_hung(server: RedisServer, space: str) -> tuple[Any, Any]:
     data.set(f"truth:{space}", "old")
     proxy = TcpProxy(server.port).__enter__()
     OPENED.append(types.SimpleNamespace(close=proxy.stop))
-    layer = cw.RedisLayer.from_url(proxy.url, timeout=0.2, namespace=space, breaker_reset=0.2)
+    layer = cw.RedisLayer.from_url(
+        proxy.url, socket_timeout=0.2, namespace=space, breaker_reset=0.2
+    )
     load = loader(server, space, layer)
     assert load("c1") == "old"
     assert drain(layer, 5.0)

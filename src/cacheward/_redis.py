@@ -212,6 +212,10 @@ class RedisLayerStats:
     """Leases given back (published or released)."""
     leases_lost: int = 0
     """Leases gone before their release (expired or taken over)."""
+    fences: int = 0
+    """Invalidations (or writes over a key) that fenced the key's earlier leases."""
+    writes_fenced: int = 0
+    """Lease holders' writes refused: the key was invalidated after their lease was taken."""
 
 
 class _Stall:
@@ -821,7 +825,7 @@ class RedisLayer:
                 payload = encode_entry(entry, key.text, self.serializer)
         keys = (value_key, value_key + ":lease", value_key + ":fence", value_key + ":inv")
         channel, message = announce
-        args = (self._fence_ms, payload, max(ttl_ms, 1), channel, message, int(self.cluster))
+        args = (self._fence_ms, payload, max(ttl_ms, 1), channel, message)
         try:
             mark = yield from self._script_plan("cache_invalidate.lua", keys, args)
         except Exception as exc:

@@ -4,8 +4,10 @@
 -- KEYS[1] the entry's key, KEYS[2] its lease key, KEYS[3] its fencing counter, KEYS[4] its
 -- invalidation mark (one hash tag, so one slot).
 -- ARGV[1] the counter's and the mark's TTL in ms, ARGV[2] the envelope to store ('': delete),
--- ARGV[3] its TTL in ms, ARGV[4] a channel to announce on ('': none), ARGV[5] the message,
--- ARGV[6] '1' to announce with SPUBLISH (sharded pub/sub, Redis Cluster) rather than PUBLISH.
+-- ARGV[3] its TTL in ms, ARGV[4] a channel to announce on ('': none), ARGV[5] the message.
+-- The announcement is a plain PUBLISH, which a Redis Cluster delivers to subscribers on every
+-- node (a sharded SPUBLISH from a script must name a channel in the key's own slot, which no
+-- subscriber could know in advance).
 -- Returns the mark: a token above every token handed out for the key so far.
 --
 -- A rebuild that took its lease before this ran holds a smaller token: cache_put.lua refuses
@@ -28,10 +30,6 @@ else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
 if ARGV[4] ~= '' then
-  if ARGV[6] == '1' then
-    redis.call('SPUBLISH', ARGV[4], ARGV[5])
-  else
-    redis.call('PUBLISH', ARGV[4], ARGV[5])
-  end
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return token
