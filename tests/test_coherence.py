@@ -265,3 +265,41 @@ def test_sibling_reading_without_replaying_first_serves_the_old_value(
     load, result = _while_hung(server, space)
     assert result.pending == ("redis",)
     assert load("c1") == "old"
+
+
+def test_async_callers_get_the_same_fence_and_replay(server: RedisServer, space: str) -> None:
+    """The asyncio client's path: the invalidation is kept while the path to Redis is hung,
+    replayed by a task once it answers; another process then reads the new data."""
+    data = client(server)
+    data.set(f"truth:{space}", "old")
+    proxy = TcpProxy(server.port).__enter__()
+    OPENED.append(types.SimpleNamespace(close=proxy.stop))
+    layer = cw.RedisLayer.from_url(
+        proxy.url, socket_timeout=0.2, namespace=space, breaker_reset=0.2
+    )
+
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=100), layer], namespace="config")
+    async def load(customer: str) -> str:
+        return (data.get(f"truth:{space}") or b"").decode()
+
+    async def main() -> None:
+        assert await load("c1") == "old"
+        for _ in range(500):  # the fetch task stores after answering (bounded wait)
+            if data.keys(f"cacheward:{space}:*"):
+                break
+            await asyncio.sleep(0.01)
+        assert data.keys(f"cacheward:{space}:*")  # "old" is in Redis
+        proxy.blackhole()
+        result = await load.invalidate("c1")
+        assert result.pending == ("redis",)
+        proxy.heal()
+        data.set(f"truth:{space}", "new")
+        for _ in range(3000):  # bounded: the replay is due within a few breaker resets
+            if load.stats().invalidations_pending == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert load.stats().invalidations_replayed == 1
+        await layer.aclose()
+
+    asyncio.run(main())
+    assert finish(start(server, space, "read")) == "new"
