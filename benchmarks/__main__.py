@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "pages": "OFFSET restarted on failure vs keyset with resume",
     "peers": "hit latency, stampede and Redis outage vs every peer",
     "observe": "fresh-hit cost with a listener / the Prometheus adapter attached",
+    "coherence": "invalidation across processes: cost, while Redis hangs, racing rebuilds",
 }
 #: What ``python -m benchmarks`` runs with no name: the headline set.
 HEADLINE = ["incident"]
