@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, str] = {
     "django": "a Django view with Redis killed: cacheward's cache backend vs django-redis",
     "sentinel": "Redis Sentinel failover: seconds to the first good read, callers' latency",
     "payloads": "large payloads: L2 hit/write and Redis bytes vs raw redis-py, eviction, memory",
+    "coherence": "invalidation across processes: cost, while Redis hangs, racing rebuilds",
 }
 #: What ``python -m benchmarks`` runs with no name: the headline set.
 HEADLINE = ["incident"]

@@ -682,5 +682,5 @@ def test_a_redis_layer_owns_its_breaker_settings() -> None:
     assert layer.breaker is not None
     assert (layer.breaker.failures, layer.breaker.reset) == (7, 2.0)
     with pytest.raises(cw.ConfigurationError, match="configure it once, on the layer"):
-        cw.cached(ttl=1, layers=[layer], breaker_reset=5)(lambda x: x)
-    assert cw.cached(ttl=1, layers=[layer], breaker_failures=7)(lambda x: x) is not None
+        cw.cached(ttl=1, layers=[layer], breaker_reset=5, namespace="a")(lambda x: x)
+    assert cw.cached(ttl=1, layers=[layer], breaker_failures=7, namespace="b")(lambda x: x)

@@ -122,7 +122,7 @@ class Recorder:
         return aio if name != method else sync
 
 
-SYNC_NAMES = {"get", "set", "delete", "lease", "publish", "release_lease"}
+SYNC_NAMES = {"get", "set", "delete", "lease", "publish", "release_lease", "fence"}
 
 
 KEY = CacheKey(local_key(("k",), {}, ("k",)), "ns:v1", ("k",), {}, ("k",))
@@ -138,6 +138,9 @@ def layer_ops(guarded: rp.GuardedLayer) -> list[rp.LayerOp]:
         rp.Lease(guarded, key, 2.0),
         rp.Publish(guarded, key, entry, 7, 2.0),
         rp.Release(guarded, key, 7),
+        rp.Fence(guarded, key),
+        rp.ReplayFence(guarded, key),
+        rp.ReplayDelete(guarded, key),
     ]
 
 

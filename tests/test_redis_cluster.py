@@ -194,3 +194,18 @@ def test_a_dead_shard_is_a_miss_for_its_keys_never_an_error_or_a_hang() -> None:
         # Each key refreshed at most once per freshness period, never once per call.
         assert len(calls) <= 30 * 7 < served
         layer.close()
+
+
+def test_fence_runs_on_every_shard_and_fences_older_leases(url: str) -> None:
+    """The invalidation script's four keys share the entry's hash slot, and its announcement
+    (a plain PUBLISH, delivered cluster-wide) is allowed from a script on any shard."""
+    layer = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True)
+    for index in range(20):  # keys spread over the three masters
+        key = make_key(f"fence-{index}")
+        token = layer.lease(key, ttl=30).token
+        assert token is not None
+        assert layer.fence(key, announce=("{chan}", "hello")) > token
+        assert layer.publish(key, entry("old"), token, lease_ttl=30) is None
+        assert layer.get(key) is None
+    assert layer.stats().writes_fenced == 20
+    layer.close()

@@ -93,7 +93,7 @@ def unasync(text: str) -> str:
 
 SYNC_NAMES = {
     "get", "set", "delete", "clear", "lease", "publish", "release_lease", "acquire_lease",
-    "set_fenced", "run", "call", "serve", "invalidate", "sleep", "close",
+    "set_fenced", "run", "call", "serve", "invalidate", "sleep", "close", "fence",
 }  # fmt: skip
 
 

@@ -59,6 +59,7 @@ from cacheward._pages import (
     collect_pages,
     iter_pages,
 )
+from cacheward._pending import Invalidation
 from cacheward._redis import RedisLayer, RedisLayerStats
 from cacheward._redis_bucket import RedisTokenBucket, SharedBucketStats
 from cacheward._retry import BudgetStats, RetryBudget, is_retryable, retry
@@ -108,6 +109,7 @@ __all__ = [
     "GuardStats",
     "GuardedFunction",
     "InvalidCursor",
+    "Invalidation",
     "JsonSerializer",
     "Layer",
     "LayerCheckpoints",

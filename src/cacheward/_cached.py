@@ -27,7 +27,9 @@ from cacheward._config import (
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import HIT_LISTENERS, EventKind, emit
 from cacheward._hotpath import build_wrapper
+from cacheward._identity import claim, default_namespace, identity_of
 from cacheward._layers import MemoryLayer
+from cacheward._pending import Invalidation
 from cacheward._readpath import CacheStats, Driver
 
 __all__ = [
@@ -56,11 +58,16 @@ class CachedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
-    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer.
 
-        A fetch of that key already in flight still answers its callers but is not stored,
-        and callers arriving after the invalidation start a new fetch.
+        A fetch of that key already in flight, in this process or (through a layer that
+        fences, as :class:`~cacheward.RedisLayer`) any other, still answers its callers but is
+        not stored, and callers arriving after the invalidation start a new fetch.
+
+        Returns:
+            An :class:`~cacheward.Invalidation`: its ``pending`` names the shared layers that
+            could not take it now; they get it before this process reads them again.
         """
         ...
 
@@ -78,7 +85,7 @@ class AsyncCachedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
 
-    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer (see
         :meth:`CachedFunction.invalidate`)."""
         ...
@@ -338,15 +345,10 @@ def check_function(fn: object) -> Callable[..., Any]:
 def build(fn: Callable[..., Any], settings: Settings) -> Any:
     fn = check_function(fn)
     is_async = inspect.iscoroutinefunction(fn)
-    qualname = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
     layers = settings.layers
     l1 = layers[0] if layers and isinstance(layers[0], MemoryLayer) else None
+    qualname = claim_layers(fn, settings)
     if l1 is not None:
-        if l1.owner is not None and l1.owner != qualname:
-            raise ConfigurationError(
-                f"layers[0] is a MemoryLayer already used by {l1.owner}; give each cached "
-                "function its own MemoryLayer (a shared one would mix their keys)"
-            )
         l1.owner = qualname
     needed = ("aget", "aset", "adelete") if is_async else ("get", "set", "delete")
     for index, layer in enumerate(layers):
@@ -364,6 +366,24 @@ def build(fn: Callable[..., Any], settings: Settings) -> Any:
     wrapper.stats = driver.stats
     wrapper.namespace = driver.namespace
     return wrapper
+
+
+def claim_layers(fn: Callable[..., Any], settings: Settings) -> str:
+    """Claim the function's namespace on each of its layers; returns its default namespace.
+
+    Raises:
+        ConfigurationError: a lambda or a function made in a factory has no ``namespace=`` in
+            a stack with a shared layer, or another live function owns the namespace (see
+            ``cacheward._identity``).
+    """
+    identity = identity_of(fn)
+    shared = any(not getattr(layer, "local", False) for layer in settings.layers)
+    name = identity.name if settings.namespace else default_namespace(identity, shared=shared)
+    namespace = f"{settings.namespace or name}:v{settings.version}"
+    for index, layer in enumerate(settings.layers):
+        local = isinstance(layer, MemoryLayer)
+        claim(layer, "" if local else namespace, identity, what=f"layers[{index}]")
+    return name
 
 
 def _wrapper(driver: Driver, *, is_async: bool) -> Callable[..., Any]:

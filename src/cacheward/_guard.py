@@ -32,6 +32,7 @@ from cacheward._limit import (
     check_limiter,
     limiting,
 )
+from cacheward._pending import Invalidation
 from cacheward._retry import RetryBudget, RetryCounters, RetryOn, retrying
 
 __all__ = ["AsyncGuardedFunction", "GuardStats", "GuardedFunction", "guard"]
@@ -87,7 +88,7 @@ class GuardedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
-    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer."""
         ...
 
@@ -108,7 +109,7 @@ class AsyncGuardedFunction(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R_co]: ...
 
-    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer."""
         ...
 

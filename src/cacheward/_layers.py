@@ -94,10 +94,13 @@ class LeasingLayer(Layer, Protocol):
         process holds it, and return what was found."""
         ...
 
-    def publish(self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float) -> bool:
+    def publish(
+        self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
+    ) -> bool | None:
         """Store ``entry`` (fenced by ``token``: never over a later holder's entry) and release
         the lease, in one round trip; with nothing to store (``entry`` ``None`` or unstorable),
-        the release tells waiting processes that no value is coming. Returns whether stored."""
+        the release tells waiting processes that no value is coming. Returns whether stored,
+        or ``None`` when an invalidation after the lease was taken fenced it out."""
         ...
 
     def release_lease(self, key: CacheKey, token: int) -> None:
@@ -112,7 +115,7 @@ class AsyncLeasingLayer(AsyncLayer, Protocol):
     async def alease(self, key: CacheKey, *, ttl: float) -> LeaseReply: ...
     async def apublish(
         self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
-    ) -> bool: ...
+    ) -> bool | None: ...
     async def arelease_lease(self, key: CacheKey, token: int) -> None: ...
 
 

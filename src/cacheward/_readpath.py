@@ -22,7 +22,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from cacheward._background import track, track_task
-from cacheward._clock import Clock
+from cacheward._clock import Clock, SystemClock
 from cacheward._core.breaker import BreakerState
 from cacheward._core.entry import (
     Entry,
@@ -50,6 +50,7 @@ from cacheward._layers import (
     LeasingLayer,
     MemoryLayer,
 )
+from cacheward._pending import Invalidation, book_of
 from cacheward._plan import Op, Plan, aperform, perform
 from cacheward._serialize import UnstorableValue, unstorable_warning
 
@@ -57,6 +58,10 @@ if TYPE_CHECKING:
     import asyncio
 
     from cacheward._cached import Settings
+
+#: How many times in a row a background replay is tried before waiting for the next
+#: invalidation or read of the layer (see :meth:`Driver.schedule_replay`).
+REPLAY_TRIES = 30
 
 __all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
 
@@ -109,6 +114,11 @@ class CacheStats:
     unstorable: int = 0
     """Values a shared layer could not store (the serializer refused them, or they are over
     its ``max_payload_bytes``): served and kept in memory, not shared. The first is logged."""
+    invalidations_pending: int = 0
+    """Invalidations of this function's keys that a shared layer could not take yet (kept,
+    replayed before this process reads that layer again)."""
+    invalidations_replayed: int = 0
+    """Pending invalidations of this function's keys delivered on replay."""
     in_flight: int = 0
     """Fetches running at the moment of the snapshot."""
 
@@ -196,7 +206,7 @@ def breaker_of(
 class GuardedLayer:
     """A remote layer seen through its breaker: every failure is a miss (:data:`MISSING`)."""
 
-    __slots__ = ("_counters", "_health", "_mono", "_source", "layer", "leases")
+    __slots__ = ("_counters", "_health", "_mono", "_source", "layer", "leases", "pending")
 
     def __init__(
         self, layer: Any, clock: Clock, counters: Counters, health: LayerBreaker, source: str
@@ -207,6 +217,8 @@ class GuardedLayer:
         self._mono = clock.monotonic
         self._counters = counters
         self._health = health
+        #: Invalidations this layer has not taken yet (see ``cacheward._pending``).
+        self.pending = book_of(layer)
 
     def admit(self, mode: str) -> bool:
         """Whether the breaker lets an operation through.
@@ -233,6 +245,11 @@ class GuardedLayer:
         elif before is BreakerState.HALF_OPEN:
             emit(EventKind.BREAKER_HALF_OPEN, self._source, layer=self.layer.name)
         return allowed
+
+    @property
+    def reset(self) -> float:
+        """Seconds the layer's breaker stays open before a probe."""
+        return float(self._health.reset)
 
     def settle(self, error: Exception | None) -> None:
         health = self._health
@@ -266,7 +283,7 @@ class GuardedLayer:
         if found is None or found is MISSING:
             return None
         if isinstance(found, Entry):
-            return found
+            return self.pending.vet(found, self._source)
         self._counters.layer_errors += 1
         emit(EventKind.LAYER_ERROR, self._source, layer=self.layer.name)
         return None
@@ -352,6 +369,55 @@ class Delete(LayerOp):
 
     async def acall(self, layer: Any) -> Any:
         return await layer.adelete(self.key)
+
+
+class Fence(LayerOp):
+    """Invalidate a key (or write over it) and fence every rebuild under way in any process:
+    a layer's ``fence`` (see :meth:`RedisLayer.fence`). Returns the mark, or MISSING."""
+
+    __slots__ = ("announce", "entry")
+    mode = "write"  # skipped while the breaker is not closed: kept pending, replayed later
+
+    def __init__(
+        self,
+        guarded: GuardedLayer,
+        key: CacheKey,
+        entry: Entry | None = None,
+        announce: tuple[str, str] = ("", ""),
+    ) -> None:
+        super().__init__(guarded, key)
+        self.entry = entry
+        self.announce = announce
+
+    def call(self, layer: Any) -> Any:
+        return layer.fence(self.key, self.entry, announce=self.announce)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.afence(self.key, self.entry, announce=self.announce)
+
+
+def fences(layer: Any) -> bool:
+    """Whether a layer can fence rebuilds (``fence`` / ``afence``, as :class:`RedisLayer`)."""
+    return callable(getattr(layer, "fence", None)) or callable(getattr(layer, "afence", None))
+
+
+class ReplayFence(Fence):
+    """A pending invalidation sent again: it may probe a layer whose breaker is half-open."""
+
+    __slots__ = ()
+    mode = "read"
+
+
+class ReplayDelete(Delete):
+    __slots__ = ()
+    mode = "read"
+
+
+def invalidation_op(guarded: GuardedLayer, key: CacheKey, *, replay: bool = False) -> LayerOp:
+    """How ``key`` is invalidated in a layer: a fence where it has one, else a delete."""
+    if fences(guarded.layer):
+        return ReplayFence(guarded, key) if replay else Fence(guarded, key)
+    return ReplayDelete(guarded, key) if replay else Delete(guarded, key)
 
 
 class Lease(LayerOp):
@@ -771,6 +837,7 @@ class Driver:
         self.core: ReadThrough[Any] = ReadThrough(backoff=s.backoff, backoff_max=s.backoff_max)
         self.lock = threading.Lock()
         self.new_flight: Callable[[], Flight] = AsyncFlight if is_async else SyncFlight
+        self.is_async = is_async
         self.remotes = [
             GuardedLayer(
                 layer,
@@ -805,11 +872,11 @@ class Driver:
     ) -> Any:
         return await aperform(self.serve_plan(local, entry, args, kwargs))
 
-    def invalidate(self, *args: Any, **kwargs: Any) -> None:
-        perform(self.invalidate_plan(args, kwargs))
+    def invalidate(self, *args: Any, **kwargs: Any) -> Invalidation:
+        return perform(self.invalidate_plan(args, kwargs))
 
-    async def ainvalidate(self, *args: Any, **kwargs: Any) -> None:
-        await aperform(self.invalidate_plan(args, kwargs))
+    async def ainvalidate(self, *args: Any, **kwargs: Any) -> Invalidation:
+        return await aperform(self.invalidate_plan(args, kwargs))
 
     # ---- the plans
 
@@ -871,6 +938,10 @@ class Driver:
         now = self.s.clock.time()
         reply: LeaseReply | None = None
         for guarded in self.remotes:
+            if guarded.pending and not (yield from self.replay(guarded)):
+                if lease and guarded is self.coordinator:
+                    reply = LeaseReply()  # not read: fetch without a lease
+                continue
             if lease and guarded is self.coordinator:
                 answer = yield Lease(guarded, key, self.s.lease_ttl)
                 reply = LeaseReply() if answer is MISSING else cast(LeaseReply, answer)
@@ -1016,7 +1087,9 @@ class Driver:
             for guarded in self.remotes:
                 if token is not None and guarded is self.coordinator:
                     stored = yield Publish(guarded, key, entry, token, self.s.lease_ttl)
-                    if stored is False and entry is not None:  # refused: lease lost
+                    if stored is None and entry is not None:  # fenced by an invalidation
+                        self.forget(key, entry)
+                    elif stored is False and entry is not None:  # refused: lease lost
                         emit(EventKind.LEASE_LOST, self.namespace, layer=guarded.layer.name)
                 elif entry is not None:
                     yield Put(guarded, key, entry)
@@ -1047,6 +1120,8 @@ class Driver:
             if delay is None:
                 raise self.timeout_error("the process holding this key's lease")
             yield Sleep(clock, delay)
+            if coordinator.pending and not (yield from self.replay(coordinator)):
+                return None, None
             answer = yield Lease(coordinator, key, self.s.lease_ttl)
             if answer is MISSING:
                 return None, None
@@ -1059,7 +1134,7 @@ class Driver:
                     self.lease_taken(coordinator)
                 return reply.token, None
 
-    def invalidate_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[None]:
+    def invalidate_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Invalidation]:
         local = self.local(args, kwargs)
         key = self.cache_key(local, args, kwargs)
         with self.lock:
@@ -1068,8 +1143,87 @@ class Driver:
         self.count("invalidations", EventKind.INVALIDATED)
         if self.l1 is not None:
             self.l1.delete(key)
+        return (yield from self.deliver(key))
+
+    def deliver(self, key: CacheKey) -> Plan[Invalidation]:
+        """Invalidate ``key`` in every shared layer; a layer that cannot take it now keeps it
+        pending (replayed before this process reads that layer again, see
+        ``cacheward._pending``)."""
+        pending: list[str] = []
         for guarded in self.remotes:
-            yield Delete(guarded, key)
+            replayed = not guarded.pending or (yield from self.replay(guarded))
+            done = replayed and (yield invalidation_op(guarded, key)) is not MISSING
+            if done:
+                guarded.pending.discard(key)
+            else:
+                guarded.pending.keep(key, self.s.clock.time())
+                pending.append(guarded.layer.name)
+                self.schedule_replay(guarded)
+        return Invalidation(pending=tuple(pending))
+
+    def schedule_replay(self, guarded: GuardedLayer, delay: float = 0.0, tries: int = 0) -> None:
+        """Replay ``guarded``'s pending invalidations in the background until they are all
+        delivered, so that other processes stop serving the old values as soon as the layer
+        answers again even if this process does not read it: one timer per layer at a time,
+        retrying every ``breaker_reset`` at first, then up to 8 times that, at most
+        :data:`REPLAY_TRIES` times (the next invalidation or read of the layer tries again).
+
+        Only on the system clock: with an injected clock (tests, simulations) replays happen
+        before the next read of the layer, so a schedule stays deterministic."""
+        if tries >= REPLAY_TRIES or not isinstance(self.s.clock, SystemClock):
+            return
+        book = guarded.pending
+        if not book.claim_replay():
+            return
+        reset = max(0.05, guarded.reset)
+        delay = min(max(delay * 2, reset), 8 * reset)
+
+        def again(done: bool) -> None:
+            book.release_replay()
+            if not done or book:
+                self.schedule_replay(guarded, delay, tries + 1)
+
+        if self.is_async:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+
+            def start() -> None:
+                task = loop.create_task(aperform(self.replay(guarded)))
+                task.add_done_callback(
+                    lambda t: again(not t.cancelled() and t.exception() is None and t.result())
+                )
+
+            loop.call_later(delay, start)
+        else:
+
+            def job() -> None:
+                done = False
+                try:
+                    done = perform(self.replay(guarded))
+                finally:
+                    again(done)
+
+            timer = threading.Timer(delay, job)
+            timer.daemon = True
+            timer.start()
+
+    def replay(self, guarded: GuardedLayer) -> Plan[bool]:
+        """Send ``guarded``'s pending invalidations, oldest first; ``False`` if one fails (the
+        layer must not be read then)."""
+        for key in guarded.pending.snapshot():
+            if (yield invalidation_op(guarded, key, replay=True)) is MISSING:
+                return False
+            guarded.pending.delivered(key)
+        return True
+
+    def forget(self, key: CacheKey, entry: Entry) -> None:
+        """A shared layer refused ``entry`` (fenced by an invalidation in another process, or
+        older than what it holds): this process stops serving it too."""
+        if self.l1 is not None:
+            with self.lock:
+                if self.l1.lookup(key.local) is entry:
+                    self.l1.delete(key)
 
     # ---- background work: a thread of the refresh executor, or a task
 
@@ -1326,4 +1480,10 @@ class Driver:
         with self.lock:
             in_flight = sum(1 for st in self.core.states.values() if st.flight is not None)
         stats = self.counters.snapshot(in_flight)
-        return dataclasses.replace(stats, hits=stats.hits + self.memory_hits())
+        books = [g.pending for g in self.remotes]
+        return dataclasses.replace(
+            stats,
+            hits=stats.hits + self.memory_hits(),
+            invalidations_pending=sum(book.count(self.namespace) for book in books),
+            invalidations_replayed=sum(book.replayed[self.namespace] for book in books),
+        )

@@ -98,6 +98,8 @@ EVENTS: Final = (
     "leases_declined",
     "leases_released",
     "leases_lost",
+    "fences",
+    "writes_fenced",
 )
 
 #: A client timeout above this many seconds draws a warning.
@@ -218,6 +220,10 @@ class RedisLayerStats:
     """Leases given back (published or released)."""
     leases_lost: int = 0
     """Leases gone before their release (expired or taken over)."""
+    fences: int = 0
+    """Invalidations (or writes over a key) that fenced the key's earlier leases."""
+    writes_fenced: int = 0
+    """Lease holders' writes refused: the key was invalidated after their lease was taken."""
 
 
 class _Stall:
@@ -724,7 +730,7 @@ class RedisLayer:
 
     def _put_args(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
-    ) -> tuple[tuple[tuple[str, str], tuple[Any, ...]] | None, UnstorableValue | None]:
+    ) -> tuple[tuple[tuple[str, str, str], tuple[Any, ...]] | None, UnstorableValue | None]:
         """The put script's keys and arguments (``None`` when there is nothing to send: no
         entry to store, or an expired or unstorable one, and no lease to release), and the
         reason the value could not be stored, if it could not."""
@@ -753,7 +759,7 @@ class RedisLayer:
             max(1, math.ceil(lease_ttl * 1000.0)),
             repr(MAX_CLOCK_SKEW),
         )
-        return ((value_key, value_key + ":lease"), args), refused
+        return ((value_key, value_key + ":lease", value_key + ":inv"), args), refused
 
     def _begin(self, read: bool) -> _Stall:
         """Admit one command past the stall guard, or raise :class:`_Stalled`.
@@ -809,22 +815,28 @@ class RedisLayer:
 
     def _put_plan(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
-    ) -> Plan[bool]:
-        """Store (and release); a value that cannot be stored raises
-        :class:`UnstorableValue` after the lease was released saying no value is coming."""
+    ) -> Plan[bool | None]:
+        """Store (and release): ``True`` stored, ``False`` not (a newer entry, or Redis could
+        not answer), ``None`` refused by an invalidation mark (the value is older than the
+        data). A value that cannot be stored raises :class:`UnstorableValue` after the lease
+        was released saying no value is coming."""
         prepared, refused = self._put_args(key, entry, token, release=release, lease_ttl=lease_ttl)
         stored: Any = 0
         if prepared is not None:
             try:
-                stored, released = yield from self._script_plan("cache_put.lua", *prepared)
+                stored, released, *fenced = yield from self._script_plan("cache_put.lua", *prepared)
             except Exception as exc:
                 if not self._failed(exc):
                     raise
             else:
-                if prepared[1][0]:
-                    self._counters.add("writes" if stored else "writes_refused")
                 if release:
                     self._counters.add("leases_released" if released else "leases_lost")
+                if fenced and fenced[0]:
+                    self._counters.add("writes_fenced")
+                    if refused is None:
+                        return None
+                elif prepared[1][0]:
+                    self._counters.add("writes" if stored else "writes_refused")
         if refused is not None:
             raise refused
         return bool(stored)
@@ -866,6 +878,31 @@ class RedisLayer:
             "cache_lease_release.lua", (value_key + ":lease",), (self._lease_value(token),)
         )
         self._counters.add("leases_released" if result else "leases_lost")
+
+    def _fence_plan(
+        self, key: CacheKey, entry: Entry | None, announce: tuple[str, str]
+    ) -> Plan[int]:
+        value_key = self.redis_key(key)
+        payload, ttl_ms = b"", 0
+        if entry is not None:
+            ttl_ms = self._ttl_ms(entry)
+            if ttl_ms > 0:
+                try:
+                    payload = self._envelope.encode(entry, value_key)
+                except UnstorableValue as exc:
+                    # Not storable: the fence still deletes the old entry (never leaves it).
+                    too_large = exc.reason == "too_large"
+                    self._counters.add("writes_too_large" if too_large else "encode_errors")
+        keys = (value_key, value_key + ":lease", value_key + ":fence", value_key + ":inv")
+        channel, message = announce
+        args = (self._fence_ms, payload, max(ttl_ms, 1), channel, message)
+        try:
+            mark = yield from self._script_plan("cache_invalidate.lua", keys, args)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._counters.add("fences")
+        return int(mark)
 
     def _delete_plan(self, key: CacheKey) -> Plan[None]:
         yield _Command(self, "delete", (self.redis_key(key),))
@@ -947,7 +984,9 @@ class RedisLayer:
         """Async :meth:`lease`."""
         return await aperform(self._lease_plan(key, ttl))
 
-    def publish(self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float) -> bool:
+    def publish(
+        self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
+    ) -> bool | None:
         """Store ``entry`` fetched under lease ``token`` and release the lease, in one round
         trip (see :meth:`set_fenced` for when the entry is stored).
 
@@ -956,13 +995,14 @@ class RedisLayer:
         other processes fetch for themselves at once instead of waiting for it.
 
         Returns:
-            Whether the entry was stored.
+            Whether the entry was stored; ``None`` (falsy) when it was refused because the key
+            was invalidated or written (:meth:`fence`) after the lease was taken.
         """
         return perform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
 
     async def apublish(
         self, key: CacheKey, entry: Entry | None, token: int, *, lease_ttl: float
-    ) -> bool:
+    ) -> bool | None:
         """Async :meth:`publish`."""
         return await aperform(self._put_plan(key, entry, token, release=True, lease_ttl=lease_ttl))
 
@@ -998,11 +1038,34 @@ class RedisLayer:
         Returns:
             Whether the entry was stored.
         """
-        return perform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
+        return bool(perform(self._put_plan(key, entry, token, release=False, lease_ttl=0)))
 
     async def aset_fenced(self, key: CacheKey, entry: Entry, token: int) -> bool:
         """Async :meth:`set_fenced`."""
-        return await aperform(self._put_plan(key, entry, token, release=False, lease_ttl=0))
+        return bool(await aperform(self._put_plan(key, entry, token, release=False, lease_ttl=0)))
+
+    def fence(
+        self, key: CacheKey, entry: Entry | None = None, *, announce: tuple[str, str] = ("", "")
+    ) -> int:
+        """Delete ``key``'s entry (or store ``entry`` over it), drop its lease and fence every
+        lease taken before, in one round trip: a rebuild already under way in any process
+        cannot store its (older) result afterwards. ``announce`` is a ``(channel, message)``
+        published in the same script (the backplane, see docs/caching.md).
+
+        Returns:
+            The invalidation mark (above every token handed out for the key so far).
+
+        Raises:
+            redis.RedisError: Redis failed or timed out (the driver keeps the invalidation
+                and replays it when Redis answers again).
+        """
+        return perform(self._fence_plan(key, entry, announce))
+
+    async def afence(
+        self, key: CacheKey, entry: Entry | None = None, *, announce: tuple[str, str] = ("", "")
+    ) -> int:
+        """Async :meth:`fence`."""
+        return await aperform(self._fence_plan(key, entry, announce))
 
     # --- introspection ---
 

@@ -1,13 +1,15 @@
 -- cacheward: store a cache entry unless that would replace a newer one, and (for a lease
 -- holder) release the key's lease, in one round trip.
 --
--- KEYS[1] the entry's key, KEYS[2] its lease key (same hash tag, so the same slot).
+-- KEYS[1] the entry's key, KEYS[2] its lease key, KEYS[3] its invalidation mark (same hash
+-- tag, so the same slot; see cache_invalidate.lua).
 -- ARGV[1] the envelope ('': nothing to store), ARGV[2] its TTL in ms, ARGV[3] the fencing
 -- token ('0': unfenced), ARGV[4] the entry's `created` stamp, ARGV[5] the lease value the writer
 -- would hold, ARGV[6] '1' to release that lease, ARGV[7] how long (ms) a released lease says
 -- "no value is coming" when there was nothing to store, ARGV[8] the largest clock skew
 -- trusted, in seconds.
--- Returns {stored, released}: 1/0 each. Safe to run twice: a re-run stores the same bytes and
+-- Returns {stored, released, fenced}: 1/0 each (fenced: refused because of the mark). Safe to
+-- run twice: a re-run stores the same bytes and
 -- finds nothing more to release.
 --
 -- The envelope header (see _serialize.py) holds `created` at byte 5 and the writer's fencing
@@ -17,7 +19,16 @@
 local token = ARGV[3]
 local holds = token ~= '0' and redis.call('GET', KEYS[2]) == ARGV[5]
 local stored = 0
-if ARGV[1] ~= '' then
+-- Fenced by an invalidation (or a write of a value) that came after this writer's lease was
+-- taken, or, for an unfenced write, after its entry was made: the value is older than the data.
+local mark = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+local fenced
+if token ~= '0' then
+  fenced = tonumber(token) <= mark
+else
+  fenced = tonumber(ARGV[4]) * 1000000 <= mark
+end
+if ARGV[1] ~= '' and not fenced then
   local newer = false
   if not holds then
     local old = redis.call('GET', KEYS[1])
@@ -47,4 +58,4 @@ if holds and ARGV[6] == '1' then
   end
   released = 1
 end
-return {stored, released}
+return {stored, released, fenced and ARGV[1] ~= '' and 1 or 0}

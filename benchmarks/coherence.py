@@ -1,0 +1,168 @@
+"""Coherence across processes (issue 13): what an invalidation costs and what it reaches.
+
+On a private ``redis-server`` (behind a loopback proxy, to hang the path to it):
+
+1. ``invalidate()`` on a healthy Redis, interleaved with the peer every other library does (a
+   plain ``DEL`` through redis-py), medians and the ratio;
+2. ``invalidate()`` while the path to Redis is hung: the first call (the breaker still closed:
+   one socket timeout) and the following ones (breaker open: nothing sent), and the time from
+   Redis answering again to the kept invalidation being delivered by the background replay;
+3. rebuilds racing an invalidation: a rebuild that took its lease, then an invalidation, then
+   the rebuild's publish — how many stale values end up stored, with the fence vs a plain DEL.
+
+Not measured yet (not built yet): propagation to other processes' memory layers, the channel-
+down age bound, tag invalidation, and the hit cost with a backplane on (docs/caching.md,
+"Across processes", lists what is left).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from benchmarks._harness import median, print_table, smoke, summary
+
+__all__ = ["run"]
+
+
+def _servers() -> tuple[Any, Any]:
+    from tests.servers import RedisServer, TcpProxy
+
+    server = RedisServer()
+    server.start()
+    proxy = TcpProxy(server.port)
+    proxy.__enter__()
+    return server, proxy
+
+
+def _stack(url: str, space: str, timeout: float) -> tuple[Any, Any]:
+    import cacheward as cw
+
+    layer = cw.RedisLayer.from_url(url, socket_timeout=timeout, namespace=space, breaker_reset=0.2)
+
+    @cw.cached(ttl=60, layers=[cw.MemoryLayer(maxsize=1000), layer], namespace="bench")
+    def load(key: str) -> str:
+        return key
+
+    return load, layer
+
+
+def _healthy(server: Any, rounds: int, per_round: int) -> dict[str, Any]:
+    load, layer = _stack(server.url, f"b{uuid.uuid4().hex[:8]}", 1.0)
+    raw = server.client()
+    ours: list[float] = []
+    peer: list[float] = []
+    for _ in range(rounds):  # interleaved: one block of each per round
+        started = time.perf_counter()
+        for index in range(per_round):
+            load.invalidate(f"k{index}")
+        ours.append((time.perf_counter() - started) / per_round)
+        started = time.perf_counter()
+        for index in range(per_round):
+            raw.delete(f"bench:k{index}")
+        peer.append((time.perf_counter() - started) / per_round)
+    layer.close()
+    raw.close()
+    return {
+        "cacheward_invalidate_s": median(ours),
+        "plain_del_s": median(peer),
+        "ratio": median(ours) / median(peer),
+    }
+
+
+def _hung(server: Any, proxy: Any, calls: int) -> dict[str, Any]:
+    load, layer = _stack(proxy.url, f"h{uuid.uuid4().hex[:8]}", 0.2)
+    assert load("c1") == "c1"
+    proxy.blackhole()
+    latencies: list[float] = []
+    pending = 0
+    for _ in range(calls):
+        started = time.perf_counter()
+        result = load.invalidate("c1")
+        latencies.append(time.perf_counter() - started)
+        pending += not result
+    proxy.heal()
+    healed = time.perf_counter()
+    deadline = healed + 30.0
+    while load.stats().invalidations_pending and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    delivered = time.perf_counter() - healed
+    stats = load.stats()
+    layer.close()
+    return {
+        "first_invalidate_s": latencies[0],
+        "later_invalidate_s": summary(latencies[1:]),
+        "reported_pending": pending,
+        "calls": calls,
+        "replay_after_heal_s": delivered,
+        "replayed": stats.invalidations_replayed,
+        "still_pending": stats.invalidations_pending,
+    }
+
+
+def _races(server: Any, races: int) -> dict[str, int]:
+    import cacheward as cw
+
+    stale = {"fence": 0, "plain_del": 0}
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=1.0, namespace="race")
+    for index in range(races):
+        for how in stale:
+            key = cw.CacheKey(index, f"{how}:v1", (index,), {}, ("k",))
+            token = layer.lease(key, ttl=30).token
+            assert token is not None
+            if how == "fence":
+                layer.fence(key)
+            else:
+                layer.delete(key)
+            now = time.time()
+            layer.publish(key, cw.Entry("old", now, now + 60, now + 60), token, lease_ttl=30)
+            stale[how] += layer.get(key) is not None
+    layer.close()
+    return stale
+
+
+def run(*, quick: bool) -> dict[str, object]:
+    tiny = smoke()
+    rounds, per_round = (2, 20) if tiny else (5, 200) if quick else (15, 500)
+    hung_calls = 3 if tiny else 20
+    races = 5 if tiny else 100 if quick else 1000
+    server, proxy = _servers()
+    try:
+        healthy = _healthy(server, rounds, per_round)
+        hung = _hung(server, proxy, hung_calls)
+        stale = _races(server, races)
+    finally:
+        proxy.stop()
+        server.stop()
+        server.cleanup()
+    print_table(
+        "invalidate(), healthy Redis (medians of interleaved rounds)",
+        ["cacheward invalidate()", "plain DEL (redis-py)", "ratio"],
+        [
+            [
+                f"{healthy['cacheward_invalidate_s'] * 1e6:.0f} µs",
+                f"{healthy['plain_del_s'] * 1e6:.0f} µs",
+                f"{healthy['ratio']:.2f}x",
+            ]
+        ],
+    )
+    later = hung["later_invalidate_s"]
+    print_table(
+        "invalidate() while the path to Redis is hung (socket_timeout 0.2 s)",
+        ["first call", "later calls p50", "reported pending", "delivered after heal"],
+        [
+            [
+                f"{hung['first_invalidate_s'] * 1e3:.0f} ms",
+                f"{later.get('p50', float('nan')) * 1e6:.0f} µs",
+                f"{hung['reported_pending']} of {hung['calls']}",
+                f"{hung['replay_after_heal_s'] * 1e3:.0f} ms",
+            ]
+        ],
+    )
+    print_table(
+        f"rebuilds racing an invalidation ({races} races each)",
+        ["stale values stored, fence", "stale values stored, plain DEL"],
+        [[stale["fence"], stale["plain_del"]]],
+    )
+    return {"healthy": healthy, "hung": hung, "races": races, "stale_stored": stale}

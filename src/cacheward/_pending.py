@@ -1,0 +1,150 @@
+"""Invalidations a shared layer could not take yet: kept, and replayed before it is read again.
+
+While a shared layer is unreachable (its breaker open, a timeout, an error), an invalidation of
+a key cannot reach it; dropping it would let every process serve the old value from that layer
+until its TTL. Instead each layer object has one :class:`Pending` book per process:
+
+- **kept**: the newest invalidation per key (a later one of the same key replaces it), in
+  arrival order, at most :data:`MAX_PENDING` per layer;
+- **replayed first**: before this process reads the layer again (a read, a lease), every kept
+  invalidation is sent; if one fails the read is skipped (a miss), so the layer never serves
+  this process a value it was told to drop;
+- **overflow**: when the book is full the oldest invalidation is dropped and its namespace is
+  *distrusted*: entries of that namespace read from the layer that were made before the moment
+  of the drop are never served fresh (nor stale while a refresh runs): they are fetched again,
+  and served only if that fetch fails, within their stale limit. Entries made afterwards are
+  unaffected, so the distrust ends by itself as the old entries are replaced or expire.
+
+Pure bookkeeping under a lock; the driver does the I/O (``cacheward._readpath``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import weakref
+from typing import Any, Final
+
+from cacheward._core.entry import Entry
+from cacheward._core.keys import CacheKey
+
+__all__ = ["MAX_PENDING", "Invalidation", "Pending", "book_of"]
+
+#: The most invalidations kept per layer and process while it is unreachable.
+MAX_PENDING: Final = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Invalidation:
+    """What ``fn.invalidate(...)`` did (falsy while some shared layer still has it pending).
+
+    Attributes:
+        pending: the names of the shared layers that could not take the invalidation now
+            (unreachable, or their breaker open). It is kept and replayed before this process
+            reads that layer again; ``()`` when every layer took it.
+    """
+
+    pending: tuple[str, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        """Whether every layer took the invalidation."""
+        return not self.pending
+
+    def __bool__(self) -> bool:
+        return not self.pending
+
+
+class Pending:
+    """One shared layer's invalidations not yet delivered, in this process."""
+
+    __slots__ = ("_items", "_lock", "distrust", "dropped", "limit", "replayed", "replaying")
+
+    def __init__(self, limit: int = MAX_PENDING) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        #: ``(namespace, key text)`` -> ``(key, entry to write or None, counters)``.
+        self._items: collections.OrderedDict[tuple[str, str], tuple[CacheKey, Any]] = (
+            collections.OrderedDict()
+        )
+        #: Namespace -> wall-clock time of its last dropped invalidation.
+        self.distrust: dict[str, float] = {}
+        self.dropped = 0
+        self.replayed: collections.Counter[str] = collections.Counter()
+        #: A background replay is scheduled or running (one at a time).
+        self.replaying = False
+
+    def claim_replay(self) -> bool:
+        """Take the right to run the background replay; ``False`` if one is scheduled."""
+        with self._lock:
+            if self.replaying or not self._items:
+                return False
+            self.replaying = True
+            return True
+
+    def release_replay(self) -> None:
+        with self._lock:
+            self.replaying = False
+
+    def keep(self, key: CacheKey, now: float) -> None:
+        """Remember that ``key`` must be invalidated (the newest per key wins)."""
+        ident = (key.namespace, key.text)
+        with self._lock:
+            self._items.pop(ident, None)
+            self._items[ident] = (key, None)
+            while len(self._items) > self.limit:
+                (namespace, _), _ = self._items.popitem(last=False)
+                self.dropped += 1
+                self.distrust[namespace] = now
+
+    def discard(self, key: CacheKey) -> None:
+        """``key`` was delivered by other means (a later invalidation went through)."""
+        with self._lock:
+            self._items.pop((key.namespace, key.text), None)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def snapshot(self) -> list[CacheKey]:
+        """The keys to replay, oldest first."""
+        with self._lock:
+            return [key for key, _ in self._items.values()]
+
+    def delivered(self, key: CacheKey) -> None:
+        """``key``'s invalidation reached the layer on replay."""
+        with self._lock:
+            if self._items.pop((key.namespace, key.text), None) is not None:
+                self.replayed[key.namespace] += 1
+
+    def count(self, namespace: str) -> int:
+        with self._lock:
+            return sum(1 for ns, _ in self._items if ns == namespace)
+
+    def vet(self, found: Entry | None, namespace: str) -> Entry | None:
+        """An entry read from the layer; if its namespace lost an invalidation (overflow) after
+        the entry was made, neither fresh nor stale-servable: fetched again, and served only if
+        that fetch fails (within the entry's stale limit)."""
+        if found is None or not self.distrust:
+            return found
+        since = self.distrust.get(namespace)
+        if since is None or found.created > since:
+            return found
+        made = found.created
+        return Entry(found.value, made, made, made, found.error_until)
+
+
+_BOOKS: weakref.WeakKeyDictionary[object, Pending] = weakref.WeakKeyDictionary()
+_BOOKS_LOCK = threading.Lock()
+
+
+def book_of(layer: object) -> Pending:
+    """The pending book of a layer object (one per layer and process)."""
+    with _BOOKS_LOCK:
+        try:
+            book = _BOOKS.get(layer)
+            if book is None:
+                book = _BOOKS[layer] = Pending(int(getattr(layer, "max_pending", MAX_PENDING)))
+        except TypeError:  # not weak-referenceable: a book of its own each time (not kept)
+            book = Pending(0)
+    return book

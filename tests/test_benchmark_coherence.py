@@ -1,0 +1,19 @@
+"""Smoke test of ``python -m benchmarks coherence``: shape and sanity, never speed."""
+
+from __future__ import annotations
+
+import pytest
+from benchmarks import coherence
+
+pytestmark = pytest.mark.redis
+
+
+def test_coherence_benchmark_reports_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CACHEWARD_BENCH_SMOKE", "1")
+    figures = coherence.run(quick=True)
+    assert figures["healthy"]["ratio"] > 0
+    hung = figures["hung"]
+    assert hung["reported_pending"] == hung["calls"]  # every call said it was kept
+    assert hung["still_pending"] == 0  # and the replay delivered it after the heal
+    assert hung["replayed"] == 1  # newest per key: one invalidation, replayed once
+    assert figures["stale_stored"] == {"fence": 0, "plain_del": figures["races"]}
