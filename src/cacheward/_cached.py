@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
+from cacheward._checks import check_caller, check_lifetime
 from cacheward._clock import Clock
 from cacheward._config import (
     Duration,
@@ -26,7 +27,6 @@ from cacheward._config import (
     check_fraction,
     check_positive_int,
     duration,
-    optional_duration,
 )
 from cacheward._core.breaker import Breaker, BreakerState
 from cacheward._core.entry import Entry, Freshness, classify, make_entry, usable_on_error
@@ -352,9 +352,9 @@ def _make_settings(
     breaker_failures: int,
     breaker_reset: Duration,
 ) -> _Settings:
-    ttl_s = duration("ttl", ttl)
-    stale_s = duration("stale_ttl", stale_ttl)
-    sie = optional_duration("stale_if_error", stale_if_error)
+    ttl_s = check_lifetime("ttl", ttl)
+    stale_s = check_lifetime("stale_ttl", stale_ttl)
+    sie = None if stale_if_error is None else check_lifetime("stale_if_error", stale_if_error)
     backoff_s = duration("backoff", backoff)
     backoff_max_s = duration("backoff_max", backoff_max)
     if backoff_max_s < backoff_s:
@@ -544,6 +544,7 @@ def _build(fn: Callable[..., Any], settings: _Settings) -> Any:
         l1.owner = qualname
     needed = ("aget", "aset", "adelete") if is_async else ("get", "set", "delete")
     for index, layer in enumerate(layers):
+        check_caller(layer, asynchronous=is_async, where=f"layers[{index}]")
         missing = [m for m in needed if not callable(getattr(layer, m, None))]
         if missing:
             kind = "an async def" if is_async else "a plain"

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, Final
 
+from cacheward._checks import check_socket_timeout, check_url
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.entry import Entry
@@ -208,6 +209,7 @@ def _check_client(client: Any) -> float:
                 f"the Redis client has no {name}, so a hung or unreachable Redis would block "
                 f"callers for as long as the operating system lets it (minutes); {_FIX_HINT}"
             )
+        check_socket_timeout(f"the Redis client's {name}", seconds)
         if seconds > _SLOW_TIMEOUT:
             problems.append(f"its {name} is {seconds} s")
     retry = getattr(client, "retry", None)
@@ -499,16 +501,11 @@ class RedisLayer:
             ConfigurationError: an argument is invalid or redis-py is missing.
         """
         _redis()
-        given: object = url
-        if not isinstance(given, str) or "://" not in given:
-            raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
         factory = _Factory(
-            url,
-            timeout=duration("timeout", timeout, allow_zero=False),
-            connect_timeout=duration(
-                "connect_timeout",
-                timeout if connect_timeout is None else connect_timeout,
-                allow_zero=False,
+            check_url(url),
+            timeout=check_socket_timeout("timeout", timeout),
+            connect_timeout=check_socket_timeout(
+                "connect_timeout", timeout if connect_timeout is None else connect_timeout
             ),
             max_connections=check_positive_int("max_connections", max_connections),
             cluster=bool(cluster),
@@ -527,6 +524,22 @@ class RedisLayer:
         layer.cluster = factory.cluster
         layer._set_stall(stall_timeout, factory.timeout)
         return layer
+
+    def check_caller(self, *, asynchronous: bool, where: str) -> None:
+        """Refuse, at decoration, a function this layer's client cannot serve.
+
+        Raises:
+            ConfigurationError: an asyncio client for a ``def`` function or a sync client for
+                an ``async def`` one (:meth:`from_url` layers serve both).
+        """
+        client = self._async_client if asynchronous else self._sync_client
+        if self._factory is None and client is None:
+            have, fn = ("a synchronous", "an async def") if asynchronous else ("an asyncio", "a")
+            raise ConfigurationError(
+                f"{where}: layer {self.name!r} has {have} Redis client and cannot serve {fn} "
+                "function (every operation would be a miss); give it the other kind of client, "
+                "or use RedisLayer.from_url, which serves both"
+            )
 
     # --- clients ---
 
