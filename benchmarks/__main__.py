@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "pages": "OFFSET restarted on failure vs keyset with resume",
     "peers": "hit latency, stampede and Redis outage vs every peer",
     "observe": "fresh-hit cost with a listener / the Prometheus adapter attached",
+    "faults": "every reproducible fault, sync and async: bound, deadline, exceptions, leaks",
 }
 #: What ``python -m benchmarks`` runs with no name: the headline set.
 HEADLINE = ["incident"]
