@@ -304,7 +304,9 @@ def test_maxmemory_eviction_is_a_miss_not_an_error(server: RedisServer) -> None:
     server.config_set("maxmemory", "3mb")  # an empty redis-server already uses ~1 MB
     server.config_set("maxmemory-policy", "allkeys-lru")
     backend = Backend(delay=0)
-    layer = RedisLayer.from_url(server.url)
+    # A generous timeout: eviction is under test, and a loaded machine can hold one of 6,000
+    # commands past the default 0.1 s (a "timeouts" event, seen once in 14 full runs).
+    layer = RedisLayer.from_url(server.url, timeout=2.0)
 
     @cw.cached(ttl=60, layers=[layer], namespace="evict", breaker_reset=0.2)
     def load(key: str) -> dict[str, Any]:
