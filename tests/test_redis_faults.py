@@ -57,13 +57,17 @@ def hammer(
     call's duration, every exception, and the threads (joined, or still alive if blocked)."""
     durations: list[float] = []
     errors: list[BaseException] = []
-    deadline = time.monotonic() + seconds
-    start = threading.Barrier(threads)
+    # The clock starts once every thread is there, and each thread calls at least once: on a
+    # loaded machine, starting the threads alone can take longer than ``seconds``.
+    deadline = [math.inf]
+    start = threading.Barrier(
+        threads, action=lambda: deadline.__setitem__(0, time.monotonic() + seconds)
+    )
 
     def loop(seed: int) -> None:
         rng = random.Random(seed)
         start.wait()
-        while time.monotonic() < deadline:
+        while True:
             began = time.monotonic()
             try:
                 value = fn(key := rng.choice(keys))
@@ -71,6 +75,8 @@ def hammer(
             except BaseException as exc:
                 errors.append(exc)
             durations.append(time.monotonic() - began)
+            if time.monotonic() >= deadline[0]:
+                break
             time.sleep(0.005)
 
     pool = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
