@@ -43,6 +43,7 @@ BENCHMARKS: dict[str, str] = {
     "sentinel": "Redis Sentinel failover: seconds to the first good read, callers' latency",
     "payloads": "large payloads: L2 hit/write and Redis bytes vs raw redis-py, eviction, memory",
     "coherence": "invalidation across processes: cost, while Redis hangs, racing rebuilds",
+    "faults": "every reproducible fault, sync and async: bound, deadline, exceptions, leaks",
 }
 #: What ``python -m benchmarks`` runs with no name: the headline set.
 HEADLINE = ["incident"]

@@ -26,10 +26,15 @@ Usage in a test module (pytest puts ``tests/`` on ``sys.path``)::
     def test_latency(server):
         with TcpProxy(server.port) as proxy:  # clients connect to proxy.url
             proxy.set_latency(0.05)           # every chunk delayed 50 ms each way
+            proxy.trickle(0.03)               # replies one byte every 30 ms
             proxy.blackhole()                 # accept and read, never answer
+            proxy.cut_replies(1)              # every reply cut after 1 byte, then RST
             proxy.reset()                     # RST every open connection
             proxy.refuse()                    # stop listening: connection refused
             proxy.heal()                      # back to a plain pipe
+
+The proxy is the library's :class:`cacheward.testing.chaos.RedisProxy` (``TcpProxy`` adds the
+``set_latency`` name the tests use).
 
 Benchmarks import it as ``tests.servers`` (run from the repository root); without pytest,
 :meth:`RedisServer.require` raises :class:`RuntimeError` instead of skipping.
@@ -37,7 +42,6 @@ Benchmarks import it as ``tests.servers`` (run from the repository root); withou
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
@@ -53,6 +57,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from cacheward.testing.chaos import RedisProxy
 
 __all__ = [
     "RedisClusterServers",
@@ -94,9 +100,11 @@ def _bindable(port: int) -> bool:
 
 def free_port(*, cluster_bus: bool = False) -> int:
     """A loopback TCP port that is free now (and ``port + 10000`` too, for a cluster bus)."""
+    # Below the ephemeral range (32768 on Linux), where outgoing connections take their source
+    # ports: a killed server restarted on its port must find it free (a cluster bus at +10000).
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(20_000, 50_000)
+        port = rng.randrange(10_000, 22_000)
         if _bindable(port) and (not cluster_bus or _bindable(port + 10_000)):
             return port
     raise RuntimeError("no free loopback port found in 200 tries")
@@ -556,161 +564,10 @@ class RedisClusterServers:
 # --- a loopback TCP proxy for latency, blackholes and resets -------------------------------------
 
 
-class TcpProxy:
-    """A loopback TCP proxy in front of ``127.0.0.1:target_port``, run on its own thread.
-
-    Modes (switch at any time, from any thread): a plain pipe; ``set_latency(s)`` delays every
-    chunk by ``s`` each way; ``blackhole()`` keeps connections open but answers nothing (what a
-    partition looks like); ``reset()`` sends RST on every open connection; ``refuse()`` closes the
-    listening socket so new connections are refused; ``heal()`` undoes all of them.
-    """
-
-    def __init__(self, target_port: int, *, port: int | None = None, target_host: str = HOST):
-        self.target = (target_host, target_port)
-        self.port = port if port is not None else free_port()
-        self.host = HOST
-        self.latency = 0.0
-        self.blackholed = False
-        self.connections = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._ready = threading.Event()
-
-    @property
-    def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0`` of the proxy."""
-        return f"redis://{self.host}:{self.port}/0"
-
-    def start(self) -> TcpProxy:
-        """Start listening (returns once the socket is bound)."""
-        self._thread = threading.Thread(target=self._run, name="TcpProxy", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(5):
-            raise RuntimeError("proxy did not start")
-        self._call(self._listen)
-        return self
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
-
-    def _call(self, fn: Any, *args: Any) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(fn(*args), self._loop).result(timeout=10)
-
-    async def _listen(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port)
-
-    async def _unlisten(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            self._rst(writer)
-            return
-        self._writers.update((writer, up_writer))
-        try:
-            await asyncio.gather(
-                self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
-            )
-        finally:
-            for w in (writer, up_writer):
-                self._writers.discard(w)
-                with contextlib.suppress(Exception):
-                    w.close()
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                if self.latency:
-                    await asyncio.sleep(self.latency)
-                if self.blackholed:
-                    continue  # swallowed: the peer waits forever (until it times out)
-                writer.write(chunk)
-                await writer.drain()
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    @staticmethod
-    def _rst(writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
-        writer.transport.abort()
-
-    async def _reset_all(self) -> None:
-        for writer in list(self._writers):
-            self._rst(writer)
-        self._writers.clear()
+class TcpProxy(RedisProxy):
+    """:class:`cacheward.testing.chaos.RedisProxy` under the tests' older name (and
+    ``set_latency`` for :meth:`~cacheward.testing.chaos.RedisProxy.delay`)."""
 
     def set_latency(self, seconds: float) -> None:
         """Delay every chunk by ``seconds`` in each direction."""
-        self.latency = seconds
-
-    def blackhole(self) -> None:
-        """Swallow everything from now on: connections stay open and nothing is answered."""
-        self.blackholed = True
-
-    def reset(self) -> None:
-        """Abort every open connection with a TCP RST (new connections still work)."""
-        self._call(self._reset_all)
-
-    def refuse(self) -> None:
-        """Stop listening (new connections are refused) and reset the open ones."""
-        self._call(self._unlisten)
-        self._call(self._reset_all)
-
-    def heal(self) -> None:
-        """Back to a plain pipe: no latency, no blackhole, listening."""
-        self.latency = 0.0
-        self.blackholed = False
-        self._call(self._listen)
-
-    def stop(self) -> None:
-        """Close everything and stop the proxy's thread."""
-        if self._loop is None:
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._unlisten)
-            self._call(self._reset_all)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._loop = None
-
-    def __enter__(self) -> TcpProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return (
-            f"TcpProxy(port={self.port} -> {self.target[1]}, latency={self.latency}, "
-            f"blackholed={self.blackholed})"
-        )
+        self.delay(seconds)

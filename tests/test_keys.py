@@ -113,7 +113,10 @@ def test_the_injectivity_check_catches_an_untyped_encoding() -> None:
     def naive(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         return " ".join(map(str, args)) + repr(sorted(kwargs.items()))
 
-    @settings(database=None, max_examples=500)
+    # The collision every untyped encoding has, pinned: a random search found one only about
+    # eleven runs in twelve. The derandomized search still runs after it.
+    @settings(database=None, max_examples=500, derandomize=True)
+    @example(((1,), {}), (("1",), {}))
     @given(st.one_of(calls, confusable), st.one_of(calls, confusable))
     @example((("a b",), {}), (("a", "b"), {}))  # found every run, not by random search
     def prop(one: Any, two: Any) -> None:

@@ -177,22 +177,22 @@ def test_a_dead_shard_is_a_miss_for_its_keys_never_an_error_or_a_hang() -> None:
         own.nodes[0].kill()  # a third of the slots are gone
         calls.clear()
         started = time.monotonic()
-        deadline = started + 1.0
         served = 0
         slowest = 0.0
-        while time.monotonic() < deadline:  # stale entries refresh every 0.2 s
+        for _ in range(8):  # a fixed number of passes: stale entries refresh every 0.2 s
             for i in range(30):
                 began = time.monotonic()
                 assert load(i) == {"i": i}
                 slowest = max(slowest, time.monotonic() - began)
                 served += 1
             time.sleep(0.05)
-        assert served >= 30
+        elapsed = time.monotonic() - started
         # Bounded: a call pays at most the client's timeouts while the cluster client
         # rediscovers the topology (connect + read on the dead node), never a hang.
         assert slowest < 2.0, slowest
-        # Each key refreshed at most once per freshness period, never once per call.
-        assert len(calls) <= 30 * 7 < served
+        # Each key refreshed at most once per freshness period (0.2 s), never once per call;
+        # the bound follows the time the passes took, so a loaded machine cannot break it.
+        assert len(calls) <= 30 * (elapsed / 0.2 + 1), (len(calls), elapsed)
         layer.close()
 
 

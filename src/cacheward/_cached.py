@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from cacheward import _testmode
+from cacheward._checks import check_caller, check_lifetime
 from cacheward._clock import Clock
 from cacheward._config import (
     Duration,
@@ -22,7 +23,6 @@ from cacheward._config import (
     check_positive_int,
     duration,
     keyword_settings,
-    optional_duration,
 )
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import HIT_LISTENERS, EventKind, emit
@@ -157,9 +157,9 @@ def make_settings(
     breaker_failures: int | None,
     breaker_reset: Duration | None,
 ) -> Settings:
-    ttl_s = duration("ttl", ttl)
-    stale_s = duration("stale_ttl", stale_ttl)
-    sie = optional_duration("stale_if_error", stale_if_error)
+    ttl_s = check_lifetime("ttl", ttl)
+    stale_s = check_lifetime("stale_ttl", stale_ttl)
+    sie = None if stale_if_error is None else check_lifetime("stale_if_error", stale_if_error)
     if sie is not None and sie < stale_s:
         raise ConfigurationError(
             f"stale_if_error={stale_if_error!r} is shorter than stale_ttl={stale_ttl!r}: an entry "
@@ -352,6 +352,7 @@ def build(fn: Callable[..., Any], settings: Settings) -> Any:
         l1.owner = qualname
     needed = ("aget", "aset", "adelete") if is_async else ("get", "set", "delete")
     for index, layer in enumerate(layers):
+        check_caller(layer, asynchronous=is_async, where=f"layers[{index}]")
         missing = [m for m in needed if not callable(getattr(layer, m, None))]
         if missing:
             kind = "an async def" if is_async else "a plain"

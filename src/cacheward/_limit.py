@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
 from cacheward import _testmode
+from cacheward._checks import check_caller
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.bucket import BucketState
@@ -373,6 +374,7 @@ def limiting(
 
     def decorate(fn: Callable[P, R], /) -> Callable[P, R]:
         check_function(fn, "rate_limit")
+        check_caller(limiter, asynchronous=inspect.iscoroutinefunction(fn), where="limiter")
         if inspect.iscoroutinefunction(fn):
             afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
 

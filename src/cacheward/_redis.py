@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from cacheward._background import adrain, drain
+from cacheward._checks import check_socket_timeout, check_url
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
@@ -133,6 +134,7 @@ def _check_client(client: Any) -> float:
                 f"the Redis client has no {name}, so a hung or unreachable Redis would block "
                 f"callers for as long as the operating system lets it (minutes); {_FIX_HINT}"
             )
+        check_socket_timeout(f"the Redis client's {name}", seconds)
         if seconds > _SLOW_TIMEOUT:
             problems.append(f"its {name} is {seconds} s")
     retry = getattr(client, "retry", None)
@@ -561,18 +563,18 @@ class RedisLayer:
             socket_timeout = timeout
         if connect_timeout is not None:
             socket_connect_timeout = connect_timeout
-        given: object = url
-        if not isinstance(given, str) or "://" not in given:
-            raise ConfigurationError(f"url must be a redis:// URL, got {url!r}")
-        from cacheward._sentinel import factory_for  # redis:// or redis+sentinel://
+        from cacheward._sentinel import factory_for, is_sentinel_url
 
+        # A redis+sentinel:// URL lists several hosts: its own factory parses and checks it.
+        given: object = url  # checked, whatever a caller without a type checker passed
+        if not (isinstance(given, str) and is_sentinel_url(given)):
+            check_url(given)
         factory = factory_for(
             url,
-            timeout=duration("socket_timeout", socket_timeout, allow_zero=False),
-            connect_timeout=duration(
+            timeout=check_socket_timeout("socket_timeout", socket_timeout),
+            connect_timeout=check_socket_timeout(
                 "socket_connect_timeout",
                 socket_timeout if socket_connect_timeout is None else socket_connect_timeout,
-                allow_zero=False,
             ),
             max_connections=check_positive_int("max_connections", max_connections),
             cluster=bool(cluster),
@@ -596,6 +598,22 @@ class RedisLayer:
         layer.cluster = factory.cluster
         layer._set_stall(stall_timeout, factory.timeout)
         return layer
+
+    def check_caller(self, *, asynchronous: bool, where: str) -> None:
+        """Refuse, at decoration, a function this layer's client cannot serve.
+
+        Raises:
+            ConfigurationError: an asyncio client for a ``def`` function or a sync client for
+                an ``async def`` one (:meth:`from_url` layers serve both).
+        """
+        client = self._async_client if asynchronous else self._sync_client
+        if self._factory is None and client is None:
+            have, fn = ("a synchronous", "an async def") if asynchronous else ("an asyncio", "a")
+            raise ConfigurationError(
+                f"{where}: layer {self.name!r} has {have} Redis client and cannot serve {fn} "
+                "function (every operation would be a miss); give it the other kind of client, "
+                "or use RedisLayer.from_url, which serves both"
+            )
 
     # --- clients ---
 

@@ -3,16 +3,21 @@
 The arithmetic runs inside Redis (``resources/token_bucket.lua``, loaded once per server and run
 with EVALSHA), on the server's clock, so every process shares one bucket. The same refill rule
 as :mod:`cacheward._core.bucket`, but without the waiting line: waiters in different processes
-simply ask again when the token is due.
+simply ask again when the token is due. Where a take goes (Redis or the local share), when to
+probe and what is owed after a fallback is decided by :mod:`cacheward._core.fallback`.
 
-Two failure rules matter more than the arithmetic:
+Three failure rules matter more than the arithmetic:
 
 - **A call whose outcome is unknown never takes two tokens.** Each take carries a request id;
   the script stores its answer under that id, so a client that sends the same call again (redis-py
   retries a timed-out command on its own) gets the first answer back instead of a second token.
-- **Redis unreachable never means "no limit".** While Redis fails, takes go to a local
-  :class:`~cacheward.TokenBucket` with ``fallback_share`` of the rate and burst; every
-  ``probe_interval`` one take tries Redis again, and the first that succeeds switches back.
+- **A bucket that fails never means "no limit", nor "no backend".** Whatever goes wrong with
+  Redis (unreachable, hung, a changed password, a wrong-typed key...), takes go to a local
+  :class:`~cacheward.TokenBucket` with ``fallback_share`` of the rate and burst, and only
+  :class:`~cacheward.RateLimited` ever reaches the caller: a broken bucket is never counted as a
+  broken backend. Every ``probe_interval`` one take tries Redis again.
+- **A restart does not add a burst.** Local takes are charged to the shared bucket on the way
+  back, and a bucket Redis lost starts empty for every process that had used it.
 """
 
 from __future__ import annotations
@@ -23,21 +28,20 @@ import secrets
 import threading
 from typing import Any
 
+from cacheward._checks import check_socket_timeout
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, duration
+from cacheward._core.fallback import FallbackState
 from cacheward._errors import ConfigurationError, RateLimited
 from cacheward._limit import TokenBucket
 from cacheward._limit import positive_number as _positive_number
 from cacheward._rediskit import check_name as _check_name
 from cacheward._rediskit import client_kind as _kind
 from cacheward._rediskit import script as _script
-from cacheward._rediskit import unreachable as _unreachable
 
 __all__ = ["RedisTokenBucket", "SharedBucketStats"]
 
 _SCRIPT = "token_bucket.lua"
-#: ``_down_until`` while Redis is up.
-_UP = float("-inf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,19 +64,22 @@ class RedisTokenBucket:
     """A token bucket in Redis, shared by every process that uses the same ``name``.
 
     Over any interval of length ``T`` at most ``burst + rate * T`` tokens are taken from it in
-    all processes together while Redis is up; while this process cannot reach Redis it takes
-    from a local bucket with ``fallback_share`` of the rate and burst instead (so with ``N``
-    processes, set ``fallback_share`` to about ``1 / N``).
+    all processes together while every process reaches Redis, a Redis restart included; a
+    process that cannot reach Redis takes from a local bucket with ``fallback_share`` of the
+    rate and burst instead (so with ``N`` processes, set ``fallback_share`` to about ``1 / N``),
+    and charges what it took to the shared bucket when it is back. docs/protection.md states the
+    bound with processes cut off.
 
     Works with ``redis.Redis``, ``redis.asyncio.Redis`` and both ``RedisCluster`` clients (the
     bucket's keys share one hash slot). Use :meth:`reserve` from threads with a sync client and
     :meth:`areserve` from ``async def`` code with an asyncio client; :func:`~cacheward.rate_limit`
-    and :func:`~cacheward.guard` pick the right one.
+    and :func:`~cacheward.guard` pick the right one, and refuse at decoration a bucket whose
+    client cannot serve the decorated function.
 
     Args:
-        client: a redis-py client. It must have a ``socket_timeout`` (a hung Redis must cost one
-            timeout, not minutes); its own retries are harmless (takes are idempotent) but each
-            one adds a timeout to the first call that finds Redis hung.
+        client: a redis-py client. It must have a ``socket_timeout`` in ``(0, 5]`` seconds (a
+            hung Redis must cost one timeout, not minutes); its own retries are harmless (takes
+            are idempotent) but each one adds a timeout to the first call that finds Redis hung.
         name: the bucket's name: every process using this name shares the bucket.
         rate: tokens added per second (> 0), for all processes together.
         burst: the most tokens the bucket holds (>= 1; default ``rate``, at least 1).
@@ -84,25 +91,25 @@ class RedisTokenBucket:
         clock: the clock for the fallback bucket and the probes (``FakeClock`` in tests).
 
     Raises:
-        ConfigurationError: a setting is invalid, or the client has no socket timeout.
+        ConfigurationError: a setting is invalid, or the client's socket timeout is missing,
+            zero or above 5 s.
     """
 
     __slots__ = (
         "_args",
-        "_down_until",
         "_ids",
         "_is_async",
         "_key",
         "_lock",
-        "_probing",
         "_req_prefix",
+        "_state",
         "burst",
         "client",
         "clock",
-        "errors",
         "fallback",
         "fallback_share",
         "fallback_takes",
+        "last_error",
         "name",
         "probe_interval",
         "rate",
@@ -131,6 +138,7 @@ class RedisTokenBucket:
                 "Redis would block every backend call for minutes; build it with "
                 "socket_timeout=0.25, socket_connect_timeout=0.25"
             )
+        check_socket_timeout("the client's socket_timeout", kwargs["socket_timeout"])
         self.client = client
         self.name = _check_name("name", name, empty=False)
         prefix = _check_name("prefix", prefix, empty=False)
@@ -153,67 +161,92 @@ class RedisTokenBucket:
             clock=self.clock,
             name=f"{self.name}-fallback",
         )
+        # What the local share can hand out after Redis is in fact back and before this
+        # process's next probe notices: its burst plus one probe interval of its rate.
+        debt_cap = self.fallback.burst + self.fallback.rate * self.probe_interval
+        self._state = FallbackState(probe_interval=self.probe_interval, debt_cap=debt_cap)
         # The hash tag {name} puts the bucket and its request ids in one cluster slot.
         self._key = f"{prefix}:bucket:{{{self.name}}}"
         self._req_prefix = f"{self._key}:req:{secrets.token_hex(6)}:"
         self._ids = itertools.count()
         self._args = (repr(self.rate), repr(self.burst))
         self._lock = threading.Lock()
-        self._down_until = _UP
-        self._probing = False
         #: Tokens taken from the shared bucket / from the local fallback bucket.
         self.shared_takes = 0
         self.fallback_takes = 0
         #: Takes refused by the shared bucket.
         self.refused = 0
-        #: Redis calls that failed (each sent this process to the fallback for a while).
-        self.errors = 0
+        #: The last error a Redis call raised, as text (``None`` until one fails).
+        self.last_error: str | None = None
 
     @property
     def mode(self) -> str:
         """``"shared"`` while Redis answers, ``"fallback"`` from a failed call until a probe
         succeeds."""
         with self._lock:
-            return "shared" if self._down_until == _UP else "fallback"
+            return "shared" if self._state.up else "fallback"
 
-    # -- the decision of where to take from (shared by the sync and async paths) --
-
-    def _use_redis(self) -> bool:
-        """Whether this take goes to Redis: always while up; one probe per interval while down."""
-        if self._down_until == _UP:
-            return True
+    @property
+    def errors(self) -> int:
+        """Redis calls that failed (each sent this process to the fallback for a while)."""
         with self._lock:
-            if self._down_until == _UP:
-                return True
-            if self.clock.monotonic() >= self._down_until and not self._probing:
-                self._probing = True
-                return True
-            return False
+            return self._state.failures
 
-    def _settle(self, ok: bool) -> None:
-        if ok and self._down_until == _UP:
-            return
+    @property
+    def debt(self) -> float:
+        """Local takes not yet charged to the shared bucket."""
         with self._lock:
-            self._probing = False
-            if ok:
-                self._down_until = _UP
-            else:
-                self.errors += 1
-                self._down_until = self.clock.monotonic() + self.probe_interval
+            return self._state.debt
 
-    def _request(self, max_wait: float) -> tuple[tuple[str, str], tuple[str, ...]]:
+    def check_caller(self, *, asynchronous: bool, where: str) -> None:
+        """Refuse, at decoration, a function this bucket's client cannot serve.
+
+        Raises:
+            ConfigurationError: an asyncio client for a ``def`` function, or a sync client
+                for an ``async def`` one.
+        """
+        if asynchronous != self._is_async:
+            have = "an asyncio" if self._is_async else "a synchronous"
+            fn = "an async def" if asynchronous else "a plain def"
+            want = "redis.asyncio.Redis" if asynchronous else "redis.Redis"
+            raise ConfigurationError(
+                f"{where}: RedisTokenBucket {self.name!r} has {have} Redis client and cannot "
+                f"serve {fn} function (every take would fail); give it a {want} client"
+            )
+
+    # -- the steps shared by the sync and async paths --
+
+    def _begin(self, max_wait: float) -> tuple[tuple[str, str], tuple[str, ...], float] | None:
+        """The script's keys and arguments and the debt they carry, or ``None``: take locally."""
+        with self._lock:
+            state = self._state
+            if not state.route(self.clock.monotonic()):
+                return None
+            debt, seen = state.debt, state.seen
         request_id = f"{self._req_prefix}{next(self._ids)}"
         # Remember the id for as long as a client could plausibly resend the call.
-        return (self._key, request_id), (*self._args, f"{max_wait:.6f}", "30000")
+        args = (*self._args, f"{max_wait:.6f}", "30000", repr(debt), "1" if seen else "0")
+        return (self._key, request_id), args, debt
 
-    def _answer(self, reply: Any, max_wait: float, *, claim: bool) -> float:
+    def _failed(self, exc: Exception, max_wait: float, *, claim: bool) -> float:
+        with self._lock:
+            self._state.failed(self.clock.monotonic())
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        return self._local(max_wait, claim=claim)
+
+    def _answer(self, reply: Any, debt: float, max_wait: float, *, claim: bool) -> float:
         text = reply.decode() if isinstance(reply, bytes) else str(reply)
-        if text == "0":
-            with self._lock:
-                self.shared_takes += 1
-            return 0.0
         verdict, _, seconds = text.partition(":")
-        wait = max(float(seconds), 1e-6)
+        wait = 0.0 if text == "0" else _seconds(seconds) if verdict in ("w", "r") else -1.0
+        if wait < 0.0:
+            # Not an answer of our script: the bucket failed, the caller must not.
+            garbled = ValueError(f"unexpected reply {text[:40]!r}")
+            return self._failed(garbled, max_wait, claim=claim)
+        with self._lock:
+            self._state.succeeded(debt)
+            if wait == 0.0:
+                self.shared_takes += 1
+                return 0.0
         if verdict == "w" or claim:
             return wait
         with self._lock:
@@ -229,6 +262,7 @@ class RedisTokenBucket:
         if wait == 0.0:
             with self._lock:
                 self.fallback_takes += 1
+                self._state.took_locally()
         return wait
 
     def _sync_only(self) -> None:
@@ -249,33 +283,27 @@ class RedisTokenBucket:
 
     def _take(self, max_wait: float, *, claim: bool) -> float:
         self._sync_only()
-        if not self._use_redis():
+        request = self._begin(0.0 if claim else max_wait)
+        if request is None:
             return self._local(max_wait, claim=claim)
-        keys, args = self._request(0.0 if claim else max_wait)
+        keys, args, debt = request
         try:
             reply = _script(_SCRIPT).run(self.client, keys, args)
-        except Exception as exc:
-            if not _unreachable(exc):
-                raise
-            self._settle(False)
-            return self._local(max_wait, claim=claim)
-        self._settle(True)
-        return self._answer(reply, max_wait, claim=claim)
+        except Exception as exc:  # any failure of the bucket is the bucket's, see the module
+            return self._failed(exc, max_wait, claim=claim)
+        return self._answer(reply, debt, max_wait, claim=claim)
 
     async def _atake(self, max_wait: float, *, claim: bool) -> float:
         self._async_only()
-        if not self._use_redis():
+        request = self._begin(0.0 if claim else max_wait)
+        if request is None:
             return self._local(max_wait, claim=claim)
-        keys, args = self._request(0.0 if claim else max_wait)
+        keys, args, debt = request
         try:
             reply = await _script(_SCRIPT).arun(self.client, keys, args)
-        except Exception as exc:
-            if not _unreachable(exc):
-                raise
-            self._settle(False)
-            return self._local(max_wait, claim=claim)
-        self._settle(True)
-        return self._answer(reply, max_wait, claim=claim)
+        except Exception as exc:  # any failure of the bucket is the bucket's, see the module
+            return self._failed(exc, max_wait, claim=claim)
+        return self._answer(reply, debt, max_wait, claim=claim)
 
     def reserve(self, max_wait: float = 0.0) -> float:
         """Take a token (``0.0``), or return how long until one is due (sleep, then :meth:`claim`).
@@ -320,3 +348,12 @@ class RedisTokenBucket:
             f"RedisTokenBucket(name={self.name!r}, rate={self.rate:g}, burst={self.burst:g}, "
             f"mode={self.mode!r})"
         )
+
+
+def _seconds(text: str) -> float:
+    """A wait from the script's reply (at least 1 µs: a waiter must never spin), or ``-1.0``."""
+    try:
+        wait = float(text)
+    except ValueError:
+        return -1.0
+    return max(wait, 1e-6) if 0.0 <= wait < float("inf") else -1.0

@@ -28,9 +28,7 @@ from typing import Any, Literal, TypeVar
 from cacheward._clock import Clock
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
-
-# testing.py defines FakeClock first and re-exports this module's names at its end.
-from cacheward.testing import FakeClock
+from cacheward.testing._fakes import FakeClock
 
 __all__ = [
     "Attempt",

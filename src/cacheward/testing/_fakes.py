@@ -1,12 +1,4 @@
-"""Test helpers that ship with cacheward, so you can test your own guarded functions.
-
-``FakeClock`` is a deterministic clock: time moves only when you call :meth:`FakeClock.advance`
-or when code sleeps on it (a sleep advances time at once instead of waiting).
-
-The simulation harness (``SimClock``, ``run_simulated``, ``ScriptedLayer``, ``ScriptedBackend``,
-``run_tasks``...) drives your guarded functions through scripted failures in simulated time;
-see ``docs/guarantees.md``.
-"""
+"""The fake clock and the inline executor (re-exported by :mod:`cacheward.testing`)."""
 
 from __future__ import annotations
 
@@ -18,27 +10,8 @@ from datetime import timedelta
 from typing import ParamSpec, TypeVar
 
 from cacheward._config import duration
-from cacheward._testmode import bypass, disabled
 
-__all__ = [
-    "Attempt",
-    "CallRecord",
-    "CapacityBackend",
-    "FakeClock",
-    "InlineExecutor",
-    "LayerMode",
-    "ManualExecutor",
-    "Outcome",
-    "ScriptedBackend",
-    "ScriptedLayer",
-    "SimClock",
-    "bypass",
-    "disabled",
-    "run_sequence",
-    "run_simulated",
-    "run_tasks",
-    "run_threads",
-]
+__all__ = ["FakeClock", "InlineExecutor"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -111,21 +84,3 @@ class InlineExecutor(concurrent.futures.Executor):
         except BaseException as exc:
             future.set_exception(exc)
         return future
-
-
-# The simulation harness needs FakeClock (above), so it is imported last.
-from cacheward._sim import (  # noqa: E402
-    Attempt,
-    CallRecord,
-    CapacityBackend,
-    LayerMode,
-    ManualExecutor,
-    Outcome,
-    ScriptedBackend,
-    ScriptedLayer,
-    SimClock,
-    run_sequence,
-    run_simulated,
-    run_tasks,
-    run_threads,
-)
