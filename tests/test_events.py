@@ -298,6 +298,48 @@ def fire_lease_kinds(url: str) -> None:
     raw.close()
 
 
+def fire_bucket_kinds(url: str) -> None:
+    """bucket_fallback, bucket_shared: the shared bucket's key has the wrong type (any Redis
+    error sends the bucket to its local share), then is fixed and the next probe gets through."""
+    import redis
+
+    raw = redis.Redis.from_url(url, socket_timeout=2)
+    clock = FakeClock()
+    bucket = cw.RedisTokenBucket(
+        raw, name="kinds-bucket", rate=100, burst=100, probe_interval=1.0, clock=clock
+    )
+    key = "cacheward:bucket:{kinds-bucket}"
+    raw.delete(key)
+    raw.set(key, "not a hash")
+    assert bucket.reserve(0.0) == 0.0  # WRONGTYPE: a local token, and the bucket falls back
+    assert bucket.mode == "fallback"
+    raw.delete(key)
+    clock.advance(1.5)
+    assert bucket.reserve(0.0) == 0.0  # the probe reaches Redis again
+    assert bucket.mode == "shared"
+    raw.delete(key)
+    raw.close()
+
+
+def test_bucket_transitions_are_logged_once_each(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator sees the shared bucket leave Redis and come back, one line each."""
+    events: list[cw.Event] = []
+    with (
+        caplog.at_level(logging.WARNING, logger="cacheward"),
+        cw.listening(
+            events.append, kinds=[cw.EventKind.BUCKET_FALLBACK, cw.EventKind.BUCKET_SHARED]
+        ),
+    ):
+        fire_bucket_kinds(redis_url)
+    assert [e.kind for e in events] == [cw.EventKind.BUCKET_FALLBACK, cw.EventKind.BUCKET_SHARED]
+    assert events[0].error is not None
+    assert "bucket_fallback source=kinds-bucket" in caplog.text
+    assert "bucket_shared source=kinds-bucket" in caplog.text
+    assert "(recovered: bucket_fallback is over)" in caplog.text
+
+
 def test_every_event_kind_is_emitted() -> None:
     """Each documented kind fires in a scenario (a kind nobody emits must not be documented
     or exported as a metric)."""
@@ -309,5 +351,6 @@ def test_every_event_kind_is_emitted() -> None:
         fire_wait_kinds()
         fire_protection_kinds()
         fire_lease_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        fire_bucket_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     missing = set(cw.EventKind) - {e.kind for e in events}
     assert not missing, sorted(k.value for k in missing)

@@ -70,6 +70,11 @@ class EventKind(str, enum.Enum):
     """A circuit breaker let a probe through."""
     BREAKER_CLOSED = "breaker_closed"
     """A circuit breaker closed again."""
+    BUCKET_FALLBACK = "bucket_fallback"
+    """A :class:`~cacheward.RedisTokenBucket` could not reach Redis and takes from its local
+    share until a probe succeeds (``error`` is the failure)."""
+    BUCKET_SHARED = "bucket_shared"
+    """A :class:`~cacheward.RedisTokenBucket` is back on the shared bucket in Redis."""
     LAYER_ERROR = "layer_error"
     """A cache layer raised or returned something that is not an entry (a miss)."""
     LAYER_SKIPPED = "layer_skipped"
@@ -202,11 +207,16 @@ def listener_errors() -> int:
 LEVELS: dict[EventKind, int] = {
     EventKind.BREAKER_OPENED: logging.WARNING,
     EventKind.BREAKER_CLOSED: logging.WARNING,
+    EventKind.BUCKET_FALLBACK: logging.WARNING,
+    EventKind.BUCKET_SHARED: logging.WARNING,
     EventKind.BUDGET_EXHAUSTED: logging.WARNING,
 }
 
 #: A failure and the recovery that ends it, for the wording of recovery lines.
-_RECOVERY_OF: dict[EventKind, EventKind] = {EventKind.BREAKER_CLOSED: EventKind.BREAKER_OPENED}
+_RECOVERY_OF: dict[EventKind, EventKind] = {
+    EventKind.BREAKER_CLOSED: EventKind.BREAKER_OPENED,
+    EventKind.BUCKET_SHARED: EventKind.BUCKET_FALLBACK,
+}
 
 
 class LoggingListener:

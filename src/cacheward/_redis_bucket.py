@@ -33,6 +33,7 @@ from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, duration
 from cacheward._core.fallback import FallbackState
 from cacheward._errors import ConfigurationError, RateLimited
+from cacheward._events import EventKind, emit
 from cacheward._limit import TokenBucket
 from cacheward._limit import positive_number as _positive_number
 from cacheward._rediskit import check_name as _check_name
@@ -230,8 +231,11 @@ class RedisTokenBucket:
 
     def _failed(self, exc: Exception, max_wait: float, *, claim: bool) -> float:
         with self._lock:
+            was_up = self._state.up
             self._state.failed(self.clock.monotonic())
             self.last_error = f"{type(exc).__name__}: {exc}"
+        if was_up:  # one event per outage, not one per failed probe
+            emit(EventKind.BUCKET_FALLBACK, self.name, error=exc)
         return self._local(max_wait, claim=claim)
 
     def _answer(self, reply: Any, debt: float, max_wait: float, *, claim: bool) -> float:
@@ -243,10 +247,15 @@ class RedisTokenBucket:
             garbled = ValueError(f"unexpected reply {text[:40]!r}")
             return self._failed(garbled, max_wait, claim=claim)
         with self._lock:
+            was_up = self._state.up
             self._state.succeeded(debt)
-            if wait == 0.0:
+            shared = wait == 0.0
+            if shared:
                 self.shared_takes += 1
-                return 0.0
+        if not was_up:
+            emit(EventKind.BUCKET_SHARED, self.name)
+        if shared:
+            return 0.0
         if verdict == "w" or claim:
             return wait
         with self._lock:

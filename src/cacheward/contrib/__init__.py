@@ -262,6 +262,8 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     EventKind.BREAKER_OPENED,
     EventKind.BREAKER_HALF_OPEN,
     EventKind.BREAKER_CLOSED,
+    EventKind.BUCKET_FALLBACK,
+    EventKind.BUCKET_SHARED,
     EventKind.RATE_LIMITED,
     EventKind.RETRY,
     EventKind.BUDGET_EXHAUSTED,
