@@ -298,6 +298,51 @@ def fire_lease_kinds(url: str) -> None:
     raw.close()
 
 
+class _FlakyLayer:
+    """A shared (non-local) layer in a dict whose deletes raise while ``down``."""
+
+    name = "flaky"
+    local = False
+
+    def __init__(self) -> None:
+        self.data: dict[str, cw.Entry] = {}
+        self.down = False
+
+    def get(self, key: cw.CacheKey) -> cw.Entry | None:
+        return self.data.get(key.text)
+
+    def set(self, key: cw.CacheKey, entry: cw.Entry) -> None:
+        self.data[key.text] = entry
+
+    def delete(self, key: cw.CacheKey) -> None:
+        if self.down:
+            raise ConnectionError("down")
+        self.data.pop(key.text, None)
+
+    def clear(self) -> None:
+        self.data.clear()
+
+
+def fire_replay_kinds() -> None:
+    """invalidations_replayed: an invalidation kept while the layer is down reaches it later."""
+    import time
+
+    layer = _FlakyLayer()
+
+    @cw.cached(ttl=60, layers=[layer], breaker_reset=0.05, namespace="kinds-replay")
+    def load(key: str) -> str:
+        return key
+
+    layer.down = True
+    assert not load.invalidate("a")  # kept: the layer is down
+    layer.down = False
+    for _ in range(1000):  # bounded: the background replay is due within a few resets
+        if load.stats().invalidations_replayed:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the kept invalidation was never replayed")
+
+
 def fire_bucket_kinds(url: str) -> None:
     """bucket_fallback, bucket_shared: the shared bucket's key has the wrong type (any Redis
     error sends the bucket to its local share), then is fixed and the next probe gets through."""
@@ -352,5 +397,6 @@ def test_every_event_kind_is_emitted() -> None:
         fire_protection_kinds()
         fire_lease_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
         fire_bucket_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        fire_replay_kinds()
     missing = set(cw.EventKind) - {e.kind for e in events}
     assert not missing, sorted(k.value for k in missing)

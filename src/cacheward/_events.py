@@ -70,6 +70,9 @@ class EventKind(str, enum.Enum):
     """A circuit breaker let a probe through."""
     BREAKER_CLOSED = "breaker_closed"
     """A circuit breaker closed again."""
+    INVALIDATIONS_REPLAYED = "invalidations_replayed"
+    """Invalidations kept while a shared layer could not be reached were delivered to it (one
+    event per replay; ``stats().invalidations_replayed`` counts the keys)."""
     BUCKET_FALLBACK = "bucket_fallback"
     """A :class:`~cacheward.RedisTokenBucket` could not reach Redis and takes from its local
     share until a probe succeeds (``error`` is the failure)."""
@@ -209,6 +212,7 @@ LEVELS: dict[EventKind, int] = {
     EventKind.BREAKER_CLOSED: logging.WARNING,
     EventKind.BUCKET_FALLBACK: logging.WARNING,
     EventKind.BUCKET_SHARED: logging.WARNING,
+    EventKind.INVALIDATIONS_REPLAYED: logging.WARNING,
     EventKind.BUDGET_EXHAUSTED: logging.WARNING,
 }
 

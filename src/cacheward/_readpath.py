@@ -1213,10 +1213,14 @@ class Driver:
     def replay(self, guarded: GuardedLayer) -> Plan[bool]:
         """Send ``guarded``'s pending invalidations, oldest first; ``False`` if one fails (the
         layer must not be read then)."""
+        delivered = 0
         for key in guarded.pending.snapshot():
             if (yield invalidation_op(guarded, key, replay=True)) is MISSING:
                 return False
             guarded.pending.delivered(key)
+            delivered += 1
+        if delivered:
+            emit(EventKind.INVALIDATIONS_REPLAYED, self.namespace, layer=guarded.layer.name)
         return True
 
     def forget(self, key: CacheKey, entry: Entry) -> None:

@@ -264,6 +264,7 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     EventKind.BREAKER_CLOSED,
     EventKind.BUCKET_FALLBACK,
     EventKind.BUCKET_SHARED,
+    EventKind.INVALIDATIONS_REPLAYED,
     EventKind.RATE_LIMITED,
     EventKind.RETRY,
     EventKind.BUDGET_EXHAUSTED,
