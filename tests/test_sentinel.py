@@ -10,6 +10,7 @@ promoted replica — afterwards. The seconds are measured by ``python -m benchma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from typing import Any
@@ -205,7 +206,10 @@ def test_failover_bucket_falls_back_then_returns_to_the_new_master(sentinel: Any
     assert bucket.reserve(0.0) == 0.0
     sentinel.fail_over()
     for _ in range(400):  # bounded: until a take is shared again
-        bucket.reserve(0.0)
+        # A bucket the new master does not hold restarts empty for this process (it used the
+        # old one) and charges its local takes as debt: a refusal meanwhile is documented.
+        with contextlib.suppress(cw.RateLimited):
+            bucket.reserve(0.0)
         if bucket.mode == "shared" and bucket.shared_takes > 1:
             break
         time.sleep(0.05)

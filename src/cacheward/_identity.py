@@ -107,7 +107,9 @@ def default_namespace(identity: Identity, *, shared: bool) -> str:
 
 
 _CLAIMS: weakref.WeakKeyDictionary[object, dict[str, Identity]] = weakref.WeakKeyDictionary()
-_CLAIMS_BY_ID: dict[int, dict[str, Identity]] = {}
+#: Layers that cannot be weakly referenced, kept alive with their claims (so their id cannot be
+#: reused by a new object, which would inherit claims that are not its own).
+_CLAIMS_BY_ID: dict[int, tuple[object, dict[str, Identity]]] = {}
 _LOCK = threading.Lock()
 
 
@@ -115,7 +117,7 @@ def _claims_of(layer: object) -> dict[str, Identity]:
     try:
         return _CLAIMS.setdefault(layer, {})
     except TypeError:  # not weak-referenceable: keyed by id for the life of the process
-        return _CLAIMS_BY_ID.setdefault(id(layer), {})
+        return _CLAIMS_BY_ID.setdefault(id(layer), (layer, {}))[1]
 
 
 def claim(layer: object, namespace: str, identity: Identity, *, what: str) -> None:

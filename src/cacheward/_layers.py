@@ -199,7 +199,10 @@ class MemoryLayer:
     An expired entry stays until it is overwritten or evicted (the fresh-hit check ignores it).
     """
 
+    # "__weakref__": the claim of "one function per MemoryLayer" dies with the layer (an id()
+    # outlives its object: a new layer at the same address is not the old one).
     __slots__ = (
+        "__weakref__",
         "_buckets",
         "_bytes",
         "_counts",
