@@ -746,6 +746,17 @@ class RedisLayer:
         counters.add("hits")
         return entry
 
+    def _encode(
+        self, entry: Entry, value_key: str, token: int
+    ) -> tuple[bytes, UnstorableValue | None]:
+        """The envelope for a write, or ``b""`` and why the value cannot be stored (counted)."""
+        try:
+            return self._envelope.encode(entry, value_key, token=token), None
+        except UnstorableValue as exc:
+            too_large = exc.reason == "too_large"
+            self._counters.add("writes_too_large" if too_large else "encode_errors")
+            return b"", exc
+
     def _put_args(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
     ) -> tuple[tuple[tuple[str, str, str], tuple[Any, ...]] | None, UnstorableValue | None]:
@@ -759,12 +770,7 @@ class RedisLayer:
         if entry is not None:
             ttl_ms = self._ttl_ms(entry)
             if ttl_ms > 0:
-                try:
-                    payload = self._envelope.encode(entry, value_key, token=token)
-                except UnstorableValue as exc:
-                    too_large = exc.reason == "too_large"
-                    self._counters.add("writes_too_large" if too_large else "encode_errors")
-                    refused = exc
+                payload, refused = self._encode(entry, value_key, token)
         if not payload and not release:
             return None, refused
         args = (
@@ -905,12 +911,8 @@ class RedisLayer:
         if entry is not None:
             ttl_ms = self._ttl_ms(entry)
             if ttl_ms > 0:
-                try:
-                    payload = self._envelope.encode(entry, value_key)
-                except UnstorableValue as exc:
-                    # Not storable: the fence still deletes the old entry (never leaves it).
-                    too_large = exc.reason == "too_large"
-                    self._counters.add("writes_too_large" if too_large else "encode_errors")
+                # Not storable: the fence still deletes the old entry (never leaves it).
+                payload, _ = self._encode(entry, value_key, 0)
         keys = (value_key, value_key + ":lease", value_key + ":fence", value_key + ":inv")
         channel, message = announce
         args = (self._fence_ms, payload, max(ttl_ms, 1), channel, message)

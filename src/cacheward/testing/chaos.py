@@ -146,10 +146,6 @@ class RedisProxy:
         with contextlib.suppress(Exception):
             self._call(self._unlisten)
             self._call(self._reset_all)
-            # A connection accepted just before the listener closed gets its handler a few
-            # loop turns later: let it register, then reset it too (else its socket leaks).
-            self._call(self._settle)
-            self._call(self._reset_all)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -314,10 +310,6 @@ class RedisProxy:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
-
-    @staticmethod
-    async def _settle() -> None:
-        await asyncio.sleep(0.05)
 
     async def _reset_all(self) -> None:
         for writer in list(self._writers):
