@@ -566,16 +566,29 @@ class _FlightOp(Op):
 
 class Lead(_FlightOp):
     """Lead a flight: a thread runs the fetch plan itself; a task starts the fetch task and
-    waits for it like any waiter (so its own deadline holds)."""
+    waits for it like any waiter (so its own deadline holds). ``read``: see :meth:`Driver.run`."""
 
-    __slots__ = ()
+    __slots__ = ("read",)
+
+    def __init__(
+        self,
+        driver: Driver,
+        key: CacheKey,
+        flight: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        read: bool,
+    ) -> None:
+        super().__init__(driver, key, flight, args, kwargs)
+        self.read = read
 
     def sync(self) -> Any:
         return INLINE  # the thread runs the fetch plan itself, inside the serve plan
 
     async def aio(self) -> Any:
         flight = cast(AsyncFlight, self.flight)
-        self.driver.start_task(self.key, flight, self.args, self.kwargs, None)
+        self.driver.start_task(self.key, flight, self.args, self.kwargs, None, read=self.read)
         return await flight.wait(self.driver.s.wait_timeout)
 
 
@@ -852,6 +865,9 @@ class Driver:
         self.coordinator = next((g for g in self.remotes if g.leases), None)
         if not s.cross_process:
             self.coordinator = None
+        #: No memory layer: every call reads the shared layers, so most of those reads are
+        #: hits. They are plain reads (no flight, no lock, no lease: see :meth:`serve_plan`).
+        self.read_first = l1 is None and bool(self.remotes)
         self.refresh_slots = threading.BoundedSemaphore(s.max_refreshes)
         #: Without a memory layer: entries whose shared-layer writes have not finished yet,
         #: so that a call right after a fetch does not miss while the write is on its way.
@@ -885,10 +901,21 @@ class Driver:
     ) -> Plan[Any]:
         """One call that the memory layer did not answer with a fresh entry.
 
-        The decision comes first, so that concurrent misses of a key in this process join one
-        flight before anything reads a shared layer: its leader reads them (see :meth:`run`).
+        With a memory layer the decision comes first, so that concurrent misses of a key in
+        this process join one flight before anything reads a shared layer: its leader reads
+        them (see :meth:`run`), taking the lease in the same round trip. Without one
+        (:attr:`read_first`), a key with nothing in flight is read with plain reads first,
+        and a fresh entry is served without a flight, the lock or a lease; only a miss goes
+        on to the decision (and its leader to the lease).
         """
         key = self.cache_key(local, args, kwargs)
+        read = False
+        if self.read_first and local not in self.core.states and local not in self.writing:
+            entry, _ = yield from self.read_shared(key, entry, lease=False)
+            if entry is not None and self.s.clock.time() < entry.fresh_until:
+                self.count("hits", EventKind.HIT)
+                return entry.value
+            read = True
         action, state, flight, entry = self.decide(key, entry)
         if action is Action.BACKOFF and self.remotes:
             # Another process may have stored the key since this one's fetch failed.
@@ -904,9 +931,11 @@ class Driver:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
                 return (yield Join(flight, self.s.wait_timeout))
-            led = yield Lead(self, key, flight, args, kwargs)
+            if read:
+                flight.stale = entry  # what the shared layers hold (a waiter's fallback)
+            led = yield Lead(self, key, flight, args, kwargs, read=read)
             if led is INLINE:
-                return (yield from self.run(key, flight, args, kwargs))
+                return (yield from self.run(key, flight, args, kwargs, read=read))
             return led
         except Expired:
             error: BaseException = self.timeout_error("the fetch")
@@ -962,17 +991,21 @@ class Driver:
         stale: Entry | None = None,
         *,
         detach: bool = True,
+        read: bool = False,
     ) -> Plan[Any]:
         """Lead ``flight``: consult the shared layers, else fetch; store; resolve the flight.
 
         ``stale`` is set for a background refresh (the memory layer's stale entry). ``detach``
         hands the shared-layer writes to a background executor, so that no caller waits for
-        them (a thread leading its own call); a background refresh writes itself.
+        them (a thread leading its own call); a background refresh writes itself. ``read``:
+        the caller has just read the shared layers (and missed), see :meth:`consult`.
         """
         token: int | None = None
         try:
             if self.remotes:
-                answered, value, token = yield from self.consult(key, flight, stale, args, kwargs)
+                answered, value, token = yield from self.consult(
+                    key, flight, stale, args, kwargs, read=read
+                )
                 if answered:
                     return value
             elif stale is None:
@@ -1007,13 +1040,21 @@ class Driver:
         stale: Entry | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        read: bool = False,
     ) -> Plan[tuple[bool, Any, int | None]]:
         """The leader reads the shared layers (taking the lease in the same round trip) and
         uses a fresh entry found there, serves a stale one while a refresh fetches, or waits
         for the process holding the lease. Returns ``(answered, value, token)``: ``answered``
-        when the flight is resolved, else the lease token to fetch under (or ``None``)."""
+        when the flight is resolved, else the lease token to fetch under (or ``None``).
+
+        ``read``: the caller has just read the shared layers and missed; without a lease to
+        take they are not read again (a miss costs one read and one write)."""
         coordinator = self.coordinator
-        entry, reply = yield from self.read_shared(key, stale, lease=coordinator is not None)
+        if read and coordinator is None:
+            entry, reply = flight.stale, None
+        else:
+            entry, reply = yield from self.read_shared(key, stale, lease=coordinator is not None)
         token = None if reply is None else reply.token
         if token is not None:
             self.lease_taken(cast(GuardedLayer, coordinator))
@@ -1294,8 +1335,10 @@ class Driver:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         stale: Entry | None,
+        *,
+        read: bool = False,
     ) -> None:
-        plan = self.run(key, flight, args, kwargs, stale)
+        plan = self.run(key, flight, args, kwargs, stale, read=read)
         import asyncio
 
         task = asyncio.get_running_loop().create_task(aperform(plan))
