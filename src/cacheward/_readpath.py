@@ -230,6 +230,8 @@ class GuardedLayer:
         timeouts still bound it, and it runs after every caller was answered).
         """
         health = self._health
+        if health.breaker.quiet:
+            return True  # closed and healthy: every mode goes through, nothing to report
         now = self._mono()
         with health.lock:
             before = health.breaker.state(now)
@@ -253,6 +255,8 @@ class GuardedLayer:
 
     def settle(self, error: Exception | None) -> None:
         health = self._health
+        if error is None and health.breaker.quiet:
+            return  # a success of a healthy layer changes nothing
         with health.lock:
             if error is None:
                 changed = health.breaker.record_success(self._mono())

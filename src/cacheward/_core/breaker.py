@@ -43,6 +43,12 @@ class Breaker:
             return BreakerState.OPEN
         return BreakerState.HALF_OPEN
 
+    @property
+    def quiet(self) -> bool:
+        """Closed with no failure counted: a success changes nothing and any call may go
+        through (one attribute read each, so a caller may look without its lock)."""
+        return self._opened_at is None and self._failures == 0
+
     def allow(self, now: float) -> bool:
         """Whether a call may go through at ``now``; in half-open, only one probe at a time."""
         opened = self._opened_at

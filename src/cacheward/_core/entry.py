@@ -138,13 +138,21 @@ def bounded(
     ``stale_ttl`` / ``stale_if_error`` is served only within those, so no stamp can pin a value
     for longer than the reader allows. An entry already within bounds is returned as is.
     """
-    created = entry.created
+    # The stamps as the properties compute them, read once (this runs on every shared hit).
+    fresh_until = entry.fresh_until
+    relative, created, stale_until, error_until = entry._tail
+    if relative:
+        created, stale_until, error_until = (
+            fresh_until - created,
+            fresh_until + stale_until,
+            fresh_until + error_until,
+        )
     if not created <= now + MAX_CLOCK_SKEW:
         return None
-    fresh = min(entry.fresh_until, created + ttl)
-    stale = min(entry.stale_until, fresh + stale_ttl)
-    error = min(entry.error_until, fresh + max(stale_ttl, stale_if_error))
-    if fresh == entry.fresh_until and stale == entry.stale_until and error == entry.error_until:
+    fresh = min(fresh_until, created + ttl)
+    stale = min(stale_until, fresh + stale_ttl)
+    error = min(error_until, fresh + max(stale_ttl, stale_if_error))
+    if fresh == fresh_until and stale == stale_until and error == error_until:
         return entry
     return Entry(entry.value, created, fresh, max(stale, fresh), max(error, stale, fresh))
 
