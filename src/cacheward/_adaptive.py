@@ -9,17 +9,15 @@ that frees up is taken within one scheduling step.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import dataclasses
 import functools
-import inspect
 import logging
 import random
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from cacheward._backend_breaker import is_backend_failure
 from cacheward._clock import Clock
@@ -27,7 +25,11 @@ from cacheward._config import check_clock, check_fraction, check_positive_int, d
 from cacheward._core.adaptive import Admission, Aimd, Gradient, LimitAlgorithm, Throttle
 from cacheward._errors import ConfigurationError, ConfigurationTypeError, RateLimited
 from cacheward._events import EventKind, emit
+from cacheward._lazy import iscoroutinefunction
 from cacheward._limit import LimitCounters, check_function, time_left
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["REJECT_REASONS", "AdaptiveLimit", "AdaptiveStats", "PriorityStats", "priority"]
 
@@ -450,6 +452,8 @@ class AdaptiveLimit:
             loop, future = waiter.loop, waiter.future
             assert loop is not None  # noqa: S101 - an async waiter has a loop and a future
             assert future is not None  # noqa: S101
+            import asyncio  # an async waiter exists: asyncio is loaded
+
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
@@ -489,7 +493,9 @@ class AdaptiveLimit:
             left = time_left(clock)
             return left is not None and left <= 0.0
 
-        if inspect.iscoroutinefunction(fn):
+        if iscoroutinefunction(fn):
+            import asyncio  # an async def function is decorated: asyncio is in use
+
             afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
 
             def make_async(part: str) -> _Waiter:

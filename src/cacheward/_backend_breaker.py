@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
@@ -19,6 +18,7 @@ from cacheward._config import Duration, check_clock, check_positive_int, duratio
 from cacheward._core.breaker import Breaker, BreakerState
 from cacheward._errors import CacheWardError, CircuitOpen, ConfigurationError
 from cacheward._events import EventKind, emit
+from cacheward._lazy import iscoroutinefunction
 from cacheward._limit import Decorator, check_function
 from cacheward._retry import RetryOn, is_retryable
 from cacheward._retry import predicate as _predicate
@@ -285,7 +285,7 @@ def breaking(shared: CircuitBreaker, counters: BreakerCounters) -> Decorator:
 
     def decorate(fn: Callable[P, R], /) -> Callable[P, R]:
         check_function(fn, "circuit_breaker")
-        if inspect.iscoroutinefunction(fn):
+        if iscoroutinefunction(fn):
             afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
 
             @functools.wraps(fn)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import inspect
 import random
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
@@ -29,6 +28,7 @@ from cacheward._events import HIT_LISTENERS, EventKind, emit
 from cacheward._hotpath import build_wrapper
 from cacheward._identity import claim, default_namespace, identity_of
 from cacheward._layers import MemoryLayer
+from cacheward._lazy import isasyncgenfunction, iscoroutinefunction, isgeneratorfunction
 from cacheward._pending import Invalidation
 from cacheward._readpath import CacheStats, Driver
 
@@ -334,7 +334,7 @@ def check_function(fn: object) -> Callable[..., Any]:
         raise ConfigurationTypeError(
             f"cacheward decorators wrap a function; got {type(fn).__name__} {fn!r}"
         )
-    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+    if isgeneratorfunction(fn) or isasyncgenfunction(fn):
         raise ConfigurationTypeError(
             f"{getattr(fn, '__qualname__', fn)!r} is a generator function: its result is a "
             "one-shot iterator that cannot be cached or shared; return a list instead"
@@ -344,7 +344,7 @@ def check_function(fn: object) -> Callable[..., Any]:
 
 def build(fn: Callable[..., Any], settings: Settings) -> Any:
     fn = check_function(fn)
-    is_async = inspect.iscoroutinefunction(fn)
+    is_async = iscoroutinefunction(fn)
     layers = settings.layers
     l1 = layers[0] if layers and isinstance(layers[0], MemoryLayer) else None
     qualname = claim_layers(fn, settings)

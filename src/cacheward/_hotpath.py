@@ -20,7 +20,6 @@ of :func:`cacheward._core.entry.classify`. Hits are counted in a closure cell.
 
 from __future__ import annotations
 
-import inspect
 import keyword
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -67,6 +66,8 @@ def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG,
 
 def _single_parameter(fn: Callable[..., Any]) -> str | None:
     """The name of ``fn``'s only parameter, if it has exactly one positional one, no default."""
+    import inspect  # at decoration: importing cacheward does not load it
+
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):

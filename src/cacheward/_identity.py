@@ -31,7 +31,6 @@ with an explicit ``namespace=``, since the closures are what make them different
 from __future__ import annotations
 
 import gc
-import inspect
 import threading
 import warnings
 import weakref
@@ -49,6 +48,8 @@ class Identity:
     __slots__ = ("code", "filename", "module", "qualname", "ref")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
+        import inspect  # at decoration: importing cacheward does not load it
+
         base = inspect.unwrap(fn)
         self.module = str(getattr(fn, "__module__", None) or "?")
         self.qualname = str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)

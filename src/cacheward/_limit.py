@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import inspect
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
@@ -24,6 +23,7 @@ from cacheward._config import Duration, check_clock, check_positive_int, duratio
 from cacheward._core.bucket import BucketState
 from cacheward._errors import ConfigurationError, ConfigurationTypeError, RateLimited
 from cacheward._events import EventKind, emit
+from cacheward._lazy import iscoroutinefunction
 
 __all__ = ["BucketStats", "Limiter", "TokenBucket", "rate_limit"]
 
@@ -374,8 +374,8 @@ def limiting(
 
     def decorate(fn: Callable[P, R], /) -> Callable[P, R]:
         check_function(fn, "rate_limit")
-        check_caller(limiter, asynchronous=inspect.iscoroutinefunction(fn), where="limiter")
-        if inspect.iscoroutinefunction(fn):
+        check_caller(limiter, asynchronous=iscoroutinefunction(fn), where="limiter")
+        if iscoroutinefunction(fn):
             afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
 
             @functools.wraps(fn)

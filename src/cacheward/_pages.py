@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import os
 import threading
 import weakref
@@ -37,6 +36,7 @@ from cacheward._core.pages import (
 )
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._layers import AsyncLayer, Layer
+from cacheward._lazy import isawaitable, iscoroutine, iscoroutinefunction, isfunction, ismethod
 
 __all__ = [
     "Checkpoint",
@@ -304,12 +304,12 @@ def rebuild_identity(fetch_page: Callable[..., object], checkpoint_key: str | No
     name = _name(fn)
     if checkpoint_key is not None:
         return f"{name}|key:{checkpoint_key}"
-    if not inspect.isfunction(fn) or fn.__closure__:
+    if not isfunction(fn) or fn.__closure__:
         what = (
             "a bound method"
-            if inspect.ismethod(fn)
+            if ismethod(fn)
             else "a closure"
-            if inspect.isfunction(fn)
+            if isfunction(fn)
             else "a callable object"
         )
         raise ConfigurationError(
@@ -480,9 +480,9 @@ def _as_page(result: object, fetch_page: Callable[..., object]) -> Page[Any] | F
     """The answer to a :class:`FetchPage`: the page, or the failure; anything else is refused."""
     if isinstance(result, (Page, Failed)):
         return result
-    if inspect.iscoroutine(result):
+    if iscoroutine(result):
         result.close()
-    if inspect.isawaitable(result):
+    if isawaitable(result):
         raise ConfigurationTypeError(
             f"the page function {_name(fetch_page)} is async; use cacheward.aiter_pages or "
             "cacheward.acollect_pages"
@@ -587,9 +587,7 @@ async def _adrive(
             yield request.page
         elif isinstance(request, FetchPage):
             result = _call(fetch_page, request)
-            answer = _as_page(
-                await _outcome(result) if inspect.isawaitable(result) else result, fetch_page
-            )
+            answer = _as_page(await _outcome(result) if isawaitable(result) else result, fetch_page)
         else:
             answer = await _astore(plan, request)
 
@@ -654,7 +652,7 @@ def iter_pages(
             too many empty pages came in a row. The checkpoint is dropped.
         ConfigurationError: a setting is invalid.
     """
-    if inspect.iscoroutinefunction(fetch_page):
+    if iscoroutinefunction(fetch_page):
         raise ConfigurationTypeError(
             f"the page function {_name(fetch_page)} is async; use cacheward.aiter_pages or "
             "cacheward.acollect_pages"

@@ -7,18 +7,14 @@ call's deadline), and whether the budget (``cacheward._core.budget``) allows one
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import errno
 import functools
-import inspect
 import random
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
-
-import tenacity
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypeVar, cast
 
 from cacheward import _testmode
 from cacheward._clock import Clock
@@ -32,7 +28,11 @@ from cacheward._errors import (
     RetryBudgetExhausted,
 )
 from cacheward._events import EventKind, emit
+from cacheward._lazy import iscoroutinefunction
 from cacheward._limit import Decorator, check_function, deadline_scope
+
+if TYPE_CHECKING:
+    import tenacity
 
 __all__ = ["BudgetStats", "RetryBudget", "RetryOn", "is_retryable", "retry"]
 
@@ -69,7 +69,8 @@ def is_retryable(error: BaseException) -> bool:
     """
     if isinstance(error, CacheWardError):
         return False
-    if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+    aio = sys.modules.get("asyncio")  # not loaded: no asyncio.TimeoutError was raised
+    if isinstance(error, (ConnectionError, TimeoutError, aio.TimeoutError if aio else OSError)):
         return True
     if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
         return True
@@ -318,12 +319,16 @@ def retrying(
             state.attempt_number, base=base, cap=cap, draw=draws.random(), spread=1.0
         )
 
-    def before(state: tenacity.RetryCallState) -> None:
-        if state.attempt_number == 1:
-            counters.calls += 1
-            own_budget.deposit()
+    def start() -> float:
+        """A call begins: counted, its deposit made; returns its deadline."""
+        counters.calls += 1
+        own_budget.deposit()
+        return the_clock.monotonic() + limit
 
     def policy(deadline_at: float, failed: list[BaseException]) -> dict[str, Any]:
+        """tenacity's settings for the attempts after a first failure (made only then)."""
+        import tenacity
+
         def stop(state: tenacity.RetryCallState) -> bool:
             if state.attempt_number >= max_attempts:
                 counters.gave_up += 1
@@ -355,28 +360,33 @@ def retrying(
             "stop": stop,
             "wait": wait,
             "retry": tenacity.retry_if_exception(should_retry),
-            "before": before,
             "before_sleep": before_sleep,
             "reraise": True,
         }
 
     def decorate(fn: Callable[P, R], /) -> Callable[P, R]:
         check_function(fn, "retry")
-        if inspect.iscoroutinefunction(fn):
+        if iscoroutinefunction(fn):
             afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
 
             @functools.wraps(fn)
             async def awrapper(*args: Any, **kwargs: Any) -> Any:
                 if _testmode.ACTIVE and _testmode.retries_off():
                     return await afn(*args, **kwargs)
-                deadline_at = the_clock.monotonic() + limit
-                failed: list[BaseException] = []
-                runner = tenacity.AsyncRetrying(
-                    sleep=the_clock.asleep, **policy(deadline_at, failed)
-                )
+                deadline_at = start()
                 with deadline_scope(deadline_at):
                     try:
-                        return await runner(afn, *args, **kwargs)
+                        return await afn(*args, **kwargs)
+                    except BaseException as exc:
+                        first = exc
+                    import tenacity
+
+                    failed: list[BaseException] = []
+                    runner = tenacity.AsyncRetrying(
+                        sleep=the_clock.asleep, **policy(deadline_at, failed)
+                    )
+                    try:
+                        return await runner(_areplay(first, afn), *args, **kwargs)
                     except CacheWardError as exc:
                         _chain(exc, failed)
                         raise
@@ -387,12 +397,18 @@ def retrying(
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if _testmode.ACTIVE and _testmode.retries_off():
                 return fn(*args, **kwargs)
-            deadline_at = the_clock.monotonic() + limit
-            failed: list[BaseException] = []
-            runner = tenacity.Retrying(sleep=the_clock.sleep, **policy(deadline_at, failed))
+            deadline_at = start()
             with deadline_scope(deadline_at):
                 try:
-                    return runner(fn, *args, **kwargs)
+                    return fn(*args, **kwargs)
+                except BaseException as exc:
+                    first = exc
+                import tenacity
+
+                failed: list[BaseException] = []
+                runner = tenacity.Retrying(sleep=the_clock.sleep, **policy(deadline_at, failed))
+                try:
+                    return cast("R", runner(_replay(first, fn), *args, **kwargs))
                 except CacheWardError as exc:
                     _chain(exc, failed)
                     raise
@@ -400,6 +416,35 @@ def retrying(
         return wrapper
 
     return decorate
+
+
+# The first attempt runs without tenacity (a call that succeeds builds no retry state); after
+# a failure tenacity runs the rest, its first attempt replaying that failure, so it decides on
+# it exactly as if it had made the attempt itself.
+
+
+def _replay(first: BaseException, fn: Callable[..., Any]) -> Callable[..., Any]:
+    pending = [first]
+
+    def attempt(*args: Any, **kwargs: Any) -> Any:
+        if pending:
+            raise pending.pop()
+        return fn(*args, **kwargs)
+
+    return attempt
+
+
+def _areplay(
+    first: BaseException, fn: Callable[..., Coroutine[Any, Any, Any]]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    pending = [first]
+
+    async def attempt(*args: Any, **kwargs: Any) -> Any:
+        if pending:
+            raise pending.pop()
+        return await fn(*args, **kwargs)
+
+    return attempt
 
 
 def _chain(refusal: CacheWardError, failed: list[BaseException]) -> None:

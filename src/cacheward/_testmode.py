@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import inspect
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
+
+from cacheward._lazy import iscoroutinefunction
 
 __all__ = ["ACTIVE", "bypass", "bypassed", "disabled", "limits_off", "retries_off"]
 
@@ -108,7 +109,7 @@ class _Scope:
         mode = self._mode
         make = type(self)
 
-        if inspect.iscoroutinefunction(fn):
+        if iscoroutinefunction(fn):
             afn = cast("Callable[..., Coroutine[Any, Any, Any]]", fn)
 
             @functools.wraps(fn)
