@@ -5,10 +5,10 @@
 1. **L2 hit**: ``cw.cached(layers=[cw.RedisLayer.from_url(url)])`` on a small JSON value, so
    every call misses in-process and hits Redis, timed in interleaved rounds against the floor
    it cannot beat: a raw redis-py ``GET`` plus ``json.loads`` on the same server, through a
-   client with the same settings. Sync and asyncio. Target: <= 1.05x.
+   client with the same settings. Sync and asyncio. Targets: <= 1.15x sync, <= 1.10x async.
 2. **Cross-process stampede**: 8 processes (10 threads each) call one cold key at the same
    moment; the backend sleeps ``LATENCY``. Counted: backend calls (target 1) and the wall time
-   from the common start to the last caller served (target <= backend latency + 20 ms).
+   from the common start to the last caller served (target <= backend latency + 15 ms).
 
 Everything runs against a private ``redis-server`` on a free loopback port (stopped by PID).
 """
@@ -26,10 +26,11 @@ from typing import Any
 
 from benchmarks import _harness as h
 
-HIT_TARGET = 1.05
+HIT_TARGET = 1.15
+ASYNC_HIT_TARGET = 1.10
 #: The stampede's backend latency and the slack allowed on top of it.
 LATENCY = 0.1
-SLACK = 0.02
+SLACK = 0.015
 VALUE = {"id": 1, "name": "customer-1", "plan": "pro", "limits": [10, 20, 30], "active": True}
 
 
@@ -361,8 +362,8 @@ def run(*, quick: bool) -> dict[str, object]:
             },
             "L2 hit async (x raw GET + json.loads)": {
                 "value": h.fmt_ratio(async_ratio),
-                "target": f"<= {HIT_TARGET}x",
-                "met": async_ratio <= HIT_TARGET,
+                "target": f"<= {ASYNC_HIT_TARGET}x",
+                "met": async_ratio <= ASYNC_HIT_TARGET,
             },
             "stampede backend calls per round": {
                 "value": f"{storm['backend_calls_per_round']:.2f}",
