@@ -222,7 +222,9 @@ def test_ttl_jitter_spreads_expiry() -> None:
         fetch(f"k{i}")
     lifetimes = {layer.lookup(f"k{i}").fresh_until - clock.time() for i in range(50)}  # type: ignore[union-attr]
     assert all(8.0 <= life <= 10.0 for life in lifetimes)
-    assert len(lifetimes) > 40  # not all the same
+    # Spread over the window: 50 draws land on about 35 of the 64 steps, from end to end.
+    assert len(lifetimes) > 25
+    assert max(lifetimes) - min(lifetimes) > 1.5
 
 
 def test_invalidate_drops_the_key() -> None:

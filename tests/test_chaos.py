@@ -229,3 +229,52 @@ def test_wrapping_a_redis_layer_behind_a_proxy(proxy: RedisProxy) -> None:
     proxy.heal()
     inner.close()
     assert calls == ["p", "q"]
+
+
+class _Closable:
+    """A wrapped layer that records when it was closed and what was still writing then."""
+
+    name = "closable"
+    local = False
+
+    def __init__(self) -> None:
+        self.closed_with: list[bool] = []
+        self.write: Any = None
+
+    def close(self) -> None:
+        self.closed_with.append(self.write.done())
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+def test_close_waits_for_writes_made_through_the_wrapper_then_closes_the_inner_layer() -> None:
+    # Background writes are tracked under the layer a function was given (the wrapper): the
+    # wrapped layer's close alone would not wait for them.
+    import concurrent.futures
+    import threading
+
+    from cacheward._background import track
+
+    inner = _Closable()
+    layer = ChaosLayer(inner)
+    inner.write = concurrent.futures.Future()
+    track([layer], inner.write)
+    threading.Timer(0.05, inner.write.set_result, (None,)).start()
+    layer.close()
+    assert inner.closed_with == [True]
+
+
+def test_aclose_waits_for_this_loops_writes_made_through_the_wrapper() -> None:
+    from cacheward._background import track_task
+
+    inner = _Closable()
+    layer = ChaosLayer(inner)
+
+    async def main() -> None:
+        inner.write = asyncio.ensure_future(asyncio.sleep(0.05))
+        track_task([layer], inner.write)
+        await layer.aclose()
+
+    asyncio.run(main())
+    assert inner.closed_with == [True]

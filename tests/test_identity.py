@@ -295,3 +295,51 @@ def test_the_same_code_in_two_processes_shares_entries_and_factories_stay_apart(
     # process reads the first's entry. The factory's functions have their own namespaces: the
     # invoices loader fetched instead of reading the users row.
     assert second == ["users", "invoices", "1"]
+
+
+def _claims_after_the_layer_dies() -> int:
+    """Decorate a living function with a MemoryLayer, drop the layer, and count the claims
+    still naming the function."""
+    import gc
+    import weakref
+
+    from cacheward import _identity
+
+    def base(customer: str) -> str:
+        return customer
+
+    layer = cw.MemoryLayer()
+    assert cw.cached(ttl=60, layers=[layer])(base)("c1") == "c1"
+    dead = weakref.ref(layer)
+
+    def claims_of_base() -> int:
+        kept = [claims for _, claims in _identity._CLAIMS_BY_ID.values()]
+        every = [*_identity._CLAIMS.values(), *kept]
+        return sum(holder.ref() is base for claims in every for holder in claims.values())
+
+    assert claims_of_base() == 1
+    del layer
+    gc.collect()
+    assert dead() is None
+    return claims_of_base()
+
+
+def test_a_dead_memory_layers_claim_dies_with_it_though_its_function_lives() -> None:
+    # A regression test: claims were keyed by id(layer), so a new MemoryLayer allocated at a dead
+    # one's address inherited its "one function per layer" claim, and was refused as "already
+    # used by" a function that outlived its layer (a module-level function decorated, used and
+    # dropped in a loop). MemoryLayer is weakly referenceable: its claim goes with it.
+    assert _claims_after_the_layer_dies() == 0  # nothing a new layer could inherit
+
+
+def test_claims_keyed_by_id_outlive_their_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sibling: keyed by id without keeping the layer alive (the old bug), the dead layer's
+    # claim stays for the next object at that address to inherit, and the check above sees it.
+    from cacheward import _identity
+
+    by_id: dict[int, tuple[object, dict[str, Any]]] = {}
+    monkeypatch.setattr(_identity, "_CLAIMS_BY_ID", by_id)
+    monkeypatch.setattr(
+        _identity, "_claims_of", lambda layer: by_id.setdefault(id(layer), (None, {}))[1]
+    )
+    assert _claims_after_the_layer_dies() == 1

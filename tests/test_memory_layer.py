@@ -153,8 +153,24 @@ def test_rewrites_keep_the_fifo_order_bounded() -> None:
     layer = cw.MemoryLayer(8)
     for i in range(10_000):
         layer.set(key(i % 10), entry(i))
-        assert len(layer._order) <= 2 * (4 * len(layer) + 64) + 2
-    assert len(layer) == 8
+        if i % 3 == 0:
+            layer.delete(key((i + 5) % 10))
+        assert len(layer._order) <= 2 * len(layer) + 65
+        assert sum(layer._stale.values()) < len(layer._order)
+    assert len(layer) <= 8
+
+
+def test_a_key_written_once_costs_one_record_and_no_stale_count() -> None:
+    # The memory of a small entry: one key in the order per write, nothing else unless the
+    # key is overwritten or deleted.
+    layer = cw.MemoryLayer(100)
+    for i in range(50):
+        layer.set(key(i), entry(i))
+    assert list(layer._order) == list(range(50))
+    assert layer._stale == {}
+    layer.set(key(3), entry("again"))
+    layer.delete(key(4))
+    assert layer._stale == {3: 1, 4: 1}
 
 
 def test_an_entry_heavier_than_the_layer_is_not_kept() -> None:

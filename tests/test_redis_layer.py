@@ -513,7 +513,7 @@ def test_the_wrong_type_check_catches_a_layer_that_calls_every_error_sickness(
 def test_errors_are_classified_once_for_the_layer_and_the_bucket() -> None:
     import redis
 
-    from cacheward._rediskit import Fault, classify, sick, unreachable
+    from cacheward._rediskit import Fault, classify, sick
 
     wrongtype = redis.ResponseError(
         "WRONGTYPE Operation against a key holding the wrong kind of value"
@@ -533,7 +533,6 @@ def test_errors_are_classified_once_for_the_layer_and_the_bucket() -> None:
     assert not sick(Fault.KEY)
     assert not sick(Fault.POOL_FULL)
     assert sick(Fault.UNREACHABLE)
-    assert not unreachable(wrongtype)
 
 
 def test_without_a_memory_layer_nothing_read_from_redis_is_kept_in_the_process(

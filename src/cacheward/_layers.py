@@ -211,6 +211,7 @@ class MemoryLayer:
         "_least",
         "_lock",
         "_order",
+        "_stale",
         "_weights",
         "local",
         "max_bytes",
@@ -250,9 +251,11 @@ class MemoryLayer:
         #: Byte accounting (only with max_bytes): key -> weight, and their sum.
         self._weights: dict[Hashable, int] | None = None if max_bytes is None else {}
         self._bytes = 0
-        #: FIFO: the write order, as key, entry, key, entry, ... (a record whose entry is no
-        #: longer the key's is skipped when it reaches the front).
-        self._order: collections.deque[Any] = collections.deque()
+        #: FIFO: the write order, one key per write (8 bytes an entry), and for each key
+        #: overwritten or deleted since, how many of its records are stale (skipped when they
+        #: reach the front). A key written once and never again has no ``_stale`` item.
+        self._order: collections.deque[Hashable] = collections.deque()
+        self._stale: dict[Hashable, int] = {}
         #: LFU: key -> hits + 1, count -> keys with that count (oldest first), the least count.
         self._counts: dict[Hashable, int] = {}
         self._buckets: dict[int, collections.OrderedDict[Hashable, None]] = {}
@@ -324,7 +327,7 @@ class MemoryLayer:
             except Exception:
                 weight = sys.getsizeof(entry.value)
         with self._lock:
-            self._remove(local)
+            self._discard(local)
             if self._weights is not None:
                 if weight > cast(int, self.max_bytes):
                     return  # heavier than the whole layer: served, not kept
@@ -342,14 +345,13 @@ class MemoryLayer:
         if policy == "fifo":
             order = self._order
             order.append(local)
-            order.append(entry)
-            if len(order) > 4 * len(self._data) + 64:
+            if len(order) > 2 * len(self._data) + 64:
                 # Records of overwritten or deleted keys piled up: rebuild from the dict,
                 # whose order is the write order (a write removes the key first). Amortized
-                # O(1): it takes at least 2n writes to pile up 2n stale records.
+                # O(1): it takes at least n writes to pile up n stale records.
                 order.clear()
-                for item in self._data.items():
-                    order.extend(item)
+                order.extend(self._data)
+                self._stale.clear()
         elif policy == "lfu":
             self._counts[local] = 1
             bucket = self._buckets.get(1)
@@ -357,6 +359,14 @@ class MemoryLayer:
                 bucket = self._buckets[1] = collections.OrderedDict()
             bucket[local] = None
             self._least = 1
+
+    def _discard(self, local: Hashable) -> None:
+        """Remove ``local``'s entry by a write or a delete (its FIFO record becomes stale)."""
+        if local in self._data:
+            self._remove(local)
+            if self.policy == "fifo":
+                stale = self._stale
+                stale[local] = stale.get(local, 0) + 1
 
     def _remove(self, local: Hashable) -> None:
         if self._data.pop(local, None) is None:
@@ -375,11 +385,15 @@ class MemoryLayer:
         data = self._data
         policy = self.policy
         if policy == "fifo":
-            order = self._order
+            order, stale = self._order, self._stale
             while order:
                 local = order.popleft()
-                entry = order.popleft()
-                if data.get(local) is entry:
+                count = stale.pop(local, 0)
+                if count:  # a record written before the key's latest write or delete
+                    if count > 1:
+                        stale[local] = count - 1
+                    continue
+                if local in data:
                     self._remove(local)
                     return
         elif policy == "lru":
@@ -395,16 +409,17 @@ class MemoryLayer:
             self._remove(next(iter(bucket)))
             return
         # Unreachable while the order and the dict agree; keep the layer bounded regardless.
-        self._remove(next(iter(data)))
+        self._discard(next(iter(data)))
 
     def delete(self, key: CacheKey) -> None:
         with self._lock:
-            self._remove(key.local)
+            self._discard(key.local)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
             self._order.clear()
+            self._stale.clear()
             self._counts.clear()
             self._buckets.clear()
             if self._weights is not None:

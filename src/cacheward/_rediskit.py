@@ -27,7 +27,6 @@ __all__ = [
     "replied",
     "script",
     "sick",
-    "unreachable",
 ]
 
 INSTALL_HINT = "RedisLayer needs redis-py: pip install 'cacheward[redis]'"
@@ -155,12 +154,6 @@ def sick(fault: Fault) -> bool:
     """The one "is Redis sick" decider: whether a fault counts against Redis (the layer's
     breaker; the bucket's fallback) rather than being a miss of one command."""
     return fault is Fault.UNREACHABLE or fault is Fault.OTHER
-
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means "Redis did not answer" (connection, timeout, busy, loading,
-    failover, no free connection), as opposed to an error reply that must surface."""
-    return classify(exc) in (Fault.UNREACHABLE, Fault.POOL_FULL)
 
 
 def is_noscript(exc: BaseException) -> bool:

@@ -488,5 +488,27 @@ class ChaosLayer:
         await self._abefore(self._next("clear"), "clear")
         await self.inner.aclear()
 
+    def close(self, *, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` seconds) for the background writes cached functions
+        started through this layer, then close the wrapped layer, if it has a ``close``.
+
+        The writes are tracked under the layer the functions were given (this one), so the
+        wrapped layer's own ``close`` would not see them."""
+        from cacheward._background import drain
+
+        drain(self, timeout)
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+    async def aclose(self, *, timeout: float = 5.0) -> None:
+        """Async :meth:`close` (this event loop's writes, then the wrapped ``aclose``)."""
+        from cacheward._background import adrain
+
+        await adrain(self, timeout)
+        aclose = getattr(self.inner, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
     def __repr__(self) -> str:
         return f"ChaosLayer({self.inner!r}, schedule={self.schedule!r}, steps={self._count})"
