@@ -674,6 +674,22 @@ class RedisLayer:
             return self._subscriber
 
     def _pubsub(self) -> Any:
+        factory = self._factory
+        if type(factory) is Factory and not factory.cluster:
+            # Its own connection, with a timeout above the subscriber's silence limit: the
+            # layer's (often 0.1 s) would turn a busy moment into a lost channel, and each
+            # reconnect empties the memory layers above it.
+            import redis
+
+            from cacheward._backplane import SILENCE
+
+            own: Any = redis.Redis.from_url(
+                factory.url,
+                socket_timeout=max(SILENCE, factory.timeout),
+                socket_connect_timeout=max(1.0, factory.connect_timeout),
+                health_check_interval=0,
+            )
+            return own.pubsub()
         client = self._sync_client
         if client is None:
             client = self._sync()
