@@ -10,14 +10,21 @@ On a private ``redis-server`` (behind a loopback proxy, to hang the path to it):
 3. rebuilds racing an invalidation: a rebuild that took its lease, then an invalidation, then
    the rebuild's publish — how many stale values end up stored, with the fence vs a plain DEL.
 
-Not measured yet (not built yet): propagation to other processes' memory layers, the channel-
-down age bound, tag invalidation, and the hit cost with a backplane on (docs/caching.md,
-"Across processes", lists what is left).
+4. the backplane: an invalidation's propagation to 4 other processes' memory layers (from
+   just before ``invalidate()`` to the key being dropped there, one clock: same host), p50 and
+   p99; and a memory-layer hit with the backplane on vs off (interleaved rounds, the ratio).
+
+Not measured yet: the channel-down age bound end to end (the property test covers the rule),
+tag invalidation (not built yet).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+import timeit
 import uuid
 from typing import Any
 
@@ -122,6 +129,80 @@ def _races(server: Any, races: int) -> dict[str, int]:
     return stale
 
 
+def _propagation(server: Any, keys: int, listeners: int = 4) -> dict[str, Any]:
+    import cacheward as cw
+
+    space = f"p{uuid.uuid4().hex[:8]}"
+    raw = server.client()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._backplane_worker", server.url, space, str(keys)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(listeners)
+    ]
+    deadline = time.monotonic() + 60
+    for proc in procs:
+        while raw.get(f"ready:{space}:{proc.pid}") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=1.0, namespace=space)
+
+    @cw.cached(ttl=600, layers=[cw.MemoryLayer(maxsize=keys + 10), layer], namespace="bench")
+    def load(key: str) -> str:
+        return key
+
+    sent: dict[str, float] = {}
+    for index in range(keys):
+        sent[f"k{index}"] = time.time()
+        load.invalidate(f"k{index}")
+        time.sleep(0.002)
+    delays: list[float] = []
+    missing = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        drops = json.loads(out or "{}")
+        missing += keys - len(drops)
+        delays += [drops[k] - sent[k] for k in drops]
+    layer.close()
+    raw.close()
+    return {"listeners": listeners, "keys": keys, "not_dropped": missing, **summary(delays)}
+
+
+def _hit_cost(server: Any, rounds: int, calls: int) -> dict[str, Any]:
+    import cacheward as cw
+
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=1.0, namespace="hits")
+    made = {}
+    for on in (True, False):
+
+        @cw.cached(
+            ttl=600,
+            layers=[cw.MemoryLayer(maxsize=100), layer],
+            namespace=f"hits-{on}",
+            backplane=on,
+        )
+        def load(key: str) -> str:
+            return key
+
+        load("k")
+        made[on] = load
+    deadline = time.monotonic() + 10
+    while not layer.subscriber().up and time.monotonic() < deadline:
+        time.sleep(0.01)
+    on_s: list[float] = []
+    off_s: list[float] = []
+    for index in range(rounds):  # interleaved, alternating which goes first
+        for on in (True, False) if index % 2 else (False, True):
+            fn = made[on]
+            (on_s if on else off_s).append(
+                timeit.timeit(lambda fn=fn: fn("k"), number=calls) / calls
+            )
+    layer.close()
+    on_median, off_median = median(on_s), median(off_s)
+    return {"on_s": on_median, "off_s": off_median, "ratio": on_median / off_median}
+
+
 def run(*, quick: bool) -> dict[str, object]:
     tiny = smoke()
     rounds, per_round = (2, 20) if tiny else (5, 200) if quick else (15, 500)
@@ -132,6 +213,8 @@ def run(*, quick: bool) -> dict[str, object]:
         healthy = _healthy(server, rounds, per_round)
         hung = _hung(server, proxy, hung_calls)
         stale = _races(server, races)
+        propagation = _propagation(server, 5 if tiny else 100 if quick else 300)
+        hits = _hit_cost(server, 3 if tiny else 9 if quick else 21, 2000 if tiny else 100_000)
     finally:
         proxy.stop()
         server.stop()
@@ -165,4 +248,29 @@ def run(*, quick: bool) -> dict[str, object]:
         ["stale values stored, fence", "stale values stored, plain DEL"],
         [[stale["fence"], stale["plain_del"]]],
     )
-    return {"healthy": healthy, "hung": hung, "races": races, "stale_stored": stale}
+    print_table(
+        f"backplane: invalidate() to dropped from {propagation['listeners']} other processes' "
+        f"memory layers ({propagation['keys']} keys)",
+        ["p50", "p99", "max", "not dropped"],
+        [
+            [
+                f"{propagation.get('p50', float('nan')) * 1e3:.2f} ms",
+                f"{propagation.get('p99', float('nan')) * 1e3:.2f} ms",
+                f"{propagation.get('max', float('nan')) * 1e3:.2f} ms",
+                propagation["not_dropped"],
+            ]
+        ],
+    )
+    print_table(
+        "memory-layer hit, backplane on vs off (medians of interleaved rounds)",
+        ["on", "off", "ratio"],
+        [[f"{hits['on_s'] * 1e9:.0f} ns", f"{hits['off_s'] * 1e9:.0f} ns", f"{hits['ratio']:.3f}"]],
+    )
+    return {
+        "healthy": healthy,
+        "hung": hung,
+        "races": races,
+        "stale_stored": stale,
+        "propagation": propagation,
+        "hit_cost": hits,
+    }

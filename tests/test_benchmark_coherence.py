@@ -17,3 +17,5 @@ def test_coherence_benchmark_reports_every_figure(monkeypatch: pytest.MonkeyPatc
     assert hung["still_pending"] == 0  # and the replay delivered it after the heal
     assert hung["replayed"] == 1  # newest per key: one invalidation, replayed once
     assert figures["stale_stored"] == {"fence": 0, "plain_del": figures["races"]}
+    assert figures["propagation"]["not_dropped"] == 0  # every listener dropped every key
+    assert figures["hit_cost"]["ratio"] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -385,6 +386,32 @@ def test_bucket_transitions_are_logged_once_each(
     assert "(recovered: bucket_fallback is over)" in caplog.text
 
 
+def fire_backplane_kinds(url: str) -> None:
+    """backplane_lost, backplane_reconnected: the subscriber's first connection fails, the
+    second subscribes."""
+    import redis
+
+    from cacheward._backplane import Stack, Subscriber
+
+    raw = redis.Redis.from_url(url, socket_timeout=2)
+    tries: list[int] = []
+
+    def connect() -> Any:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionError("refused")
+        return raw.pubsub()
+
+    subscriber = Subscriber(connect, "cacheward:kinds:backplane", "kinds-backplane")
+    subscriber.register(Stack(cw.MemoryLayer(), "kinds:v1", subscriber.channel, time.time, 5.0))
+    deadline = time.monotonic() + 10
+    while not subscriber.up:
+        assert time.monotonic() < deadline, "the backplane never subscribed"
+        time.sleep(0.01)
+    subscriber.close()
+    raw.close()
+
+
 def test_every_event_kind_is_emitted() -> None:
     """Each documented kind fires in a scenario (a kind nobody emits must not be documented
     or exported as a metric)."""
@@ -398,5 +425,6 @@ def test_every_event_kind_is_emitted() -> None:
         fire_lease_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
         fire_bucket_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
         fire_replay_kinds()
+        fire_backplane_kinds(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     missing = set(cw.EventKind) - {e.kind for e in events}
     assert not missing, sorted(k.value for k in missing)

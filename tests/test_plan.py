@@ -160,7 +160,7 @@ def test_every_layer_op_does_the_same_in_both_colours() -> None:
     assert results["sync"] == results["aio"]
     # Every concrete layer op is in the list above.
     concrete = {c for c in vars(rp).values() if inspect.isclass(c) and issubclass(c, rp.LayerOp)}
-    assert concrete - {rp.LayerOp} == {type(op) for op in layer_ops(None)}  # type: ignore[arg-type]
+    assert concrete - {rp.LayerOp} == {type(op) for op in layer_ops(guarded)}
 
 
 @pytest.mark.parametrize("error", [TimeoutError("t"), ConnectionError("c")])

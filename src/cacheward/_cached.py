@@ -129,6 +129,8 @@ class Settings:
     cross_process: bool
     breaker_failures: int | None
     breaker_reset: float | None
+    backplane: bool = True
+    l1_max_age: float = 5.0
 
     @property
     def stores(self) -> bool:
@@ -156,6 +158,8 @@ def make_settings(
     cross_process: bool,
     breaker_failures: int | None,
     breaker_reset: Duration | None,
+    backplane: bool = True,
+    l1_max_age: Duration = 5.0,
 ) -> Settings:
     ttl_s = check_lifetime("ttl", ttl)
     stale_s = check_lifetime("stale_ttl", stale_ttl)
@@ -198,6 +202,8 @@ def make_settings(
     ns: object = namespace
     if ns is not None and (not isinstance(ns, str) or not ns):
         raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
+    if not isinstance(backplane, bool):
+        raise ConfigurationTypeError(f"backplane must be True or False, got {backplane!r}")
     if refresh_executor is not None and not isinstance(
         refresh_executor, concurrent.futures.Executor
     ):
@@ -229,6 +235,8 @@ def make_settings(
         breaker_reset=None
         if breaker_reset is None
         else duration("breaker_reset", breaker_reset, allow_zero=False),
+        backplane=backplane,
+        l1_max_age=duration("l1_max_age", l1_max_age, allow_zero=False),
     )
 
 
@@ -255,6 +263,8 @@ def cached(
     breaker_failures: int | None = None,
     breaker_reset: Duration | None = None,
     timeout: Duration | None = None,
+    backplane: bool = True,
+    l1_max_age: Duration = 5.0,
 ) -> Decorator:
     """Cache a function's results in layers, with single-flight, stale serving and back-off.
 
@@ -297,6 +307,15 @@ def cached(
         breaker_reset: seconds an open layer breaker waits before letting a probe through
             (default: the layer's own setting, else 5).
         timeout: the old spelling of ``wait_timeout`` (deprecated; accepted until 0.2).
+        backplane: with a :class:`~cacheward.MemoryLayer` above a
+            :class:`~cacheward.RedisLayer`, announce every invalidation and write of this
+            function on the layer's channel and drop the keys other processes announce from
+            the memory layer (see docs/caching.md, "Across processes"). ``False`` switches it
+            off: other processes' invalidations then reach this memory layer only by expiry.
+        l1_max_age: while the backplane's channel is down (or was, until it is subscribed
+            again), the most seconds an in-process entry is served without re-validating it
+            against the shared layer (one read; never a backend fetch unless the key is gone
+            there).
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
@@ -321,6 +340,8 @@ def cached(
         cross_process=cross_process,
         breaker_failures=breaker_failures,
         breaker_reset=breaker_reset,
+        backplane=backplane,
+        l1_max_age=l1_max_age,
     )
 
     def decorate(fn: Callable[..., Any]) -> Any:
@@ -407,7 +428,7 @@ def _wrapper(driver: Driver, *, is_async: bool) -> Callable[..., Any]:
             return serve(local_of(args, kwargs), None, args, kwargs)
 
         return plain
-    wrapper, driver.memory_hits = build_wrapper(
+    wrapper, driver.memory_hits, set_lookup = build_wrapper(
         driver.fn,
         is_async=is_async,
         keyed=driver.s.key is not None,
@@ -422,4 +443,7 @@ def _wrapper(driver: Driver, *, is_async: bool) -> Callable[..., Any]:
         testmode=_testmode.ACTIVE,
         bypassed=_testmode.bypassed,
     )
+    if driver.backplane is not None:
+        driver.backplane.set_lookup = set_lookup
+        driver.subscriber.register(driver.backplane)
     return wrapper

@@ -73,6 +73,13 @@ class EventKind(str, enum.Enum):
     INVALIDATIONS_REPLAYED = "invalidations_replayed"
     """Invalidations kept while a shared layer could not be reached were delivered to it (one
     event per replay; ``stats().invalidations_replayed`` counts the keys)."""
+    BACKPLANE_LOST = "backplane_lost"
+    """The channel carrying other processes' invalidations to this process's in-process layers
+    went silent or failed (``layer`` names the shared layer; ``error`` the failure): until it is
+    back, in-process hits older than ``l1_max_age`` are re-validated against that layer."""
+    BACKPLANE_RECONNECTED = "backplane_reconnected"
+    """The backplane channel is subscribed again (the in-process layers above it were emptied:
+    announcements may have been missed meanwhile)."""
     BUCKET_FALLBACK = "bucket_fallback"
     """A :class:`~cacheward.RedisTokenBucket` could not reach Redis and takes from its local
     share until a probe succeeds (``error`` is the failure)."""
@@ -213,6 +220,8 @@ LEVELS: dict[EventKind, int] = {
     EventKind.BUCKET_FALLBACK: logging.WARNING,
     EventKind.BUCKET_SHARED: logging.WARNING,
     EventKind.INVALIDATIONS_REPLAYED: logging.WARNING,
+    EventKind.BACKPLANE_LOST: logging.WARNING,
+    EventKind.BACKPLANE_RECONNECTED: logging.WARNING,
     EventKind.BUDGET_EXHAUSTED: logging.WARNING,
 }
 
@@ -220,6 +229,7 @@ LEVELS: dict[EventKind, int] = {
 _RECOVERY_OF: dict[EventKind, EventKind] = {
     EventKind.BREAKER_CLOSED: EventKind.BREAKER_OPENED,
     EventKind.BUCKET_SHARED: EventKind.BUCKET_FALLBACK,
+    EventKind.BACKPLANE_RECONNECTED: EventKind.BACKPLANE_LOST,
 }
 
 

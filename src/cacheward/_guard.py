@@ -164,6 +164,8 @@ def guard(
     breaker_failures: int | None = None,
     breaker_reset: Duration | None = None,
     timeout: Duration | None = None,
+    backplane: bool = True,
+    l1_max_age: Duration = 5.0,
 ) -> _GuardDecorator:
     """Cache, coalesce, retry within a budget, break and rate-limit a backend fetch function.
 
@@ -218,6 +220,8 @@ def guard(
             backend's is ``breaker``).
         breaker_reset: see :func:`~cacheward.cached`.
         timeout: the old spelling of ``wait_timeout`` (deprecated; accepted until 0.2).
+        backplane: see :func:`~cacheward.cached`.
+        l1_max_age: see :func:`~cacheward.cached`.
 
     Every setting of :func:`~cacheward.cached` is a setting of ``guard``, with the same
     default, and is passed to it as given (checked by ``tests/test_guard.py``).

@@ -60,7 +60,11 @@ def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG,
             return {await_}serve({arg}, entry, ({arg},), {{}})
         return {await_}general({general_args})
 
-    return wrapper, lambda: hits
+    def set_lookup(new):
+        nonlocal lookup
+        lookup = new
+
+    return wrapper, lambda: hits, set_lookup
 """
 
 
@@ -82,9 +86,9 @@ def _single_parameter(fn: Callable[..., Any]) -> str | None:
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("__"):
         return None
     # Never shadow a name the template itself uses.
-    if name in {"lookup", "now", "serve", "local_of", "hit_listeners", "emit", "HIT", "source",
-                "NOARG", "hits", "entry", "general", "wrapper", "first", "args", "kwargs",
-                "call_args", "local", "fn", "testmode", "bypassed"}:  # fmt: skip
+    if name in {"lookup", "set_lookup", "now", "serve", "local_of", "hit_listeners", "emit",
+                "HIT", "source", "NOARG", "hits", "entry", "general", "wrapper", "first", "args",
+                "kwargs", "call_args", "local", "fn", "testmode", "bypassed"}:  # fmt: skip
         return None
     positional_only = param.kind is inspect.Parameter.POSITIONAL_ONLY
     return f"{name}, /" if positional_only else name
@@ -105,8 +109,10 @@ def build_wrapper(
     source: str,
     testmode: list[object],
     bypassed: Callable[[], bool],
-) -> tuple[Callable[..., Any], Callable[[], int]]:
-    """Return the wrapper for ``fn`` and a function reading its hit counter.
+) -> tuple[Callable[..., Any], Callable[[], int], Callable[[Callable[[Hashable], Any]], None]]:
+    """Return the wrapper for ``fn``, a function reading its hit counter, and one replacing its
+    ``lookup`` (the backplane swaps in a checking lookup while its channel is down; the hit
+    path itself is the same code either way).
 
     ``keyed`` (a ``key=`` function is in use) sends every call through ``general``, since the
     key is then not the argument itself. ``testmode`` is :data:`cacheward._testmode.ACTIVE`:
@@ -138,7 +144,7 @@ def build_wrapper(
     namespace: dict[str, Any] = {}
     filename = f"<cacheward wrapper of {getattr(fn, '__qualname__', fn)!s}>"
     exec(compile(source_code, filename, "exec"), namespace)  # noqa: S102 - our own template
-    wrapper, hits = namespace["build"](
+    wrapper, hits, set_lookup = namespace["build"](
         lookup,
         now,
         serve,
@@ -152,4 +158,4 @@ def build_wrapper(
         testmode,
         bypassed,
     )
-    return wrapper, hits
+    return wrapper, hits, set_lookup

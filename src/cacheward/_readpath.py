@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from cacheward._background import track, track_task
+from cacheward._backplane import Recheck, Stack
 from cacheward._clock import Clock, SystemClock
 from cacheward._core.breaker import BreakerState
 from cacheward._core.entry import (
@@ -119,6 +120,9 @@ class CacheStats:
     replayed before this process reads that layer again)."""
     invalidations_replayed: int = 0
     """Pending invalidations of this function's keys delivered on replay."""
+    rechecks: int = 0
+    """In-process hits re-validated against the shared layer because the backplane's channel
+    was down and the entry was last known current ``l1_max_age`` or more ago."""
     in_flight: int = 0
     """Fetches running at the moment of the snapshot."""
 
@@ -137,6 +141,7 @@ class Counters:
         "layer_skips",
         "lease_waits",
         "misses",
+        "rechecks",
         "refreshes",
         "refreshes_skipped",
         "stale_hits",
@@ -150,7 +155,7 @@ class Counters:
         self.coalesced_waits = self.refreshes = self.refreshes_skipped = 0
         self.backoff_rejections = self.wait_timeouts = self.stale_on_error = 0
         self.layer_errors = self.layer_skips = self.lease_waits = self.invalidations = 0
-        self.unstorable = 0
+        self.unstorable = self.rechecks = 0
 
     def snapshot(self, in_flight: int) -> CacheStats:
         return CacheStats(**{n: getattr(self, n) for n in self.__slots__}, in_flight=in_flight)
@@ -206,7 +211,16 @@ def breaker_of(
 class GuardedLayer:
     """A remote layer seen through its breaker: every failure is a miss (:data:`MISSING`)."""
 
-    __slots__ = ("_counters", "_health", "_mono", "_source", "layer", "leases", "pending")
+    __slots__ = (
+        "_counters",
+        "_health",
+        "_mono",
+        "_source",
+        "announcer",
+        "layer",
+        "leases",
+        "pending",
+    )
 
     def __init__(
         self, layer: Any, clock: Clock, counters: Counters, health: LayerBreaker, source: str
@@ -219,6 +233,9 @@ class GuardedLayer:
         self._health = health
         #: Invalidations this layer has not taken yet (see ``cacheward._pending``).
         self.pending = book_of(layer)
+        #: The ``(channel, message)`` every fence of a key in this layer publishes (the
+        #: backplane, see ``cacheward._backplane``); ``None``: announce nothing.
+        self.announcer: Callable[[CacheKey], tuple[str, str]] | None = None
 
     def admit(self, mode: str) -> bool:
         """Whether the breaker lets an operation through.
@@ -377,7 +394,11 @@ class Delete(LayerOp):
 
 class Fence(LayerOp):
     """Invalidate a key (or write over it) and fence every rebuild under way in any process:
-    a layer's ``fence`` (see :meth:`RedisLayer.fence`). Returns the mark, or MISSING."""
+    a layer's ``fence`` (see :meth:`RedisLayer.fence`). Returns the mark, or MISSING.
+
+    Every fence announces itself on the backplane when the layer has one (``announce`` left
+    out: the layer's announcer decides), so other processes' memory layers drop the key; an
+    invalidation and a write (``entry``) alike."""
 
     __slots__ = ("announce", "entry")
     mode = "write"  # skipped while the breaker is not closed: kept pending, replayed later
@@ -387,10 +408,13 @@ class Fence(LayerOp):
         guarded: GuardedLayer,
         key: CacheKey,
         entry: Entry | None = None,
-        announce: tuple[str, str] = ("", ""),
+        announce: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(guarded, key)
         self.entry = entry
+        if announce is None:
+            announcer = guarded.announcer
+            announce = ("", "") if announcer is None else announcer(key)
         self.announce = announce
 
     def call(self, layer: Any) -> Any:
@@ -879,6 +903,23 @@ class Driver:
         self.tasks: set[asyncio.Task[Any]] = set()
         #: Hits counted on the hot path (in the wrapper's closure).
         self.memory_hits: Callable[[], int] = lambda: 0
+        #: The backplane (see ``cacheward._backplane``): this stack's side, the shared layer
+        #: whose channel it listens to, and that layer's subscriber.
+        self.backplane: Stack | None = None
+        self.backplane_layer: GuardedLayer | None = None
+        self.subscriber: Any = None
+        if s.backplane and l1 is not None:
+            for guarded in self.remotes:
+                subscribe = getattr(guarded.layer, "subscriber", None)
+                subscriber = subscribe() if callable(subscribe) else None
+                if subscriber is not None:
+                    stack = Stack(
+                        l1, self.namespace, subscriber.channel, s.clock.time, s.l1_max_age
+                    )
+                    guarded.announcer = stack.announce
+                    self.backplane, self.backplane_layer = stack, guarded
+                    self.subscriber = subscriber
+                    break
 
     # ---- the two entry points per colour (one line each)
 
@@ -913,6 +954,9 @@ class Driver:
         on to the decision (and its leader to the lease).
         """
         key = self.cache_key(local, args, kwargs)
+        held: Any = entry  # the backplane's guarded lookup may hand over a Recheck
+        if type(held) is Recheck:
+            entry = yield from self.recheck(key, held.entry)
         read = False
         if self.read_first and local not in self.core.states and local not in self.writing:
             entry, _ = yield from self.read_shared(key, entry, lease=False)
@@ -949,6 +993,32 @@ class Driver:
         return self.fallback(
             flight.stale if self.better(entry, flight.stale, now) else entry, error
         )
+
+    def recheck(self, key: CacheKey, entry: Entry) -> Plan[Entry | None]:
+        """The backplane's channel is down and ``entry`` (this process's memory layer) was last
+        known current ``l1_max_age`` or more ago: one read of the shared layer says whether it
+        still is. Gone there: dropped here too (the call then misses). Another value there:
+        taken. No answer: served as it is (nothing can tell, see docs/caching.md)."""
+        stack = cast(Stack, self.backplane)
+        guarded = cast(GuardedLayer, self.backplane_layer)
+        self.counters.rechecks += 1
+        answer = yield Get(guarded, key)
+        if answer is MISSING:
+            return entry
+        found = guarded.entry(answer)
+        l1 = cast(MemoryLayer, self.l1)
+        if found is None:
+            with self.lock:
+                if l1.lookup(key.local) is entry:
+                    l1.delete(key)
+            return None
+        if found.created == entry.created:
+            stack.mark(key.local, entry)
+            return entry
+        found, _ = self.absorb(key, None, found, self.s.clock.time())
+        if found is not None:
+            stack.mark(key.local, found)
+        return found
 
     def reread(
         self, key: CacheKey, entry: Entry | None, action: Action

@@ -403,6 +403,7 @@ class RedisLayer:
         "_fence_ms",
         "_owner",
         "_stall",
+        "_subscriber",
         "_sync_client",
         "_sync_lock",
         "breaker",
@@ -474,6 +475,7 @@ class RedisLayer:
             weakref.WeakKeyDictionary()
         )
         self._sync_lock = threading.Lock()
+        self._subscriber: Any = None
         self.cluster = False
         self._stall = _Stall(math.inf, self._clock.monotonic)
         self._stall.probe = self._silent
@@ -651,13 +653,62 @@ class RedisLayer:
             client = self._aclients[loop] = factory.async_client()
         return client
 
+    # --- the backplane (see cacheward._backplane) ---
+
+    @property
+    def channel(self) -> str:
+        """The backplane channel: fences of keys of this layer are announced on it."""
+        return f"{self._base}backplane"
+
+    def subscriber(self) -> Any:
+        """This layer's backplane subscriber in this process (made on first use), or ``None``
+        when the layer has no synchronous connection to listen on (an asyncio client given
+        directly: use :meth:`from_url`, or give a ``redis.Redis`` client)."""
+        from cacheward._backplane import Subscriber
+
+        with self._sync_lock:
+            if self._subscriber is None:
+                if self._factory is None and self._sync_client is None:
+                    return None
+                self._subscriber = Subscriber(self._pubsub, self.channel, self.name)
+            return self._subscriber
+
+    def _pubsub(self) -> Any:
+        factory = self._factory
+        if type(factory) is Factory and not factory.cluster:
+            # Its own connection, with a timeout above the subscriber's silence limit: the
+            # layer's (often 0.1 s) would turn a busy moment into a lost channel, and each
+            # reconnect empties the memory layers above it.
+            import redis
+
+            from cacheward._backplane import SILENCE
+
+            own: Any = redis.Redis.from_url(
+                factory.url,
+                socket_timeout=max(SILENCE, factory.timeout),
+                socket_connect_timeout=max(1.0, factory.connect_timeout),
+                health_check_interval=0,
+            )
+            return own.pubsub()
+        client = self._sync_client
+        if client is None:
+            client = self._sync()
+        return client.pubsub()
+
+    def _stop_subscriber(self, *, wait: bool = True) -> None:
+        subscriber, self._subscriber = self._subscriber, None
+        if subscriber is not None:
+            subscriber.close(timeout=2.0 if wait else 0.0)
+
     def close(self) -> None:
-        """Close the synchronous client if this layer created it (:meth:`from_url`).
+        """Close the synchronous client if this layer created it (:meth:`from_url`), and stop
+        the layer's backplane subscriber.
 
         Waits first (at most twice the socket timeout) for the writes that cached
         functions started in the background after answering their callers: a lease holder's
         value, which other processes may be waiting for.
         """
+        self._stop_subscriber()
         if self._factory is not None and self._sync_client is not None:
             drain(self, 2 * self._factory.timeout)
             client, self._sync_client = self._sync_client, None
@@ -671,7 +722,9 @@ class RedisLayer:
 
     async def aclose(self) -> None:
         """Close this event loop's asyncio client if this layer created it (after waiting, at
-        most twice the socket timeout, for the writes its fetch tasks still make)."""
+        most twice the socket timeout, for the writes its fetch tasks still make), and stop the
+        layer's backplane subscriber (told to stop; its thread ends within a heartbeat)."""
+        self._stop_subscriber(wait=False)
         if self._factory is None:
             return
         await adrain(self, 2 * self._factory.timeout)

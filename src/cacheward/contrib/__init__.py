@@ -265,6 +265,8 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     EventKind.BUCKET_FALLBACK,
     EventKind.BUCKET_SHARED,
     EventKind.INVALIDATIONS_REPLAYED,
+    EventKind.BACKPLANE_LOST,
+    EventKind.BACKPLANE_RECONNECTED,
     EventKind.RATE_LIMITED,
     EventKind.RETRY,
     EventKind.BUDGET_EXHAUSTED,
