@@ -208,8 +208,9 @@ LAYER_FAULTS: dict[str, tuple[Fault, str, str]] = {
     "reset mid-reply": (cut_mid_reply, "proxy", ""),
     "RST + refuse": (reset_all, "proxy", ""),
     "CLIENT PAUSE": (client_pause, "proxy", ""),
-    "slow trickle (1 B / 30 ms)": (trickle, "proxy", "item 1, sync callers"),
-    "user client, default retries + SIGKILL": (sigkill, "user", "item 2"),
+    "slow trickle (1 B / 30 ms)": (trickle, "proxy", ""),
+    "user client, default retries + SIGKILL": (sigkill, "user", ""),
+    "user client, default retries + blackhole": (blackhole, "user", ""),
     "lease without TTL": (lease_without_ttl, "direct", "item 3"),
 }
 BUCKET_FAULTS: dict[str, tuple[Fault, str, str]] = {

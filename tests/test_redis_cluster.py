@@ -115,8 +115,26 @@ def test_a_cluster_client_is_checked_like_any_other(cluster: RedisClusterServers
     from redis.retry import Retry
 
     client = RedisCluster.from_url(cluster.url, socket_timeout=0.2, socket_connect_timeout=0.2)
-    with pytest.warns(RuntimeWarning, match="retries"):
-        RedisLayer(client)
+    retry = client.retry
+    layer = RedisLayer(client)  # redis-py's retries: a private client without them, no warning
+    layer.set(make_key("y"), entry(1))
+    assert layer.get(make_key("y")) is not None
+    assert client.retry is retry  # the user's: untouched
+    assert client.retry.get_retries() > 0
+    # Every node's connections are bounded per command (tests/test_redis_deadlines.py).
+    nodes = layer._sync().get_nodes()
+    assert nodes
+    assert all(
+        n.redis_connection.connection_pool.connection_class._cacheward_deadline for n in nodes
+    )
+    from_url = RedisLayer.from_url(cluster.url, cluster=True)
+    from_url.set(make_key("z"), entry(1))
+    assert all(
+        n.redis_connection.connection_pool.connection_class._cacheward_deadline
+        for n in from_url._sync().get_nodes()
+    )
+    from_url.close()
+    layer.close()
     client.close()
     client = RedisCluster.from_url(
         cluster.url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
@@ -209,3 +227,23 @@ def test_fence_runs_on_every_shard_and_fences_older_leases(url: str) -> None:
         assert layer.get(key) is None
     assert layer.stats().writes_fenced == 20
     layer.close()
+
+
+def test_an_asyncio_cluster_client_is_used_through_a_private_one(
+    cluster: RedisClusterServers,
+) -> None:
+    from redis.asyncio.cluster import RedisCluster
+
+    async def main() -> None:
+        client = RedisCluster.from_url(cluster.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        retry = client.retry
+        layer = RedisLayer(client)
+        await layer.aset(make_key("ay"), entry(1))
+        assert await layer.aget(make_key("ay")) is not None
+        assert client.retry is retry  # the user's: untouched
+        assert layer._async() is not client
+        assert layer._async().retry.get_retries() == 0
+        await layer.aclose()
+        await client.aclose()
+
+    asyncio.run(main())

@@ -46,6 +46,7 @@ from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import EventKind, emit
 from cacheward._layers import LayerBreaker, LeaseReply
 from cacheward._plan import Op, Plan, aperform, perform
+from cacheward._redisclient import deadline, deadline_class, private_client, with_deadlines
 from cacheward._rediskit import (
     Fault,
     check_name,
@@ -106,9 +107,8 @@ EVENTS: Final = (
 #: A client timeout above this many seconds draws a warning.
 _SLOW_TIMEOUT: Final = 1.0
 _FIX_HINT = (
-    "build the client with socket_timeout=0.1, socket_connect_timeout=0.1 and "
-    "retry=Retry(NoBackoff(), 0) (from redis.retry and redis.backoff), or let cacheward build "
-    "it: RedisLayer.from_url(url, socket_timeout=0.1)"
+    "build the client with socket_timeout=0.1 and socket_connect_timeout=0.1, or let cacheward "
+    "build it: RedisLayer.from_url(url, socket_timeout=0.1)"
 )
 
 
@@ -116,7 +116,7 @@ _FIX_HINT = (
 
 
 def _check_client(client: Any) -> float:
-    """Refuse a client that could hang a caller; warn about one that retries on its own.
+    """Refuse a client that could hang a caller; warn about one with long timeouts.
 
     Returns the client's socket timeout.
     """
@@ -137,12 +137,8 @@ def _check_client(client: Any) -> float:
         check_socket_timeout(f"the Redis client's {name}", seconds)
         if seconds > _SLOW_TIMEOUT:
             problems.append(f"its {name} is {seconds} s")
-    retry = getattr(client, "retry", None)
-    if retry is None and hasattr(client, "get_retry"):
-        retry = client.get_retry()
-    retries = retry.get_retries() if retry is not None else 0
-    if retries > 0:
-        problems.append(f"it retries failed commands {retries} time(s) on its own")
+    # Its retry policy and health checks are not a problem: the layer talks through a private
+    # client without them (see cacheward._redisclient.private_client).
     if problems:
         warnings.warn(
             f"the Redis client given to RedisLayer can hold a caller for long when Redis hangs: "
@@ -313,7 +309,9 @@ class _Command(Op):
     def sync(self) -> Any:
         stall = self.layer._begin(self.read)
         try:
-            result = getattr(self.layer._sync(), self.name)(*self.args)
+            # The whole command within the layer's timeout, however the bytes trickle in.
+            with deadline(self.layer._timeout):
+                result = getattr(self.layer._sync(), self.name)(*self.args)
         except BaseException as exc:
             stall.end(replied=replied(exc))
             raise
@@ -406,6 +404,7 @@ class RedisLayer:
         "_subscriber",
         "_sync_client",
         "_sync_lock",
+        "_timeout",
         "breaker",
         "cluster",
         "local",
@@ -480,9 +479,13 @@ class RedisLayer:
         self._stall = _Stall(math.inf, self._clock.monotonic)
         self._stall.probe = self._silent
         socket_timeout: float | None = None
+        #: How long one command may take in all (connecting aside): the client's timeout.
+        self._timeout = math.inf
         if client is not None:
             is_async, self.cluster = client_kind(client)
-            socket_timeout = _check_client(client)
+            socket_timeout = self._timeout = _check_client(client)
+            # Never the user's object: ours, with its settings, without retries.
+            client = private_client(client, is_async=is_async, cluster=self.cluster)
             if is_async:
                 self._async_client = client
             else:
@@ -597,6 +600,7 @@ class RedisLayer:
             compress_above=compress_above,
         )
         layer._factory = factory
+        layer._timeout = factory.timeout
         layer.cluster = factory.cluster
         layer._set_stall(stall_timeout, factory.timeout)
         return layer
@@ -630,7 +634,7 @@ class RedisLayer:
             )
         with self._sync_lock:
             if self._sync_client is None:
-                self._sync_client = self._factory.sync_client()
+                self._sync_client = with_deadlines(self._factory.sync_client())
             return self._sync_client
 
     def _async(self) -> Any:
@@ -701,24 +705,32 @@ class RedisLayer:
             subscriber.close(timeout=2.0 if wait else 0.0)
 
     def close(self) -> None:
-        """Close the synchronous client if this layer created it (:meth:`from_url`), and stop
-        the layer's backplane subscriber.
+        """Close the synchronous client if this layer created it (:meth:`from_url`), or the
+        connections of the private client made from the one given (which stays usable), and
+        stop the layer's backplane subscriber.
 
         Waits first (at most twice the socket timeout) for the writes that cached
         functions started in the background after answering their callers: a lease holder's
         value, which other processes may be waiting for.
         """
         self._stop_subscriber()
-        if self._factory is not None and self._sync_client is not None:
-            drain(self, 2 * self._factory.timeout)
-            client, self._sync_client = self._sync_client, None
-            if self.cluster:
-                # RedisCluster.close() leaves its nodes' pooled sockets to the garbage
-                # collector; close them here.
-                for node in client.get_nodes():
-                    if node.redis_connection is not None:
-                        node.redis_connection.connection_pool.disconnect()
+        client = self._sync_client
+        if client is None:
+            return
+        drain(self, 2 * self._timeout)
+        if self._factory is not None:
+            self._sync_client = None
+        if self.cluster:
+            # RedisCluster.close() leaves its nodes' pooled sockets to the garbage
+            # collector; close them here.
+            for node in client.get_nodes():
+                if node.redis_connection is not None:
+                    node.redis_connection.connection_pool.disconnect()
+        if self._factory is not None:
             client.close()
+        elif not self.cluster:
+            # The private client made from the user's (kept: a later command reconnects).
+            client.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         """Close this event loop's asyncio client if this layer created it (after waiting, at
@@ -726,6 +738,10 @@ class RedisLayer:
         layer's backplane subscriber (told to stop; its thread ends within a heartbeat)."""
         self._stop_subscriber(wait=False)
         if self._factory is None:
+            given = self._async_client
+            if given is not None:  # the private client made from the user's
+                await adrain(self, 2 * self._timeout)
+                await (given.aclose() if self.cluster else given.connection_pool.disconnect())
             return
         await adrain(self, 2 * self._factory.timeout)
         import asyncio
@@ -1200,6 +1216,8 @@ class Factory:
         options = self._common()
         options["max_connections"] = self.max_connections
         if self.cluster:
+            base = redis.SSLConnection if self.url.startswith("rediss:") else redis.Connection
+            options["connection_class"] = deadline_class(base)
             return redis.cluster.RedisCluster.from_url(self.url, **options)
         return redis.Redis.from_pool(redis.ConnectionPool.from_url(self.url, **options))
 
