@@ -135,6 +135,38 @@ def test_sibling_with_a_plain_delete_the_rebuild_stores_the_old_value(
     assert fresh == "old"  # the issue's bug: what the fence prevents
 
 
+def _race_set(server: RedisServer, space: str, layer: Any) -> tuple[str, str]:
+    """As :func:`_race`, but A writes the new value through with ``set`` (issue 13 item 6)."""
+    data = client(server)
+    data.set(f"truth:{space}", "old")
+    rebuild = start(server, space, "rebuild")
+    wait_for(data, f"started:{space}")
+    writer = loader(server, space, layer)
+    assert writer.set("new", "c1").done
+    got = finish(rebuild)
+    fresh = loader(server, space)
+    return got, fresh("c1")
+
+
+def test_a_set_fences_a_rebuild_in_flight_in_another_process(
+    server: RedisServer, space: str
+) -> None:
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
+    got, fresh = _race_set(server, space, layer)
+    assert got == "old"  # the rebuild answered its own caller...
+    assert fresh == "new"  # ...and the written value stayed: the rebuild was fenced
+    assert layer.stats().fences == 1
+
+
+def test_sibling_with_an_unfenced_write_the_rebuild_overwrites_the_set(
+    server: RedisServer, space: str
+) -> None:
+    layer = PlainDeleteLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
+    got, fresh = _race_set(server, space, layer)
+    assert got == "old"
+    assert fresh == "old"  # the older rebuild stored over the written value
+
+
 def _key(name: str = "k") -> cw.CacheKey:
     return cw.CacheKey(name, "config:v1", (name,), {}, ("customer",))
 

@@ -493,6 +493,11 @@ def test_a_miss_with_memory_and_redis_costs_two_round_trips(url: str, cross_proc
     def load(name: str) -> str:
         return name.upper()
 
+    # The backplane's channel up first: until it is, entries are re-validated, and its
+    # subscription empties the memory layer once (what was cached meanwhile may be stale).
+    subscriber = layer.subscriber()
+    wait_for(lambda: subscriber.up)
+    assert subscriber.up
     assert load("a") == "A"
     wait_for(lambda: len(counting.sent) >= 2)
     time.sleep(0.05)  # nothing more arrives

@@ -73,3 +73,30 @@ def test_wrong_use_is_rejected(tmp_path: Path) -> None:
     lines = sorted(d["range"]["start"]["line"] + 1 for d in report["generalDiagnostics"])
     # load(1), wrong: int = ..., n: str = await ... (lines in the dedented file).
     assert lines == [12, 13, 15], report["generalDiagnostics"]
+
+
+def test_wrong_use_of_methods_and_write_through_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "pyrightconfig.json").write_text('{"strict": ["bad.py"]}')
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        textwrap.dedent(
+            """
+            import cacheward as cw
+
+            class Repo:
+                @cw.cached(ttl=60)
+                def load(self, customer_id: str) -> int:
+                    return 1
+
+            Repo().load(1)
+            Repo().load.invalidate(2)
+            Repo().load.set("x", "c")
+            wrong: str = Repo().load.refresh("c")
+            maybe: int = Repo().load.get("c")
+            """
+        )
+    )
+    report = pyright(bad, cwd=tmp_path)
+    lines = sorted(d["range"]["start"]["line"] + 1 for d in report["generalDiagnostics"])
+    # The five calls at the end (lines 9-13 of the dedented file).
+    assert lines == [9, 10, 11, 12, 13], report["generalDiagnostics"]

@@ -60,6 +60,7 @@ from cacheward._pages import (
     iter_pages,
 )
 from cacheward._pending import Invalidation
+from cacheward._readpath import Missing
 from cacheward._redis import RedisLayer, RedisLayerStats
 from cacheward._redis_bucket import RedisTokenBucket, SharedBucketStats
 from cacheward._retry import BudgetStats, RetryBudget, is_retryable, retry
@@ -76,7 +77,11 @@ from cacheward._testmode import bypass
 
 __version__ = "0.1.0.dev0"
 
+#: What ``fn.get(...)`` returns when no layer holds a fresh entry (falsy; test it with ``is``).
+MISSING = Missing.MISSING
+
 __all__ = [
+    "MISSING",
     "AdaptiveLimit",
     "AdaptiveStats",
     "AsyncCachedFunction",
@@ -118,6 +123,7 @@ __all__ = [
     "LoggingListener",
     "MemoryCheckpoints",
     "MemoryLayer",
+    "Missing",
     "MsgpackSerializer",
     "MsgspecSerializer",
     "OrjsonSerializer",

@@ -10,10 +10,10 @@ import dataclasses
 import functools
 import random
 from collections.abc import Callable, Coroutine, Hashable, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from cacheward import _testmode
-from cacheward._checks import check_caller, check_lifetime
+from cacheward._checks import check_caller, check_lifetime, check_not_descriptor
 from cacheward._clock import Clock
 from cacheward._config import (
     Duration,
@@ -30,7 +30,7 @@ from cacheward._identity import claim, default_namespace, identity_of
 from cacheward._layers import MemoryLayer
 from cacheward._lazy import isasyncgenfunction, iscoroutinefunction, isgeneratorfunction
 from cacheward._pending import Invalidation
-from cacheward._readpath import CacheStats, Driver
+from cacheward._readpath import CacheStats, Driver, Missing
 
 __all__ = [
     "AsyncCachedFunction",
@@ -44,8 +44,11 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+R2 = TypeVar("R2")
 R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
 
 
 class CachedFunction(Protocol[P, R_co]):
@@ -71,9 +74,41 @@ class CachedFunction(Protocol[P, R_co]):
         """
         ...
 
+    def set(
+        self: CachedFunction[P, R2], value: R2, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Invalidation:
+        """Store ``value`` for these arguments in every layer (write-through).
+
+        Like :meth:`invalidate`, it fences every rebuild of the key under way, here and (through
+        a layer that fences) in every other process, so none stores an older value over it.
+        A shared layer that cannot take it now gets an invalidation of the key instead (kept
+        and replayed, see :meth:`invalidate`): it never serves its old value afterwards.
+
+        Returns:
+            An :class:`~cacheward.Invalidation` naming the layers where it is pending.
+        """
+        ...
+
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Fetch now, whatever the layers hold, store the result as :meth:`set` does, and
+        return it (failures raise; see docs/caching.md)."""
+        ...
+
+    def get(self, *args: P.args, **kwargs: P.kwargs) -> R_co | Missing:
+        """The fresh value the layers hold for these arguments, without fetching; else
+        :data:`cacheward.MISSING`."""
+        ...
+
     def stats(self) -> CacheStats:
         """Return a snapshot of the counters."""
         ...
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any] | None = None, /) -> CachedFunction[P, R_co]: ...
+    @overload
+    def __get__(
+        self: CachedFunction[Concatenate[T, P2], R2], obj: T, owner: type[Any] | None = None, /
+    ) -> CachedFunction[P2, R2]: ...
 
 
 class AsyncCachedFunction(Protocol[P, R_co]):
@@ -90,9 +125,33 @@ class AsyncCachedFunction(Protocol[P, R_co]):
         :meth:`CachedFunction.invalidate`)."""
         ...
 
+    async def set(
+        self: AsyncCachedFunction[P, R2], value: R2, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Invalidation:
+        """Store ``value`` for these arguments in every layer (see :meth:`CachedFunction.set`)."""
+        ...
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Fetch now and store the result (see :meth:`CachedFunction.refresh`)."""
+        ...
+
+    async def get(self, *args: P.args, **kwargs: P.kwargs) -> R_co | Missing:
+        """The fresh value the layers hold, or :data:`cacheward.MISSING` (see
+        :meth:`CachedFunction.get`)."""
+        ...
+
     def stats(self) -> CacheStats:
         """Return a snapshot of the counters."""
         ...
+
+    @overload
+    def __get__(
+        self, obj: None, owner: type[Any] | None = None, /
+    ) -> AsyncCachedFunction[P, R_co]: ...
+    @overload
+    def __get__(
+        self: AsyncCachedFunction[Concatenate[T, P2], R2], obj: T, owner: type[Any] | None = None, /
+    ) -> AsyncCachedFunction[P2, R2]: ...
 
 
 class Decorator(Protocol):
@@ -124,6 +183,7 @@ class Settings:
     namespace: str | None
     version: int
     key: Callable[..., Hashable] | None
+    self_key: Callable[[Any], Hashable] | None
     refresh_executor: concurrent.futures.Executor | None
     max_refreshes: int
     cross_process: bool
@@ -152,6 +212,7 @@ def make_settings(
     wait_timeout: Duration,
     key: Callable[..., Hashable] | None,
     rng: random.Random | None,
+    self_key: Callable[[Any], Hashable] | None,
     refresh_executor: concurrent.futures.Executor | None,
     max_refreshes: int,
     lease_ttl: Duration,
@@ -199,6 +260,15 @@ def make_settings(
         raise ConfigurationTypeError(f"rng must be a random.Random, got {type(rng).__name__}")
     if key is not None and not callable(key):
         raise ConfigurationTypeError(f"key must be a callable, got {type(key).__name__}")
+    if self_key is not None and not callable(self_key):
+        raise ConfigurationTypeError(
+            f"self_key must be a callable of the instance, got {type(self_key).__name__}"
+        )
+    if self_key is not None and key is not None:
+        raise ConfigurationError(
+            "give key= or self_key=, not both: key= receives self too (key=lambda self, "
+            "customer: (self.tenant, customer))"
+        )
     ns: object = namespace
     if ns is not None and (not isinstance(ns, str) or not ns):
         raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
@@ -226,6 +296,7 @@ def make_settings(
         namespace=namespace,
         version=check_positive_int("version", version, minimum=0),
         key=key,
+        self_key=self_key,
         refresh_executor=refresh_executor,
         max_refreshes=check_positive_int("max_refreshes", max_refreshes),
         cross_process=bool(cross_process),
@@ -265,6 +336,7 @@ def cached(
     timeout: Duration | None = None,
     backplane: bool = True,
     l1_max_age: Duration = 5.0,
+    self_key: Callable[[Any], Hashable] | None = None,
 ) -> Decorator:
     """Cache a function's results in layers, with single-flight, stale serving and back-off.
 
@@ -291,7 +363,7 @@ def cached(
             :class:`~cacheward.FetchTimeout`. A synchronous leader runs the fetch in its own
             thread and cannot be interrupted: bound the backend call itself.
         key: maps the call's arguments to the key's arguments (for arguments without a stable
-            encoding, such as ``self``).
+            encoding). On a method it receives ``self`` too.
         rng: the random source for jitter.
         refresh_executor: where synchronous background refreshes run; defaults to a small
             shared thread pool.
@@ -316,6 +388,9 @@ def cached(
             again), the most seconds an in-process entry is served without re-validating it
             against the shared layer (one read; never a backend fetch unless the key is gone
             there).
+        self_key: on a method (a function defined in a class body whose first parameter is
+            ``self``): what of the instance is part of the key, e.g. ``lambda self:
+            self.tenant``. By default ``self`` is left out: every instance shares the entries.
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
@@ -334,6 +409,7 @@ def cached(
         wait_timeout=wait_timeout if timeout is None else timeout,
         key=key,
         rng=rng,
+        self_key=self_key,
         refresh_executor=refresh_executor,
         max_refreshes=max_refreshes,
         lease_ttl=lease_ttl,
@@ -351,6 +427,7 @@ def cached(
 
 
 def check_function(fn: object) -> Callable[..., Any]:
+    check_not_descriptor(fn, "cached")
     if not callable(fn):
         raise ConfigurationTypeError(
             f"cacheward decorators wrap a function; got {type(fn).__name__} {fn!r}"
@@ -381,13 +458,99 @@ def build(fn: Callable[..., Any], settings: Settings) -> Any:
                 f"layers[{index}] ({type(layer).__name__}) lacks {', '.join(missing)}, which "
                 f"{kind} function needs (use the {'asyncio' if is_async else 'sync'} client)"
             )
-    driver = Driver(fn, settings, qualname, l1, is_async=is_async)
+    method = is_method(fn)
+    if settings.self_key is not None and not method:
+        raise ConfigurationError(
+            f"self_key= is for methods, and {getattr(fn, '__qualname__', fn)!r} is not one (a "
+            "function defined in a class body whose first parameter is named self)"
+        )
+    driver = Driver(
+        fn, settings, qualname, l1, is_async=is_async, method=method, self_key=settings.self_key
+    )
     wrapper: Any = _wrapper(driver, is_async=is_async)
+    if method:
+        wrapper = CachedMethod(wrapper)
     functools.update_wrapper(wrapper, fn)
     wrapper.invalidate = driver.ainvalidate if is_async else driver.invalidate
+    wrapper.set = driver.aset if is_async else driver.set
+    wrapper.refresh = driver.arefresh if is_async else driver.refresh
+    wrapper.get = driver.aget if is_async else driver.get
     wrapper.stats = driver.stats
     wrapper.namespace = driver.namespace
     return wrapper
+
+
+def is_method(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is an instance method: defined in a class body (its qualified name
+    says so) with a first parameter named ``self``.
+
+    Raises:
+        ConfigurationError: its first parameter is ``cls`` (classmethods are not supported).
+    """
+    owner = getattr(fn, "__qualname__", "").rpartition(".")[0]
+    if not owner or owner.endswith("<locals>"):
+        return False
+    import inspect
+
+    try:
+        first = next(iter(inspect.signature(fn).parameters), None)
+    except (TypeError, ValueError):
+        return False
+    if first == "cls":
+        check_not_descriptor(classmethod(fn), "cached")
+    return first == "self"
+
+
+class CachedMethod:
+    """What :func:`cached` returns for a method: a descriptor whose ``__get__`` binds the
+    wrapper and its ``invalidate``/``set``/``refresh``/``get`` to the instance (see
+    :class:`BoundCachedMethod`). Called through the class, it takes the instance first."""
+
+    def __init__(self, wrapper: Callable[..., Any]) -> None:
+        self.call = wrapper
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.call(*args, **kwargs)
+
+    def __get__(self, obj: object, owner: type[Any] | None = None) -> Any:
+        return self if obj is None else BoundCachedMethod(self, obj)
+
+    def __repr__(self) -> str:
+        return f"<cached method {getattr(self, '__qualname__', '?')}>"
+
+
+class BoundCachedMethod:
+    """A cached method bound to an instance: ``obj.load("c1")``, ``obj.load.invalidate("c1")``,
+    ``.set(value, "c1")``, ``.refresh("c1")``, ``.get("c1")`` pass ``obj`` as ``self``; other
+    attributes (``stats``, ``namespace``, ...) are the method's."""
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, method: CachedMethod, obj: object) -> None:
+        self.__func__ = method
+        self.__self__ = obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__.call(self.__self__, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
+        return cast(Any, self.__func__).invalidate(self.__self__, *args, **kwargs)
+
+    def set(self, value: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return cast(Any, self.__func__).set(value, self.__self__, *args, **kwargs)
+
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+        return cast(Any, self.__func__).refresh(self.__self__, *args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return cast(Any, self.__func__).get(self.__self__, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__func__, name)
+
+    def __repr__(self) -> str:
+        name = getattr(self.__func__, "__qualname__", "?")
+        return f"<bound cached method {name} of {self.__self__!r}>"
 
 
 def claim_layers(fn: Callable[..., Any], settings: Settings) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "URL_SCHEMES",
     "check_caller",
     "check_lifetime",
+    "check_not_descriptor",
     "check_socket_timeout",
     "check_url",
 ]
@@ -129,3 +130,22 @@ def check_caller(thing: Any, *, asynchronous: bool, where: str) -> None:
     hook = getattr(thing, "check_caller", None)
     if callable(hook):
         hook(asynchronous=asynchronous, where=where)
+
+
+def check_not_descriptor(fn: object, decorator: str) -> None:
+    """Refuse a ``staticmethod`` or ``classmethod`` object, with the order that works.
+
+    Raises:
+        ConfigurationTypeError: ``fn`` is one (the decorator is above ``@staticmethod``).
+    """
+    if isinstance(fn, staticmethod):
+        raise ConfigurationTypeError(
+            f"{decorator} is above @staticmethod: put @staticmethod above @cw.{decorator} "
+            "(the cached function is then a plain function of the class's namespace)"
+        )
+    if isinstance(fn, classmethod):
+        raise ConfigurationTypeError(
+            f"{decorator} does not cache classmethods: cache a @staticmethod (with "
+            f"@staticmethod above @cw.{decorator}) or a module-level function, and pass what "
+            "the class provides as an argument"
+        )

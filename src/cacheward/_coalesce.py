@@ -53,6 +53,7 @@ def coalesce(
         wait_timeout=wait_timeout if timeout is None else timeout,
         key=key,
         rng=None,
+        self_key=None,
         refresh_executor=None,
         max_refreshes=1,
         lease_ttl=1.0,

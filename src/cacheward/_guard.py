@@ -17,7 +17,7 @@ import concurrent.futures
 import dataclasses
 import random
 from collections.abc import Callable, Coroutine, Hashable, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from cacheward._backend_breaker import BreakerCounters, CircuitBreaker, breaking
 from cacheward._cached import CacheStats, cached
@@ -33,13 +33,17 @@ from cacheward._limit import (
     limiting,
 )
 from cacheward._pending import Invalidation
+from cacheward._readpath import Missing
 from cacheward._retry import RetryBudget, RetryCounters, RetryOn, retrying
 
 __all__ = ["AsyncGuardedFunction", "GuardStats", "GuardedFunction", "guard"]
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+R2 = TypeVar("R2")
 R_co = TypeVar("R_co", covariant=True)
+T = TypeVar("T")
 
 #: The token bucket a guarded function gets when no ``limiter`` is given: a bound, but a
 #: generic one. Size your own from the backend's capacity (docs/protection.md).
@@ -92,6 +96,27 @@ class GuardedFunction(Protocol[P, R_co]):
         """Drop the entry for these arguments from every layer."""
         ...
 
+    def set(
+        self: GuardedFunction[P, R2], value: R2, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Invalidation:
+        """Store ``value`` for these arguments in every layer (see ``CachedFunction.set``)."""
+        ...
+
+    def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Fetch now (through the limiter, retries and budget) and store the result."""
+        ...
+
+    def get(self, *args: P.args, **kwargs: P.kwargs) -> R_co | Missing:
+        """The fresh value the layers hold, or :data:`cacheward.MISSING`."""
+        ...
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any] | None = None, /) -> GuardedFunction[P, R_co]: ...
+    @overload
+    def __get__(
+        self: GuardedFunction[Concatenate[T, P2], R2], obj: T, owner: type[Any] | None = None, /
+    ) -> GuardedFunction[P2, R2]: ...
+
     def stats(self) -> GuardStats:
         """Return a snapshot of the counters: caching and protection together."""
         ...
@@ -112,6 +137,32 @@ class AsyncGuardedFunction(Protocol[P, R_co]):
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> Invalidation:
         """Drop the entry for these arguments from every layer."""
         ...
+
+    async def set(
+        self: AsyncGuardedFunction[P, R2], value: R2, /, *args: P.args, **kwargs: P.kwargs
+    ) -> Invalidation:
+        """Store ``value`` for these arguments in every layer (see ``CachedFunction.set``)."""
+        ...
+
+    async def refresh(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        """Fetch now (through the limiter, retries and budget) and store the result."""
+        ...
+
+    async def get(self, *args: P.args, **kwargs: P.kwargs) -> R_co | Missing:
+        """The fresh value the layers hold, or :data:`cacheward.MISSING`."""
+        ...
+
+    @overload
+    def __get__(
+        self, obj: None, owner: type[Any] | None = None, /
+    ) -> AsyncGuardedFunction[P, R_co]: ...
+    @overload
+    def __get__(
+        self: AsyncGuardedFunction[Concatenate[T, P2], R2],
+        obj: T,
+        owner: type[Any] | None = None,
+        /,
+    ) -> AsyncGuardedFunction[P2, R2]: ...
 
     def stats(self) -> GuardStats:
         """Return a snapshot of the counters: caching and protection together."""
@@ -166,6 +217,7 @@ def guard(
     timeout: Duration | None = None,
     backplane: bool = True,
     l1_max_age: Duration = 5.0,
+    self_key: Callable[[Any], Hashable] | None = None,
 ) -> _GuardDecorator:
     """Cache, coalesce, retry within a budget, break and rate-limit a backend fetch function.
 
@@ -222,6 +274,7 @@ def guard(
         timeout: the old spelling of ``wait_timeout`` (deprecated; accepted until 0.2).
         backplane: see :func:`~cacheward.cached`.
         l1_max_age: see :func:`~cacheward.cached`.
+        self_key: see :func:`~cacheward.cached` (methods).
 
     Every setting of :func:`~cacheward.cached` is a setting of ``guard``, with the same
     default, and is passed to it as given (checked by ``tests/test_guard.py``).

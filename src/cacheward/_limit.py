@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
 from cacheward import _testmode
-from cacheward._checks import check_caller
+from cacheward._checks import check_caller, check_not_descriptor
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.bucket import BucketState
@@ -66,6 +66,7 @@ class Decorator(Protocol):
 
 def check_function(fn: object, decorator: str) -> Callable[..., Any]:
     """Return ``fn`` if it is callable, or raise naming the decorator."""
+    check_not_descriptor(fn, decorator)
     if not callable(fn):
         raise ConfigurationTypeError(
             f"{decorator} decorates a function, got {type(fn).__name__} {fn!r}"

@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
+import enum
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Sequence
@@ -25,6 +26,7 @@ from cacheward._background import track, track_task
 from cacheward._backplane import Recheck, Stack
 from cacheward._clock import Clock, SystemClock
 from cacheward._core.breaker import BreakerState
+from cacheward._core.coherence import still_current
 from cacheward._core.entry import (
     Entry,
     Freshness,
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
 #: invalidation or read of the layer (see :meth:`Driver.schedule_replay`).
 REPLAY_TRIES = 30
 
-__all__ = ["MISSING", "CacheStats", "Counters", "Driver"]
+__all__ = ["MISSING", "CacheStats", "Counters", "Driver", "Missing"]
 
 #: The flights whose fetch this thread or task is running (to catch a fetch that calls itself).
 LEADING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
@@ -76,6 +78,21 @@ INLINE: Any = type("Inline", (), {"__repr__": lambda self: "<inline>"})()
 
 #: What a layer op returns when its layer was skipped or failed (a miss).
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "<missing>"})()
+
+
+class Missing(enum.Enum):
+    """The type of :data:`cacheward.MISSING`: what ``fn.get(...)`` returns when no layer holds
+    a fresh entry for the arguments (a one-member enum, so ``if v is cw.MISSING`` narrows)."""
+
+    MISSING = "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "cacheward.MISSING"
+
+    __str__ = __repr__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +129,10 @@ class CacheStats:
     """Fetches that waited for another process holding the key's lease."""
     invalidations: int = 0
     """Calls to ``invalidate``."""
+    sets: int = 0
+    """Calls to ``set`` (values written through)."""
+    forced_refreshes: int = 0
+    """Calls to ``refresh`` (fetches started whatever the layers held)."""
     unstorable: int = 0
     """Values a shared layer could not store (the serializer refused them, or they are over
     its ``max_payload_bytes``): served and kept in memory, not shared. The first is logged."""
@@ -135,6 +156,7 @@ class Counters:
         "coalesced_waits",
         "fetch_errors",
         "fetches",
+        "forced_refreshes",
         "hits",
         "invalidations",
         "layer_errors",
@@ -144,6 +166,7 @@ class Counters:
         "rechecks",
         "refreshes",
         "refreshes_skipped",
+        "sets",
         "stale_hits",
         "stale_on_error",
         "unstorable",
@@ -155,7 +178,7 @@ class Counters:
         self.coalesced_waits = self.refreshes = self.refreshes_skipped = 0
         self.backoff_rejections = self.wait_timeouts = self.stale_on_error = 0
         self.layer_errors = self.layer_skips = self.lease_waits = self.invalidations = 0
-        self.unstorable = self.rechecks = 0
+        self.unstorable = self.rechecks = self.sets = self.forced_refreshes = 0
 
     def snapshot(self, in_flight: int) -> CacheStats:
         return CacheStats(**{n: getattr(self, n) for n in self.__slots__}, in_flight=in_flight)
@@ -441,10 +464,15 @@ class ReplayDelete(Delete):
     mode = "read"
 
 
-def invalidation_op(guarded: GuardedLayer, key: CacheKey, *, replay: bool = False) -> LayerOp:
-    """How ``key`` is invalidated in a layer: a fence where it has one, else a delete."""
+def invalidation_op(
+    guarded: GuardedLayer, key: CacheKey, *, replay: bool = False, entry: Entry | None = None
+) -> LayerOp:
+    """How ``key`` is invalidated in a layer (or ``entry`` written over it, by ``set``): a
+    fence where it has one, else a delete (or a plain write)."""
     if fences(guarded.layer):
-        return ReplayFence(guarded, key) if replay else Fence(guarded, key)
+        return ReplayFence(guarded, key) if replay else Fence(guarded, key, entry)
+    if entry is not None:
+        return Put(guarded, key, entry)
     return ReplayDelete(guarded, key) if replay else Delete(guarded, key)
 
 
@@ -516,7 +544,7 @@ class Detach(Op):
 
     def __init__(
         self,
-        plan: Plan[None],
+        plan: Plan[Any],
         executor: Callable[[], concurrent.futures.Executor],
         layers: tuple[Any, ...],
     ) -> None:
@@ -868,11 +896,19 @@ class Driver:
         l1: MemoryLayer | None,
         *,
         is_async: bool,
+        method: bool = False,
+        self_key: Callable[[Any], Hashable] | None = None,
     ) -> None:
         self.fn = fn
         self.s = s
         self.l1 = l1
         self.names = positional_names(fn)
+        #: A method: its first argument (``self``) is left out of the key, or replaced by
+        #: ``self_key(self)`` (see :meth:`key_args`).
+        self.method = method
+        self.self_key = self_key
+        if method:
+            self.names = ("self",) * (self_key is not None) + self.names[1:]
         self.namespace = f"{s.namespace or qualname}:v{s.version}"
         self.counters = Counters()
         self.core: ReadThrough[Any] = ReadThrough(backoff=s.backoff, backoff_max=s.backoff_max)
@@ -920,6 +956,9 @@ class Driver:
                     self.backplane, self.backplane_layer = stack, guarded
                     self.subscriber = subscriber
                     break
+        #: The flights ``refresh`` leads, by local key (they skip the shared layers' entries
+        #: and write through; later refreshes of the key join them).
+        self.forcing: dict[Hashable, Flight] = {}
 
     # ---- the two entry points per colour (one line each)
 
@@ -938,6 +977,24 @@ class Driver:
 
     async def ainvalidate(self, *args: Any, **kwargs: Any) -> Invalidation:
         return await aperform(self.invalidate_plan(args, kwargs))
+
+    def set(self, value: Any, /, *args: Any, **kwargs: Any) -> Invalidation:
+        return perform(self.set_plan(value, args, kwargs))
+
+    async def aset(self, value: Any, /, *args: Any, **kwargs: Any) -> Invalidation:
+        return await aperform(self.set_plan(value, args, kwargs))
+
+    def refresh(self, *args: Any, **kwargs: Any) -> Any:
+        return perform(self.refresh_plan(args, kwargs))
+
+    async def arefresh(self, *args: Any, **kwargs: Any) -> Any:
+        return await aperform(self.refresh_plan(args, kwargs))
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return perform(self.get_plan(args, kwargs))
+
+    async def aget(self, *args: Any, **kwargs: Any) -> Any:
+        return await aperform(self.get_plan(args, kwargs))
 
     # ---- the plans
 
@@ -981,10 +1038,7 @@ class Driver:
                 return (yield Join(flight, self.s.wait_timeout))
             if read:
                 flight.stale = entry  # what the shared layers hold (a waiter's fallback)
-            led = yield Lead(self, key, flight, args, kwargs, read=read)
-            if led is INLINE:
-                return (yield from self.run(key, flight, args, kwargs, read=read))
-            return led
+            return (yield from self.lead(key, flight, args, kwargs, read=read))
         except Expired:
             error: BaseException = self.timeout_error("the fetch")
         except BaseException as exc:
@@ -1012,13 +1066,29 @@ class Driver:
                 if l1.lookup(key.local) is entry:
                     l1.delete(key)
             return None
-        if found.created == entry.created:
+        if still_current(entry, found):
             stack.mark(key.local, entry)
             return entry
         found, _ = self.absorb(key, None, found, self.s.clock.time())
         if found is not None:
             stack.mark(key.local, found)
         return found
+
+    def lead(
+        self,
+        key: CacheKey,
+        flight: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        read: bool = False,
+    ) -> Plan[Any]:
+        """Lead ``flight``: a thread runs the fetch plan here, a task starts the fetch task.
+        ``read``: see :meth:`run`."""
+        led = yield Lead(self, key, flight, args, kwargs, read=read)
+        if led is INLINE:
+            return (yield from self.run(key, flight, args, kwargs, read=read))
+        return led
 
     def reread(
         self, key: CacheKey, entry: Entry | None, action: Action
@@ -1075,14 +1145,15 @@ class Driver:
         the caller has just read the shared layers (and missed), see :meth:`consult`.
         """
         token: int | None = None
+        forced = self.forcing.get(key.local) is flight  # led by refresh(): fetch, write through
         try:
-            if self.remotes:
+            if self.remotes and not forced:
                 answered, value, token = yield from self.consult(
                     key, flight, stale, args, kwargs, read=read
                 )
                 if answered:
                     return value
-            elif stale is None:
+            elif stale is None and not forced:
                 self.count("misses", EventKind.MISS)
             started = self.s.clock.monotonic()
             self.counters.fetches += 1
@@ -1096,6 +1167,7 @@ class Driver:
                 LEADING.reset(leading)
             emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
+            self.unforce(key, flight)
             self.settle_failure(key, flight, exc)
             flight.reject(exc if isinstance(exc, Exception) else self.interrupted(exc))
             if token is not None:
@@ -1103,6 +1175,11 @@ class Driver:
             raise
         entry = self.new_entry(value)
         store = self.adopt(key, flight, entry, fetched=True)
+        if forced:
+            self.unforce(key, flight)
+            if self.remotes and store:
+                yield from self.write(self.write_through(key, entry), detach)
+            return value
         if self.remotes and (store or token is not None):
             yield from self.write(self.store_plan(key, entry if store else None, token), detach)
         return value
@@ -1187,7 +1264,7 @@ class Driver:
     def lease_taken(self, coordinator: GuardedLayer) -> None:
         emit(EventKind.LEASE_TAKEN, self.namespace, layer=coordinator.layer.name)
 
-    def write(self, writes: Plan[None], detach: bool) -> Plan[None]:
+    def write(self, writes: Plan[Any], detach: bool) -> Plan[None]:
         """Shared-layer writes, after every caller was answered: detached, or run here."""
         if detach:
             layers = tuple(g.layer for g in self.remotes)
@@ -1260,14 +1337,16 @@ class Driver:
             self.l1.delete(key)
         return (yield from self.deliver(key))
 
-    def deliver(self, key: CacheKey) -> Plan[Invalidation]:
-        """Invalidate ``key`` in every shared layer; a layer that cannot take it now keeps it
+    def deliver(self, key: CacheKey, entry: Entry | None = None) -> Plan[Invalidation]:
+        """Invalidate ``key`` in every shared layer (or write ``entry`` over it, fencing the
+        rebuilds under way); a layer that cannot take it now keeps an invalidation of the key
         pending (replayed before this process reads that layer again, see
-        ``cacheward._pending``)."""
+        ``cacheward._pending``): a value written late could overwrite a newer one, a late
+        invalidation only costs a fetch."""
         pending: list[str] = []
         for guarded in self.remotes:
             replayed = not guarded.pending or (yield from self.replay(guarded))
-            done = replayed and (yield invalidation_op(guarded, key)) is not MISSING
+            done = replayed and (yield invalidation_op(guarded, key, entry=entry)) is not MISSING
             if done:
                 guarded.pending.discard(key)
             else:
@@ -1275,6 +1354,99 @@ class Driver:
                 pending.append(guarded.layer.name)
                 self.schedule_replay(guarded)
         return Invalidation(pending=tuple(pending))
+
+    def set_plan(
+        self, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Plan[Invalidation]:
+        """Write ``value`` through for these arguments: this process's memory at once (a fetch
+        of the key under way here is not stored), then every shared layer, fencing the
+        rebuilds under way in any process. A function that stores nothing (``ttl=0`` and no
+        ``stale_if_error``) just invalidates."""
+        local = self.local(args, kwargs)
+        key = self.cache_key(local, args, kwargs)
+        entry = self.new_entry(value) if self.s.stores else None
+        with self.lock:
+            self.core.invalidate(local)
+            self.writing.pop(local, None)
+            if self.l1 is not None and entry is not None:
+                self.l1.set(key, entry)
+        self.counters.sets += 1
+        if self.l1 is not None and entry is None:
+            self.l1.delete(key)
+        return (yield from self.write_through(key, entry))
+
+    def write_through(self, key: CacheKey, entry: Entry | None) -> Plan[Invalidation]:
+        """:meth:`deliver` ``entry``; then drop it from :attr:`writing` (no memory layer)."""
+        try:
+            return (yield from self.deliver(key, entry))
+        finally:
+            if entry is not None and self.writing:
+                with self.lock:
+                    if self.writing.get(key.local) is entry:
+                        del self.writing[key.local]
+
+    def refresh_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Any]:
+        """Fetch now, whatever the layers hold, and write the result through (as ``set``).
+
+        Through this process's single-flight: a refresh arriving while another refresh of the
+        key runs waits for it; a read's fetch under way (which may have read older data) is
+        superseded (its callers get its result; it is not stored) and callers arriving now
+        wait for the refresh. The fetch is the function's (for ``guard``: through the limiter,
+        retries and budget). Failures raise, with no stale fallback; during the key's
+        back-off a refresh raises :class:`BackoffActive`."""
+        local = self.local(args, kwargs)
+        key = self.cache_key(local, args, kwargs)
+        self.counters.forced_refreshes += 1
+        clock = self.s.clock
+        with self.lock:
+            state = self.core.states.get(local)
+            flight: Any = None if state is None else cast(Any, state.flight)
+            if flight is not None and self.forcing.get(local) is flight:
+                action = Action.WAIT
+                cast(Any, flight).prepare_wait()
+            else:
+                self.core.invalidate(local)
+                action, state, flight = self.core.decide(
+                    local,
+                    None,
+                    now=clock.time(),
+                    mono=clock.monotonic(),
+                    new_flight=self.new_flight,
+                )
+                if action is Action.FETCH:
+                    self.forcing[local] = cast(Flight, flight)
+        if action is Action.BACKOFF:
+            raise self.backoff_error(key, state)
+        if action is Action.WAIT and id(flight) in LEADING.get():
+            raise self.recursion_error()
+        try:
+            if action is Action.WAIT:
+                return (yield Join(flight, self.s.wait_timeout))
+            return (yield from self.lead(key, flight, args, kwargs))
+        except Expired:
+            raise self.timeout_error("the refresh") from None
+
+    def unforce(self, key: CacheKey, flight: Flight) -> None:
+        with self.lock:
+            if self.forcing.get(key.local) is flight:
+                del self.forcing[key.local]
+
+    def get_plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan[Any]:
+        """The fresh value the layers hold for these arguments, read top-down without
+        fetching (nor refreshing); :data:`cacheward.MISSING` when none holds a fresh one (a
+        stale entry is a miss here). Shared layers' pending invalidations are replayed first;
+        an entry found in a shared layer is kept in memory, as a read would."""
+        local = self.local(args, kwargs)
+        with self.lock:
+            entry = self.l1.lookup(local) if self.l1 is not None else None
+            if entry is None:
+                entry = self.writing.get(local)
+        if self.remotes and (entry is None or self.s.clock.time() >= entry.fresh_until):
+            key = self.cache_key(local, args, kwargs)
+            entry, _ = yield from self.read_shared(key, entry, lease=False)
+        if entry is not None and self.s.clock.time() < entry.fresh_until:
+            return entry.value
+        return Missing.MISSING
 
     def schedule_replay(self, guarded: GuardedLayer, delay: float = 0.0, tries: int = 0) -> None:
         """Replay ``guarded``'s pending invalidations in the background until they are all
@@ -1437,6 +1609,8 @@ class Driver:
         ``f(customer="a")`` share a key; defaults are not filled in)."""
         if self.s.key is not None:
             return (self.s.key(*args, **kwargs),), {}, ("key",)
+        if self.method and args:
+            args = args[1:] if self.self_key is None else (self.self_key(args[0]), *args[1:])
         if kwargs:
             names = self.names
             moved = list(args)

@@ -329,6 +329,20 @@ class _Command(Op):
         return result
 
 
+def _close_sync(client: Any, *, cluster: bool, made: bool) -> None:
+    """Close a sync client the layer made (``made``), or only the connections of the private
+    one made from a user's (kept: a later command reconnects)."""
+    if cluster:
+        # RedisCluster.close() leaves its nodes' pooled sockets to the garbage collector.
+        for node in client.get_nodes():
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+    if made:
+        client.close()
+    elif not cluster:
+        client.connection_pool.disconnect()
+
+
 class RedisLayer:
     """A shared cache layer in Redis (L2), with cross-process leases.
 
@@ -720,17 +734,7 @@ class RedisLayer:
         drain(self, 2 * self._timeout)
         if self._factory is not None:
             self._sync_client = None
-        if self.cluster:
-            # RedisCluster.close() leaves its nodes' pooled sockets to the garbage
-            # collector; close them here.
-            for node in client.get_nodes():
-                if node.redis_connection is not None:
-                    node.redis_connection.connection_pool.disconnect()
-        if self._factory is not None:
-            client.close()
-        elif not self.cluster:
-            # The private client made from the user's (kept: a later command reconnects).
-            client.connection_pool.disconnect()
+        _close_sync(client, cluster=self.cluster, made=self._factory is not None)
 
     async def aclose(self) -> None:
         """Close this event loop's asyncio client if this layer created it (after waiting, at

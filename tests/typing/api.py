@@ -34,3 +34,45 @@ async def async_api() -> None:
     values: list[int] = await aload("c1")
     await aload.invalidate("c1")
     print(values, aload.stats().fetches)
+
+
+def write_through_api() -> None:
+    done: cw.Invalidation = load.set({"customer": "c1"}, "c1")
+    again: dict[str, str] = load.refresh("c1", region="us")
+    found = load.get("c1")
+    if found is not cw.MISSING:
+        narrowed: dict[str, str] = found
+        print(narrowed)
+    print(done, again)
+
+
+class Repo:
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+
+    @cw.cached(ttl=60, self_key=lambda self: self.tenant)
+    def load(self, customer_id: str) -> dict[str, str]:
+        return {"customer": customer_id, "tenant": self.tenant}
+
+    @cw.guard(ttl=60)
+    async def aload(self, customer_id: str) -> int:
+        return len(customer_id)
+
+
+def method_api() -> None:
+    repo = Repo("t1")
+    row: dict[str, str] = repo.load("c1")
+    repo.load.invalidate("c1")
+    repo.load.set({"customer": "c1"}, "c1")
+    fresh: dict[str, str] = repo.load.refresh("c1")
+    through_class: dict[str, str] = Repo.load(repo, "c1")
+    print(row, fresh, through_class, repo.load.stats().sets)
+
+
+async def async_method_api() -> None:
+    repo = Repo("t1")
+    n: int = await repo.aload("c1")
+    await repo.aload.invalidate("c1")
+    await repo.aload.set(3, "c1")
+    got = await repo.aload.get("c1")
+    print(n, got)

@@ -9,7 +9,9 @@ entry was created, and when it was last re-validated against the shared layer.
 
 from __future__ import annotations
 
-__all__ = ["known_current", "needs_check"]
+from typing import Any
+
+__all__ = ["known_current", "needs_check", "still_current"]
 
 
 def known_current(*, since: float, created: float, checked: float | None) -> float:
@@ -24,3 +26,16 @@ def needs_check(
 ) -> bool:
     """Whether an in-process hit must be re-validated against the shared layer first."""
     return now - known_current(since=since, created=created, checked=checked) >= max_age
+
+
+def still_current(held: Any, found: Any) -> bool:
+    """Whether ``found`` (the shared layer's entry) shows that ``held`` (this process's) is
+    still current: the same creation stamp and an equal value. Stamps alone could tie (two
+    writes in the same clock tick); a value that cannot be compared counts as changed (the
+    shared layer's entry is then taken, which is always safe)."""
+    if found.created != held.created:
+        return False
+    try:
+        return bool(found.value is held.value or found.value == held.value)
+    except Exception:
+        return False
