@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 try:
-    from servers import HOST, RedisServer, free_port, resp_command
+    from servers import HOST, RedisServer, free_port, resp_command, running
 except ImportError:  # imported from the repository root (benchmarks)
-    from tests.servers import HOST, RedisServer, free_port, resp_command
+    from tests.servers import HOST, RedisServer, free_port, resp_command, running
 
 __all__ = ["SentinelServer", "SentinelSetup"]
 
@@ -86,14 +86,8 @@ class SentinelSetup:
         self.dead_port = free_port()
 
     @classmethod
-    @contextlib.contextmanager
-    def started(cls, **kwargs: Any) -> Iterator[SentinelSetup]:
-        setup = cls(**kwargs)
-        try:
-            setup.start()
-            yield setup
-        finally:
-            setup.stop()
+    def started(cls, **kwargs: Any) -> contextlib.AbstractContextManager[SentinelSetup]:
+        return running(cls(**kwargs))
 
     @property
     def url(self) -> str:

@@ -53,6 +53,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +67,7 @@ __all__ = [
     "TcpProxy",
     "free_port",
     "resp_command",
+    "running",
 ]
 
 HOST = "127.0.0.1"
@@ -462,6 +464,24 @@ class RedisServer:
 # --- a 3-master cluster ---------------------------------------------------------------------------
 
 
+_Startable = typing.TypeVar("_Startable", bound="_Lifecycle")
+
+
+class _Lifecycle(typing.Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+@contextlib.contextmanager
+def running(servers: _Startable) -> Iterator[_Startable]:
+    """Start ``servers`` (anything with ``start()`` and ``stop()``) and always stop them."""
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
 class RedisClusterServers:
     """A Redis Cluster of ``masters`` nodes (no replicas) on loopback, created with redis-cli.
 
@@ -475,15 +495,9 @@ class RedisClusterServers:
         self.startup_timeout = startup_timeout
 
     @classmethod
-    @contextlib.contextmanager
-    def started(cls, **kwargs: Any) -> Iterator[RedisClusterServers]:
+    def started(cls, **kwargs: Any) -> contextlib.AbstractContextManager[RedisClusterServers]:
         """``with RedisClusterServers.started() as cluster:``."""
-        cluster = cls(**kwargs)
-        try:
-            cluster.start()
-            yield cluster
-        finally:
-            cluster.stop()
+        return running(cls(**kwargs))
 
     @property
     def url(self) -> str:
