@@ -407,6 +407,28 @@ def test_a_token_bucket_and_an_adaptive_limit_together() -> None:
     assert load.stats().rate_limited == 1
 
 
+def test_an_attempt_that_waits_for_a_token_and_a_slot_counts_one_wait() -> None:
+    clock = FakeClock()
+    bucket = cw.TokenBucket(rate=1, burst=1, clock=clock)
+    limit = fixed(1, clock=clock)
+    refused: list[Exception] = []
+
+    @cw.guard(ttl=0, limiter=[bucket, limit], max_wait=5.0, attempts=1, clock=clock)
+    def load(key: str) -> str:
+        if key == "outer":
+            try:
+                load("inner")  # waits 1 s for a token, then for the slot "outer" holds
+            except cw.RateLimited as exc:
+                refused.append(exc)
+        return key
+
+    assert load("outer") == "outer"
+    assert len(refused) == 1
+    assert bucket.waited == 1  # it queued for the token ...
+    assert limit.stats().rejected["timeout"] == 1  # ... and for the slot
+    assert load.stats().token_waits == 1  # one attempt that waited
+
+
 def test_priorities_follow_the_context_and_unknown_names_use_the_default() -> None:
     limit = cw.AdaptiveLimit(priorities={"interactive": 0.8, "batch": 0.2})
 
