@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import threading
@@ -80,6 +81,46 @@ def test_gradient_probes_again_after_the_interval() -> None:
     assert 5.0 <= t < 6.0
     feed(g, t, rtt=0.2, n=10)  # the backend got slower: a new baseline
     assert g.baseline == pytest.approx(0.2)
+
+
+def test_a_baseline_probed_under_load_is_lowered_by_a_faster_window() -> None:
+    g = Gradient(initial=10, floor=1, ceiling=100, now=0.0, probe_interval=1000.0)
+    t = feed(g, 0.0, rtt=0.1, n=10)  # the probe ran while other processes loaded the backend
+    assert g.baseline == pytest.approx(0.1)
+    t = feed(g, t, rtt=0.15, n=10)  # slower: the baseline stays
+    assert g.baseline == pytest.approx(0.1)
+    feed(g, t, rtt=0.05, n=10)
+    assert g.baseline == pytest.approx(0.05)  # the no-load latency is the lowest seen
+
+
+def probe_times(seed: int | None, *, jitter: float = 0.15) -> list[float]:
+    """When a gradient limit with ``probe_interval=5`` starts its next three probes."""
+    rng = None if seed is None else random.Random(seed).random
+    g = Gradient(
+        initial=10, floor=1, ceiling=100, now=0.0, probe_interval=5.0, jitter=jitter, random=rng
+    )
+    t = feed(g, 0.0, rtt=0.01, n=10)
+    times: list[float] = []
+    while len(times) < 3:
+        t = feed(g, t, rtt=0.01, n=g.limit)
+        if g.probing:
+            times.append(t)
+            t = feed(g, t, rtt=0.01, n=10)
+    return times
+
+
+def test_probes_are_jittered_by_the_injected_random_source() -> None:
+    plain = probe_times(None)
+    # A probe window, then 5 s (to the end of the window that passes it).
+    assert [round(b - a, 2) for a, b in itertools.pairwise(plain)] == [5.02, 5.02]
+    jittered = probe_times(1)
+    assert jittered == probe_times(1)  # the same seed, the same schedule
+    assert jittered != probe_times(2)
+    gaps = [b - a for a, b in itertools.pairwise(jittered)]
+    # Each gap is probe_interval * (1 + 0.15 u), plus the probe window and window rounding.
+    assert all(5.0 <= gap <= 5.0 * 1.15 + 0.05 for gap in gaps), gaps
+    assert len({round(gap, 2) for gap in gaps}) > 1
+    assert probe_times(1, jitter=0.0) == plain
 
 
 def test_aimd_adds_one_per_filled_window_and_multiplies_on_failures() -> None:
@@ -212,6 +253,31 @@ def test_threads_never_exceed_the_limit_and_all_get_a_slot() -> None:
     assert (stats.admitted, stats.inflight, stats.queued) == (16, 0, 0)
 
 
+def test_a_thread_waiting_on_a_fake_clock_takes_no_real_time() -> None:
+    """On a FakeClock the wait for a slot is slept on the fake clock: an hour's max_wait ends
+    at once (a real wait would hang the test until its timeout)."""
+    clock = FakeClock()
+    limit = fixed(1, clock=clock)
+    inner: list[Any] = []
+
+    @cw.rate_limit(limit, max_wait=3600.0, clock=clock)
+    def work(depth: int) -> str:
+        if depth == 0:
+            try:
+                work(1)  # the one slot is this call's own
+            except cw.RateLimited as exc:
+                inner.append(exc)
+        return "ok"
+
+    start = clock.monotonic()
+    assert work(0) == "ok"
+    assert clock.monotonic() - start == pytest.approx(3600.0)
+    assert len(inner) == 1
+    assert "timeout" in str(inner[0])
+    assert limit.stats().rejected["timeout"] == 1
+    assert (limit.inflight, limit.stats().queued) == (0, 0)
+
+
 def test_a_full_limit_refuses_at_once_without_max_wait_and_bounds_the_line() -> None:
     clock = SimClock()
     limit = fixed(1, clock=clock)
@@ -339,6 +405,28 @@ def test_a_token_bucket_and_an_adaptive_limit_together() -> None:
     assert limit.stats().admitted == 2
     assert load.stats().attempts == 2
     assert load.stats().rate_limited == 1
+
+
+def test_an_attempt_that_waits_for_a_token_and_a_slot_counts_one_wait() -> None:
+    clock = FakeClock()
+    bucket = cw.TokenBucket(rate=1, burst=1, clock=clock)
+    limit = fixed(1, clock=clock)
+    refused: list[Exception] = []
+
+    @cw.guard(ttl=0, limiter=[bucket, limit], max_wait=5.0, attempts=1, clock=clock)
+    def load(key: str) -> str:
+        if key == "outer":
+            try:
+                load("inner")  # waits 1 s for a token, then for the slot "outer" holds
+            except cw.RateLimited as exc:
+                refused.append(exc)
+        return key
+
+    assert load("outer") == "outer"
+    assert len(refused) == 1
+    assert bucket.waited == 1  # it queued for the token ...
+    assert limit.stats().rejected["timeout"] == 1  # ... and for the slot
+    assert load.stats().token_waits == 1  # one attempt that waited
 
 
 def test_priorities_follow_the_context_and_unknown_names_use_the_default() -> None:

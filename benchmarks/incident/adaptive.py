@@ -106,7 +106,7 @@ class AdaptiveStack(GuardedStack):
 
     def __init__(self, store: Store, sc: Scenario, *, redis_url: str | None) -> None:
         self.store = store
-        self.history: list[tuple[float, int, int]] = []
+        self.history: list[tuple[float, int, int, float | None]] = []
         super().__init__(store, sc, redis_url=redis_url, limiter=self._limiter)
 
     def _limiter(self, stack: GuardedStack, sc: Scenario, redis_url: str | None) -> Any:
@@ -119,14 +119,17 @@ class AdaptiveStack(GuardedStack):
 
     def _sample(self) -> None:
         while True:  # a daemon thread: the worker process ends with os._exit
-            self.history.append((time.time(), self.limit.limit, self.limit.inflight))
+            baseline = getattr(self.limit._core, "baseline", None)
+            self.history.append((time.time(), self.limit.limit, self.limit.inflight, baseline))
             time.sleep(0.25)
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
         origin = self.store.origin
         out["limit_history"] = [
-            (round(t - origin, 3), lim, n) for t, lim, n in list(self.history) if t >= origin
+            (round(t - origin, 3), lim, n, None if b is None else round(b * 1000, 2))
+            for t, lim, n, b in list(self.history)
+            if t >= origin
         ]
         out["adaptive"] = dataclasses.asdict(self.limit.stats())
         return out
@@ -184,7 +187,7 @@ def extras(sc: Scenario, raw: dict[str, Any], figures: dict[str, Any]) -> dict[s
     n_sec = len(figures["series"]["rows"])
     busy = [0.0] * n_sec  # statement-seconds per second: the mean number running
     requests: list[tuple[float, float, int, str, bool]] = []
-    history: dict[int, list[tuple[float, int, int]]] = {}
+    history: dict[int, list[tuple[Any, ...]]] = {}
     for index, payload in raw["payloads"].items():
         requests.extend(tuple(r) for r in payload["requests"])
         history[index] = [tuple(x) for x in payload["stats"].get("limit_history", [])]

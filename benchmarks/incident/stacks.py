@@ -341,20 +341,26 @@ def _prefill_guarded(sc: Scenario, store: Store, redis_url: str, written: dict[i
     from cacheward.testing import FakeClock
 
     layer = cw.RedisLayer.from_url(redis_url, prefix=LAYER_PREFIX, namespace="cacheward")
-    for customer, stamp in written.items():
+    # One cached function (one owner of the namespace on the layer), its clock moved to each
+    # entry's write time in turn.
+    clock = FakeClock(start=0.0)
+    now = {"stamp": 0.0}
 
-        def rebuild(customer: int, stamp: float = stamp) -> str:
-            items = [tuple(r) for r in _all_rows(store, customer, sc.page_size)]
-            return f"{stamp:.3f}|" + assemble(customer, items).split("|", 1)[1]
+    def rebuild(customer: int) -> str:
+        items = [tuple(r) for r in _all_rows(store, customer, sc.page_size)]
+        return f"{now['stamp']:.3f}|" + assemble(customer, items).split("|", 1)[1]
 
-        fn = cw.cached(
-            ttl=sc.ttl,
-            stale_ttl=sc.stale_ttl,
-            layers=[layer],
-            namespace=GUARDED_NAMESPACE,
-            clock=FakeClock(start=stamp),
-            cross_process=False,
-        )(rebuild)
+    fn = cw.cached(
+        ttl=sc.ttl,
+        stale_ttl=sc.stale_ttl,
+        layers=[layer],
+        namespace=GUARDED_NAMESPACE,
+        clock=clock,
+        cross_process=False,
+    )(rebuild)
+    for customer, stamp in sorted(written.items(), key=lambda item: item[1]):
+        clock.advance(max(0.0, stamp - clock.time()))
+        now["stamp"] = stamp
         fn(customer)
 
 

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from cacheward._backend_breaker import is_backend_failure
-from cacheward._clock import Clock
+from cacheward._clock import Clock, SystemClock
 from cacheward._config import check_clock, check_fraction, check_positive_int, duration
 from cacheward._core.adaptive import Admission, Aimd, Gradient, LimitAlgorithm, Throttle
 from cacheward._errors import ConfigurationError, ConfigurationTypeError, RateLimited
@@ -173,6 +173,9 @@ class AdaptiveLimit:
         probe_interval: (gradient) seconds between no-load latency probes (default 30).
         probe_concurrency: (gradient) the limit during a probe (default 1, at least
             ``floor``): every process probes, so the backend sees the sum of their probes.
+        probe_jitter: (gradient) each interval between probes is stretched by a random
+            fraction of up to this much of ``probe_interval`` (default 0.15, Envoy's), so the
+            processes' probes drift apart.
         window_samples: attempts per limit update (default 10).
         backoff: the factor overload failures in a window multiply the limit by (default 0.9).
         throttle: the ``K`` of client-side adaptive throttling, e.g. ``2.0`` (local rejections
@@ -183,7 +186,8 @@ class AdaptiveLimit:
             :func:`~cacheward.is_backend_failure`: timeouts, refused connections, DB-API
             ``OperationalError``); other errors are ordinary answers.
         clock: the clock (``cacheward.testing.FakeClock`` in tests).
-        rng: the random source of the throttle.
+        rng: the random source of the throttle and of the probes' jitter (a
+            ``random.Random``; seed it in tests).
         name: the limit's name in events, logs and metrics (default ``"adaptive"``).
 
     Raises:
@@ -202,6 +206,7 @@ class AdaptiveLimit:
         tolerance: float = 0.1,
         probe_interval: float = 30.0,
         probe_concurrency: int = 1,
+        probe_jitter: float = 0.15,
         window_samples: int = 10,
         backoff: float = 0.9,
         throttle: float | None = None,
@@ -226,6 +231,10 @@ class AdaptiveLimit:
             raise ConfigurationError(f"tolerance must be > 0, got {tolerance}")
         probe = duration("probe_interval", probe_interval, allow_zero=False)
         probe_concurrency = check_positive_int("probe_concurrency", probe_concurrency)
+        probe_jitter = check_fraction("probe_jitter", probe_jitter)
+        if rng is not None and not isinstance(rng, random.Random):
+            raise ConfigurationTypeError(f"rng must be a random.Random, got {rng!r}")
+        self._rng = random.Random() if rng is None else rng
         now = self.clock.monotonic()
         core: LimitAlgorithm
         if algorithm == "gradient":
@@ -239,6 +248,8 @@ class AdaptiveLimit:
                 window_samples=window_samples,
                 probe_interval=probe,
                 probe_concurrency=probe_concurrency,
+                jitter=probe_jitter,
+                random=self._rng.random,
             )
         elif algorithm == "aimd":
             core = Aimd(
@@ -278,7 +289,6 @@ class AdaptiveLimit:
         self.ceiling = ceiling
         self.default_priority = default_priority
         self._failure = is_backend_failure if failure_on is None else failure_on
-        self._rng = random.Random() if rng is None else rng
         self._lock = threading.Lock()
         self._core = core
         self._admission = Admission(core, shares)
@@ -539,6 +549,10 @@ class AdaptiveLimit:
         def make_sync(part: str) -> _Waiter:
             return _Waiter(part, event=threading.Event())
 
+        wait_for = (
+            _event_wait if isinstance(clock, SystemClock) else functools.partial(_clock_wait, clock)
+        )
+
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             part = self._partition()
@@ -552,7 +566,7 @@ class AdaptiveLimit:
                         assert waiter.event is not None  # noqa: S101
                         left = give_up - now()
                         if left > 0.0:
-                            waiter.event.wait(left)
+                            wait_for(waiter.event, left)
                         inflight = self._woke(part, waiter, counters, limit, gone())
                         if not inflight:
                             waiter.event.clear()
@@ -569,6 +583,23 @@ class AdaptiveLimit:
             return result
 
         return wrapper
+
+
+def _event_wait(event: threading.Event, seconds: float) -> None:
+    event.wait(seconds)
+
+
+def _clock_wait(clock: Clock, event: threading.Event, seconds: float) -> None:
+    """Wait for ``event`` on a clock that is not the system's (``FakeClock`` in tests): sleep
+    on that clock in slices, checking the event between them, so a fake clock's wait takes no
+    real time and a slot freed meanwhile is still taken at the next slice."""
+    end = clock.monotonic() + seconds
+    piece = max(0.01, seconds / 50.0)
+    while not event.is_set():
+        left = end - clock.monotonic()
+        if left <= 0.0:
+            return
+        clock.sleep(min(piece, left))
 
 
 def _check_shares(priorities: object) -> dict[str, float]:

@@ -276,6 +276,11 @@ def _positive_number(name: str, value: object) -> float:
     return result
 
 
+#: Whether the current attempt already counted a wait (set per attempt by a list of limiters,
+#: so an attempt that waits for a token *and* for a slot counts one wait, not two).
+_WAITED: ContextVar[list[bool] | None] = ContextVar("cacheward_waited", default=None)
+
+
 class LimitCounters:
     """Per-decorated-function counters of :func:`rate_limit` (read by ``guard().stats()``)."""
 
@@ -289,9 +294,13 @@ class LimitCounters:
         self.waiters = 0
 
     def enter_wait(self) -> None:
+        waited = _WAITED.get()
         with self._lock:
             self.waiters += 1
-            self.waits += 1
+            if waited is None or not waited[0]:
+                self.waits += 1
+        if waited is not None:
+            waited[0] = True
 
     def leave_wait(self) -> None:
         with self._lock:
@@ -515,9 +524,29 @@ def _limiting_others(
     ]
 
     def stack(fn: Callable[P, R], /) -> Callable[P, R]:
+        inner = fn
         for layer in layers:
-            fn = layer(fn)
-        return fn
+            inner = layer(inner)
+        if inspect.iscoroutinefunction(fn):
+            ainner = cast("Callable[..., Coroutine[Any, Any, Any]]", inner)
+
+            async def aattempt(*args: Any, **kwargs: Any) -> Any:
+                token = _WAITED.set([False])
+                try:
+                    return await ainner(*args, **kwargs)
+                finally:
+                    _WAITED.reset(token)
+
+            return cast("Callable[P, R]", functools.wraps(fn)(aattempt))
+
+        def attempt(*args: P.args, **kwargs: P.kwargs) -> R:
+            token = _WAITED.set([False])
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                _WAITED.reset(token)
+
+        return functools.wraps(fn)(attempt)
 
     return stack
 

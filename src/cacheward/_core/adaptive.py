@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Protocol
 
 __all__ = [
@@ -167,9 +167,13 @@ class Gradient(_Windowed):
     """A latency-gradient limit: the concurrency at which latency starts to rise, plus a margin.
 
     The no-load latency is measured Envoy's way (adaptive_concurrency's "minRTT calculation"):
-    every ``probe_interval`` the limit drops to ``probe_concurrency`` for one window and the
-    window's median latency becomes the baseline. Between probes, each window's median ``m`` is
-    compared with the baseline ``b``:
+    every ``probe_interval`` (stretched by a random fraction of up to ``jitter`` of it, so that
+    processes drift apart) the limit drops to ``probe_concurrency`` for one window and the
+    window's median latency becomes the baseline. A later window whose median is lower lowers
+    it (Vegas's no-load latency is the minimum seen): a probe that ran while other processes
+    loaded the backend reads a latency that is too high, and it must not hold the limit up
+    until the next probe. Between probes, each window's median ``m`` is compared with the
+    baseline ``b``:
 
     * ``m > b * (1 + tolerance)`` (queueing): the limit jumps to
       ``limit * b / m * (1 + tolerance / 2)`` (never below half of it): the concurrency the
@@ -196,15 +200,21 @@ class Gradient(_Windowed):
         window_samples: attempts per window.
         probe_interval: seconds between baseline probes.
         probe_concurrency: the limit during a probe (at least the floor).
+        jitter: each interval between probes is ``probe_interval * (1 + jitter * u)``, ``u``
+            drawn from ``random`` in ``[0, 1)`` (Envoy's minRTT jitter, 15 % by default).
+        random: the random source of the jitter (``random.Random(seed).random`` in tests);
+            ``None``: no jitter.
         now: the creation time; the first window is a probe.
     """
 
     __slots__ = (
         "_probe_due",
         "_probing",
+        "_random",
         "_refilling",
         "baseline",
         "growth",
+        "jitter",
         "probe_concurrency",
         "probe_interval",
         "tolerance",
@@ -223,6 +233,8 @@ class Gradient(_Windowed):
         window_samples: int = 10,
         probe_interval: float = 30.0,
         probe_concurrency: int = 1,
+        jitter: float = 0.15,
+        random: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(
             initial=initial,
@@ -235,12 +247,20 @@ class Gradient(_Windowed):
         self.tolerance = tolerance
         self.growth = growth
         self.probe_interval = probe_interval
+        self.jitter = jitter
+        self._random = random
         self.probe_concurrency = max(floor, min(probe_concurrency, ceiling))
         #: The no-load latency (seconds), from the last probe; ``None`` before the first.
         self.baseline: float | None = None
         self._probing = True
         self._refilling = 0
-        self._probe_due = now + probe_interval
+        self._probe_due = now + self._interval()
+
+    def _interval(self) -> float:
+        """The time to the next probe: ``probe_interval``, plus the jitter."""
+        if self._random is None or not self.jitter:
+            return self.probe_interval
+        return self.probe_interval * (1.0 + self.jitter * self._random())
 
     @property
     def limit(self) -> int:
@@ -268,13 +288,15 @@ class Gradient(_Windowed):
                 self.baseline = median
                 self._probing = False
                 self._refilling = 2
-                self._probe_due = now + self.probe_interval
+                self._probe_due = now + self._interval()
             return
         # The first windows after a probe run while the slots refill: their attempts mostly
         # ran at a lower concurrency than the limit, so their flat latency proves nothing (one
         # window was not enough in the proof's runs: the line refills over about two).
         refilling = self._refilling > 0
         self._refilling = max(0, self._refilling - 1)
+        if median is not None and self.baseline is not None and not window.drops:
+            self.baseline = min(self.baseline, median)
         if window.drops:
             bounds.set(bounds.value * self._cut(window))
         elif median is not None and self.baseline is not None:
