@@ -527,7 +527,7 @@ def _limiting_others(
         inner = fn
         for layer in layers:
             inner = layer(inner)
-        if inspect.iscoroutinefunction(fn):
+        if iscoroutinefunction(fn):
             ainner = cast("Callable[..., Coroutine[Any, Any, Any]]", inner)
 
             async def aattempt(*args: Any, **kwargs: Any) -> Any:
