@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -167,3 +168,73 @@ def test_sibling_without_the_guard_old_values_are_served_past_l1_max_age() -> No
     late = served_after_invalidation(SCHEDULE, 3.0, guarded=False)
     assert late
     assert max(late) >= 3.0
+
+
+# --- the read path's re-validation, on a real Redis with the channel down -------------------------
+
+
+def served_after_channel_loss(server: RedisServer, *, backplane: bool) -> tuple[str, str, int]:
+    """B holds ``c1``; its channel goes down; A changes the data and invalidates (B does not
+    hear it). Returns what B serves at once and ``l1_max_age`` later, and B's rechecks."""
+    from cacheward._background import drain
+
+    space = f"bq{uuid.uuid4().hex[:10]}"
+    clock = FakeClock(start=time.time())
+    data = server.client()
+    data.set(f"truth:{space}", "old")
+    layers = [
+        cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space, clock=clock)
+        for _ in range(2)
+    ]
+
+    def make(layer: Any, on: bool) -> Any:
+        @cw.cached(
+            ttl=600,
+            layers=[cw.MemoryLayer(), layer],
+            namespace="config",
+            clock=clock,
+            backplane=on,
+            l1_max_age=2.0,
+        )
+        def load(customer: str) -> str:
+            return (data.get(f"truth:{space}") or b"").decode()
+
+        return load
+
+    a, b = make(layers[0], True), make(layers[1], backplane)
+    try:
+        deadline = time.monotonic() + 30
+        listening = layers if backplane else layers[:1]
+        while not all(layer.subscriber().up for layer in listening):  # (subscribing empties L1)
+            assert time.monotonic() < deadline, "the backplane never subscribed"
+            time.sleep(0.01)
+        assert b("c1") == "old"
+        drain(layers[1], 5.0)
+        driver = b.invalidate.__self__
+        if backplane:
+            layers[1]._stop_subscriber()  # the channel is down from here on
+            driver.backplane.guard()
+        data.set(f"truth:{space}", "new")
+        assert not a.invalidate("c1").pending
+        at_once = b("c1")
+        clock.advance(2.5)
+        later = b("c1")
+        return at_once, later, b.stats().rechecks
+    finally:
+        for layer in layers:
+            layer.close()
+        data.close()
+
+
+@pytest.mark.redis
+def test_with_the_channel_down_an_entry_past_l1_max_age_is_rechecked_against_redis(
+    server: RedisServer,
+) -> None:
+    assert served_after_channel_loss(server, backplane=True) == ("old", "new", 1)
+
+
+@pytest.mark.redis
+def test_sibling_without_the_backplane_the_old_value_is_served_past_l1_max_age(
+    server: RedisServer,
+) -> None:
+    assert served_after_channel_loss(server, backplane=False) == ("old", "old", 0)

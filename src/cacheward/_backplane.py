@@ -190,9 +190,11 @@ class Stack:
             self.guarded = True
             self.set_lookup(self.lookup)
 
-    def resync(self) -> None:
-        """The channel is up again: forget what may have been missed, serve unchecked."""
-        self.l1.clear()
+    def resync(self, *, clear: bool = True) -> None:
+        """The channel is up (again): forget what may have been missed (``clear``; not on the
+        first subscription, made moments after the function was decorated), serve unchecked."""
+        if clear:
+            self.l1.clear()
         self.checked.clear()
         self.guarded = False
         self.set_lookup(self.fast)
@@ -314,7 +316,7 @@ class Subscriber:
             self.up = True
             stacks = [s for group in self.stacks.values() for s in group]
         for stack in stacks:
-            stack.resync()
+            stack.resync(clear=was_lost)
         if was_lost:
             emit(EventKind.BACKPLANE_RECONNECTED, self.source, layer=self.source)
 
