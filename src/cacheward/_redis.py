@@ -46,7 +46,13 @@ from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import EventKind, emit
 from cacheward._layers import LayerBreaker, LeaseReply
 from cacheward._plan import Op, Plan, aperform, perform
-from cacheward._redisclient import deadline, deadline_class, private_client, with_deadlines
+from cacheward._redisclient import (
+    deadline,
+    deadline_class,
+    no_retry,
+    private_client,
+    with_deadlines,
+)
 from cacheward._rediskit import (
     Fault,
     check_name,
@@ -1199,14 +1205,11 @@ class Factory:
         self.max_connections = max_connections
         self.cluster = cluster
 
-    def _common(self) -> dict[str, Any]:
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
+    def _common(self, *, is_async: bool) -> dict[str, Any]:
         return {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.connect_timeout,
-            "retry": Retry(NoBackoff(), 0),
+            "retry": no_retry(is_async=is_async),
             "health_check_interval": 0,
         }
 
@@ -1217,7 +1220,7 @@ class Factory:
         # A plain pool with a bound: when it is full, redis-py raises MaxConnectionsError at
         # once, which the layer turns into a miss (a blocking pool would add a wait and, on
         # asyncio, a Condition round trip to every command).
-        options = self._common()
+        options = self._common(is_async=False)
         options["max_connections"] = self.max_connections
         if self.cluster:
             base = redis.SSLConnection if self.url.startswith("rediss:") else redis.Connection
@@ -1229,7 +1232,7 @@ class Factory:
         import redis.asyncio
         import redis.asyncio.cluster
 
-        options = self._common()
+        options = self._common(is_async=True)
         options["max_connections"] = self.max_connections
         if self.cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(self.url, **options)

@@ -167,12 +167,23 @@ _POOL_OWNED: Final = frozenset(
 )
 
 
-def _safe_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+def no_retry(*, is_async: bool) -> Any:
+    """A retry policy that never retries, of the colour the client needs (redis-py warns when
+    an asyncio client is given the synchronous ``Retry`` and converts it)."""
     from redis.backoff import NoBackoff
+
+    if is_async:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        return AsyncRetry(NoBackoff(), 0)
     from redis.retry import Retry
 
+    return Retry(NoBackoff(), 0)
+
+
+def _safe_kwargs(kwargs: dict[str, Any], *, is_async: bool) -> dict[str, Any]:
     options = {k: v for k, v in kwargs.items() if k not in _POOL_OWNED}
-    options["retry"] = Retry(NoBackoff(), 0)
+    options["retry"] = no_retry(is_async=is_async)
     # (retry_on_timeout and retry_on_error only add to a policy that never retries now)
     options.pop("retry_on_timeout", None)
     options.pop("retry_on_error", None)
@@ -186,7 +197,7 @@ def private_client(client: Any, *, is_async: bool, cluster: bool) -> Any:
     if cluster:
         return _private_cluster(client, is_async=is_async)
     pool = client.connection_pool
-    options = _safe_kwargs(dict(pool.connection_kwargs))
+    options = _safe_kwargs(dict(pool.connection_kwargs), is_async=is_async)
     max_connections = getattr(pool, "max_connections", None) or 64
     pool_class = type(pool)
     if is_async:
@@ -217,25 +228,20 @@ def private_client(client: Any, *, is_async: bool, cluster: bool) -> Any:
 
 
 def _private_cluster(client: Any, *, is_async: bool) -> Any:
-    from redis.backoff import NoBackoff
-
     module: Any
     if is_async:
         import redis.asyncio.cluster as module
-        from redis.asyncio.retry import Retry as RetryClass
 
         kwargs = dict(client.connection_kwargs)
     else:
         import redis.cluster as module
-        from redis.retry import Retry as RetryClass  # type: ignore[assignment]
 
         kwargs = dict(client.get_connection_kwargs())
     startup = client.nodes_manager.startup_nodes.values()
     nodes = [module.ClusterNode(n.host, n.port) for n in startup]
-    options = _safe_kwargs(kwargs)
+    options = _safe_kwargs(kwargs, is_async=is_async)
     for name in ("host", "port", "db"):
         options.pop(name, None)
-    options["retry"] = RetryClass(NoBackoff(), 0)
     if is_async:
         # Its connection keywords include some its constructor does not take.
         import inspect

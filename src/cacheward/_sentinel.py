@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from cacheward._config import Duration
 from cacheward._errors import ConfigurationError
+from cacheward._redisclient import no_retry
 
 __all__ = ["SCHEME", "SentinelTarget", "factory_for", "parse_sentinel_url", "redis_client"]
 
@@ -119,13 +120,6 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
-def _no_retry() -> dict[str, Any]:
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return {"retry": Retry(NoBackoff(), 0)}
-
-
 class SentinelFactory:
     """Builds redis-py clients for the master of a Sentinel-monitored service.
 
@@ -158,18 +152,18 @@ class SentinelFactory:
         self.max_connections = max_connections
         self.cluster = False
 
-    def _sentinel_options(self) -> dict[str, Any]:
+    def _sentinel_options(self, *, is_async: bool) -> dict[str, Any]:
         options: dict[str, Any] = {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.connect_timeout,
             "health_check_interval": 0,
-            **_no_retry(),
+            "retry": no_retry(is_async=is_async),
         }
         if self.target.sentinel_password is not None:
             options["password"] = self.target.sentinel_password
         return options
 
-    def _master_options(self) -> dict[str, Any]:
+    def _master_options(self, *, is_async: bool) -> dict[str, Any]:
         target = self.target
         return {
             "socket_timeout": self.timeout,
@@ -179,7 +173,7 @@ class SentinelFactory:
             "db": target.db,
             "username": target.username,
             "password": target.password,
-            **_no_retry(),
+            "retry": no_retry(is_async=is_async),
         }
 
     def sync_client(self) -> Any:
@@ -195,11 +189,11 @@ class SentinelFactory:
                 for client in pool.sentinel_manager.sentinels:
                     client.close()
 
-        sentinel: Any = Sentinel(  # type: ignore[no-untyped-call]
-            list(self.target.sentinels), sentinel_kwargs=self._sentinel_options()
+        sentinel: Any = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
+            list(self.target.sentinels), sentinel_kwargs=self._sentinel_options(is_async=False)
         )
         return sentinel.master_for(
-            self.target.service, redis_class=SentinelRedis, **self._master_options()
+            self.target.service, redis_class=SentinelRedis, **self._master_options(is_async=False)
         )
 
     def async_client(self) -> Any:
@@ -215,11 +209,13 @@ class SentinelFactory:
                 for client in pool.sentinel_manager.sentinels:
                     await client.aclose()
 
-        sentinel: Any = Sentinel(  # type: ignore[no-untyped-call]
-            list(self.target.sentinels), sentinel_kwargs=self._sentinel_options()
+        sentinel: Any = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
+            list(self.target.sentinels), sentinel_kwargs=self._sentinel_options(is_async=True)
         )
         return sentinel.master_for(
-            self.target.service, redis_class=AsyncSentinelRedis, **self._master_options()
+            self.target.service,
+            redis_class=AsyncSentinelRedis,
+            **self._master_options(is_async=True),
         )
 
 
