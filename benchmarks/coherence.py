@@ -14,8 +14,13 @@ On a private ``redis-server`` (behind a loopback proxy, to hang the path to it):
    just before ``invalidate()`` to the key being dropped there, one clock: same host), p50 and
    p99; and a memory-layer hit with the backplane on vs off (interleaved rounds, the ratio).
 
-Not measured yet: the channel-down age bound end to end (the property test covers the rule),
-tag invalidation (not built yet).
+5. the channel down: 4 other processes whose channel never comes up (their Redis user may not
+   subscribe: an ACL without channels) while their reads work, each reading every key in a loop;
+   invalidations spread over twice ``l1_max_age``; how long after an invalidation a process
+   still served the old value (from just before ``invalidate()`` to the return of the last read
+   that gave the old value), against the goal ``l1_max_age`` + one shared-layer read.
+
+Not measured yet: tag invalidation (not built yet).
 """
 
 from __future__ import annotations
@@ -129,23 +134,29 @@ def _races(server: Any, races: int) -> dict[str, int]:
     return stale
 
 
-def _propagation(server: Any, keys: int, listeners: int = 4) -> dict[str, Any]:
-    import cacheward as cw
-
-    space = f"p{uuid.uuid4().hex[:8]}"
-    raw = server.client()
+def _workers(raw: Any, args: list[str], count: int, space: str) -> list[Any]:
+    """``count`` processes of ``benchmarks._backplane_worker args``, once each says it is ready."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._backplane_worker", server.url, space, str(keys)],
+            [sys.executable, "-m", "benchmarks._backplane_worker", *args],
             stdout=subprocess.PIPE,
             text=True,
         )
-        for _ in range(listeners)
+        for _ in range(count)
     ]
     deadline = time.monotonic() + 60
     for proc in procs:
         while raw.get(f"ready:{space}:{proc.pid}") is None and time.monotonic() < deadline:
             time.sleep(0.01)
+    return procs
+
+
+def _propagation(server: Any, keys: int, listeners: int = 4) -> dict[str, Any]:
+    import cacheward as cw
+
+    space = f"p{uuid.uuid4().hex[:8]}"
+    raw = server.client()
+    procs = _workers(raw, [server.url, space, str(keys)], listeners, space)
     layer = cw.RedisLayer.from_url(server.url, socket_timeout=1.0, namespace=space)
 
     @cw.cached(ttl=600, layers=[cw.MemoryLayer(maxsize=keys + 10), layer], namespace="bench")
@@ -167,6 +178,65 @@ def _propagation(server: Any, keys: int, listeners: int = 4) -> dict[str, Any]:
     layer.close()
     raw.close()
     return {"listeners": listeners, "keys": keys, "not_dropped": missing, **summary(delays)}
+
+
+def _channel_down(server: Any, keys: int, max_age: float, listeners: int = 4) -> dict[str, Any]:
+    import cacheward as cw
+
+    space = f"d{uuid.uuid4().hex[:8]}"
+    raw = server.client()
+    user = f"nochan{uuid.uuid4().hex[:6]}"
+    # Every command and key, no channel: SUBSCRIBE is refused, so the channel stays down.
+    raw.execute_command("ACL", "SETUSER", user, "on", "nopass", "+@all", "~*", "resetchannels")
+    for index in range(keys):
+        raw.set(f"val:{space}:k{index}", "old")
+    host, port = server.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    down_url = f"redis://{user}@{host}:{port}/0"
+    args = [down_url, space, str(keys), "--down", str(max_age)]
+    procs = _workers(raw, args, listeners, space)
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=1.0, namespace=space)
+
+    @cw.cached(ttl=600, layers=[cw.MemoryLayer(maxsize=keys + 10), layer], namespace="bench")
+    def load(key: str) -> str:
+        return (raw.get(f"val:{space}:{key}") or b"").decode()
+
+    sent: dict[str, float] = {}
+    gap = 2 * max_age / keys  # the invalidations meet entries of every age up to 2·l1_max_age
+    for index in range(keys):
+        key = f"k{index}"
+        sent[key] = time.time()
+        raw.set(f"val:{space}:{key}", "new")
+        load.invalidate(key)
+        time.sleep(gap)
+    ages: list[float] = []
+    never = rechecks = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        report = json.loads(out or "{}")
+        seen = report.get("seen", {})
+        never += keys - len(seen)
+        rechecks += report.get("rechecks", 0)
+        # The age of the old value when last served after the invalidation (0: never after it).
+        old_until = report.get("old_until", {})
+        ages += [max(0.0, old_until.get(k, 0.0) - sent[k]) for k in seen]
+    # One shared-layer read, for the goal: a GET's median on this Redis.
+    reads = []
+    for _ in range(200):
+        started = time.perf_counter()
+        raw.get(f"val:{space}:k0")
+        reads.append(time.perf_counter() - started)
+    layer.close()
+    raw.execute_command("ACL", "DELUSER", user)
+    raw.close()
+    return {
+        "listeners": listeners,
+        "keys": keys,
+        "l1_max_age_s": max_age,
+        "one_read_s": median(reads),
+        "never_new": never,
+        "rechecks": rechecks,
+        **summary(ages),
+    }
 
 
 def _hit_cost(server: Any, rounds: int, calls: int) -> dict[str, Any]:
@@ -215,6 +285,7 @@ def run(*, quick: bool) -> dict[str, object]:
         stale = _races(server, races)
         propagation = _propagation(server, 5 if tiny else 100 if quick else 300)
         hits = _hit_cost(server, 3 if tiny else 9 if quick else 21, 2000 if tiny else 100_000)
+        down = _channel_down(server, 5 if tiny else 50 if quick else 200, 0.5 if tiny else 1.0)
     finally:
         proxy.stop()
         server.stop()
@@ -266,6 +337,28 @@ def run(*, quick: bool) -> dict[str, object]:
         ["on", "off", "ratio"],
         [[f"{hits['on_s'] * 1e9:.0f} ns", f"{hits['off_s'] * 1e9:.0f} ns", f"{hits['ratio']:.3f}"]],
     )
+    print_table(
+        f"channel down: oldest value served by {down['listeners']} other processes after an "
+        f"invalidation ({down['keys']} keys, l1_max_age {down['l1_max_age_s']:g} s)",
+        [
+            "p50",
+            "p99",
+            "max",
+            "goal: l1_max_age + one read",
+            "never new",
+            "rechecks",
+        ],
+        [
+            [
+                f"{down.get('p50', float('nan')) * 1e3:.0f} ms",
+                f"{down.get('p99', float('nan')) * 1e3:.0f} ms",
+                f"{down.get('max', float('nan')) * 1e3:.1f} ms",
+                f"{(down['l1_max_age_s'] + down['one_read_s']) * 1e3:.1f} ms",
+                down["never_new"],
+                down["rechecks"],
+            ]
+        ],
+    )
     return {
         "healthy": healthy,
         "hung": hung,
@@ -273,4 +366,5 @@ def run(*, quick: bool) -> dict[str, object]:
         "stale_stored": stale,
         "propagation": propagation,
         "hit_cost": hits,
+        "channel_down": down,
     }

@@ -19,3 +19,7 @@ def test_coherence_benchmark_reports_every_figure(monkeypatch: pytest.MonkeyPatc
     assert figures["stale_stored"] == {"fence": 0, "plain_del": figures["races"]}
     assert figures["propagation"]["not_dropped"] == 0  # every listener dropped every key
     assert figures["hit_cost"]["ratio"] > 0
+    down = figures["channel_down"]
+    assert down["never_new"] == 0  # every process came to serve the new value
+    # ... and not through the channel (its user may not subscribe): by re-validating old entries
+    assert down["rechecks"] > 0
