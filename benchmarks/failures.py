@@ -6,7 +6,9 @@ A cached function whose backend always fails (a few frames deep, with ~10 KB of 
 frame's locals, as a database driver's error would be) is called once for each of N distinct
 keys, N = 10,000, 30,000 and 60,000, sync and async. Every call is a miss, a fetch and a
 failure, so each key gets a failure state (its back-off and the error that callers during the
-back-off are told about). Each (N, colour) run is a fresh process, so memory figures start
+back-off are told about). ``backoff=30`` (:data:`BACKOFF`): every key is still backing off at
+the end of the run, the worst case for the table (with the default 1 s, the first keys'
+back-offs end during the run). Each (N, colour) run is a fresh process, so memory figures start
 from the same place; the runs are interleaved (the order rotates every round) and each figure
 is the median over rounds.
 
@@ -34,6 +36,8 @@ from benchmarks import _harness as h
 from cacheward._core.readthrough import FAILURE_STATES
 
 CHUNK = 10_000
+#: ``cached(backoff=...)`` in seconds: longer than any run, so no key's back-off ends in it.
+BACKOFF = 30.0
 #: Ratio limits of the targets (60,000 keys against 10,000).
 CPU_RATIO = 1.5
 MEMORY_RATIO = 1.5
@@ -41,10 +45,9 @@ MEMORY_RATIO = 1.5
 
 def _settings(quick: bool) -> dict[str, Any]:
     if h.smoke():
-        return {"sizes": [300, 900], "rounds": 1, "chunk": 100}
-    if quick:
-        return {"sizes": [10_000, 30_000, 60_000], "rounds": 3, "chunk": CHUNK}
-    return {"sizes": [10_000, 30_000, 60_000], "rounds": 7, "chunk": CHUNK}
+        return {"sizes": [300, 900], "rounds": 1, "chunk": 100, "backoff": BACKOFF}
+    sizes = [10_000, 30_000, 60_000]
+    return {"sizes": sizes, "rounds": 3 if quick else 7, "chunk": CHUNK, "backoff": BACKOFF}
 
 
 class BackendDown(Exception):
@@ -78,20 +81,27 @@ def _tracebacks() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, types.TracebackType))
 
 
-def child(size: int, is_async: bool, chunk: int) -> dict[str, Any]:
+def child(size: int, is_async: bool, chunk: int, backoff: float = BACKOFF) -> dict[str, Any]:
     """One run in this process: ``size`` failing calls, one per key; returns its figures."""
     import cacheward as cw
 
+    settings: dict[str, Any] = {
+        "ttl": 60,
+        "stale_ttl": 0,
+        "jitter": 0,
+        "backoff": backoff,
+        "backoff_max": max(60.0, backoff),
+    }
     if is_async:
 
-        @cw.cached(ttl=60, stale_ttl=0, jitter=0)
+        @cw.cached(**settings)
         async def afetch(key: int) -> int:
             return _query(key)
 
         fn: Any = afetch
     else:
 
-        @cw.cached(ttl=60, stale_ttl=0, jitter=0)
+        @cw.cached(**settings)
         def fetch(key: int) -> int:
             return _query(key)
 
@@ -149,10 +159,10 @@ def child(size: int, is_async: bool, chunk: int) -> dict[str, Any]:
     }
 
 
-def _run_child(size: int, is_async: bool, chunk: int) -> dict[str, Any]:
+def _run_child(size: int, is_async: bool, chunk: int, backoff: float) -> dict[str, Any]:
     code = (
         "import json, sys; from benchmarks.failures import child; "
-        f"print(json.dumps(child({size}, {is_async}, {chunk})))"
+        f"print(json.dumps(child({size}, {is_async}, {chunk}, {backoff})))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -178,7 +188,8 @@ def measure(*, quick: bool) -> dict[str, Any]:
     for r in range(settings["rounds"]):
         shift = r % len(configs)
         for size, is_async in [*configs[shift:], *configs[:shift]]:
-            raw[_name(size, is_async)].append(_run_child(size, is_async, chunk))
+            run = _run_child(size, is_async, chunk, settings["backoff"])
+            raw[_name(size, is_async)].append(run)
             h.progress("failures: run", sum(len(v) for v in raw.values()), total)
     rows = {}
     for (size, is_async), name in zip(configs, raw, strict=True):
