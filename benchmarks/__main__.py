@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, str] = {
     "payloads": "large payloads: L2 hit/write and Redis bytes vs raw redis-py, eviction, memory",
     "coherence": "invalidation across processes: cost, while Redis hangs, racing rebuilds",
     "faults": "every reproducible fault, sync and async: bound, deadline, exceptions, leaks",
+    "failures": "a failing backend over many keys: memory and CPU of the failure state",
 }
 #: What ``python -m benchmarks`` runs with no name: the headline set.
 HEADLINE = ["incident"]

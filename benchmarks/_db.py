@@ -244,6 +244,7 @@ class Store:
         self.capacity = capacity
         self.meter = meter
         self._local = threading.local()
+        self._opened: list[Any] = []  # every thread's connection, for close()
         #: The run's start (wall clock), for a capacity that changes over time.
         self.origin = 0.0
         self._log_lock = threading.Lock()
@@ -270,6 +271,8 @@ class Store:
             else:
                 conn = sqlite3.connect(f"file:{self.spec['path']}?mode=ro", uri=True)
             self._local.conn = conn
+            with self._log_lock:
+                self._opened.append(conn)
         return conn
 
     def offset_page(self, customer: int, offset: int, limit: int) -> list[tuple[int, str, str]]:
@@ -325,12 +328,13 @@ class Store:
                 self.log.append(record)
 
     def close(self) -> None:
-        """Close this thread's connection (others close with the process)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every thread's connection (call it once those threads are done with it)."""
+        with self._log_lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
             with contextlib.suppress(Exception):
                 conn.close()
-            self._local.conn = None
+        self._local = threading.local()
 
 
 def capacity_dict(capacity: Capacity) -> dict[str, float]:

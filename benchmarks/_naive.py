@@ -135,6 +135,11 @@ class NaiveStack:
         with self.lock:
             self.cache.clear()
 
+    def close(self) -> None:
+        """Close the Redis client."""
+        if self.redis is not None:
+            self.redis.close()
+
     def stats(self) -> dict[str, int]:
         """What this process's naive stack counted."""
         return {

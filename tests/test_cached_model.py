@@ -144,6 +144,7 @@ def test_the_model_test_catches_a_cache_without_backoff() -> None:
             machine(real_backoff=0.0),
             settings=settings(
                 max_examples=200,
+                derandomize=True,
                 database=None,
                 deadline=None,
                 print_blob=False,

@@ -204,3 +204,99 @@ def test_a_registered_variant_gets_its_own_column_summary_and_targets(
         assert text.count("target: at most") == 2 * len(result["targets"])
     finally:
         del stacks.REGISTRY["variant"]
+
+
+# ---------------------------------------------------------------- every stack's prefill
+#
+# The replay fills Redis before each stack's run, as a service that has been up a while would
+# have it; the tiny replay above runs without Redis and so never runs a prefill (a prefill that
+# raised once crashed the default replay while this file passed). Here every registered stack
+# (the default ones and the variants) is prefilled for real, the way ``run_stack`` does it, and
+# must then serve the entries it wrote without reading the database.
+
+
+def _registered() -> list[str]:
+    from benchmarks.incident import adaptive, stacks
+
+    assert adaptive  # imported for the variants it registers
+    return sorted(stacks.REGISTRY)
+
+
+@pytest.fixture(scope="module")
+def prefill_env(redis_url: str) -> Any:
+    import multiprocessing
+
+    from benchmarks._db import Database, Meter
+    from benchmarks._redisproc import L2
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REDIS_URL", redis_url)  # L2 in its "url" mode, behind a loopback proxy
+        l2 = L2()
+        db = Database(incident.SMOKE.dataset)
+        db.create()
+        try:
+            l2.start()
+            yield l2, db, Meter(multiprocessing.get_context("spawn"))
+        finally:
+            l2.stop()
+            db.drop()
+
+
+def check_prefill(spec: Any, env: Any) -> None:
+    """Prefill ``spec``'s stack as the replay does, then read every customer through it."""
+    import dataclasses
+
+    from benchmarks._db import Store
+    from benchmarks._naive import built_at
+    from benchmarks.incident.replay import _prefill
+
+    l2, db, meter = env
+    sc = incident.SMOKE
+    l2.flush()
+    written = _prefill(sc, spec, db, l2.url)
+    store = Store(db.spec, dataclasses.replace(sc.capacity, row_cost=0.0), meter)
+    try:
+        stack = spec.build(store, sc, l2.url)
+        try:
+            served = {customer: built_at(stack.get(customer)) for customer in written}
+        finally:
+            stack.close()  # after the refreshes of stale entries have written to Redis
+    finally:
+        store.close()
+    rebuilt = sorted(c for c, stamp in served.items() if abs(stamp - written[c]) > 0.01)
+    assert not rebuilt, f"{spec.name}: the prefilled entries of customers {rebuilt} were not served"
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_every_stacks_prefill_runs_and_its_stack_serves_what_it_wrote(
+    name: str, prefill_env: Any
+) -> None:
+    from benchmarks.incident import stacks
+
+    check_prefill(stacks.REGISTRY[name], prefill_env)
+
+
+def test_the_prefill_check_catches_a_prefill_that_raises(prefill_env: Any) -> None:
+    import dataclasses
+
+    from benchmarks.incident import stacks
+
+    def raising(*args: Any) -> None:
+        raise RuntimeError("the prefill broke")
+
+    broken = dataclasses.replace(stacks.REGISTRY["guarded"], prefill=raising)
+    with pytest.raises(RuntimeError, match="the prefill broke"):
+        check_prefill(broken, prefill_env)
+
+
+def test_the_prefill_check_catches_a_prefill_the_stack_cannot_read(prefill_env: Any) -> None:
+    import dataclasses
+
+    from benchmarks.incident import stacks
+
+    def nothing(*args: Any) -> None:
+        return None
+
+    broken = dataclasses.replace(stacks.REGISTRY["guarded"], prefill=nothing)
+    with pytest.raises(AssertionError, match=r"^guarded: the prefilled entries of customers"):
+        check_prefill(broken, prefill_env)

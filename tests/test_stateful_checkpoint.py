@@ -102,6 +102,7 @@ def test_the_checkpoint_model_test_catches_rebuilds_that_start_over() -> None:
             machine(resume=False),
             settings=settings(
                 max_examples=300,
+                derandomize=True,
                 database=None,
                 deadline=None,
                 print_blob=False,

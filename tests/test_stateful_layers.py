@@ -175,6 +175,7 @@ def test_the_layer_model_test_catches_a_layer_that_mixes_up_keys() -> None:
             machine(MixedUpLayer),
             settings=settings(
                 max_examples=500,
+                derandomize=True,
                 database=None,
                 deadline=None,
                 print_blob=False,

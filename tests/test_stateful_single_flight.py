@@ -120,6 +120,7 @@ def test_the_single_flight_model_test_catches_no_coalescing() -> None:
             machine(coalescing=False),
             settings=settings(
                 max_examples=300,
+                derandomize=True,
                 database=None,
                 deadline=None,
                 print_blob=False,

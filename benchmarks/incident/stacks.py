@@ -66,6 +66,11 @@ class Stack(Protocol):
         """What this process's stack counted (JSON-ready)."""
         ...
 
+    def close(self) -> None:
+        """Release its connections, after its background writes (the replay's workers exit
+        instead; the smoke test builds stacks in its own process)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StackSpec:
@@ -318,9 +323,20 @@ class GuardedStack:
             timeout=sc.deadline,
         )(rebuild)
         self.get = self.fn
+        self.layers = layers
 
     def flush(self) -> None:
         self.memory.clear()
+
+    def close(self) -> None:
+        for _ in range(200):  # refreshes of stale entries still running: at most 10 s
+            if self.fn.stats().cache.in_flight == 0:
+                break
+            time.sleep(0.05)
+        for layer in self.layers[1:]:
+            layer.close()
+        if self.client is not None:
+            self.client.close()
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"components": self.components}
@@ -362,6 +378,7 @@ def _prefill_guarded(sc: Scenario, store: Store, redis_url: str, written: dict[i
         clock.advance(max(0.0, stamp - clock.time()))
         now["stamp"] = stamp
         fn(customer)
+    layer.close()  # waits for the writes the calls started in the background
 
 
 register(

@@ -3,18 +3,31 @@
 One :class:`ReadThrough` per cached function holds the per-key state (the fetch in flight, the
 failure count and the back-off). It is pure and not thread-safe: the drivers call it under their
 own lock, passing wall time ``now`` (for entries) and monotonic time ``mono`` (for back-off).
+
+The state table is bounded and each call does constant work on it: a failing backend over
+any number of distinct keys costs at most :data:`FAILURE_STATES` states per function, each
+holding a frame-free copy of its error (:func:`frame_free`), never the traceback.
 """
 
 from __future__ import annotations
 
 import enum
+import types
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cacheward._core.backoff import backoff_delay
 from cacheward._core.entry import Entry, Freshness, classify
 
-__all__ = ["Action", "Flight", "KeyState", "ReadThrough"]
+__all__ = ["FAILURE_STATES", "Action", "Flight", "KeyState", "ReadThrough", "frame_free"]
+
+#: How many keys' failure states (back-off and last error) one cached function keeps. Past it
+#: the least recently used key's state is forgotten: its next call may fetch again at once
+#: (still under the function's rate limit, if it has one) and its back-off starts over.
+FAILURE_STATES = 10_000
+#: How many links of an error's ``__cause__`` / ``__context__`` chain :func:`frame_free` copies.
+CHAIN_DEPTH = 8
 
 
 class Action(enum.Enum):
@@ -64,23 +77,71 @@ class KeyState(Generic[F]):
         self.last_error: BaseException | None = None
 
 
+def frame_free(error: BaseException, depth: int = CHAIN_DEPTH) -> BaseException:
+    """A copy of ``error`` that keeps no traceback, hence no frame and no frame's locals, alive.
+
+    The copy has the same type, ``args`` (so the same message) and attributes, and a copy of
+    the first ``depth`` links of its cause and context chain; exceptions among its arguments
+    and attributes (an ``ExceptionGroup``'s members, a wrapped error) are copied the same way.
+    It is made without calling ``__init__``. An error that cannot be copied so (a ``__new__``
+    that wants other arguments, a ``__str__`` that needs what was not copied) becomes a plain
+    :class:`Exception` whose message is ``"TypeName: message"``.
+    """
+    cls = type(error)
+    try:
+        args = tuple(_scrub(v, depth - 1) for v in error.args)
+        copy = cls.__new__(cls, *args)
+        copy.args = args
+        attributes = getattr(error, "__dict__", None)
+        if attributes:
+            copy.__dict__.update({k: _scrub(v, depth - 1) for k, v in attributes.items()})
+        str(copy)
+    except Exception:  # see the docstring: the text survives, the type does not
+        copy = Exception(f"{cls.__name__}: {_text(error)}")
+    if depth > 0:
+        copy.__context__ = _scrub(error.__context__, depth - 1)
+        copy.__cause__ = _scrub(error.__cause__, depth - 1)
+    copy.__suppress_context__ = error.__suppress_context__
+    return copy
+
+
+def _scrub(value: Any, depth: int) -> Any:
+    """``value`` without frames: exceptions copied frame-free (``None`` past ``depth``)."""
+    if isinstance(value, BaseException):
+        return frame_free(value, depth) if depth > 0 else None
+    if isinstance(value, types.TracebackType | types.FrameType):
+        return None
+    if type(value) in (list, tuple) and any(isinstance(v, BaseException) for v in value):
+        return type(value)(_scrub(v, depth - 1) for v in value) if depth > 0 else None
+    return value
+
+
+def _text(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # a broken __str__: the type name is the message
+        return "<unprintable>"
+
+
 class ReadThrough(Generic[F]):
     """The per-function decision state.
 
     Args:
         backoff: the first failure back-off, in seconds.
         backoff_max: the longest failure back-off, in seconds.
-        max_idle_states: how many failed keys to remember once their back-off has ended
-            before forgetting the oldest (their next failure then starts from ``backoff`` again).
+        max_states: how many keys' states to keep (:data:`FAILURE_STATES`). The table is kept
+            in least-recently-used order (a failure or a refused call during the back-off is a
+            use); past ``max_states`` the oldest state without a fetch in flight is forgotten,
+            so a failure costs constant work and the table constant memory.
     """
 
-    __slots__ = ("backoff", "backoff_max", "max_idle_states", "states")
+    __slots__ = ("backoff", "backoff_max", "max_states", "states")
 
-    def __init__(self, *, backoff: float, backoff_max: float, max_idle_states: int = 10_000):
+    def __init__(self, *, backoff: float, backoff_max: float, max_states: int = FAILURE_STATES):
         self.backoff = backoff
         self.backoff_max = backoff_max
-        self.max_idle_states = max_idle_states
-        self.states: dict[Hashable, KeyState[F]] = {}
+        self.max_states = max_states
+        self.states: OrderedDict[Hashable, KeyState[F]] = OrderedDict()
 
     def decide(
         self,
@@ -102,6 +163,8 @@ class ReadThrough(Generic[F]):
             return Action.HIT, None, None
         state = self.states.get(key)
         backing_off = state is not None and mono < state.backoff_until
+        if backing_off:
+            self.states.move_to_end(key)  # a key still asked for keeps its back-off
         if freshness is Freshness.STALE:
             if (state is not None and state.flight is not None) or backing_off:
                 return Action.STALE, state, None
@@ -135,18 +198,21 @@ class ReadThrough(Generic[F]):
         ``draw`` in ``[0, 1)`` picks the jitter ("equal jitter": the back-off lasts at least half
         its ceiling, so a broken backend is not hammered).
         """
-        state = self.states.get(key)
+        states = self.states
+        state = states.get(key)
         if state is None:  # invalidated and forgotten meanwhile: the failure still counts
-            state = self.states[key] = KeyState()
+            state = states[key] = KeyState()
+        else:
+            states.move_to_end(key)
         if state.flight is flight:
             state.flight = None
         state.failures += 1
-        state.last_error = error
+        state.last_error = frame_free(error)
         delay = backoff_delay(
             state.failures, base=self.backoff, cap=self.backoff_max, draw=draw, spread=0.5
         )
         state.backoff_until = max(state.backoff_until, mono + delay)
-        self._prune(mono)
+        self._evict()
         return delay
 
     def abandon(self, key: Hashable, flight: F) -> None:
@@ -175,10 +241,17 @@ class ReadThrough(Generic[F]):
         """Seconds until the key's back-off ends."""
         return max(0.0, state.backoff_until - mono)
 
-    def _prune(self, mono: float) -> None:
+    def _evict(self) -> None:
+        """Forget the least recently used states past :attr:`max_states`: constant work per
+        call (each failure adds at most one state); a state whose fetch is in flight is in use
+        and goes to the back instead, at most once per state per call."""
         states = self.states
-        if len(states) <= self.max_idle_states:
-            return
-        idle = [k for k, s in states.items() if s.flight is None and s.backoff_until <= mono]
-        for key in idle[: len(states) - self.max_idle_states]:
-            del states[key]
+        excess = len(states) - self.max_states
+        for _ in range(len(states)):  # each state is looked at once at most
+            if excess <= 0:
+                return
+            key, state = states.popitem(last=False)
+            if state.flight is None:
+                excess -= 1
+            else:
+                states[key] = state
