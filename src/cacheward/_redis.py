@@ -232,8 +232,8 @@ class RedisLayerStats:
     tag_fences: int = 0
     """Tag invalidations (and ``cache_clear`` calls) written: one script, O(1) per tag."""
     tag_misses: int = 0
-    """Reads, on Redis Cluster, of an entry a tag invalidation had fenced (elsewhere the
-    script drops it and the read counts as a miss)."""
+    """Plain reads (``get``) of an entry a tag invalidation or ``cache_clear`` had fenced (a
+    miss). A lease request drops such an entry inside its script and counts nothing here."""
 
 
 class _Stall:
@@ -841,18 +841,20 @@ class RedisLayer:
         Redis Cluster, where they live in other slots (read by :meth:`_cluster_fenced`)."""
         return () if self.cluster else self._marks(key)
 
+    def _fenced(self, data: bytes, marks: list[Any]) -> bool:
+        """Whether one of ``marks`` (their values) fences the entry ``data``."""
+        stamps = entry_stamps(data)
+        if stamps is None or not fenced(stamp_of(*stamps), marks):
+            return False
+        self._counters.add("tag_misses")
+        return True
+
     def _cluster_fenced(self, data: Any, key: CacheKey) -> Plan[bool]:
         """On Redis Cluster: whether a mark fences the bytes read (a second round trip)."""
-        if not self.cluster or not isinstance(data, bytes):
-            return False
-        stamps = entry_stamps(data)
-        if stamps is None:
+        if not self.cluster or not isinstance(data, bytes) or entry_stamps(data) is None:
             return False
         marks = yield _Command(self, "mget_nonatomic", (list(self._marks(key)),), read=True)
-        if fenced(stamp_of(*stamps), marks):
-            self._counters.add("tag_misses")
-            return True
-        return False
+        return self._fenced(data, marks)
 
     def _decode(self, data: bytes | None, key: CacheKey) -> Entry | None:
         counters = self._counters
@@ -964,10 +966,12 @@ class RedisLayer:
                 if (yield from self._cluster_fenced(data, key)):
                     data = None
             else:
-                # The entry with its marks (cache_clear, tags) in one round trip.
-                data = yield from self._script_plan(
-                    "cache_get.lua", (value_key, *self._marks(key)), (), read=True
+                # The entry with its marks (cache_clear, tags) in one command (one slot).
+                data, *marks = yield _Command(
+                    self, "mget", ((value_key, *self._marks(key)),), read=True
                 )
+                if isinstance(data, bytes) and self._fenced(data, marks):
+                    data = None
         except Exception as exc:
             if self._failed(exc):
                 return None
