@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from cacheward._background import track, track_task
 from cacheward._backplane import Recheck, Stack, encode_marks
-from cacheward._clock import Clock, SystemClock
+from cacheward._clock import SYSTEM_CLOCK, Clock, SystemClock
 from cacheward._core.breaker import BreakerState
 from cacheward._core.coherence import still_current
 from cacheward._core.entry import (
@@ -1970,30 +1970,38 @@ DRIVERS: weakref.WeakSet[Driver] = weakref.WeakSet()
 
 
 def deliver_marks(
-    targets: Sequence[tuple[Driver, GuardedLayer]], names: tuple[str, ...], namespace: str
+    targets: Sequence[tuple[Driver | None, GuardedLayer]], names: tuple[str, ...], namespace: str
 ) -> Plan[Invalidation]:
     """Raise marks in each shared layer (one round trip each); a layer that cannot take them
     now keeps them pending (counted against ``namespace``; ``""`` for tags) and replays them
-    before this process reads it again, as it does invalidations."""
+    before this process reads it again, as it does invalidations (and in the background, when
+    a cached function of this process uses the layer: ``driver``)."""
     pending: list[str] = []
     for driver, guarded in targets:
-        replayed = not guarded.pending or (yield from driver.replay(guarded))
+        replayed = driver is None or not guarded.pending or (yield from driver.replay(guarded))
         if not (replayed and (yield marks_op(guarded, names)) is not MISSING):
-            guarded.pending.keep_marks(names, driver.s.clock.time(), namespace)
+            now = SYSTEM_CLOCK.time() if driver is None else driver.s.clock.time()
+            guarded.pending.keep_marks(names, now, namespace)
             pending.append(guarded.layer.name)
-            driver.schedule_replay(guarded)
+            if driver is not None:
+                driver.schedule_replay(guarded)
     return Invalidation(pending=tuple(pending))
 
 
-def tags_plan(tags: tuple[Any, ...], *, asynchronous: bool) -> Plan[Invalidation]:
-    checked = tuple(dict.fromkeys(check_tag(tag, "invalidate_tags") for tag in tags))
-    drivers = list(DRIVERS)
-    targets: list[tuple[Driver, GuardedLayer]] = []
-    seen: set[int] = set()
-    for driver in drivers:
+def tag_targets(
+    layers: Sequence[Any] | None, *, asynchronous: bool
+) -> list[tuple[Driver | None, GuardedLayer]]:
+    """The shared layers ``invalidate_tags`` reaches: ``layers``, or every shared layer with
+    tags of a cached function alive in this process (whose client serves this colour).
+
+    Raises:
+        ConfigurationError: one of ``layers`` has no tags, or cannot serve this colour.
+    """
+    known: dict[int, tuple[Driver | None, GuardedLayer]] = {}
+    for driver in list(DRIVERS):
         for guarded in driver.remotes:
             layer = guarded.layer
-            if id(layer) in seen or not has_marks(layer):
+            if id(layer) in known or not has_marks(layer):
                 continue
             check = getattr(layer, "check_caller", None)
             if callable(check):
@@ -2001,37 +2009,74 @@ def tags_plan(tags: tuple[Any, ...], *, asynchronous: bool) -> Plan[Invalidation
                     check(asynchronous=asynchronous, where="invalidate_tags")
                 except ConfigurationError:
                     continue
-            seen.add(id(layer))
-            targets.append((driver, guarded))
+            known[id(layer)] = (driver, guarded)
+    if layers is None:
+        return list(known.values())
+    targets: list[tuple[Driver | None, GuardedLayer]] = []
+    for index, layer in enumerate(layers):
+        if not has_marks(layer):
+            raise ConfigurationError(
+                f"invalidate_tags(layers=...): layers[{index}] "
+                f"({getattr(layer, 'name', type(layer).__name__)}) has no tags (fence_tags); "
+                "give shared layers that support them, such as RedisLayer"
+            )
+        check = getattr(layer, "check_caller", None)
+        if callable(check):
+            check(asynchronous=asynchronous, where=f"invalidate_tags(layers=...): layers[{index}]")
+        found = known.get(id(layer))
+        if found is None:
+            breaker = breaker_of(layer, index, None, None, "invalidate_tags")
+            guarded = GuardedLayer(layer, SYSTEM_CLOCK, Counters(), breaker, "invalidate_tags")
+            found = (None, guarded)
+        targets.append(found)
+    return targets
+
+
+def tags_plan(
+    tags: tuple[str, ...], targets: list[tuple[Driver | None, GuardedLayer]]
+) -> Plan[Invalidation]:
+    drivers = list(DRIVERS)
     for driver in drivers:
-        driver.drop_tags(checked)
-    if not checked:
+        driver.drop_tags(tags)
+    if not tags:
         return Invalidation()
     try:
-        return (yield from deliver_marks(targets, tuple(tag_mark(t) for t in checked), ""))
+        return (yield from deliver_marks(targets, tuple(tag_mark(t) for t in tags), ""))
     finally:
         # Again: a read of a shared layer that raced the marks may have kept an old entry.
         for driver in drivers:
-            driver.drop_tags(checked)
+            driver.drop_tags(tags)
 
 
-def invalidate_tags(*tags: str) -> Invalidation:
+def _checked(tags: tuple[object, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(check_tag(tag, "invalidate_tags") for tag in tags))
+
+
+def invalidate_tags(*tags: str, layers: Sequence[Any] | None = None) -> Invalidation:
     """Drop every entry carrying any of ``tags``, from every cached function and layer, in
     every process (O(1) writes per tag and shared layer; see docs/caching.md, "Tags and
     clear"). Rebuilds under way that started before are not stored. A shared layer that cannot
     be reached keeps the invalidation pending and replays it, as ``invalidate`` does.
 
-    Reaches the shared layers of every cached function alive in this process.
+    Args:
+        tags: the tags (``str``).
+        layers: the shared layers to write the tags' marks in; by default every shared layer
+            of a cached function alive in this process (a process with no cached function on
+            a layer, such as an admin script, names it here). In-process memory layers are
+            always reached.
 
     Returns:
         An :class:`~cacheward.Invalidation` naming the layers where it is pending.
 
     Raises:
         ConfigurationTypeError: a tag is not a ``str``.
+        ConfigurationError: a tag is empty or too long, or one of ``layers`` has no tags.
     """
-    return perform(tags_plan(tags, asynchronous=False))
+    checked = _checked(tags)
+    return perform(tags_plan(checked, tag_targets(layers, asynchronous=False)))
 
 
-async def ainvalidate_tags(*tags: str) -> Invalidation:
+async def ainvalidate_tags(*tags: str, layers: Sequence[Any] | None = None) -> Invalidation:
     """Async :func:`invalidate_tags` (for layers whose client is an asyncio one)."""
-    return await aperform(tags_plan(tags, asynchronous=True))
+    checked = _checked(tags)
+    return await aperform(tags_plan(checked, tag_targets(layers, asynchronous=True)))
