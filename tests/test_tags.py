@@ -122,7 +122,7 @@ def _across_functions() -> tuple[list[str], list[str]]:
     for c in ("c1", "c2"):
         users(c), invoices(c)
     truth["c1"] = "new"
-    assert cw.invalidate_tags("customer:c1")
+    assert cw.invalidate_tags("customer:c1", layers=[])  # memory layers only
     got = [users("c1"), invoices("c1"), users("c2"), invoices("c2")]
     return got, calls[4:]
 
@@ -162,7 +162,7 @@ def _fetch_in_flight() -> tuple[str, str, int]:
     caller.start()
     assert started.wait(10)
     truth["c1"] = "new"
-    cw.invalidate_tags("customer:c1")
+    cw.invalidate_tags("customer:c1", layers=[])
     release.set()
     caller.join(10)
     return got[0], load("c1"), len(calls)
@@ -204,7 +204,7 @@ def test_async_tags_and_clear() -> None:
         first = await load("c1")
         truth["c1"] = "new"
         second = await load("c1")
-        assert await cw.ainvalidate_tags("all")
+        assert await cw.ainvalidate_tags("all", layers=[])
         third = await load("c1")
         truth["c1"] = "newer"
         assert await load.cache_clear()
@@ -488,3 +488,16 @@ def test_an_entry_written_before_a_mark_is_a_miss_for_every_read_path(
         )
         assert (stored is None) is expect_fenced
         layer.fence(key)  # clean for the next kind
+
+
+@redis_only
+def test_by_default_invalidate_tags_reaches_the_layers_of_tagged_functions(
+    server: RedisServer, space: str
+) -> None:
+    layer, data, users, _ = here(server, space)
+    untagged = cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space + "u")
+    OPENED.append(untagged)
+    cw.cached(ttl=60, layers=[untagged], namespace="plain")(lambda c: c)
+    cw.invalidate_tags("customer:c1")  # other tests' tagged functions may still be alive
+    assert layer.stats().tag_fences == 1
+    assert untagged.stats().tag_fences == 0  # no tagged function uses it: no entry has tags

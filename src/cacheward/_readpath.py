@@ -1430,7 +1430,22 @@ class Driver:
         self.count("invalidations", EventKind.INVALIDATED)
         if self.l1 is not None:
             self.l1.delete(key)
-        return (yield from self.deliver(key))
+        try:
+            return (yield from self.deliver(key))
+        finally:
+            self.settle_local(key, None)
+
+    def settle_local(self, key: CacheKey, entry: Entry | None) -> None:
+        """After a key's invalidation (or ``set`` of ``entry``) reached the shared layers: a
+        read of them that raced it here may have put the old value back in memory (read
+        before the fence, kept after the drop: found by the randomized coherence test). Drop
+        what is not ``entry`` again, and let no read begun before now keep what it finds."""
+        if self.l1 is None:
+            return
+        with self.lock:
+            self.generation += 1
+            if entry is None or self.l1.lookup(key.local) is not entry:
+                self.l1.delete(key)
 
     def deliver(self, key: CacheKey, entry: Entry | None = None) -> Plan[Invalidation]:
         """Invalidate ``key`` in every shared layer (or write ``entry`` over it, fencing the
@@ -1468,7 +1483,10 @@ class Driver:
         self.counters.sets += 1
         if self.l1 is not None and entry is None:
             self.l1.delete(key)
-        return (yield from self.write_through(key, entry))
+        try:
+            return (yield from self.write_through(key, entry))
+        finally:
+            self.settle_local(key, entry)
 
     def write_through(self, key: CacheKey, entry: Entry | None) -> Plan[Invalidation]:
         """:meth:`deliver` ``entry``; then drop it from :attr:`writing` (no memory layer)."""
@@ -1991,15 +2009,16 @@ def deliver_marks(
 def tag_targets(
     layers: Sequence[Any] | None, *, asynchronous: bool
 ) -> list[tuple[Driver | None, GuardedLayer]]:
-    """The shared layers ``invalidate_tags`` reaches: ``layers``, or every shared layer with
-    tags of a cached function alive in this process (whose client serves this colour).
+    """The shared layers ``invalidate_tags`` reaches: ``layers``, or every shared layer of a
+    cached function with ``tags=`` alive in this process (whose client serves this colour):
+    no other function's entries carry a tag.
 
     Raises:
         ConfigurationError: one of ``layers`` has no tags, or cannot serve this colour.
     """
     known: dict[int, tuple[Driver | None, GuardedLayer]] = {}
     for driver in list(DRIVERS):
-        for guarded in driver.remotes:
+        for guarded in driver.remotes if driver.tag_index is not None else ():
             layer = guarded.layer
             if id(layer) in known or not has_marks(layer):
                 continue
@@ -2061,9 +2080,9 @@ def invalidate_tags(*tags: str, layers: Sequence[Any] | None = None) -> Invalida
     Args:
         tags: the tags (``str``).
         layers: the shared layers to write the tags' marks in; by default every shared layer
-            of a cached function alive in this process (a process with no cached function on
-            a layer, such as an admin script, names it here). In-process memory layers are
-            always reached.
+            of a cached function with ``tags=`` alive in this process (a process with no such
+            function on a layer, such as an admin script, names the layer here; ``[]``: this
+            process's memory layers only). In-process memory layers are always reached.
 
     Returns:
         An :class:`~cacheward.Invalidation` naming the layers where it is pending.
