@@ -159,6 +159,7 @@ class Stack:
         "l1",
         "max_age",
         "namespace",
+        "on_drop",
         "on_marks",
         "origin",
         "set_lookup",
@@ -180,6 +181,8 @@ class Stack:
         self.set_lookup: Callable[[Callable[[Hashable], Any]], None] = lambda lookup: None
         #: Drops what raised marks invalidate (set by the driver: its tag index, its clear).
         self.on_marks: Callable[[tuple[str, ...]], None] = lambda names: None
+        #: Drops an announced key (set by the driver, which also fences its fetch here).
+        self.on_drop: Callable[[Hashable], None] = self._drop
         self.guarded = False
         #: While guarded: when the channel was last heard, and the keys re-validated since.
         self.since = 0.0
@@ -232,6 +235,9 @@ class Stack:
         self.set_lookup(self.fast)
 
     def drop(self, local: Hashable) -> None:
+        self.on_drop(local)
+
+    def _drop(self, local: Hashable) -> None:
         self.l1.delete(CacheKey(local, self.namespace, (), {}, ()))
 
 

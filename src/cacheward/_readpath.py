@@ -1045,6 +1045,7 @@ class Driver:
         self.generation = 0
         if self.backplane is not None:
             self.backplane.on_marks = self.drop_marks
+            self.backplane.on_drop = self.drop_key
         DRIVERS.add(self)
 
     # ---- the two entry points per colour (one line each)
@@ -1774,6 +1775,14 @@ class Driver:
             tags = [name[2:] for name in names if name.startswith("t:")]
             if tags:
                 self.drop_tags(tags)
+
+    def drop_key(self, local: Hashable) -> None:
+        """Another process invalidated (or wrote) ``local``: drop it from memory, fence its
+        fetch in flight here, and let no read of the shared layers begun before keep what it
+        found (it may have read the old value just before the other process's fence)."""
+        with self.lock:
+            self.generation += 1
+            self.forget_local(local)
 
     def drop_tags(self, tags: Sequence[str]) -> None:
         """Drop every key carrying one of ``tags`` from memory, and fence its fetch in flight."""
