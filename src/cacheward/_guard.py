@@ -110,6 +110,10 @@ class GuardedFunction(Protocol[P, R_co]):
         """The fresh value the layers hold, or :data:`cacheward.MISSING`."""
         ...
 
+    def cache_clear(self) -> Invalidation:
+        """Drop every entry of this function from every layer (see ``CachedFunction``)."""
+        ...
+
     @overload
     def __get__(self, obj: None, owner: type[Any] | None = None, /) -> GuardedFunction[P, R_co]: ...
     @overload
@@ -150,6 +154,10 @@ class AsyncGuardedFunction(Protocol[P, R_co]):
 
     async def get(self, *args: P.args, **kwargs: P.kwargs) -> R_co | Missing:
         """The fresh value the layers hold, or :data:`cacheward.MISSING`."""
+        ...
+
+    async def cache_clear(self) -> Invalidation:
+        """Drop every entry of this function from every layer (see ``CachedFunction``)."""
         ...
 
     @overload
