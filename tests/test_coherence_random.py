@@ -251,6 +251,7 @@ def _run(cache: RedisServer, redis_url: str, option: str, count: int, *, faults:
         data.close()
 
 
+@pytest.mark.timeout(max(300, 3 * SCHEDULES))  # about 0.6 s a schedule on a 2-core VM
 def test_no_process_serves_a_value_older_than_its_last_invalidation(
     cache: RedisServer, redis_url: str
 ) -> None:
