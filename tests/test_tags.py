@@ -74,8 +74,10 @@ def test_tags_need_shared_layers_that_support_them() -> None:
         def delete(self, key: Any) -> None: ...
         def clear(self) -> None: ...
 
-    with pytest.raises(cw.ConfigurationError, match=r"tags= needs .* layers\[0\] \(plain\)"):
-        cw.cached(ttl=1, layers=[Plain()], tags=["t"], namespace="plain")(lambda: 1)
+    with pytest.raises(cw.ConfigurationError, match=r"tags= needs .* layers\[1\] \(plain\)"):
+        cw.cached(ttl=1, layers=[cw.MemoryLayer(), Plain()], tags=["t"], namespace="plain")(
+            lambda: 1
+        )
     with pytest.raises(cw.ConfigurationError, match=r"layers\[0\] \(plain\) has no tags"):
         cw.invalidate_tags("t", layers=[Plain()])
 

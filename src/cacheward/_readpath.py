@@ -1034,8 +1034,9 @@ class Driver:
         #: and a count of local drops (a shared-layer entry read before one is not kept).
         self.tag_index: TagIndex | None = None
         if s.tags is not None:
-            for index, guarded in enumerate(self.remotes):
+            for guarded in self.remotes:
                 if not has_marks(guarded.layer):
+                    index = s.layers.index(guarded.layer)
                     raise ConfigurationError(
                         f"tags= needs shared layers that support tags, and layers[{index}] "
                         f"({guarded.layer.name}) has no fence_tags: use a RedisLayer there, or "
