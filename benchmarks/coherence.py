@@ -18,16 +18,25 @@ On a private ``redis-server`` (behind a loopback proxy, to hang the path to it):
    subscribe: an ACL without channels) while their reads work, each reading every key in a loop;
    invalidations spread over twice ``l1_max_age``; how long after an invalidation a process
    still served the old value (from just before ``invalidate()`` to the return of the last read
-   that gave the old value), against the goal ``l1_max_age`` + one shared-layer read.
-
-Not measured yet: tag invalidation (not built yet).
+   that gave the old value), against the goal ``l1_max_age`` + one shared-layer read;
+6. tags: ``invalidate_tags`` of one tag carried by N entries (10,000; their memory layer and
+   Redis), its time and the Redis writes it makes (``rdb_changes_since_last_save``), against
+   deleting the N keys (pipelined ``DEL``s, 1,000 a batch) and against N ``invalidate()``
+   calls, in interleaved rounds (medians); then a sample of the keys is read back (none may
+   be servable);
+7. backend calls after ``invalidate_tags`` of 10,000 cached keys under an open-loop load of
+   200 requests per second over those keys: ``guard`` with a token bucket (rate 50/s, burst
+   50) against ``cached`` without one; the bucket's bound ``burst + rate * T`` and the most
+   backend calls in any one-second window.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 import timeit
 import uuid
@@ -41,7 +50,9 @@ __all__ = ["run"]
 def _servers() -> tuple[Any, Any]:
     from tests.servers import RedisServer, TcpProxy
 
-    server = RedisServer()
+    # CACHEWARD_BENCH_PORT: a fixed port (e.g. inside a range agreed with other jobs).
+    port = os.environ.get("CACHEWARD_BENCH_PORT")
+    server = RedisServer(port=int(port) if port else None)
     server.start()
     proxy = TcpProxy(server.port)
     proxy.__enter__()
@@ -236,6 +247,157 @@ def _channel_down(server: Any, keys: int, max_age: float, listeners: int = 4) ->
         "never_new": never,
         "rechecks": rechecks,
         **summary(ages),
+def _changes(raw: Any) -> int:
+    """The server's write counter (every key changed since the last save)."""
+    return int(raw.info("persistence")["rdb_changes_since_last_save"])
+
+
+def _tag_bulk(server: Any, entries: int, rounds: int) -> dict[str, Any]:
+    """``invalidate_tags`` of one tag on ``entries`` entries vs deleting them key by key."""
+    import cacheward as cw
+
+    space = f"t{uuid.uuid4().hex[:8]}"
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=2.0, namespace=space)
+    raw = server.client()
+
+    @cw.cached(
+        ttl=600, layers=[cw.MemoryLayer(maxsize=entries + 10), layer], namespace="bulk",
+        tags=["bulk"],
+    )  # fmt: skip
+    def load(key: int) -> int:
+        return key
+
+    def fill() -> list[bytes]:
+        for key in range(entries):
+            load.set(key, key)
+        found = raw.scan_iter(match=f"cacheward:{space}:v1:{{*", count=1000)
+        return [key for key in found if key.endswith(b"}")]  # the entries, not fence keys
+
+    def servable() -> int:
+        """Of 200 keys, how many Redis would still serve (read as the function reads them)."""
+        sample = range(0, entries, max(1, entries // 200))
+        found = (
+            layer.get(cw.CacheKey(k, "bulk:v1", (k,), {}, ("key",), ("bulk",))) for k in sample
+        )
+        return sum(entry is not None for entry in found)
+
+    ways: dict[str, dict[str, list[float]]] = {
+        way: {"s": [], "writes": [], "servable": []}
+        for way in ("invalidate_tags", "pipelined_del", "invalidate_each")
+    }
+    for index in range(rounds):  # interleaved, rotating which goes first
+        order = list(ways)
+        order = order[index % 3 :] + order[: index % 3]
+        for way in order:
+            keys = fill()
+            before = _changes(raw)
+            started = time.perf_counter()
+            if way == "invalidate_tags":
+                assert cw.invalidate_tags("bulk", layers=[layer]).done
+            elif way == "pipelined_del":
+                pipe = raw.pipeline(transaction=False)
+                for start in range(0, len(keys), 1000):
+                    pipe.delete(*keys[start : start + 1000])
+                pipe.execute()  # (and this process's memory layer still holds them)
+            else:
+                for key in range(entries):
+                    load.invalidate(key)
+            elapsed = time.perf_counter() - started
+            writes = _changes(raw) - before
+            ways[way]["s"].append(elapsed)
+            ways[way]["writes"].append(writes)
+            ways[way]["servable"].append(servable())
+    stats = layer.stats()
+    layer.close()
+    raw.close()
+    return {
+        "entries": entries,
+        "rounds": rounds,
+        **{
+            way: {
+                "median_s": median(got["s"]),
+                "writes": median(got["writes"]),
+                "servable_after": max(got["servable"]),
+                "raw_s": got["s"],
+            }
+            for way, got in ways.items()
+        },
+        "tag_fences": stats.tag_fences,
+    }
+
+
+SPREAD = 7919  # a prime: consecutive requests ask for keys far apart
+
+
+def _tag_load(server: Any, entries: int, duration: float, at: float) -> dict[str, Any]:
+    """Backend calls after ``invalidate_tags`` of ``entries`` keys under 200 requests/s."""
+    results: dict[str, Any] = {
+        name: _tag_load_one(server, limited, entries, duration, at)
+        for name, limited in (("guard", True), ("cached", False))
+    }
+    results.update(entries=entries, load_rate=LOAD_RATE, duration=duration, invalidated_at=at)
+    return results
+
+
+LOAD_RATE, RATE, BURST = 200, 50.0, 50
+
+
+def _tag_load_one(
+    server: Any, limited: bool, entries: int, duration: float, at: float
+) -> dict[str, Any]:
+    import cacheward as cw
+    from benchmarks._load import thread_load
+
+    layer = cw.RedisLayer.from_url(
+        server.url, socket_timeout=2.0, namespace=f"l{uuid.uuid4().hex[:8]}"
+    )
+    calls: list[float] = []
+
+    def backend(key: int) -> int:
+        calls.append(time.perf_counter())
+        time.sleep(0.002)
+        return key
+
+    settings: dict[str, Any] = {
+        "ttl": 600,
+        "layers": [cw.MemoryLayer(maxsize=entries + 10), layer],
+        "namespace": "loaded",
+        "tags": ["bulk"],
+    }
+    fn: Any
+    if limited:
+        fn = cw.guard(limiter=cw.TokenBucket(rate=RATE, burst=BURST), **settings)(backend)
+    else:
+        fn = cw.cached(**settings)(backend)
+    for key in range(entries):
+        fn.set(key, key)
+
+    def expected(i: int) -> int:
+        return (i * SPREAD) % entries
+
+    timer = threading.Timer(at, lambda: cw.invalidate_tags("bulk", layers=[layer]))
+    started = time.perf_counter()
+    timer.start()
+    outcomes = thread_load(lambda i: fn(expected(i)), LOAD_RATE, duration, keys=10**9,
+                           expected=expected)  # fmt: skip
+    timer.join()
+    layer.close()
+    invalidated = started + at
+    after = sorted(t - invalidated for t in calls if t >= invalidated)
+    window = max((sum(1 for u in after if t <= u < t + 1.0) for t in after), default=0)
+    # T: from the invalidation to the last backend call (callers still waiting for a token,
+    # up to max_wait, fetch after the load stops).
+    span = after[-1] if after else 0.0
+    return {
+        "backend_calls_before": sum(1 for t in calls if t < invalidated),
+        "backend_calls_after": len(after),
+        "span_s": span,
+        "bound": BURST + RATE * span if limited else None,
+        "max_calls_in_1s": window,
+        "bound_1s": BURST + RATE if limited else None,
+        "requests": len(outcomes),
+        "right_answers": sum(ok for _, ok in outcomes),
+        "p99_latency_s": summary([lat for lat, _ in outcomes]).get("p99"),
     }
 
 
@@ -286,6 +448,10 @@ def run(*, quick: bool) -> dict[str, object]:
         propagation = _propagation(server, 5 if tiny else 100 if quick else 300)
         hits = _hit_cost(server, 3 if tiny else 9 if quick else 21, 2000 if tiny else 100_000)
         down = _channel_down(server, 5 if tiny else 50 if quick else 200, 0.5 if tiny else 1.0)
+        bulk = _tag_bulk(server, 200 if tiny else 10_000, 1 if tiny else 3 if quick else 5)
+        loaded = _tag_load(
+            server, 200 if tiny else 10_000, 2.0 if tiny else 6.0 if quick else 12.0, 1.0
+        )
     finally:
         proxy.stop()
         server.stop()
@@ -359,7 +525,32 @@ def run(*, quick: bool) -> dict[str, object]:
             ]
         ],
     )
+        f"invalidate_tags of one tag on {bulk['entries']} entries vs deleting them "
+        f"(medians of {bulk['rounds']} interleaved rounds)",
+        ["way", "time", "Redis writes", "servable after (of 200)"],
+        [
+            [way, f"{bulk[way]['median_s'] * 1e3:.1f} ms", f"{bulk[way]['writes']:.0f}",
+             bulk[way]["servable_after"]]
+            for way in ("invalidate_tags", "pipelined_del", "invalidate_each")
+        ],
+    )  # fmt: skip
+    print_table(
+        f"backend calls after invalidate_tags of {loaded['entries']} keys under "
+        f"{loaded['load_rate']} req/s "
+        f"({loaded['duration'] - loaded['invalidated_at']:.0f} s after)",
+        ["stack", "before", "after", "bound b+r*T", "max in 1 s", "bound b+r", "right answers"],
+        [
+            [name, loaded[name]["backend_calls_before"], loaded[name]["backend_calls_after"],
+             f"{loaded[name]['bound']:.0f}" if loaded[name]["bound"] else "-",
+             loaded[name]["max_calls_in_1s"],
+             f"{loaded[name]['bound_1s']:.0f}" if loaded[name]["bound_1s"] else "-",
+             f"{loaded[name]['right_answers']} of {loaded[name]['requests']}"]
+            for name in ("guard", "cached")
+        ],
+    )  # fmt: skip
     return {
+        "tags_bulk": bulk,
+        "tags_under_load": loaded,
         "healthy": healthy,
         "hung": hung,
         "races": races,

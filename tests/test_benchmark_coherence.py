@@ -23,3 +23,11 @@ def test_coherence_benchmark_reports_every_figure(monkeypatch: pytest.MonkeyPatc
     assert down["never_new"] == 0  # every process came to serve the new value
     # ... and not through the channel (its user may not subscribe): by re-validating old entries
     assert down["rechecks"] > 0
+    bulk = figures["tags_bulk"]
+    assert bulk["invalidate_tags"]["writes"] == 1  # one mark, whatever the number of entries
+    assert bulk["pipelined_del"]["writes"] == bulk["entries"]
+    assert all(bulk[way]["servable_after"] == 0 for way in ("invalidate_tags", "pipelined_del"))
+    loaded = figures["tags_under_load"]
+    assert loaded["guard"]["backend_calls_before"] == 0
+    assert loaded["guard"]["backend_calls_after"] <= loaded["guard"]["bound"]
+    assert loaded["cached"]["backend_calls_after"] > loaded["guard"]["backend_calls_after"]

@@ -122,7 +122,9 @@ class Recorder:
         return aio if name != method else sync
 
 
-SYNC_NAMES = {"get", "set", "delete", "lease", "publish", "release_lease", "fence"}
+SYNC_NAMES = {
+    "get", "set", "delete", "lease", "publish", "release_lease", "fence", "fence_tags", "clear",
+}  # fmt: skip
 
 
 KEY = CacheKey(local_key(("k",), {}, ("k",)), "ns:v1", ("k",), {}, ("k",))
@@ -141,6 +143,10 @@ def layer_ops(guarded: rp.GuardedLayer) -> list[rp.LayerOp]:
         rp.Fence(guarded, key),
         rp.ReplayFence(guarded, key),
         rp.ReplayDelete(guarded, key),
+        rp.MarkFence(guarded, ("t:customer:1", "c:ns:v1")),
+        rp.ReplayMarkFence(guarded, ("t:customer:1",)),
+        rp.Clear(guarded, key),
+        rp.ReplayClear(guarded, key),
     ]
 
 

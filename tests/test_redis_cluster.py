@@ -247,3 +247,36 @@ def test_an_asyncio_cluster_client_is_used_through_a_private_one(
         await client.aclose()
 
     asyncio.run(main())
+
+
+def test_tags_and_clear_on_a_cluster(url: str) -> None:
+    """The marks live in other slots than the entries: a read checks them with a second round
+    trip, and a fenced entry is a miss (issue 13 item 5)."""
+    import uuid
+
+    import cacheward as cw
+
+    space = f"tags{uuid.uuid4().hex[:8]}"
+    writer = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True, namespace=space)
+    reader = RedisLayer.from_url(url, socket_timeout=1.0, cluster=True, namespace=space)
+    truth = {"c1": "old", "c2": "old"}
+
+    def make(layer: RedisLayer) -> Any:
+        @cw.cached(ttl=60, layers=[layer], namespace="svc", tags=lambda c: [f"customer:{c}"])
+        def load(c: str) -> str:
+            return truth[c]
+
+        return load
+
+    first, second = make(writer), make(reader)
+    assert [first("c1"), first("c2")] == ["old", "old"]
+    truth.update(c1="new", c2="new")
+    assert second("c1") == "old"  # shared through the cluster
+    assert cw.invalidate_tags("customer:c1", layers=[writer]).done
+    assert second("c1") == "new"  # the mark, read from its own slot, fenced the entry
+    assert second("c2") == "old"
+    assert first.cache_clear().done
+    assert second("c2") == "new"
+    assert reader.stats().tag_misses >= 1  # a plain read found the entry fenced
+    writer.close()
+    reader.close()

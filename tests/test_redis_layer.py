@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import cacheward as cw
+from cacheward._background import drain as drain_writes
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._redis import RedisLayer
@@ -494,6 +495,9 @@ def test_a_wrong_typed_key_is_a_miss_for_that_key_not_a_sick_layer(
     stats = load.stats()
     assert stats.layer_errors == 0
     assert stats.layer_skips == 0
+    # A plain read (MGET of the entry and its tags' marks) finds no string there: a miss; the
+    # write (in the background) is the command that meets the WRONGTYPE.
+    assert drain_writes(layer, 5.0)
     assert layer.events()["key_errors"] >= 1
     layer.close()
 

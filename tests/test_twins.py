@@ -49,6 +49,8 @@ DIFFERENT = {
     # redis-py's sync socket timeout bounds each recv, so a sync command carries its own
     # deadline (cacheward._redisclient); the asyncio client bounds the whole reply already.
     ("_Command", "sync"),
+    # Each colour reaches the layers whose client serves it (a from_url layer serves both).
+    ("", "invalidate_tags"),
 }
 
 
@@ -97,6 +99,7 @@ def unasync(text: str) -> str:
 SYNC_NAMES = {
     "get", "set", "delete", "clear", "lease", "publish", "release_lease", "acquire_lease",
     "set_fenced", "run", "call", "serve", "invalidate", "sleep", "close", "fence",
+    "fence_tags", "cache_clear",
 }  # fmt: skip
 
 

@@ -60,7 +60,7 @@ from cacheward._pages import (
     iter_pages,
 )
 from cacheward._pending import Invalidation
-from cacheward._readpath import Missing
+from cacheward._readpath import Missing, ainvalidate_tags, invalidate_tags
 from cacheward._redis import RedisLayer, RedisLayerStats
 from cacheward._redis_bucket import RedisTokenBucket, SharedBucketStats
 from cacheward._retry import BudgetStats, RetryBudget, is_retryable, retry
@@ -145,6 +145,7 @@ __all__ = [
     "UnstorableValue",
     "__version__",
     "acollect_pages",
+    "ainvalidate_tags",
     "aiter_pages",
     "bypass",
     "cached",
@@ -152,6 +153,7 @@ __all__ = [
     "coalesce",
     "collect_pages",
     "guard",
+    "invalidate_tags",
     "is_backend_failure",
     "is_retryable",
     "iter_pages",

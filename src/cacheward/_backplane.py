@@ -35,7 +35,17 @@ from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._events import EventKind, emit
 
-__all__ = ["HEARTBEAT", "SILENCE", "Recheck", "Stack", "Subscriber", "decode", "encode"]
+__all__ = [
+    "HEARTBEAT",
+    "SILENCE",
+    "Recheck",
+    "Stack",
+    "Subscriber",
+    "decode",
+    "decode_marks",
+    "encode",
+    "encode_marks",
+]
 
 #: How often the subscriber pings Redis on its connection (seconds).
 HEARTBEAT: Final = 0.5
@@ -107,6 +117,25 @@ def decode(data: Any) -> tuple[str, str, Hashable] | None:
         return None
 
 
+def encode_marks(names: tuple[str, ...]) -> str:
+    """The announcement of raised marks (tags invalidated, or a function's ``cache_clear``;
+    see ``cacheward._core.tags``), sent by this process."""
+    return json.dumps([PROCESS, "", ["m", list(names)]], separators=(",", ":"))
+
+
+def decode_marks(data: Any) -> tuple[str, tuple[str, ...]] | None:
+    """A marks announcement's origin and names, or ``None`` for anything else (never raises)."""
+    try:
+        origin, _, (kind, names) = json.loads(data)
+        if kind != "m" or type(origin) is not str or type(names) is not list:
+            return None
+        if not all(type(name) is str for name in names):
+            return None
+        return origin, tuple(names)
+    except Exception:
+        return None
+
+
 # --- one stack's side ---------------------------------------------------------------------
 
 
@@ -130,6 +159,8 @@ class Stack:
         "l1",
         "max_age",
         "namespace",
+        "on_drop",
+        "on_marks",
         "origin",
         "set_lookup",
         "since",
@@ -148,6 +179,10 @@ class Stack:
         self.origin = f"{PROCESS}:{secrets.token_hex(4)}"
         #: Swaps the hot path's lookup (set when the wrapper is built).
         self.set_lookup: Callable[[Callable[[Hashable], Any]], None] = lambda lookup: None
+        #: Drops what raised marks invalidate (set by the driver: its tag index, its clear).
+        self.on_marks: Callable[[tuple[str, ...]], None] = lambda names: None
+        #: Drops an announced key (set by the driver, which also fences its fetch here).
+        self.on_drop: Callable[[Hashable], None] = self._drop
         self.guarded = False
         #: While guarded: when the channel was last heard, and the keys re-validated since.
         self.since = 0.0
@@ -200,6 +235,9 @@ class Stack:
         self.set_lookup(self.fast)
 
     def drop(self, local: Hashable) -> None:
+        self.on_drop(local)
+
+    def _drop(self, local: Hashable) -> None:
         self.l1.delete(CacheKey(local, self.namespace, (), {}, ()))
 
 
@@ -255,6 +293,13 @@ class Subscriber:
         self.thread = None
 
     def dispatch(self, data: Any) -> None:
+        marks = decode_marks(data)
+        if marks is not None:
+            if marks[0] != PROCESS:  # this process dropped them when it raised them
+                for stack in self.all_stacks():
+                    stack.on_marks(marks[1])
+            self.received += 1
+            return
         message = decode(data)
         if message is None:
             return

@@ -9,7 +9,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import random
-from collections.abc import Callable, Coroutine, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from cacheward import _testmode
@@ -23,6 +23,7 @@ from cacheward._config import (
     duration,
     keyword_settings,
 )
+from cacheward._core.tags import check_tags_setting
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import HIT_LISTENERS, EventKind, emit
 from cacheward._hotpath import build_wrapper
@@ -99,6 +100,16 @@ class CachedFunction(Protocol[P, R_co]):
         :data:`cacheward.MISSING`."""
         ...
 
+    def cache_clear(self) -> Invalidation:
+        """Drop every entry of this function from every layer (functools' name), here and in
+        every process: O(1) writes per shared layer, never a key scan (see docs/caching.md,
+        "Tags and clear"). Fences rebuilds under way as :meth:`invalidate` does.
+
+        Returns:
+            An :class:`~cacheward.Invalidation` naming the layers where it is pending.
+        """
+        ...
+
     def stats(self) -> CacheStats:
         """Return a snapshot of the counters."""
         ...
@@ -138,6 +149,11 @@ class AsyncCachedFunction(Protocol[P, R_co]):
     async def get(self, *args: P.args, **kwargs: P.kwargs) -> R_co | Missing:
         """The fresh value the layers hold, or :data:`cacheward.MISSING` (see
         :meth:`CachedFunction.get`)."""
+        ...
+
+    async def cache_clear(self) -> Invalidation:
+        """Drop every entry of this function from every layer (see
+        :meth:`CachedFunction.cache_clear`)."""
         ...
 
     def stats(self) -> CacheStats:
@@ -191,6 +207,7 @@ class Settings:
     breaker_reset: float | None
     backplane: bool = True
     l1_max_age: float = 5.0
+    tags: tuple[str, ...] | Callable[..., Iterable[str]] | None = None
 
     @property
     def stores(self) -> bool:
@@ -221,6 +238,7 @@ def make_settings(
     breaker_reset: Duration | None,
     backplane: bool = True,
     l1_max_age: Duration = 5.0,
+    tags: object = None,
 ) -> Settings:
     ttl_s = check_lifetime("ttl", ttl)
     stale_s = check_lifetime("stale_ttl", stale_ttl)
@@ -308,6 +326,7 @@ def make_settings(
         else duration("breaker_reset", breaker_reset, allow_zero=False),
         backplane=backplane,
         l1_max_age=duration("l1_max_age", l1_max_age, allow_zero=False),
+        tags=check_tags_setting(tags),
     )
 
 
@@ -337,6 +356,7 @@ def cached(
     backplane: bool = True,
     l1_max_age: Duration = 5.0,
     self_key: Callable[[Any], Hashable] | None = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
 ) -> Decorator:
     """Cache a function's results in layers, with single-flight, stale serving and back-off.
 
@@ -391,6 +411,11 @@ def cached(
         self_key: on a method (a function defined in a class body whose first parameter is
             ``self``): what of the instance is part of the key, e.g. ``lambda self:
             self.tenant``. By default ``self`` is left out: every instance shares the entries.
+        tags: the tags of each entry, for :func:`~cacheward.invalidate_tags`: a list
+            (``["customers"]``) or a function of the call's arguments returning one
+            (``lambda customer_id: [f"customer:{customer_id}"]``; on a method it receives
+            ``self`` too), called on each miss, never on a hit. Shared layers must support
+            tags (:class:`~cacheward.RedisLayer` does).
 
     Raises:
         ConfigurationError: a setting is invalid (raised here, not on the first call).
@@ -418,6 +443,7 @@ def cached(
         breaker_reset=breaker_reset,
         backplane=backplane,
         l1_max_age=l1_max_age,
+        tags=tags,
     )
 
     def decorate(fn: Callable[..., Any]) -> Any:
@@ -475,6 +501,7 @@ def build(fn: Callable[..., Any], settings: Settings) -> Any:
     wrapper.set = driver.aset if is_async else driver.set
     wrapper.refresh = driver.arefresh if is_async else driver.refresh
     wrapper.get = driver.aget if is_async else driver.get
+    wrapper.cache_clear = driver.acache_clear if is_async else driver.cache_clear
     wrapper.stats = driver.stats
     wrapper.namespace = driver.namespace
     return wrapper

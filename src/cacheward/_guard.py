@@ -16,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import random
-from collections.abc import Callable, Coroutine, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from cacheward._backend_breaker import BreakerCounters, CircuitBreaker, breaking
@@ -110,6 +110,10 @@ class GuardedFunction(Protocol[P, R_co]):
         """The fresh value the layers hold, or :data:`cacheward.MISSING`."""
         ...
 
+    def cache_clear(self) -> Invalidation:
+        """Drop every entry of this function from every layer (see ``CachedFunction``)."""
+        ...
+
     @overload
     def __get__(self, obj: None, owner: type[Any] | None = None, /) -> GuardedFunction[P, R_co]: ...
     @overload
@@ -150,6 +154,10 @@ class AsyncGuardedFunction(Protocol[P, R_co]):
 
     async def get(self, *args: P.args, **kwargs: P.kwargs) -> R_co | Missing:
         """The fresh value the layers hold, or :data:`cacheward.MISSING`."""
+        ...
+
+    async def cache_clear(self) -> Invalidation:
+        """Drop every entry of this function from every layer (see ``CachedFunction``)."""
         ...
 
     @overload
@@ -218,6 +226,7 @@ def guard(
     backplane: bool = True,
     l1_max_age: Duration = 5.0,
     self_key: Callable[[Any], Hashable] | None = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] | None = None,
 ) -> _GuardDecorator:
     """Cache, coalesce, retry within a budget, break and rate-limit a backend fetch function.
 
@@ -275,6 +284,7 @@ def guard(
         backplane: see :func:`~cacheward.cached`.
         l1_max_age: see :func:`~cacheward.cached`.
         self_key: see :func:`~cacheward.cached` (methods).
+        tags: see :func:`~cacheward.cached` (for :func:`~cacheward.invalidate_tags`).
 
     Every setting of :func:`~cacheward.cached` is a setting of ``guard``, with the same
     default, and is passed to it as given (checked by ``tests/test_guard.py``).

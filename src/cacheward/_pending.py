@@ -15,6 +15,10 @@ until its TTL. Instead each layer object has one :class:`Pending` book per proce
   and served only if that fetch fails, within their stale limit. Entries made afterwards are
   unaffected, so the distrust ends by itself as the old entries are replaced or expire.
 
+Tag invalidations (``cw.invalidate_tags``) and ``fn.cache_clear()`` are kept the same way, as
+the names of their marks (see ``cacheward._core.tags``), newest per name, within the same bound;
+one dropped on overflow distrusts every namespace (a tag spans functions).
+
 Pure bookkeeping under a lock; the driver does the I/O (``cacheward._readpath``).
 """
 
@@ -59,7 +63,16 @@ class Invalidation:
 class Pending:
     """One shared layer's invalidations not yet delivered, in this process."""
 
-    __slots__ = ("_items", "_lock", "distrust", "dropped", "limit", "replayed", "replaying")
+    __slots__ = (
+        "_items",
+        "_lock",
+        "_marks",
+        "distrust",
+        "dropped",
+        "limit",
+        "replayed",
+        "replaying",
+    )
 
     def __init__(self, limit: int = MAX_PENDING) -> None:
         self.limit = limit
@@ -68,7 +81,10 @@ class Pending:
         self._items: collections.OrderedDict[tuple[str, str], tuple[CacheKey, Any]] = (
             collections.OrderedDict()
         )
-        #: Namespace -> wall-clock time of its last dropped invalidation.
+        #: Tag invalidations not delivered: mark name -> the namespace to count it against
+        #: (``""`` for a tag, which belongs to no one function).
+        self._marks: collections.OrderedDict[str, str] = collections.OrderedDict()
+        #: Namespace -> wall-clock time of its last dropped invalidation (``"*"``: every one).
         self.distrust: dict[str, float] = {}
         self.dropped = 0
         self.replayed: collections.Counter[str] = collections.Counter()
@@ -78,7 +94,7 @@ class Pending:
     def claim_replay(self) -> bool:
         """Take the right to run the background replay; ``False`` if one is scheduled."""
         with self._lock:
-            if self.replaying or not self._items:
+            if self.replaying or not (self._items or self._marks):
                 return False
             self.replaying = True
             return True
@@ -98,13 +114,36 @@ class Pending:
                 self.dropped += 1
                 self.distrust[namespace] = now
 
+    def keep_marks(self, names: tuple[str, ...], now: float, namespace: str = "") -> None:
+        """Remember that the marks ``names`` must be raised (tags, or a ``cache_clear``)."""
+        with self._lock:
+            for name in names:
+                self._marks.pop(name, None)
+                self._marks[name] = namespace
+            while len(self._marks) > self.limit:
+                self._marks.popitem(last=False)
+                self.dropped += 1
+                self.distrust["*"] = now
+
+    def marks(self) -> list[str]:
+        """The marks to raise on replay, oldest first."""
+        with self._lock:
+            return list(self._marks)
+
+    def marks_delivered(self, names: tuple[str, ...]) -> None:
+        with self._lock:
+            for name in names:
+                namespace = self._marks.pop(name, None)
+                if namespace is not None:
+                    self.replayed[namespace] += 1
+
     def discard(self, key: CacheKey) -> None:
         """``key`` was delivered by other means (a later invalidation went through)."""
         with self._lock:
             self._items.pop((key.namespace, key.text), None)
 
     def __bool__(self) -> bool:
-        return bool(self._items)
+        return bool(self._items) or bool(self._marks)
 
     def snapshot(self) -> list[CacheKey]:
         """The keys to replay, oldest first."""
@@ -119,7 +158,8 @@ class Pending:
 
     def count(self, namespace: str) -> int:
         with self._lock:
-            return sum(1 for ns, _ in self._items if ns == namespace)
+            keys = sum(1 for ns, _ in self._items if ns == namespace)
+            return keys + sum(1 for ns in self._marks.values() if ns == namespace)
 
     def vet(self, found: Entry | None, namespace: str) -> Entry | None:
         """An entry read from the layer; if its namespace lost an invalidation (overflow) after
@@ -127,8 +167,8 @@ class Pending:
         that fetch fails (within the entry's stale limit)."""
         if found is None or not self.distrust:
             return found
-        since = self.distrust.get(namespace)
-        if since is None or found.created > since:
+        since = max(self.distrust.get(namespace, -1.0), self.distrust.get("*", -1.0))
+        if since < 0 or found.created > since:
             return found
         made = found.created
         return Entry(found.value, made, made, made, found.error_until)

@@ -23,8 +23,8 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from cacheward._background import track, track_task
-from cacheward._backplane import Recheck, Stack
-from cacheward._clock import Clock, SystemClock
+from cacheward._backplane import Recheck, Stack, encode_marks
+from cacheward._clock import SYSTEM_CLOCK, Clock, SystemClock
 from cacheward._core.breaker import BreakerState
 from cacheward._core.coherence import still_current
 from cacheward._core.entry import (
@@ -38,6 +38,7 @@ from cacheward._core.entry import (
 from cacheward._core.keys import CacheKey, local_key
 from cacheward._core.leasewait import LeaseWait
 from cacheward._core.readthrough import Action, Flight, ReadThrough
+from cacheward._core.tags import TagIndex, check_tag, clear_mark, tag_mark, tags_of
 from cacheward._errors import (
     BackoffActive,
     ConfigurationError,
@@ -66,7 +67,15 @@ if TYPE_CHECKING:
 #: invalidation or read of the layer (see :meth:`Driver.schedule_replay`).
 REPLAY_TRIES = 30
 
-__all__ = ["MISSING", "CacheStats", "Counters", "Driver", "Missing"]
+__all__ = [
+    "MISSING",
+    "CacheStats",
+    "Counters",
+    "Driver",
+    "Missing",
+    "ainvalidate_tags",
+    "invalidate_tags",
+]
 
 #: The flights whose fetch this thread or task is running (to catch a fetch that calls itself).
 LEADING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
@@ -133,6 +142,8 @@ class CacheStats:
     """Calls to ``set`` (values written through)."""
     forced_refreshes: int = 0
     """Calls to ``refresh`` (fetches started whatever the layers held)."""
+    clears: int = 0
+    """Calls to ``cache_clear``."""
     unstorable: int = 0
     """Values a shared layer could not store (the serializer refused them, or they are over
     its ``max_payload_bytes``): served and kept in memory, not shared. The first is logged."""
@@ -153,6 +164,7 @@ class Counters:
 
     __slots__ = (
         "backoff_rejections",
+        "clears",
         "coalesced_waits",
         "fetch_errors",
         "fetches",
@@ -178,7 +190,7 @@ class Counters:
         self.coalesced_waits = self.refreshes = self.refreshes_skipped = 0
         self.backoff_rejections = self.wait_timeouts = self.stale_on_error = 0
         self.layer_errors = self.layer_skips = self.lease_waits = self.invalidations = 0
-        self.unstorable = self.rechecks = self.sets = self.forced_refreshes = 0
+        self.unstorable = self.rechecks = self.sets = self.forced_refreshes = self.clears = 0
 
     def snapshot(self, in_flight: int) -> CacheStats:
         return CacheStats(**{n: getattr(self, n) for n in self.__slots__}, in_flight=in_flight)
@@ -474,6 +486,65 @@ def invalidation_op(
     if entry is not None:
         return Put(guarded, key, entry)
     return ReplayDelete(guarded, key) if replay else Delete(guarded, key)
+
+
+class MarkFence(LayerOp):
+    """Raise tags' marks (``invalidate_tags``, ``cache_clear``) in a shared layer, announcing
+    them on its backplane channel in the same round trip (see ``cacheward._core.tags``)."""
+
+    __slots__ = ("announce", "names")
+    mode = "write"  # skipped while the breaker is not closed: kept pending, replayed later
+
+    def __init__(self, guarded: GuardedLayer, names: tuple[str, ...]) -> None:
+        super().__init__(guarded, cast(CacheKey, None))
+        self.names = names
+        channel = getattr(guarded.layer, "channel", "")
+        self.announce = (channel, encode_marks(names)) if isinstance(channel, str) else ("", "")
+
+    def call(self, layer: Any) -> Any:
+        return layer.fence_tags(self.names, announce=self.announce)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.afence_tags(self.names, announce=self.announce)
+
+
+class ReplayMarkFence(MarkFence):
+    __slots__ = ()
+    mode = "read"
+
+
+class Clear(LayerOp):
+    """``cache_clear`` in a shared layer that has no marks: its own ``clear``."""
+
+    __slots__ = ()
+    mode = "write"
+
+    def call(self, layer: Any) -> Any:
+        return layer.clear()
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.aclear()
+
+
+class ReplayClear(Clear):
+    __slots__ = ()
+    mode = "read"
+
+
+def has_marks(layer: Any) -> bool:
+    """Whether a shared layer supports tags (``fence_tags``, as :class:`RedisLayer`)."""
+    return callable(getattr(layer, "fence_tags", None)) or callable(
+        getattr(layer, "afence_tags", None)
+    )
+
+
+def marks_op(guarded: GuardedLayer, names: tuple[str, ...], *, replay: bool = False) -> LayerOp:
+    """How marks are raised in a layer: its ``fence_tags``, else (a layer without tags, which
+    only ``cache_clear`` reaches) its ``clear``."""
+    if has_marks(guarded.layer):
+        return ReplayMarkFence(guarded, names) if replay else MarkFence(guarded, names)
+    nokey = cast(CacheKey, None)
+    return ReplayClear(guarded, nokey) if replay else Clear(guarded, nokey)
 
 
 class Lease(LayerOp):
@@ -959,6 +1030,24 @@ class Driver:
         #: The flights ``refresh`` leads, by local key (they skip the shared layers' entries
         #: and write through; later refreshes of the key join them).
         self.forcing: dict[Hashable, Flight] = {}
+        #: Tags (see ``cacheward._core.tags``): which keys carry which tag in this process,
+        #: and a count of local drops (a shared-layer entry read before one is not kept).
+        self.tag_index: TagIndex | None = None
+        if s.tags is not None:
+            for guarded in self.remotes:
+                if not has_marks(guarded.layer):
+                    index = s.layers.index(guarded.layer)
+                    raise ConfigurationError(
+                        f"tags= needs shared layers that support tags, and layers[{index}] "
+                        f"({guarded.layer.name}) has no fence_tags: use a RedisLayer there, or "
+                        "leave tags= out"
+                    )
+            self.tag_index = TagIndex(2 * (l1.maxsize if l1 is not None else 10_000) + 1024)
+        self.generation = 0
+        if self.backplane is not None:
+            self.backplane.on_marks = self.drop_marks
+            self.backplane.on_drop = self.drop_key
+        DRIVERS.add(self)
 
     # ---- the two entry points per colour (one line each)
 
@@ -995,6 +1084,12 @@ class Driver:
 
     async def aget(self, *args: Any, **kwargs: Any) -> Any:
         return await aperform(self.get_plan(args, kwargs))
+
+    def cache_clear(self) -> Invalidation:
+        return perform(self.clear_plan())
+
+    async def acache_clear(self) -> Invalidation:
+        return await aperform(self.clear_plan())
 
     # ---- the plans
 
@@ -1056,6 +1151,7 @@ class Driver:
         stack = cast(Stack, self.backplane)
         guarded = cast(GuardedLayer, self.backplane_layer)
         self.counters.rechecks += 1
+        generation = self.generation
         answer = yield Get(guarded, key)
         if answer is MISSING:
             return entry
@@ -1069,7 +1165,7 @@ class Driver:
         if still_current(entry, found):
             stack.mark(key.local, entry)
             return entry
-        found, _ = self.absorb(key, None, found, self.s.clock.time())
+        found, _ = self.absorb(key, None, found, self.s.clock.time(), generation)
         if found is not None:
             stack.mark(key.local, found)
         return found
@@ -1109,6 +1205,7 @@ class Driver:
         taking the lease in the same round trip (when ``lease``). Returns the best entry and
         the lease reply (``None`` if the lease layer was not reached)."""
         now = self.s.clock.time()
+        generation = self.generation
         reply: LeaseReply | None = None
         for guarded in self.remotes:
             if guarded.pending and not (yield from self.replay(guarded)):
@@ -1121,7 +1218,7 @@ class Driver:
                 found = guarded.entry(reply.entry)
             else:
                 found = guarded.entry((yield Get(guarded, key)))
-            entry, fresh = self.absorb(key, entry, found, now)
+            entry, fresh = self.absorb(key, entry, found, now, generation)
             if fresh:
                 break
         return entry, reply
@@ -1335,7 +1432,22 @@ class Driver:
         self.count("invalidations", EventKind.INVALIDATED)
         if self.l1 is not None:
             self.l1.delete(key)
-        return (yield from self.deliver(key))
+        try:
+            return (yield from self.deliver(key))
+        finally:
+            self.settle_local(key, None)
+
+    def settle_local(self, key: CacheKey, entry: Entry | None) -> None:
+        """After a key's invalidation (or ``set`` of ``entry``) reached the shared layers: a
+        read of them that raced it here may have put the old value back in memory (read
+        before the fence, kept after the drop: found by the randomized coherence test). Drop
+        what is not ``entry`` again, and let no read begun before now keep what it finds."""
+        if self.l1 is None:
+            return
+        with self.lock:
+            self.generation += 1
+            if entry is None or self.l1.lookup(key.local) is not entry:
+                self.l1.delete(key)
 
     def deliver(self, key: CacheKey, entry: Entry | None = None) -> Plan[Invalidation]:
         """Invalidate ``key`` in every shared layer (or write ``entry`` over it, fencing the
@@ -1373,7 +1485,10 @@ class Driver:
         self.counters.sets += 1
         if self.l1 is not None and entry is None:
             self.l1.delete(key)
-        return (yield from self.write_through(key, entry))
+        try:
+            return (yield from self.write_through(key, entry))
+        finally:
+            self.settle_local(key, entry)
 
     def write_through(self, key: CacheKey, entry: Entry | None) -> Plan[Invalidation]:
         """:meth:`deliver` ``entry``; then drop it from :attr:`writing` (no memory layer)."""
@@ -1506,6 +1621,12 @@ class Driver:
                 return False
             guarded.pending.delivered(key)
             delivered += 1
+        names = tuple(guarded.pending.marks())
+        if names:
+            if (yield marks_op(guarded, names, replay=True)) is MISSING:
+                return False
+            guarded.pending.marks_delivered(names)
+            delivered += 1
         if delivered:
             emit(EventKind.INVALIDATIONS_REPLAYED, self.namespace, layer=guarded.layer.name)
         return True
@@ -1626,7 +1747,85 @@ class Driver:
         return local_key(*self.key_args(args, kwargs))
 
     def cache_key(self, local: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CacheKey:
-        return CacheKey(local, self.namespace, *self.key_args(args, kwargs))
+        index = self.tag_index
+        if index is None:
+            return CacheKey(local, self.namespace, *self.key_args(args, kwargs))
+        # Recorded before the call decides anything: a fetch of the key started from here
+        # on is fenced by a drop of its tags (see drop_tags).
+        tags = tags_of(self.s.tags, args, kwargs)
+        if tags:
+            with self.lock:
+                index.add(local, tags, self.holds)
+        return CacheKey(local, self.namespace, *self.key_args(args, kwargs), tags)
+
+    def holds(self, local: Hashable) -> bool:
+        """Whether this process still has something of ``local`` (the lock is held)."""
+        return (
+            (self.l1 is not None and local in self.l1._data)
+            or local in self.core.states
+            or local in self.writing
+        )
+
+    # ---- tags and clear (see cacheward._core.tags)
+
+    def drop_marks(self, names: tuple[str, ...]) -> None:
+        """Raised marks announced by another process: drop what they invalidate here."""
+        if clear_mark(self.namespace) in names:
+            self.drop_all()
+        elif self.tag_index is not None:
+            tags = [name[2:] for name in names if name.startswith("t:")]
+            if tags:
+                self.drop_tags(tags)
+
+    def drop_key(self, local: Hashable) -> None:
+        """Another process invalidated (or wrote) ``local``: drop it from memory, fence its
+        fetch in flight here, and let no read of the shared layers begun before keep what it
+        found (it may have read the old value just before the other process's fence)."""
+        with self.lock:
+            self.generation += 1
+            self.forget_local(local)
+
+    def drop_tags(self, tags: Sequence[str]) -> None:
+        """Drop every key carrying one of ``tags`` from memory, and fence its fetch in flight."""
+        index = self.tag_index
+        if index is None:
+            return
+        with self.lock:
+            self.generation += 1
+            for local in index.pop(tags):
+                self.forget_local(local)
+
+    def drop_all(self) -> None:
+        """Drop every key of this function from memory, and fence every fetch in flight."""
+        with self.lock:
+            self.generation += 1
+            for local in list(self.core.states):
+                self.core.invalidate(local)
+            self.writing.clear()
+            if self.tag_index is not None:
+                self.tag_index.clear()
+            if self.l1 is not None:
+                self.l1.clear()
+
+    def forget_local(self, local: Hashable) -> None:
+        """(The lock is held.)"""
+        self.core.invalidate(local)
+        self.writing.pop(local, None)
+        if self.l1 is not None:
+            self.l1.delete(CacheKey(local, self.namespace, (), {}, ()))
+
+    def clear_plan(self) -> Plan[Invalidation]:
+        """``cache_clear``: this process's memory at once, then every shared layer (one mark,
+        announced to the other processes), then this memory again (a read that raced it)."""
+        self.counters.clears += 1
+        emit(EventKind.INVALIDATED, self.namespace)
+        self.drop_all()
+        names = (clear_mark(self.namespace),)
+        try:
+            targets = [(self, guarded) for guarded in self.remotes]
+            return (yield from deliver_marks(targets, names, self.namespace))
+        finally:
+            self.drop_all()
 
     def decide(self, key: CacheKey, entry: Entry | None) -> tuple[Action, Any, Any, Entry | None]:
         """Ask the core, holding the lock; returns its answer and the entry it judged.
@@ -1662,10 +1861,12 @@ class Driver:
         return MISSING
 
     def absorb(
-        self, key: CacheKey, entry: Entry | None, found: Entry | None, now: float
+        self, key: CacheKey, entry: Entry | None, found: Entry | None, now: float, generation: int
     ) -> tuple[Entry | None, bool]:
         """Take a shared layer's answer into account: returns the best entry so far and
-        whether it is fresh (no need to read further layers)."""
+        whether it is fresh (no need to read further layers). It is kept in memory unless
+        tags or the whole function were dropped here since the read began (``generation``):
+        it may predate that invalidation."""
         if found is not None:
             s = self.s
             found = bounded(
@@ -1675,7 +1876,9 @@ class Driver:
             return entry, False
         found = cast(Entry, found)
         if self.l1 is not None and self.s.stores:
-            self.l1.set(key, found)
+            with self.lock:
+                if generation == self.generation:
+                    self.l1.set(key, found)
         return found, now < found.fresh_until
 
     def stale_servable(self, entry: Entry | None) -> bool:
@@ -1784,3 +1987,125 @@ class Driver:
             invalidations_pending=sum(book.count(self.namespace) for book in books),
             invalidations_replayed=sum(book.replayed[self.namespace] for book in books),
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Tags across functions: cw.invalidate_tags
+
+
+#: Every live cached function's driver (``invalidate_tags`` reaches them all).
+DRIVERS: weakref.WeakSet[Driver] = weakref.WeakSet()
+
+
+def deliver_marks(
+    targets: Sequence[tuple[Driver | None, GuardedLayer]], names: tuple[str, ...], namespace: str
+) -> Plan[Invalidation]:
+    """Raise marks in each shared layer (one round trip each); a layer that cannot take them
+    now keeps them pending (counted against ``namespace``; ``""`` for tags) and replays them
+    before this process reads it again, as it does invalidations (and in the background, when
+    a cached function of this process uses the layer: ``driver``)."""
+    pending: list[str] = []
+    for driver, guarded in targets:
+        replayed = driver is None or not guarded.pending or (yield from driver.replay(guarded))
+        if not (replayed and (yield marks_op(guarded, names)) is not MISSING):
+            now = SYSTEM_CLOCK.time() if driver is None else driver.s.clock.time()
+            guarded.pending.keep_marks(names, now, namespace)
+            pending.append(guarded.layer.name)
+            if driver is not None:
+                driver.schedule_replay(guarded)
+    return Invalidation(pending=tuple(pending))
+
+
+def tag_targets(
+    layers: Sequence[Any] | None, *, asynchronous: bool
+) -> list[tuple[Driver | None, GuardedLayer]]:
+    """The shared layers ``invalidate_tags`` reaches: ``layers``, or every shared layer of a
+    cached function with ``tags=`` alive in this process (whose client serves this colour):
+    no other function's entries carry a tag.
+
+    Raises:
+        ConfigurationError: one of ``layers`` has no tags, or cannot serve this colour.
+    """
+    known: dict[int, tuple[Driver | None, GuardedLayer]] = {}
+    for driver in list(DRIVERS):
+        for guarded in driver.remotes if driver.tag_index is not None else ():
+            layer = guarded.layer
+            if id(layer) in known or not has_marks(layer):
+                continue
+            check = getattr(layer, "check_caller", None)
+            if callable(check):
+                try:  # a layer whose client cannot serve this colour is reached by the other
+                    check(asynchronous=asynchronous, where="invalidate_tags")
+                except ConfigurationError:
+                    continue
+            known[id(layer)] = (driver, guarded)
+    if layers is None:
+        return list(known.values())
+    targets: list[tuple[Driver | None, GuardedLayer]] = []
+    for index, layer in enumerate(layers):
+        if not has_marks(layer):
+            raise ConfigurationError(
+                f"invalidate_tags(layers=...): layers[{index}] "
+                f"({getattr(layer, 'name', type(layer).__name__)}) has no tags (fence_tags); "
+                "give shared layers that support them, such as RedisLayer"
+            )
+        check = getattr(layer, "check_caller", None)
+        if callable(check):
+            check(asynchronous=asynchronous, where=f"invalidate_tags(layers=...): layers[{index}]")
+        found = known.get(id(layer))
+        if found is None:
+            breaker = breaker_of(layer, index, None, None, "invalidate_tags")
+            guarded = GuardedLayer(layer, SYSTEM_CLOCK, Counters(), breaker, "invalidate_tags")
+            found = (None, guarded)
+        targets.append(found)
+    return targets
+
+
+def tags_plan(
+    tags: tuple[str, ...], targets: list[tuple[Driver | None, GuardedLayer]]
+) -> Plan[Invalidation]:
+    drivers = list(DRIVERS)
+    for driver in drivers:
+        driver.drop_tags(tags)
+    if not tags:
+        return Invalidation()
+    try:
+        return (yield from deliver_marks(targets, tuple(tag_mark(t) for t in tags), ""))
+    finally:
+        # Again: a read of a shared layer that raced the marks may have kept an old entry.
+        for driver in drivers:
+            driver.drop_tags(tags)
+
+
+def _checked(tags: tuple[object, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(check_tag(tag, "invalidate_tags") for tag in tags))
+
+
+def invalidate_tags(*tags: str, layers: Sequence[Any] | None = None) -> Invalidation:
+    """Drop every entry carrying any of ``tags``, from every cached function and layer, in
+    every process (O(1) writes per tag and shared layer; see docs/caching.md, "Tags and
+    clear"). Rebuilds under way that started before are not stored. A shared layer that cannot
+    be reached keeps the invalidation pending and replays it, as ``invalidate`` does.
+
+    Args:
+        tags: the tags (``str``).
+        layers: the shared layers to write the tags' marks in; by default every shared layer
+            of a cached function with ``tags=`` alive in this process (a process with no such
+            function on a layer, such as an admin script, names the layer here; ``[]``: this
+            process's memory layers only). In-process memory layers are always reached.
+
+    Returns:
+        An :class:`~cacheward.Invalidation` naming the layers where it is pending.
+
+    Raises:
+        ConfigurationTypeError: a tag is not a ``str``.
+        ConfigurationError: a tag is empty or too long, or one of ``layers`` has no tags.
+    """
+    checked = _checked(tags)
+    return perform(tags_plan(checked, tag_targets(layers, asynchronous=False)))
+
+
+async def ainvalidate_tags(*tags: str, layers: Sequence[Any] | None = None) -> Invalidation:
+    """Async :func:`invalidate_tags` (for layers whose client is an asyncio one)."""
+    checked = _checked(tags)
+    return await aperform(tags_plan(checked, tag_targets(layers, asynchronous=True)))

@@ -42,6 +42,7 @@ from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.entry import MAX_CLOCK_SKEW, Entry
 from cacheward._core.keys import CacheKey
+from cacheward._core.tags import clear_mark, fenced, stamp_of, tag_mark
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import EventKind, emit
 from cacheward._layers import LayerBreaker, LeaseReply
@@ -73,6 +74,7 @@ from cacheward._serialize import (
     Serializer,
     UnstorableValue,
     default_serializer,
+    entry_stamps,
 )
 
 if TYPE_CHECKING:
@@ -108,7 +110,12 @@ EVENTS: Final = (
     "leases_lost",
     "fences",
     "writes_fenced",
+    "tag_fences",
+    "tag_misses",
 )
+
+#: How long a tag's mark lives by default (see ``RedisLayer(tag_ttl=)``): 7 days.
+TAG_TTL: Final = 7 * 86400.0
 
 #: A client timeout above this many seconds draws a warning.
 _SLOW_TIMEOUT: Final = 1.0
@@ -228,6 +235,11 @@ class RedisLayerStats:
     """Invalidations (or writes over a key) that fenced the key's earlier leases."""
     writes_fenced: int = 0
     """Lease holders' writes refused: the key was invalidated after their lease was taken."""
+    tag_fences: int = 0
+    """Tag invalidations (and ``cache_clear`` calls) written: one script, O(1) per tag."""
+    tag_misses: int = 0
+    """Plain reads (``get``) of an entry a tag invalidation or ``cache_clear`` had fenced (a
+    miss). A lease request drops such an entry inside its script and counts nothing here."""
 
 
 class _Stall:
@@ -381,6 +393,9 @@ class RedisLayer:
         clock: the wall clock used to compute Redis TTLs.
         name: the layer's name in stats and errors.
         fence_ttl: how long a key's fencing counter lives after its last lease.
+        tag_ttl: how long a tag's mark lives after its last invalidation (and a function's
+            after its last ``cache_clear``); entries are never kept longer than this, so no
+            entry can outlive a mark that fenced it (default 7 days).
         stall_timeout: when a command has been waiting this long with no reply of any kind
             from Redis meanwhile, new reads are not sent: they are misses at once
             (``stalled`` events), so a hung Redis holds only the callers already waiting, for
@@ -424,6 +439,7 @@ class RedisLayer:
         "_subscriber",
         "_sync_client",
         "_sync_lock",
+        "_tag_ms",
         "_timeout",
         "breaker",
         "cluster",
@@ -452,6 +468,7 @@ class RedisLayer:
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
         compression: str | None = None,
         compress_above: int = DEFAULT_COMPRESS_ABOVE,
+        tag_ttl: Duration = TAG_TTL,
     ) -> None:
         self.prefix = check_name("prefix", prefix, empty=False, part=True)
         self.namespace = check_name("namespace", namespace, empty=True, part=True)
@@ -483,6 +500,7 @@ class RedisLayer:
                 origin=f"RedisLayer(name={name!r})",
             )
         self._fence_ms = max(1, math.ceil(duration("fence_ttl", fence_ttl, allow_zero=False) * 1e3))
+        self._tag_ms = max(1, math.ceil(duration("tag_ttl", tag_ttl, allow_zero=False) * 1e3))
         parts = [self.prefix, self.namespace] if self.namespace else [self.prefix]
         self._base = ":".join([*parts, f"v{self.version}", ""])
         self._owner = secrets.token_hex(8)
@@ -544,6 +562,7 @@ class RedisLayer:
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
         compression: str | None = None,
         compress_above: int = DEFAULT_COMPRESS_ABOVE,
+        tag_ttl: Duration = TAG_TTL,
         timeout: Duration | None = None,
         connect_timeout: Duration | None = None,
     ) -> RedisLayer:
@@ -577,6 +596,7 @@ class RedisLayer:
             max_payload_bytes: see :class:`RedisLayer`.
             compression: see :class:`RedisLayer`.
             compress_above: see :class:`RedisLayer`.
+            tag_ttl: see :class:`RedisLayer`.
             timeout: the old spelling of ``socket_timeout`` (deprecated; accepted until 0.2).
             connect_timeout: the old spelling of ``socket_connect_timeout`` (likewise).
 
@@ -618,6 +638,7 @@ class RedisLayer:
             max_payload_bytes=max_payload_bytes,
             compression=compression,
             compress_above=compress_above,
+            tag_ttl=tag_ttl,
         )
         layer._factory = factory
         layer._timeout = factory.timeout
@@ -806,7 +827,40 @@ class RedisLayer:
         return f"{token}:{self._owner}"
 
     def _ttl_ms(self, entry: Entry) -> int:
-        return math.ceil((entry.error_until - self._clock.time()) * 1000.0)
+        # Never past a mark's lifetime: an entry must be gone before a mark fencing it expires.
+        return min(math.ceil((entry.error_until - self._clock.time()) * 1000.0), self._tag_ms)
+
+    def mark_key(self, name: str) -> str:
+        """The Redis key of a tag's mark (``name`` from ``cacheward._core.tags``)."""
+        return f"{self._base}mark:{{{name}}}"
+
+    def _marks(self, key: CacheKey) -> tuple[str, ...]:
+        """The marks an entry of ``key`` is checked against: its function's ``cache_clear``
+        and its tags."""
+        return (
+            self.mark_key(clear_mark(key.namespace)),
+            *(self.mark_key(tag_mark(tag)) for tag in key.tags),
+        )
+
+    def _inline_marks(self, key: CacheKey) -> tuple[str, ...]:
+        """The marks passed to a script with the entry's own keys: all of them, except on
+        Redis Cluster, where they live in other slots (read by :meth:`_cluster_fenced`)."""
+        return () if self.cluster else self._marks(key)
+
+    def _fenced(self, data: bytes, marks: list[Any]) -> bool:
+        """Whether one of ``marks`` (their values) fences the entry ``data``."""
+        stamps = entry_stamps(data)
+        if stamps is None or not fenced(stamp_of(*stamps), marks):
+            return False
+        self._counters.add("tag_misses")
+        return True
+
+    def _cluster_fenced(self, data: Any, key: CacheKey) -> Plan[bool]:
+        """On Redis Cluster: whether a mark fences the bytes read (a second round trip)."""
+        if not self.cluster or not isinstance(data, bytes) or entry_stamps(data) is None:
+            return False
+        marks = yield _Command(self, "mget_nonatomic", (list(self._marks(key)),), read=True)
+        return self._fenced(data, marks)
 
     def _decode(self, data: bytes | None, key: CacheKey) -> Entry | None:
         counters = self._counters
@@ -838,7 +892,7 @@ class RedisLayer:
 
     def _put_args(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
-    ) -> tuple[tuple[tuple[str, str, str], tuple[Any, ...]] | None, UnstorableValue | None]:
+    ) -> tuple[tuple[tuple[str, ...], tuple[Any, ...]] | None, UnstorableValue | None]:
         """The put script's keys and arguments (``None`` when there is nothing to send: no
         entry to store, or an expired or unstorable one, and no lease to release), and the
         reason the value could not be stored, if it could not."""
@@ -862,7 +916,8 @@ class RedisLayer:
             max(1, math.ceil(lease_ttl * 1000.0)),
             repr(MAX_CLOCK_SKEW),
         )
-        return ((value_key, value_key + ":lease", value_key + ":inv"), args), refused
+        keys = (value_key, value_key + ":lease", value_key + ":inv", *self._inline_marks(key))
+        return (keys, args), refused
 
     def _begin(self, read: bool) -> _Stall:
         """Admit one command past the stall guard, or raise :class:`_Stalled`.
@@ -896,20 +951,33 @@ class RedisLayer:
 
     # --- the plans: every operation, once for both colours (see cacheward._plan) ---
 
-    def _script_plan(self, name: str, keys: tuple[str, ...], args: tuple[Any, ...]) -> Plan[Any]:
+    def _script_plan(
+        self, name: str, keys: tuple[str, ...], args: tuple[Any, ...], *, read: bool = False
+    ) -> Plan[Any]:
         lua = script(name)
         try:
-            return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args)))
+            return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args), read=read))
         except Exception as exc:
             if not is_noscript(exc):
                 raise
         # NOSCRIPT means it did not run: loading it and running again is safe.
         yield _Command(self, "script_load", (lua.source,))
-        return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args)))
+        return (yield _Command(self, "evalsha", (lua.sha, len(keys), *keys, *args), read=read))
 
     def _get_plan(self, key: CacheKey) -> Plan[Entry | None]:
+        value_key = f"{self._base}{{{key.text}}}"
         try:
-            data = yield _Command(self, "get", (f"{self._base}{{{key.text}}}",), read=True)
+            if self.cluster:
+                data = yield _Command(self, "get", (value_key,), read=True)
+                if (yield from self._cluster_fenced(data, key)):
+                    data = None
+            else:
+                # The entry with its marks (cache_clear, tags) in one command (one slot).
+                data, *marks = yield _Command(
+                    self, "mget", ((value_key, *self._marks(key)),), read=True
+                )
+                if isinstance(data, bytes) and self._fenced(data, marks):
+                    data = None
         except Exception as exc:
             if self._failed(exc):
                 return None
@@ -946,7 +1014,7 @@ class RedisLayer:
 
     def _lease_plan(self, key: CacheKey, ttl: float) -> Plan[LeaseReply]:
         value_key = self.redis_key(key)
-        keys = (value_key + ":lease", value_key + ":fence", value_key)
+        keys = (value_key + ":lease", value_key + ":fence", value_key, *self._inline_marks(key))
         ttl_ms = max(1, math.ceil(ttl * 1000.0))
         now = repr(self._clock.time())
         refused: bytes | None = None
@@ -960,6 +1028,8 @@ class RedisLayer:
                     return LeaseReply()  # fetch without a lease
                 raise
             token = int(token)
+            if data is not None and (yield from self._cluster_fenced(data, key)):
+                data = None
             found = None if data is not None and data == refused else self._decode(data, key)
             if token < 0 and data is not None and found is None and now != "0":
                 # The stored bytes claim a freshness they do not have: ask again, ignoring it.
@@ -1005,6 +1075,26 @@ class RedisLayer:
 
     def _delete_plan(self, key: CacheKey) -> Plan[None]:
         yield _Command(self, "delete", (self.redis_key(key),))
+
+    def _tags_plan(self, names: tuple[str, ...], announce: tuple[str, str]) -> Plan[int]:
+        keys = tuple(self.mark_key(name) for name in names)
+        channel, message = announce
+        try:
+            if self.cluster:  # each mark in its own slot: one script per mark
+                highest = 0
+                for index, one in enumerate(keys):
+                    last = index == len(keys) - 1
+                    args = (self._tag_ms, channel if last else "", message)
+                    mark = yield from self._script_plan("cache_tags.lua", (one,), args)
+                    highest = max(highest, mark)
+            else:
+                args = (self._tag_ms, channel, message)
+                highest = yield from self._script_plan("cache_tags.lua", keys, args)
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._counters.add("tag_fences")
+        return int(highest)
 
     # --- the Layer protocol (one line per colour) ---
 
@@ -1165,6 +1255,27 @@ class RedisLayer:
     ) -> int:
         """Async :meth:`fence`."""
         return await aperform(self._fence_plan(key, entry, announce))
+
+    def fence_tags(self, names: tuple[str, ...], *, announce: tuple[str, str] = ("", "")) -> int:
+        """Raise the marks ``names`` (tags, or a function's ``cache_clear``: see
+        ``cacheward._core.tags``) in one round trip, O(1) writes each, publishing ``announce``
+        in the same script: every entry carrying one of them made before (or by a rebuild
+        whose lease was taken before) is a miss from now on, and no such rebuild is stored.
+
+        Returns:
+            The highest mark.
+
+        Raises:
+            redis.RedisError: Redis failed or timed out (the driver keeps the invalidation
+                and replays it when Redis answers again).
+        """
+        return perform(self._tags_plan(names, announce))
+
+    async def afence_tags(
+        self, names: tuple[str, ...], *, announce: tuple[str, str] = ("", "")
+    ) -> int:
+        """Async :meth:`fence_tags`."""
+        return await aperform(self._tags_plan(names, announce))
 
     # --- introspection ---
 

@@ -689,3 +689,11 @@ def default_serializer() -> Serializer:
     from cacheward._msgpack import MsgpackSerializer
 
     return MsgpackSerializer()
+
+
+def entry_stamps(data: bytes) -> tuple[float, float] | None:
+    """An envelope's ``created`` stamp and fencing token, or ``None`` if it is not one."""
+    if len(data) < HEADER_SIZE or data[0] != MAGIC or data[1] != FORMAT_VERSION:
+        return None
+    fields = _HEADER.unpack_from(data)
+    return float(fields[4]), float(fields[8])

@@ -76,3 +76,29 @@ async def async_method_api() -> None:
     await repo.aload.set(3, "c1")
     got = await repo.aload.get("c1")
     print(n, got)
+
+
+def customer_tags(customer_id: str) -> list[str]:
+    return [f"customer:{customer_id}"]
+
+
+@cw.cached(ttl=60, tags=customer_tags)
+def tagged(customer_id: str) -> str:
+    return customer_id
+
+
+@cw.guard(ttl=60, tags=["configs"])
+async def atagged(customer_id: str) -> str:
+    return customer_id
+
+
+def tags_api() -> None:
+    dropped: cw.Invalidation = cw.invalidate_tags("customer:c1", "configs")
+    cleared: cw.Invalidation = tagged.cache_clear()
+    print(dropped, cleared, tagged("c1"))
+
+
+async def async_tags_api() -> None:
+    dropped: cw.Invalidation = await cw.ainvalidate_tags("configs", layers=[])
+    cleared: cw.Invalidation = await atagged.cache_clear()
+    print(dropped, cleared, await atagged("c1"))

@@ -136,20 +136,24 @@ class CacheKey:
     Attributes:
         local: the hashable in-process key (see :func:`local_key`).
         namespace: ``"<namespace>:<version>:<module>.<qualname>"`` of the cached function.
+        tags: the call's tags (``cached(tags=...)``); a shared layer checks the entry against
+            their marks (see ``cacheward._core.tags``).
     """
 
-    __slots__ = ("_args", "_kwargs", "_names", "_text", "local", "namespace")
+    __slots__ = ("_args", "_kwargs", "_names", "_text", "local", "namespace", "tags")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the key's parts in order, as the driver builds them
         self,
         local: Hashable,
         namespace: str,
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         names: Sequence[str],
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.local = local
         self.namespace = namespace
+        self.tags = tags
         self._args = args
         self._kwargs = kwargs
         self._names = names

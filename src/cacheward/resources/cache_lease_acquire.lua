@@ -1,7 +1,8 @@
 -- cacheward: take a key's cross-process lease and read its entry, in one round trip.
 --
 -- KEYS[1] the lease key, KEYS[2] the key's fencing counter, KEYS[3] the entry's key (one hash
--- tag, so one slot). ARGV[1] the lease TTL in ms, ARGV[2] the caller's owner id, ARGV[3] the
+-- tag, so one slot), KEYS[4..] the marks of the entry's tags (optional; see cache_get.lua: an
+-- entry they fence is treated as absent). ARGV[1] the lease TTL in ms, ARGV[2] the caller's owner id, ARGV[3] the
 -- counter's TTL in ms, ARGV[4] the caller's wall clock in seconds ('0': do not look at the
 -- entry's freshness, for a caller that found the stored bytes invalid).
 -- Returns {token, entry}, entry being the stored bytes (or nil):
@@ -18,6 +19,19 @@
 -- Safe to run twice: if this owner already holds the lease (a retried call whose first run
 -- succeeded), its token is returned again instead of "busy".
 local entry = redis.call('GET', KEYS[3])
+if entry and #KEYS > 3 and string.len(entry) >= 48 and string.byte(entry, 1) == 199
+    and string.byte(entry, 2) == 1 then
+  local stamp = struct.unpack('>d', entry, 37)
+  if stamp <= 0 then
+    stamp = struct.unpack('>d', entry, 5) * 1000000
+  end
+  for i = 4, #KEYS do
+    if stamp <= (tonumber(redis.call('GET', KEYS[i]) or '0') or 0) then
+      entry = false
+      break
+    end
+  end
+end
 if entry and ARGV[4] ~= '0' and string.len(entry) >= 48 and string.byte(entry, 1) == 199
     and string.byte(entry, 2) == 1 then
   if struct.unpack('>d', entry, 13) > tonumber(ARGV[4]) then

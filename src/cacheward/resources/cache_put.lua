@@ -2,7 +2,9 @@
 -- holder) release the key's lease, in one round trip.
 --
 -- KEYS[1] the entry's key, KEYS[2] its lease key, KEYS[3] its invalidation mark (same hash
--- tag, so the same slot; see cache_invalidate.lua).
+-- tag, so the same slot; see cache_invalidate.lua), KEYS[4..] the marks of the entry's tags
+-- (optional; see cache_tags.lua): a tag invalidated after the lease was taken (or the entry
+-- made) fences the write just as the key's own mark does.
 -- ARGV[1] the envelope ('': nothing to store), ARGV[2] its TTL in ms, ARGV[3] the fencing
 -- token ('0': unfenced), ARGV[4] the entry's `created` stamp, ARGV[5] the lease value the writer
 -- would hold, ARGV[6] '1' to release that lease, ARGV[7] how long (ms) a released lease says
@@ -22,6 +24,9 @@ local stored = 0
 -- Fenced by an invalidation (or a write of a value) that came after this writer's lease was
 -- taken, or, for an unfenced write, after its entry was made: the value is older than the data.
 local mark = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+for i = 4, #KEYS do
+  mark = math.max(mark, tonumber(redis.call('GET', KEYS[i]) or '0') or 0)
+end
 local fenced
 if token ~= '0' then
   fenced = tonumber(token) <= mark
