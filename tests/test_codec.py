@@ -231,27 +231,16 @@ def test_rows_take_one_typed_extension() -> None:
 
 
 class _OffsetsAsUtc(cw.MsgpackSerializer):
-    """A broken codec for the sibling: fixed-offset datetime columns go through untouched, so
-    msgspec writes them as UTC timestamps (the instant survives, the offset does not)."""
+    """A broken codec for the sibling: fixed-offset datetime columns are written as msgspec
+    writes UTC ones (timestamps: the instant survives, the offset does not)."""
 
     def _rows(self, container: Any, plain: frozenset[type]) -> Any:
-        saved = _msgpack._fixed_minutes
-        _msgpack._fixed_minutes = lambda zone: False  # type: ignore[assignment]
+        saved = _msgpack._datetime_letter
+        _msgpack._datetime_letter = lambda cells: "t"
         try:
-            rows = super()._rows(container, plain)
+            return super()._rows(container, plain)
         finally:
-            _msgpack._fixed_minutes = saved
-        if rows is not None or type(container) is not list:
-            return rows
-        shape = ",".join(
-            "t" if type(c) is datetime.datetime else _msgpack._COLUMN.get(type(c), "?")
-            for c in container[0]
-        )
-        if "?" in shape or any(None in r for r in container):
-            return None
-        return self._ext(
-            _msgpack._ROWS, bytes((len(shape),)) + shape.encode() + self._encode(container)
-        )
+            _msgpack._datetime_letter = saved
 
 
 def test_the_row_check_catches_a_codec_that_drops_offsets() -> None:
@@ -280,6 +269,94 @@ def test_garbage_row_shapes_are_a_miss() -> None:
         )
         with pytest.raises(Exception):
             codec.loads(body)
+
+
+def _rows_body(code: int, shape: bytes, columns: list[Any]) -> bytes:
+    """A body holding one rows extension, written by hand (as a forger would)."""
+    payload = bytes((len(shape),)) + shape + msgspec.msgpack.encode(columns)
+    return msgspec.msgpack.encode(msgspec.msgpack.Ext(code, payload))
+
+
+#: Rows extensions no writer produces: each must be a miss (``loads`` raises), never a value.
+FORGED_ROWS = {
+    "a column shorter than the others": (_msgpack._ROWS, b"i,s", [[1, 2, 3], ["a", "b"]]),
+    "keys shorter than the rows": (_msgpack._ROWS_BY_KEY, b"i", [["a"], [1, 2]]),
+    "a text cell in an int column": (_msgpack._ROWS, b"i,s", [[1, "x"], ["a", "b"]]),
+    "more columns than the shape": (_msgpack._ROWS, b"i", [[1], [2]]),
+    "an int in a bool column": (_msgpack._ROWS, b"b", [[True, 1]]),
+    "Decimal text with spaces": (_msgpack._ROWS, b"D", [[" 1"]]),
+    "Decimal text with underscores": (_msgpack._ROWS, b"D", [["1_0"]]),
+    "Decimal text that is not a number": (_msgpack._ROWS, b"D", [["abc"]]),
+    "a Decimal exponent out of range": (_msgpack._ROWS, b"D", [["1E+1000000000000000000"]]),
+}
+
+
+class _Forger(cw.MsgpackSerializer):
+    """Writes the bytes it is given as the body (a forger with write access to Redis)."""
+
+    def dumps(self, value: Any) -> bytes:
+        return bytes(value)
+
+
+@pytest.mark.parametrize("forged", FORGED_ROWS.values(), ids=FORGED_ROWS)
+def test_forged_rows_are_a_miss(forged: tuple[int, bytes, list[Any]]) -> None:
+    data = encode_entry(entry(_rows_body(*forged)), KEY_TEXT, _Forger())
+    with pytest.raises(PayloadError, match="undecodable"):
+        decode_entry(data, KEY_TEXT, cw.MsgpackSerializer())
+
+
+def test_without_strict_columns_or_exact_decimals_forged_rows_give_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The sibling: rows zipped without the length check, and Decimals built by the lenient
+    # constructor, turn forged bytes into values (rows cut short, " 1" read as 1).
+    monkeypatch.setattr(_msgpack, "_zip_columns", zip)
+    monkeypatch.setattr(_msgpack, "_DECIMAL_FROM_STR", decimal.Decimal)
+    codec = cw.MsgpackSerializer()
+    loads = codec.loads
+    assert loads(_rows_body(*FORGED_ROWS["a column shorter than the others"])) == [
+        (1, "a"),
+        (2, "b"),
+    ]
+    assert loads(_rows_body(*FORGED_ROWS["keys shorter than the rows"])) == {"a": (1,)}
+    assert loads(_rows_body(*FORGED_ROWS["Decimal text with spaces"])) == [(decimal.Decimal(1),)]
+
+
+_EXTREME_DECIMALS = [
+    "1E+999999999999999999",
+    "-1E-999999999999999999",
+    "1E-1000000000000000017",  # subnormal: below Emin, still exact
+    "12345678901234567890123456789012345678901234567890.123456789",
+    "-0E-1000000000000000017",
+    "0E+999999999999999999",
+    "-0",
+    "sNaN123",
+    "-NaN" + "9" * 60,
+    "-Infinity",
+]
+
+
+def _decimal_comes_back(value: decimal.Decimal) -> None:
+    for text in (str(value), *_EXTREME_DECIMALS):
+        back = _msgpack._DECIMAL_FROM_STR(text)
+        assert str(back) == str(decimal.Decimal(text))
+        assert back.as_tuple() == decimal.Decimal(text).as_tuple()
+    rows = [(value, i) for i in range(8)]
+    assert same(round_trip(rows), rows)
+
+
+@given(value=st.decimals(allow_nan=True, allow_infinity=True))
+@example(value=decimal.Decimal("sNaN"))
+def test_decimal_columns_come_back_exactly(value: decimal.Decimal) -> None:
+    _decimal_comes_back(value)
+
+
+def test_the_decimal_check_catches_a_rounding_converter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sibling: Decimals built in a default context (28 digits, exponents to 999999) that
+    # does not trap lose digits and overflow to Infinity, silently.
+    monkeypatch.setattr(_msgpack, "_DECIMAL_FROM_STR", decimal.Context(traps=[]).create_decimal)
+    with pytest.raises(AssertionError):
+        _decimal_comes_back(decimal.Decimal("1.5"))
 
 
 def test_a_database_row_shape_comes_back_exactly() -> None:

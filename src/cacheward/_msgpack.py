@@ -109,6 +109,24 @@ _FOLD: Final = operator.attrgetter("fold")
 _ISO: Final = operator.methodcaller("isoformat")
 _UTC: Final = datetime.timezone.utc
 _ROW_DECODERS_MAX: Final = 256
+#: Columns of unequal lengths (forged bytes) raise: a miss, never rows cut short.
+_zip_columns = functools.partial(zip, strict=True)
+#: ``Decimal(text)`` without the thread's context lookup (about 15% faster). Every ``str`` of a
+#: ``Decimal`` comes back exact: unlimited precision and exponent range, and every condition
+#: that could change a value (or accept text ``str(Decimal)`` never writes) raises instead.
+_DECIMAL_FROM_STR: Final = decimal.Context(
+    prec=decimal.MAX_PREC,
+    Emax=decimal.MAX_EMAX,
+    Emin=decimal.MIN_EMIN,
+    traps=[
+        decimal.InvalidOperation,
+        decimal.Overflow,
+        decimal.Underflow,
+        decimal.Inexact,
+        decimal.Rounded,
+        decimal.Clamped,
+    ],
+).create_decimal
 
 
 def _msgspec() -> Any:
@@ -350,10 +368,13 @@ class MsgpackSerializer:
         by_key = type(container) is dict
         rows = list(container.values()) if by_key else container
         signatures = set(map(tuple, map(_TYPES_OF, rows)))
-        if len({len(s) for s in signatures}) != 1:
+        widths = {len(s) for s in signatures}
+        if len(widths) != 1 or not widths.pop():
             return None
+        # Column-wise from here on, so the loops run in C (and the reader decodes each column
+        # with one typed decoder, then zips the rows back together).
+        columns = list(zip(*rows, strict=True))
         letters = []
-        iso: list[int] = []
         for index, column in enumerate(zip(*signatures, strict=True)):
             kinds = set(column)
             optional = type(None) in kinds and len(kinds) > 1
@@ -366,7 +387,9 @@ class MsgpackSerializer:
             if letter is None:
                 return None
             if letter in "itl":
-                cells = list(filter(_NOT_NONE, map(operator.itemgetter(index), rows)))
+                cells = columns[index]
+                if optional:
+                    cells = tuple(filter(_NOT_NONE, cells))
                 if letter == "i":
                     if (
                         plain is _PLAIN_NO_INT
@@ -377,32 +400,25 @@ class MsgpackSerializer:
                     if not set(map(type, itertools.chain.from_iterable(cells))) <= plain:
                         return None
                 else:
-                    if any(map(_FOLD, cells)):
+                    found = _datetime_letter(cells)
+                    if found is None:
                         return None
-                    zones = set(map(_TZINFO, cells))
-                    if not zones <= {None, _UTC}:
-                        if not all(_fixed_minutes(zone) for zone in zones):
-                            return None
-                        letter = "T"
-                        iso.append(index)
+                    letter = found
+                    if letter == "T":
+                        if optional:
+                            columns[index] = tuple(
+                                [None if c is None else c.isoformat() for c in columns[index]]
+                            )
+                        else:
+                            columns[index] = tuple(map(_ISO, columns[index]))
             letters.append(letter + "?" if optional else letter)
         shape = ",".join(letters).encode("ascii")
         if len(shape) > 255:
             return None
-        if iso:
-            # Column-wise, so the loops run in C: transpose, turn the datetime columns into
-            # ISO text, transpose back.
-            columns = list(zip(*rows, strict=True))
-            for index in iso:
-                column = columns[index]
-                if letters[index].endswith("?"):
-                    columns[index] = tuple([None if c is None else c.isoformat() for c in column])
-                else:
-                    columns[index] = tuple(map(_ISO, column))
-            rows = list(zip(*columns, strict=True))
-            container = dict(zip(container, rows, strict=True)) if by_key else rows
+        if by_key:
+            columns.insert(0, tuple(container))
         code = _ROWS_BY_KEY if by_key else _ROWS
-        return self._ext(code, bytes((len(shape),)) + shape + self._encode(container))
+        return self._ext(code, bytes((len(shape),)) + shape + self._encode(columns))
 
     def _items(self, items: Any, depth: int, plain: frozenset[type]) -> bytes:
         if set(map(type, items)) <= plain:
@@ -467,15 +483,31 @@ class MsgpackSerializer:
         raise ValueError(f"unknown extension type {code}")
 
     def _row_decoder(self, code: int, shape: bytes) -> Callable[[memoryview], Any]:
-        columns = []
+        by_key = code == _ROWS_BY_KEY
+        columns: list[Any] = [list[str | int]] if by_key else []
+        exact: list[int] = []  # Decimal columns, decoded as text and converted after
         for letter in shape.decode("ascii").split(","):
-            kind = _COLUMN_TYPE[letter.removesuffix("?")]  # KeyError: garbage, a miss
-            columns.append(typing.Optional[kind] if letter.endswith("?") else kind)  # noqa: UP045
-        row: Any = tuple.__class_getitem__(tuple(columns))
-        whole = dict[Any, row] if code == _ROWS_BY_KEY else list[row]
-        decode: Callable[[memoryview], Any] = self._msgspec.msgpack.Decoder(
-            whole, ext_hook=self._ext_hook
-        ).decode
+            base = letter.removesuffix("?")
+            kind = _COLUMN_TYPE[base]  # KeyError: garbage, a miss
+            if letter != base:
+                kind = typing.Optional[kind]  # noqa: UP045
+            elif base == "D":
+                exact.append(len(columns))
+                kind = str
+            columns.append(list[kind])  # type: ignore[valid-type]
+        whole: Any = tuple.__class_getitem__(tuple(columns))
+        decode_columns = self._msgspec.msgpack.Decoder(whole).decode
+
+        def decode(data: memoryview) -> Any:
+            decoded = decode_columns(data)
+            if exact:
+                decoded = list(decoded)
+                for index in exact:
+                    decoded[index] = list(map(_DECIMAL_FROM_STR, decoded[index]))
+            if by_key:
+                return dict(_zip_columns(decoded[0], _zip_columns(*decoded[1:])))
+            return list(_zip_columns(*decoded))
+
         if len(self._row_decoders) < _ROW_DECODERS_MAX:
             self._row_decoders[bytes((code,)) + shape] = decode
         return decode
@@ -487,6 +519,19 @@ class MsgpackSerializer:
 
 _ONLY_TUPLES: Final = frozenset({tuple})
 _ROW_KEYS: Final = ({str}, {int})
+
+
+def _datetime_letter(cells: Any) -> str | None:
+    """How a column of datetimes is written: ``"t"`` (naive or UTC: msgspec's own encoding),
+    ``"T"`` (ISO text, for fixed offsets in whole minutes), ``None`` (not as a column)."""
+    if any(map(_FOLD, cells)):
+        return None
+    zones = set(map(_TZINFO, cells))
+    if zones <= {None, _UTC}:
+        return "t"
+    if all(_fixed_minutes(zone) for zone in zones):
+        return "T"
+    return None
 
 
 def _fixed_minutes(zone: object) -> bool:
