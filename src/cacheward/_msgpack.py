@@ -109,8 +109,6 @@ _FOLD: Final = operator.attrgetter("fold")
 _ISO: Final = operator.methodcaller("isoformat")
 _UTC: Final = datetime.timezone.utc
 _ROW_DECODERS_MAX: Final = 256
-#: Columns of unequal lengths (forged bytes) raise: a miss, never rows cut short.
-_zip_columns = functools.partial(zip, strict=True)
 #: ``Decimal(text)`` without the thread's context lookup (about 15% faster). Every ``str`` of a
 #: ``Decimal`` comes back exact: unlimited precision and exponent range, and every condition
 #: that could change a value (or accept text ``str(Decimal)`` never writes) raises instead.
@@ -500,13 +498,16 @@ class MsgpackSerializer:
 
         def decode(data: memoryview) -> Any:
             decoded = decode_columns(data)
+            if not _same_lengths(decoded):
+                raise ValueError("rows: columns of unequal lengths")
             if exact:
                 decoded = list(decoded)
                 for index in exact:
                     decoded[index] = list(map(_DECIMAL_FROM_STR, decoded[index]))
+            # Lengths checked above, at once: a strict zip checks them again per row.
             if by_key:
-                return dict(_zip_columns(decoded[0], _zip_columns(*decoded[1:])))
-            return list(_zip_columns(*decoded))
+                return dict(zip(decoded[0], zip(*decoded[1:], strict=False), strict=False))
+            return list(zip(*decoded, strict=False))
 
         if len(self._row_decoders) < _ROW_DECODERS_MAX:
             self._row_decoders[bytes((code,)) + shape] = decode
@@ -519,6 +520,12 @@ class MsgpackSerializer:
 
 _ONLY_TUPLES: Final = frozenset({tuple})
 _ROW_KEYS: Final = ({str}, {int})
+
+
+def _same_lengths(columns: Any) -> bool:
+    """Whether the decoded columns (and keys) are all as long: forged bytes may not be, and
+    zipping them would cut the rows short instead of making the entry a miss."""
+    return len(set(map(len, columns))) == 1
 
 
 def _datetime_letter(cells: Any) -> str | None:
