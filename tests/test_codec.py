@@ -192,11 +192,15 @@ def row_sets(draw: st.DrawFn) -> Any:
     shape = draw(st.lists(_columns, min_size=1, max_size=6))
     nullable = draw(st.lists(st.booleans(), min_size=len(shape), max_size=len(shape)))
     cells = [st.none() | c if n else c for c, n in zip(shape, nullable, strict=True)]
-    rows = draw(st.lists(st.tuples(*cells), min_size=8, max_size=20))
+    row: st.SearchStrategy[Any] = st.tuples(*cells)
+    if draw(st.booleans()):  # records: dicts with the same keys, in the same order
+        names = draw(st.lists(st.text(max_size=3), min_size=len(shape), max_size=len(shape)))
+        names = list(dict.fromkeys(names)) + [f"_{i}" for i in range(len(shape))]
+        row = row.map(lambda cells: dict(zip(names, cells, strict=False)))
     if draw(st.booleans()):
         keys = st.text() if draw(st.booleans()) else st.integers(min_value=0, max_value=10**6)
-        return draw(st.dictionaries(keys, st.tuples(*cells), min_size=8, max_size=20))
-    return rows
+        return draw(st.dictionaries(keys, row, min_size=8, max_size=20))
+    return draw(st.lists(row, min_size=8, max_size=20))
 
 
 ROWS = [
@@ -214,12 +218,23 @@ OFFSET_ROWS = [
 ]
 
 
+RECORDS = [dict(zip(("id", "name", "price", "at"), row, strict=True)) for row in ROWS]
+
+
 @given(value=row_sets())
 @example(value=ROWS)
 @example(value=OFFSET_ROWS)
 @example(value={f"k{i}": row for i, row in enumerate(ROWS)})
+@example(value=RECORDS)
+@example(value=dict(enumerate(RECORDS)))
 def test_rows_come_back_exactly(value: Any) -> None:
-    assert same(round_trip(value), value)
+    back = round_trip(value)
+    assert same(back, value)
+    rows = list(value.values()) if type(value) is dict else value
+    if type(rows[0]) is dict:  # records keep their key order
+        assert [list(r) for r in (back.values() if type(back) is dict else back)] == [
+            list(r) for r in rows
+        ]
 
 
 def test_rows_take_one_typed_extension() -> None:
@@ -228,17 +243,25 @@ def test_rows_take_one_typed_extension() -> None:
     assert packed.code == _msgpack._ROWS
     assert codec._pack(OFFSET_ROWS, 0, _msgpack._PLAIN).code == _msgpack._ROWS
     assert bytes(packed.data[1:8]) == b"i,s,D,t"
+    assert codec._pack(RECORDS, 0, _msgpack._PLAIN).code == _msgpack._RECORDS
+    by_key = {str(i): r for i, r in enumerate(RECORDS)}
+    assert codec._pack(by_key, 0, _msgpack._PLAIN).code == _msgpack._RECORDS_BY_KEY
+    # Records of types MessagePack keeps go to msgspec as they are (no typed path needed).
+    plain = [{"id": i, "name": f"n{i}"} for i in range(10)]
+    packed = codec._pack(plain, 0, _msgpack._PLAIN)
+    assert type(packed) is list
+    assert all(a is b for a, b in zip(packed, plain, strict=True))
 
 
 class _OffsetsAsUtc(cw.MsgpackSerializer):
     """A broken codec for the sibling: fixed-offset datetime columns are written as msgspec
     writes UTC ones (timestamps: the instant survives, the offset does not)."""
 
-    def _rows(self, container: Any, plain: frozenset[type]) -> Any:
+    def dumps(self, value: Any) -> bytes:
         saved = _msgpack._datetime_letter
         _msgpack._datetime_letter = lambda cells: "t"
         try:
-            return super()._rows(container, plain)
+            return super().dumps(value)
         finally:
             _msgpack._datetime_letter = saved
 
@@ -257,6 +280,11 @@ def test_the_row_check_catches_a_codec_that_drops_offsets() -> None:
 
     with pytest.raises(AssertionError):
         prop()
+    # The same break in the records path.
+    offset = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    records = [{"at": offset, "id": i} for i in range(8)]
+    assert same(round_trip(records), records)
+    assert not same(round_trip(records, _OffsetsAsUtc()), records)
 
 
 def test_garbage_row_shapes_are_a_miss() -> None:
@@ -288,6 +316,9 @@ FORGED_ROWS = {
     "Decimal text with underscores": (_msgpack._ROWS, b"D", [["1_0"]]),
     "Decimal text that is not a number": (_msgpack._ROWS, b"D", [["abc"]]),
     "a Decimal exponent out of range": (_msgpack._ROWS, b"D", [["1E+1000000000000000000"]]),
+    "fewer field names than columns": (_msgpack._RECORDS, b"i,s", [["a"], [1], ["x"]]),
+    "a field name twice": (_msgpack._RECORDS, b"i,s", [["a", "a"], [1], ["x"]]),
+    "records keys shorter than the rows": (_msgpack._RECORDS_BY_KEY, b"i", [["k"], ["a"], [1, 2]]),
 }
 
 
@@ -690,7 +721,7 @@ def test_estimate_size_counts_nested_items() -> None:
 def test_the_codec_module_documents_every_extension_code() -> None:
     codes = [k for k in vars(_msgpack) if k.startswith("_") and k.isupper()]
     doc = _msgpack.__doc__ or ""
-    for name in ("_TUPLE", "_BYTEARRAY", "_ROWS", "_ROWS_BY_KEY"):
+    for name in ("_TUPLE", "_BYTEARRAY", "_ROWS", "_ROWS_BY_KEY", "_RECORDS", "_RECORDS_BY_KEY"):
         assert name in codes
-    for code in range(1, 16):
+    for code in range(1, 18):
         assert f"\n{code} " in doc
