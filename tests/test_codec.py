@@ -192,11 +192,15 @@ def row_sets(draw: st.DrawFn) -> Any:
     shape = draw(st.lists(_columns, min_size=1, max_size=6))
     nullable = draw(st.lists(st.booleans(), min_size=len(shape), max_size=len(shape)))
     cells = [st.none() | c if n else c for c, n in zip(shape, nullable, strict=True)]
-    rows = draw(st.lists(st.tuples(*cells), min_size=8, max_size=20))
+    row: st.SearchStrategy[Any] = st.tuples(*cells)
+    if draw(st.booleans()):  # records: dicts with the same keys, in the same order
+        names = draw(st.lists(st.text(max_size=3), min_size=len(shape), max_size=len(shape)))
+        names = list(dict.fromkeys(names)) + [f"_{i}" for i in range(len(shape))]
+        row = row.map(lambda cells: dict(zip(names, cells, strict=False)))
     if draw(st.booleans()):
         keys = st.text() if draw(st.booleans()) else st.integers(min_value=0, max_value=10**6)
-        return draw(st.dictionaries(keys, st.tuples(*cells), min_size=8, max_size=20))
-    return rows
+        return draw(st.dictionaries(keys, row, min_size=8, max_size=20))
+    return draw(st.lists(row, min_size=8, max_size=20))
 
 
 ROWS = [
@@ -214,12 +218,23 @@ OFFSET_ROWS = [
 ]
 
 
+RECORDS = [dict(zip(("id", "name", "price", "at"), row, strict=True)) for row in ROWS]
+
+
 @given(value=row_sets())
 @example(value=ROWS)
 @example(value=OFFSET_ROWS)
 @example(value={f"k{i}": row for i, row in enumerate(ROWS)})
+@example(value=RECORDS)
+@example(value=dict(enumerate(RECORDS)))
 def test_rows_come_back_exactly(value: Any) -> None:
-    assert same(round_trip(value), value)
+    back = round_trip(value)
+    assert same(back, value)
+    rows = list(value.values()) if type(value) is dict else value
+    if type(rows[0]) is dict:  # records keep their key order
+        assert [list(r) for r in (back.values() if type(back) is dict else back)] == [
+            list(r) for r in rows
+        ]
 
 
 def test_rows_take_one_typed_extension() -> None:
@@ -228,30 +243,27 @@ def test_rows_take_one_typed_extension() -> None:
     assert packed.code == _msgpack._ROWS
     assert codec._pack(OFFSET_ROWS, 0, _msgpack._PLAIN).code == _msgpack._ROWS
     assert bytes(packed.data[1:8]) == b"i,s,D,t"
+    assert codec._pack(RECORDS, 0, _msgpack._PLAIN).code == _msgpack._RECORDS
+    by_key = {str(i): r for i, r in enumerate(RECORDS)}
+    assert codec._pack(by_key, 0, _msgpack._PLAIN).code == _msgpack._RECORDS_BY_KEY
+    # Records of types MessagePack keeps go to msgspec as they are (no typed path needed).
+    plain = [{"id": i, "name": f"n{i}"} for i in range(10)]
+    packed = codec._pack(plain, 0, _msgpack._PLAIN)
+    assert type(packed) is list
+    assert all(a is b for a, b in zip(packed, plain, strict=True))
 
 
 class _OffsetsAsUtc(cw.MsgpackSerializer):
-    """A broken codec for the sibling: fixed-offset datetime columns go through untouched, so
-    msgspec writes them as UTC timestamps (the instant survives, the offset does not)."""
+    """A broken codec for the sibling: fixed-offset datetime columns are written as msgspec
+    writes UTC ones (timestamps: the instant survives, the offset does not)."""
 
-    def _rows(self, container: Any, plain: frozenset[type]) -> Any:
-        saved = _msgpack._fixed_minutes
-        _msgpack._fixed_minutes = lambda zone: False  # type: ignore[assignment]
+    def dumps(self, value: Any) -> bytes:
+        saved = _msgpack._datetime_letter
+        _msgpack._datetime_letter = lambda cells: "t"
         try:
-            rows = super()._rows(container, plain)
+            return super().dumps(value)
         finally:
-            _msgpack._fixed_minutes = saved
-        if rows is not None or type(container) is not list:
-            return rows
-        shape = ",".join(
-            "t" if type(c) is datetime.datetime else _msgpack._COLUMN.get(type(c), "?")
-            for c in container[0]
-        )
-        if "?" in shape or any(None in r for r in container):
-            return None
-        return self._ext(
-            _msgpack._ROWS, bytes((len(shape),)) + shape.encode() + self._encode(container)
-        )
+            _msgpack._datetime_letter = saved
 
 
 def test_the_row_check_catches_a_codec_that_drops_offsets() -> None:
@@ -268,6 +280,11 @@ def test_the_row_check_catches_a_codec_that_drops_offsets() -> None:
 
     with pytest.raises(AssertionError):
         prop()
+    # The same break in the records path.
+    offset = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
+    records = [{"at": offset, "id": i} for i in range(8)]
+    assert same(round_trip(records), records)
+    assert not same(round_trip(records, _OffsetsAsUtc()), records)
 
 
 def test_garbage_row_shapes_are_a_miss() -> None:
@@ -280,6 +297,97 @@ def test_garbage_row_shapes_are_a_miss() -> None:
         )
         with pytest.raises(Exception):
             codec.loads(body)
+
+
+def _rows_body(code: int, shape: bytes, columns: list[Any]) -> bytes:
+    """A body holding one rows extension, written by hand (as a forger would)."""
+    payload = bytes((len(shape),)) + shape + msgspec.msgpack.encode(columns)
+    return msgspec.msgpack.encode(msgspec.msgpack.Ext(code, payload))
+
+
+#: Rows extensions no writer produces: each must be a miss (``loads`` raises), never a value.
+FORGED_ROWS = {
+    "a column shorter than the others": (_msgpack._ROWS, b"i,s", [[1, 2, 3], ["a", "b"]]),
+    "keys shorter than the rows": (_msgpack._ROWS_BY_KEY, b"i", [["a"], [1, 2]]),
+    "a text cell in an int column": (_msgpack._ROWS, b"i,s", [[1, "x"], ["a", "b"]]),
+    "more columns than the shape": (_msgpack._ROWS, b"i", [[1], [2]]),
+    "an int in a bool column": (_msgpack._ROWS, b"b", [[True, 1]]),
+    "Decimal text with spaces": (_msgpack._ROWS, b"D", [[" 1"]]),
+    "Decimal text with underscores": (_msgpack._ROWS, b"D", [["1_0"]]),
+    "Decimal text that is not a number": (_msgpack._ROWS, b"D", [["abc"]]),
+    "a Decimal exponent out of range": (_msgpack._ROWS, b"D", [["1E+1000000000000000000"]]),
+    "fewer field names than columns": (_msgpack._RECORDS, b"i,s", [["a"], [1], ["x"]]),
+    "a field name twice": (_msgpack._RECORDS, b"i,s", [["a", "a"], [1], ["x"]]),
+    "records keys shorter than the rows": (_msgpack._RECORDS_BY_KEY, b"i", [["k"], ["a"], [1, 2]]),
+}
+
+
+class _Forger(cw.MsgpackSerializer):
+    """Writes the bytes it is given as the body (a forger with write access to Redis)."""
+
+    def dumps(self, value: Any) -> bytes:
+        return bytes(value)
+
+
+@pytest.mark.parametrize("forged", FORGED_ROWS.values(), ids=FORGED_ROWS)
+def test_forged_rows_are_a_miss(forged: tuple[int, bytes, list[Any]]) -> None:
+    data = encode_entry(entry(_rows_body(*forged)), KEY_TEXT, _Forger())
+    with pytest.raises(PayloadError, match="undecodable"):
+        decode_entry(data, KEY_TEXT, cw.MsgpackSerializer())
+
+
+def test_without_strict_columns_or_exact_decimals_forged_rows_give_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The sibling: rows zipped without the length check, and Decimals built by the lenient
+    # constructor, turn forged bytes into values (rows cut short, " 1" read as 1).
+    monkeypatch.setattr(_msgpack, "_same_lengths", lambda columns: True)
+    monkeypatch.setattr(_msgpack, "_DECIMAL_FROM_STR", decimal.Decimal)
+    codec = cw.MsgpackSerializer()
+    loads = codec.loads
+    assert loads(_rows_body(*FORGED_ROWS["a column shorter than the others"])) == [
+        (1, "a"),
+        (2, "b"),
+    ]
+    assert loads(_rows_body(*FORGED_ROWS["keys shorter than the rows"])) == {"a": (1,)}
+    assert loads(_rows_body(*FORGED_ROWS["Decimal text with spaces"])) == [(decimal.Decimal(1),)]
+
+
+_EXTREME_DECIMALS = [
+    "1E+999999999999999999",
+    "-1E-999999999999999999",
+    "1E-1000000000000000017",  # subnormal: below Emin, still exact
+    "12345678901234567890123456789012345678901234567890.123456789",
+    "-0E-1000000000000000017",
+    "0E+999999999999999999",
+    "-0",
+    "sNaN123",
+    "-NaN" + "9" * 60,
+    "-Infinity",
+]
+
+
+def _decimal_comes_back(value: decimal.Decimal) -> None:
+    for text in (str(value), *_EXTREME_DECIMALS):
+        back = _msgpack._DECIMAL_FROM_STR(text)
+        assert str(back) == str(decimal.Decimal(text))
+        assert back.as_tuple() == decimal.Decimal(text).as_tuple()
+    rows = [(value, i) for i in range(8)]
+    assert same(round_trip(rows), rows)
+
+
+@given(value=st.decimals(allow_nan=True, allow_infinity=True))
+@example(value=decimal.Decimal("sNaN"))
+def test_decimal_columns_come_back_exactly(value: decimal.Decimal) -> None:
+    _decimal_comes_back(value)
+
+
+def test_the_decimal_check_catches_a_rounding_converter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sibling: Decimals built in a default context (28 digits, exponents to 999999) that
+    # does not trap lose digits and overflow to Infinity, silently.
+    monkeypatch.setattr(_msgpack, "_DECIMAL_FROM_STR", decimal.Context(traps=[]).create_decimal)
+    with pytest.raises(AssertionError):
+        _decimal_comes_back(decimal.Decimal("1.5"))
 
 
 def test_a_database_row_shape_comes_back_exactly() -> None:
@@ -613,7 +721,7 @@ def test_estimate_size_counts_nested_items() -> None:
 def test_the_codec_module_documents_every_extension_code() -> None:
     codes = [k for k in vars(_msgpack) if k.startswith("_") and k.isupper()]
     doc = _msgpack.__doc__ or ""
-    for name in ("_TUPLE", "_BYTEARRAY", "_ROWS", "_ROWS_BY_KEY"):
+    for name in ("_TUPLE", "_BYTEARRAY", "_ROWS", "_ROWS_BY_KEY", "_RECORDS", "_RECORDS_BY_KEY"):
         assert name in codes
-    for code in range(1, 16):
+    for code in range(1, 18):
         assert f"\n{code} " in doc

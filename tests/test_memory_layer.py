@@ -8,6 +8,7 @@ LFU the least often read (ties: the one that reached that count first). An entry
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -220,3 +221,57 @@ def test_entries_of_one_function_share_their_stamp_offsets() -> None:
     odd = Entry(None, 1.0, 1e300, 1e300 + 1e284, 1e300 + 1e285)
     assert odd._tail[0] is False  # absolute: 1e300 - (1e300 - 1.0) is not 1.0
     assert (odd.created, odd.stale_until, odd.error_until) == (1.0, 1e300 + 1e284, 1e300 + 1e285)
+
+
+class _FloatSlotEntry:
+    """The layout before: ``fresh_until`` a float object of its own (for the sibling)."""
+
+    __slots__ = ("_tail", "fresh_until", "value")
+
+    def __init__(self, value: Any, fresh_until: float) -> None:
+        self.value, self.fresh_until, self._tail = value, fresh_until, ()
+
+
+def _allocated_per_entry(make: Any) -> float:
+    """Bytes allocated per entry made by ``make(i)`` with distinct stamps (a real clock's)."""
+    import tracemalloc
+
+    values = list(range(2000))  # preallocated: only the entries are measured
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        made = [make(i) for i in values]
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return (allocated - sys.getsizeof(made)) / len(made)
+
+
+def test_an_entry_is_one_object_stamps_included() -> None:
+    # What keeps a small entry at 56 bytes: fresh_until is the entry's own float value, not a
+    # float object beside it (24 bytes more an entry).
+    from cacheward._core.entry import make_entry
+
+    settings = {"ttl": 60.0, "stale_ttl": 30.0, "stale_if_error": 600.0, "jitter": 0.1}
+    one = make_entry(0, now=1_800_000_000.0, draw=0.5, **settings)
+
+    def make(i: int) -> Entry:
+        return make_entry(i, now=1_800_000_000.0 + i / 7, draw=0.5, **settings)
+
+    assert _allocated_per_entry(make) <= sys.getsizeof(one) + 1
+    # ... and apart from the freshness test it is no number.
+    assert one.fresh_until == +one
+    assert type(one.fresh_until) is float
+    assert [one == one.fresh_until, one.fresh_until == one] == [False, False]
+    assert [one != one.fresh_until, one.fresh_until != one] == [True, True]
+    assert Entry(None, 0.0, 0.0, 0.0)  # always true, though its fresh_until is 0.0
+    with pytest.raises(TypeError):
+        hash(one)
+
+
+def test_the_entry_size_check_catches_a_separate_float() -> None:
+    # The sibling: the layout with a float object per entry fails the same measurement.
+    one = _FloatSlotEntry(0, 1.5)
+    assert _allocated_per_entry(lambda i: _FloatSlotEntry(i, 1_800_000_000.0 + i / 7)) > (
+        sys.getsizeof(one) + 1
+    )

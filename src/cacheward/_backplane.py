@@ -59,15 +59,19 @@ BACKOFF_MAX: Final = 5.0
 PROCESS: Final = secrets.token_hex(6)
 
 
-class Recheck:
+class Recheck(float):
     """What a guarded lookup returns for an entry it may not serve unchecked: it fails the hot
-    path's freshness test (so the call goes to the read path) and carries the entry."""
+    path's freshness test (``now < +found``: it is the float ``-inf``, as an entry is its
+    ``fresh_until``), so the call goes to the read path, and carries the entry."""
 
     __slots__ = ("entry",)
     fresh_until: Final = -math.inf
+    entry: Entry
 
-    def __init__(self, entry: Entry) -> None:
+    def __new__(cls, entry: Entry) -> Recheck:
+        self = float.__new__(cls, -math.inf)
         self.entry = entry
+        return self
 
 
 # --- messages: [origin, namespace, local key] -----------------------------------------------

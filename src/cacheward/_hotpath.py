@@ -15,7 +15,9 @@ what it does.
 In both, an exact ``str`` or ``int`` argument is its own memory key (their equality is already
 type-safe; see :func:`cacheward._core.keys.local_key`), the entry is looked up with the memory
 layer's bare ``dict.get``, and its ``fresh_until`` is compared with the clock — the first line
-of :func:`cacheward._core.entry.classify`. Hits are counted in a closure cell.
+of :func:`cacheward._core.entry.classify` (``+entry`` is ``fresh_until`` as a plain float: an
+entry is a float subclass, see :class:`~cacheward._core.entry.Entry`). Hits are counted in a
+closure cell.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG,
             return {await_}fn(*call_args, **kwargs)
         local = local_of(call_args, kwargs)
         entry = lookup(local)
-        if entry is not None and now() < entry.fresh_until:
+        if entry is not None and now() < +entry:
             hits += 1
             if hit_listeners:
                 emit(HIT, source)
@@ -52,7 +54,7 @@ def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG,
         nonlocal hits
         if not testmode and ({fast_case}):
             entry = lookup({arg})
-            if entry is not None and now() < entry.fresh_until:
+            if entry is not None and now() < +entry:
                 hits += 1
                 if hit_listeners:
                     emit(HIT, source)

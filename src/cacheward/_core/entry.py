@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 __all__ = [
     "MAX_CLOCK_SKEW",
@@ -35,7 +35,17 @@ _TAILS: dict[tuple[bool, float, float, float], tuple[bool, float, float, float]]
 _TAILS_MAX: Final = 8192
 
 
-class Entry:
+if TYPE_CHECKING:
+    _Stamped = object
+else:
+    # At run time an entry *is* its ``fresh_until`` (a float subclass): the stamp lives in the
+    # entry object itself, not in a float object of its own (24 bytes an entry), and the hot
+    # path's freshness test is one float comparison, ``now < entry``. Type checkers see a plain
+    # class: the float is an implementation detail, not part of the API.
+    _Stamped = float
+
+
+class Entry(_Stamped):
     """A cached value with its own wall-clock stamps, so every process judges it alike.
 
     Attributes:
@@ -46,45 +56,68 @@ class Entry:
         error_until: the value may be served when a fetch fails while ``now < error_until``;
             this is the entry's stale limit, the last moment it may be served at all.
 
-    Memory: an in-process layer holds one of these per key, so it is small. Only ``value`` and
-    ``fresh_until`` (the two the hit path reads) are stored per entry; the other three stamps are
-    kept as offsets from ``fresh_until`` in a tuple shared by every entry with the same offsets
-    (a function's entries have a few: its ``ttl``, ``stale_ttl`` and jitter steps), or as
-    absolute values when an offset would not give the stamp back exactly.
+    Memory: an in-process layer holds one of these per key, so it is small: 56 bytes, stamps
+    included. ``fresh_until`` (the stamp the hit path reads) is the entry's own float value
+    (``now < entry`` is the freshness test; ``float(entry)`` is ``fresh_until``); the other
+    three stamps are kept as offsets from it in a tuple shared by every entry with the same
+    offsets (a function's entries have a few: its ``ttl``, ``stale_ttl`` and jitter steps), or
+    as absolute values when an offset would not give the stamp back exactly. Apart from that
+    comparison an entry does not behave as a number: it is always true, equal only to an entry
+    with the same value and stamps, and unhashable.
     """
 
-    __slots__ = ("_tail", "fresh_until", "value")
+    __slots__ = ("_tail", "value")
 
-    def __init__(
-        self,
-        value: Any,
-        created: float,
-        fresh_until: float,
-        stale_until: float,
-        error_until: float | None = None,
-    ) -> None:
-        if error_until is None:
-            error_until = stale_until
-        self.value: Final = value
-        self.fresh_until: Final = fresh_until
-        to_created = fresh_until - created
-        to_stale = stale_until - fresh_until
-        to_error = error_until - fresh_until
-        tail: tuple[bool, float, float, float]
-        if (
-            fresh_until - to_created == created
-            and fresh_until + to_stale == stale_until
-            and fresh_until + to_error == error_until
-        ):
-            tail = (True, to_created, to_stale, to_error)
-            shared = _TAILS.get(tail)
-            if shared is not None:
-                tail = shared
-            elif len(_TAILS) < _TAILS_MAX:
-                _TAILS[tail] = tail
-        else:
-            tail = (False, created, stale_until, error_until)
-        self._tail: Final = tail
+    if TYPE_CHECKING:
+        _tail: tuple[bool, float, float, float]
+
+        @property
+        def value(self) -> Any: ...
+        @property
+        def fresh_until(self) -> float: ...
+
+        def __init__(
+            self,
+            value: Any,
+            created: float,
+            fresh_until: float,
+            stale_until: float,
+            error_until: float | None = None,
+        ) -> None: ...
+
+    else:
+        fresh_until = float.real  # the float value itself, as an exact float
+
+        def __new__(
+            cls,
+            value: Any,
+            created: float,
+            fresh_until: float,
+            stale_until: float,
+            error_until: float | None = None,
+        ) -> Entry:
+            if error_until is None:
+                error_until = stale_until
+            self = float.__new__(cls, fresh_until)
+            self.value = value
+            to_created = fresh_until - created
+            to_stale = stale_until - fresh_until
+            to_error = error_until - fresh_until
+            if (
+                fresh_until - to_created == created
+                and fresh_until + to_stale == stale_until
+                and fresh_until + to_error == error_until
+            ):
+                tail = (True, to_created, to_stale, to_error)
+                shared = _TAILS.get(tail)
+                if shared is not None:
+                    tail = shared
+                elif len(_TAILS) < _TAILS_MAX:
+                    _TAILS[tail] = tail
+            else:
+                tail = (False, created, stale_until, error_until)
+            self._tail = tail
+            return self
 
     @property
     def created(self) -> float:
@@ -116,8 +149,17 @@ class Entry:
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Entry):
-            return NotImplemented
+            # Never equal to a number (float's own comparison would say so): False, not
+            # NotImplemented, which would hand the question to float.__eq__.
+            return False if isinstance(other, (int, float)) else NotImplemented
         return self._fields() == other._fields()
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    def __bool__(self) -> bool:
+        return True
 
     __hash__ = None  # type: ignore[assignment]
 
