@@ -616,6 +616,32 @@ def test_single_parameter_wrapper_binds_like_the_function() -> None:
     assert len(backend.calls) == 3
 
 
+@pytest.mark.parametrize("name", ["type", "str", "int", "lookup", "now"])
+def test_a_parameter_named_like_a_name_of_the_hot_path_is_served(name: str) -> None:
+    """``def f(type)`` once made the hit call its argument (``type(type) is str``)."""
+    namespace: dict[str, Any] = {}
+    exec(f"def fetch({name}):\n    return ({name}, 'v')", namespace)  # noqa: S102 - the name is the point
+    fetch = cw.cached(ttl=10)(namespace["fetch"])
+
+    assert fetch("a") == fetch("a") == ("a", "v")
+    assert fetch(7) == (7, "v")
+    assert fetch.stats().hits == 1
+
+
+def test_the_shadowing_guard_is_what_keeps_such_a_parameter_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sibling: without the guard, ``def f(type)`` gets the named wrapper and fails."""
+    from cacheward import _hotpath
+
+    monkeypatch.setattr(_hotpath, "_TEMPLATE_NAMES", frozenset())
+    namespace: dict[str, Any] = {}
+    exec("def fetch(type):\n    return type", namespace)  # noqa: S102 - the name is the point
+    fetch = cw.cached(ttl=10)(namespace["fetch"])
+    with pytest.raises(TypeError, match="not callable"):
+        fetch("a")
+
+
 def test_positional_only_parameter() -> None:
     @cw.cached(ttl=10)
     def fetch(customer: str, /) -> str:

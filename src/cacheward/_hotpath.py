@@ -15,7 +15,9 @@ what it does.
 In both, an exact ``str`` or ``int`` argument is its own memory key (their equality is already
 type-safe; see :func:`cacheward._core.keys.local_key`), the entry is looked up with the memory
 layer's bare ``dict.get``, and its ``fresh_until`` is compared with the clock — the first line
-of :func:`cacheward._core.entry.classify`. Hits are counted in a closure cell.
+of :func:`cacheward._core.entry.classify`. Hits are counted in a closure cell; everything else
+the wrapper reads is a global of its own namespace (a closure would copy every cell into the
+frame on each call).
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ __all__ = ["NOARG", "build_wrapper"]
 NOARG: Any = type("NoArg", (), {"__repr__": lambda self: "<no argument>"})()
 
 _TEMPLATE = """
-def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG, fn, testmode,
-          bypassed):
+def build():
     hits = 0
 
     {adef} general(first, args, kwargs):
@@ -60,12 +61,21 @@ def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG,
             return {await_}serve({arg}, entry, ({arg},), {{}})
         return {await_}general({general_args})
 
-    def set_lookup(new):
-        nonlocal lookup
-        lookup = new
+    return wrapper, lambda: hits
 
-    return wrapper, lambda: hits, set_lookup
+
+def set_lookup(new):
+    global lookup
+    lookup = new
 """
+
+
+#: Every name the template reads: a parameter of the same name would shadow it.
+_TEMPLATE_NAMES = frozenset(
+    {"lookup", "set_lookup", "now", "serve", "local_of", "hit_listeners", "emit", "HIT",
+     "source", "NOARG", "hits", "entry", "general", "wrapper", "first", "args", "kwargs",
+     "call_args", "local", "fn", "testmode", "bypassed", "build", "type", "str", "int"}
+)  # fmt: skip
 
 
 def _single_parameter(fn: Callable[..., Any]) -> str | None:
@@ -86,9 +96,7 @@ def _single_parameter(fn: Callable[..., Any]) -> str | None:
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("__"):
         return None
     # Never shadow a name the template itself uses.
-    if name in {"lookup", "set_lookup", "now", "serve", "local_of", "hit_listeners", "emit",
-                "HIT", "source", "NOARG", "hits", "entry", "general", "wrapper", "first", "args",
-                "kwargs", "call_args", "local", "fn", "testmode", "bypassed"}:  # fmt: skip
+    if name in _TEMPLATE_NAMES:
         return None
     positional_only = param.kind is inspect.Parameter.POSITIONAL_ONLY
     return f"{name}, /" if positional_only else name
@@ -141,21 +149,25 @@ def build_wrapper(
         fast_case=fast_case,
         general_args=general_args,
     )
-    namespace: dict[str, Any] = {}
+    # The wrapper's collaborators are the globals of its own namespace, not closure cells: a
+    # function with free variables copies every cell into its frame on each call (11 of them
+    # cost about 15 ns of a ~150 ns hit), while a global read is one cached dict-slot load.
+    # Only the hit counter, which the wrapper writes, stays a cell.
+    namespace: dict[str, Any] = {
+        "lookup": lookup,
+        "now": now,
+        "serve": serve,
+        "local_of": local_of,
+        "hit_listeners": hit_listeners,
+        "emit": emit,
+        "HIT": hit_kind,
+        "source": source,
+        "NOARG": NOARG,
+        "fn": fn,
+        "testmode": testmode,
+        "bypassed": bypassed,
+    }
     filename = f"<cacheward wrapper of {getattr(fn, '__qualname__', fn)!s}>"
     exec(compile(source_code, filename, "exec"), namespace)  # noqa: S102 - our own template
-    wrapper, hits, set_lookup = namespace["build"](
-        lookup,
-        now,
-        serve,
-        local_of,
-        hit_listeners,
-        emit,
-        hit_kind,
-        source,
-        NOARG,
-        fn,
-        testmode,
-        bypassed,
-    )
-    return wrapper, hits, set_lookup
+    wrapper, hits = namespace["build"]()
+    return wrapper, hits, namespace["set_lookup"]
