@@ -102,6 +102,24 @@ def _single_parameter(fn: Callable[..., Any]) -> str | None:
     return f"{name}, /" if positional_only else name
 
 
+def _exact_check(fn: Callable[..., Any], arg: str) -> str:
+    """The "is ``arg`` exactly a ``str`` or an ``int``" test, the annotated type tested first.
+
+    A test that fails costs a ``type()`` call and a jump (about 25 ns of a hit here), so a
+    parameter annotated ``int`` (or ``"int"``) is tested for ``int`` first; any other is
+    tested for ``str`` first.
+    """
+    import inspect  # at decoration: importing cacheward does not load it
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    annotation = params[0].annotation if params else None
+    first, second = ("int", "str") if annotation in (int, "int") else ("str", "int")
+    return f"type({arg}) is {first} or type({arg}) is {second}"
+
+
 def build_wrapper(
     fn: Callable[..., Any],
     *,
@@ -131,7 +149,7 @@ def build_wrapper(
     if single is not None:
         arg = single.removesuffix(", /")
         params = single
-        fast_case = f"type({arg}) is str or type({arg}) is int"
+        fast_case = _exact_check(fn, arg)
         general_args = f"NOARG, ({arg},), {{}}"
     elif keyed:
         arg, params = "first", "*args, **kwargs"
@@ -139,7 +157,7 @@ def build_wrapper(
         general_args = "NOARG, args, kwargs"
     else:
         arg, params = "first", "first=NOARG, /, *args, **kwargs"
-        fast_case = "not args and not kwargs and (type(first) is str or type(first) is int)"
+        fast_case = f"not args and not kwargs and ({_exact_check(fn, arg)})"
         general_args = "first, args, kwargs"
     source_code = _TEMPLATE.format(
         adef="async def" if is_async else "def",
