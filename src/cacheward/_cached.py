@@ -8,9 +8,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import random
 from collections.abc import Callable, Coroutine, Hashable, Sequence
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from cacheward import _testmode
 from cacheward._checks import check_caller, check_lifetime, check_not_descriptor
@@ -31,6 +30,9 @@ from cacheward._layers import MemoryLayer
 from cacheward._lazy import isasyncgenfunction, iscoroutinefunction, isgeneratorfunction
 from cacheward._pending import Invalidation
 from cacheward._readpath import CacheStats, Driver, Missing
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = [
     "AsyncCachedFunction",
@@ -256,6 +258,8 @@ def make_settings(
             raise ConfigurationError(
                 f"layers[{index}] is a MemoryLayer: an in-process layer must come first"
             )
+    import random  # at decoration: importing cacheward does not load it
+
     if rng is not None and not isinstance(rng, random.Random):
         raise ConfigurationTypeError(f"rng must be a random.Random, got {type(rng).__name__}")
     if key is not None and not callable(key):

@@ -14,12 +14,14 @@ import enum
 import logging
 import threading
 from collections.abc import Iterable
-from datetime import timedelta
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from cacheward._clock import Clock
 from cacheward._config import check_clock, check_positive_int, duration
 from cacheward._core.logthrottle import LogThrottle, Summary
+
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 __all__ = [
     "Event",
