@@ -6,7 +6,6 @@ The read-through itself, one plan for both colours, is in ``cacheward._readpath`
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 from collections.abc import Callable, Coroutine, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
@@ -24,6 +23,7 @@ from cacheward._config import (
 )
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import HIT_LISTENERS, EventKind, emit
+from cacheward._frozen import Frozen
 from cacheward._hotpath import build_wrapper
 from cacheward._identity import claim, default_namespace, identity_of
 from cacheward._layers import MemoryLayer
@@ -169,8 +169,7 @@ class Decorator(Protocol):
 # Settings
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(Frozen):
     ttl: float
     stale_ttl: float
     stale_if_error: float

@@ -15,7 +15,6 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
-import dataclasses
 import enum
 import threading
 import weakref
@@ -46,6 +45,7 @@ from cacheward._errors import (
     RecursiveFetch,
 )
 from cacheward._events import EventKind, emit
+from cacheward._frozen import Frozen
 from cacheward._layers import (
     AsyncLeasingLayer,
     LayerBreaker,
@@ -95,8 +95,7 @@ class Missing(enum.Enum):
     __str__ = __repr__
 
 
-@dataclasses.dataclass(frozen=True)
-class CacheStats:
+class CacheStats(Frozen):
     """A snapshot of one cached function's counters (see :meth:`CachedFunction.stats`)."""
 
     hits: int = 0
@@ -1778,6 +1777,8 @@ class Driver:
             in_flight = sum(1 for st in self.core.states.values() if st.flight is not None)
         stats = self.counters.snapshot(in_flight)
         books = [g.pending for g in self.remotes]
+        import dataclasses  # the stats class is built by now: it has an instance
+
         return dataclasses.replace(
             stats,
             hits=stats.hits + self.memory_hits(),
