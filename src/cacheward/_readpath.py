@@ -884,6 +884,10 @@ def positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
 # The driver: the plans
 
 
+#: How many local keys' text keys a driver remembers (emptied when full: ~100 bytes each).
+TEXTS_KEPT = 1024
+
+
 class Driver:
     """Everything one cached function needs at call time, and its plans."""
 
@@ -958,6 +962,8 @@ class Driver:
         #: The flights ``refresh`` leads, by local key (they skip the shared layers' entries
         #: and write through; later refreshes of the key join them).
         self.forcing: dict[Hashable, Flight] = {}
+        #: The text keys of recent local keys (see :meth:`cache_key`), at most TEXTS_KEPT.
+        self.texts: dict[Hashable, str] = {}
 
     # ---- the two entry points per colour (one line each)
 
@@ -1625,7 +1631,16 @@ class Driver:
         return local_key(*self.key_args(args, kwargs))
 
     def cache_key(self, local: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CacheKey:
-        return CacheKey(local, self.namespace, *self.key_args(args, kwargs))
+        if not self.remotes:
+            return CacheKey(local, self.namespace, *self.key_args(args, kwargs))
+        # A shared layer needs the text key (typed encoding + BLAKE2b, a few µs): remembered
+        # for recent local keys, which determine it (see cacheward._core.keys.local_key).
+        texts = self.texts
+        key = CacheKey(local, self.namespace, *self.key_args(args, kwargs), text=texts.get(local))
+        if len(texts) >= TEXTS_KEPT:
+            texts.clear()
+        texts[local] = key.text
+        return key
 
     def decide(self, key: CacheKey, entry: Entry | None) -> tuple[Action, Any, Any, Entry | None]:
         """Ask the core, holding the lock; returns its answer and the entry it judged.

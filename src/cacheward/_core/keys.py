@@ -155,13 +155,17 @@ class CacheKey:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
         names: Sequence[str],
+        *,
+        text: str | None = None,
     ) -> None:
         self.local = local
         self.namespace = namespace
         self._args = args
         self._kwargs = kwargs
         self._names = names
-        self._text: str | None = None
+        #: ``text`` when the caller already knows it (a driver remembers the texts of recent
+        #: local keys: the same local key in the same namespace always has the same text).
+        self._text = text
 
     @property
     def text(self) -> str:
