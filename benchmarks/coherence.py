@@ -12,8 +12,7 @@ On a private ``redis-server`` (behind a loopback proxy, to hang the path to it):
 
 4. the backplane: an invalidation's propagation to 4 other processes' memory layers (from
    just before ``invalidate()`` to the key being dropped there, one clock: same host), p50 and
-   p99; and a memory-layer hit with the backplane on vs off (interleaved rounds, the ratio).
-
+   p99; and a memory-layer hit with the backplane on vs off (interleaved rounds, the ratio);
 5. the channel down: 4 other processes whose channel never comes up (their Redis user may not
    subscribe: an ACL without channels) while their reads work, each reading every key in a loop;
    invalidations spread over twice ``l1_max_age``; how long after an invalidation a process
@@ -191,62 +190,6 @@ def _propagation(server: Any, keys: int, listeners: int = 4) -> dict[str, Any]:
     return {"listeners": listeners, "keys": keys, "not_dropped": missing, **summary(delays)}
 
 
-def _channel_down(server: Any, keys: int, max_age: float, listeners: int = 4) -> dict[str, Any]:
-    import cacheward as cw
-
-    space = f"d{uuid.uuid4().hex[:8]}"
-    raw = server.client()
-    user = f"nochan{uuid.uuid4().hex[:6]}"
-    # Every command and key, no channel: SUBSCRIBE is refused, so the channel stays down.
-    raw.execute_command("ACL", "SETUSER", user, "on", "nopass", "+@all", "~*", "resetchannels")
-    for index in range(keys):
-        raw.set(f"val:{space}:k{index}", "old")
-    host, port = server.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
-    down_url = f"redis://{user}@{host}:{port}/0"
-    args = [down_url, space, str(keys), "--down", str(max_age)]
-    procs = _workers(raw, args, listeners, space)
-    layer = cw.RedisLayer.from_url(server.url, socket_timeout=1.0, namespace=space)
-
-    @cw.cached(ttl=600, layers=[cw.MemoryLayer(maxsize=keys + 10), layer], namespace="bench")
-    def load(key: str) -> str:
-        return (raw.get(f"val:{space}:{key}") or b"").decode()
-
-    sent: dict[str, float] = {}
-    gap = 2 * max_age / keys  # the invalidations meet entries of every age up to 2·l1_max_age
-    for index in range(keys):
-        key = f"k{index}"
-        sent[key] = time.time()
-        raw.set(f"val:{space}:{key}", "new")
-        load.invalidate(key)
-        time.sleep(gap)
-    ages: list[float] = []
-    never = rechecks = 0
-    for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        report = json.loads(out or "{}")
-        seen = report.get("seen", {})
-        never += keys - len(seen)
-        rechecks += report.get("rechecks", 0)
-        # The age of the old value when last served after the invalidation (0: never after it).
-        old_until = report.get("old_until", {})
-        ages += [max(0.0, old_until.get(k, 0.0) - sent[k]) for k in seen]
-    # One shared-layer read, for the goal: a GET's median on this Redis.
-    reads = []
-    for _ in range(200):
-        started = time.perf_counter()
-        raw.get(f"val:{space}:k0")
-        reads.append(time.perf_counter() - started)
-    layer.close()
-    raw.execute_command("ACL", "DELUSER", user)
-    raw.close()
-    return {
-        "listeners": listeners,
-        "keys": keys,
-        "l1_max_age_s": max_age,
-        "one_read_s": median(reads),
-        "never_new": never,
-        "rechecks": rechecks,
-        **summary(ages),
 def _changes(raw: Any) -> int:
     """The server's write counter (every key changed since the last save)."""
     return int(raw.info("persistence")["rdb_changes_since_last_save"])
@@ -401,6 +344,65 @@ def _tag_load_one(
     }
 
 
+def _channel_down(server: Any, keys: int, max_age: float, listeners: int = 4) -> dict[str, Any]:
+    import cacheward as cw
+
+    space = f"d{uuid.uuid4().hex[:8]}"
+    raw = server.client()
+    user = f"nochan{uuid.uuid4().hex[:6]}"
+    # Every command and key, no channel: SUBSCRIBE is refused, so the channel stays down.
+    raw.execute_command("ACL", "SETUSER", user, "on", "nopass", "+@all", "~*", "resetchannels")
+    for index in range(keys):
+        raw.set(f"val:{space}:k{index}", "old")
+    host, port = server.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    down_url = f"redis://{user}@{host}:{port}/0"
+    args = [down_url, space, str(keys), "--down", str(max_age)]
+    procs = _workers(raw, args, listeners, space)
+    layer = cw.RedisLayer.from_url(server.url, socket_timeout=1.0, namespace=space)
+
+    @cw.cached(ttl=600, layers=[cw.MemoryLayer(maxsize=keys + 10), layer], namespace="bench")
+    def load(key: str) -> str:
+        return (raw.get(f"val:{space}:{key}") or b"").decode()
+
+    sent: dict[str, float] = {}
+    gap = 2 * max_age / keys  # the invalidations meet entries of every age up to 2·l1_max_age
+    for index in range(keys):
+        key = f"k{index}"
+        sent[key] = time.time()
+        raw.set(f"val:{space}:{key}", "new")
+        load.invalidate(key)
+        time.sleep(gap)
+    ages: list[float] = []
+    never = rechecks = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        report = json.loads(out or "{}")
+        seen = report.get("seen", {})
+        never += keys - len(seen)
+        rechecks += report.get("rechecks", 0)
+        # The age of the old value when last served after the invalidation (0: never after it).
+        old_until = report.get("old_until", {})
+        ages += [max(0.0, old_until.get(k, 0.0) - sent[k]) for k in seen]
+    # One shared-layer read, for the goal: a GET's median on this Redis.
+    reads = []
+    for _ in range(200):
+        started = time.perf_counter()
+        raw.get(f"val:{space}:k0")
+        reads.append(time.perf_counter() - started)
+    layer.close()
+    raw.execute_command("ACL", "DELUSER", user)
+    raw.close()
+    return {
+        "listeners": listeners,
+        "keys": keys,
+        "l1_max_age_s": max_age,
+        "one_read_s": median(reads),
+        "never_new": never,
+        "rechecks": rechecks,
+        **summary(ages),
+    }
+
+
 def _hit_cost(server: Any, rounds: int, calls: int) -> dict[str, Any]:
     import cacheward as cw
 
@@ -504,27 +506,6 @@ def run(*, quick: bool) -> dict[str, object]:
         [[f"{hits['on_s'] * 1e9:.0f} ns", f"{hits['off_s'] * 1e9:.0f} ns", f"{hits['ratio']:.3f}"]],
     )
     print_table(
-        f"channel down: oldest value served by {down['listeners']} other processes after an "
-        f"invalidation ({down['keys']} keys, l1_max_age {down['l1_max_age_s']:g} s)",
-        [
-            "p50",
-            "p99",
-            "max",
-            "goal: l1_max_age + one read",
-            "never new",
-            "rechecks",
-        ],
-        [
-            [
-                f"{down.get('p50', float('nan')) * 1e3:.0f} ms",
-                f"{down.get('p99', float('nan')) * 1e3:.0f} ms",
-                f"{down.get('max', float('nan')) * 1e3:.1f} ms",
-                f"{(down['l1_max_age_s'] + down['one_read_s']) * 1e3:.1f} ms",
-                down["never_new"],
-                down["rechecks"],
-            ]
-        ],
-    )
         f"invalidate_tags of one tag on {bulk['entries']} entries vs deleting them "
         f"(medians of {bulk['rounds']} interleaved rounds)",
         ["way", "time", "Redis writes", "servable after (of 200)"],
@@ -548,6 +529,28 @@ def run(*, quick: bool) -> dict[str, object]:
             for name in ("guard", "cached")
         ],
     )  # fmt: skip
+    print_table(
+        f"channel down: oldest value served by {down['listeners']} other processes after an "
+        f"invalidation ({down['keys']} keys, l1_max_age {down['l1_max_age_s']:g} s)",
+        [
+            "p50",
+            "p99",
+            "max",
+            "goal: l1_max_age + one read",
+            "never new",
+            "rechecks",
+        ],
+        [
+            [
+                f"{down.get('p50', float('nan')) * 1e3:.0f} ms",
+                f"{down.get('p99', float('nan')) * 1e3:.0f} ms",
+                f"{down.get('max', float('nan')) * 1e3:.1f} ms",
+                f"{(down['l1_max_age_s'] + down['one_read_s']) * 1e3:.1f} ms",
+                down["never_new"],
+                down["rechecks"],
+            ]
+        ],
+    )
     return {
         "tags_bulk": bulk,
         "tags_under_load": loaded,

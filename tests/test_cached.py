@@ -616,6 +616,32 @@ def test_single_parameter_wrapper_binds_like_the_function() -> None:
     assert len(backend.calls) == 3
 
 
+@pytest.mark.parametrize("name", ["type", "str", "int", "lookup", "now"])
+def test_a_parameter_named_like_a_name_of_the_hot_path_is_served(name: str) -> None:
+    """``def f(type)`` once made the hit call its argument (``type(type) is str``)."""
+    namespace: dict[str, Any] = {}
+    exec(f"def fetch({name}):\n    return ({name}, 'v')", namespace)  # noqa: S102 - the name is the point
+    fetch = cw.cached(ttl=10)(namespace["fetch"])
+
+    assert fetch("a") == fetch("a") == ("a", "v")
+    assert fetch(7) == (7, "v")
+    assert fetch.stats().hits == 1
+
+
+def test_the_shadowing_guard_is_what_keeps_such_a_parameter_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sibling: without the guard, ``def f(type)`` gets the named wrapper and fails."""
+    from cacheward import _hotpath
+
+    monkeypatch.setattr(_hotpath, "_TEMPLATE_NAMES", frozenset())
+    namespace: dict[str, Any] = {}
+    exec("def fetch(type):\n    return type", namespace)  # noqa: S102 - the name is the point
+    fetch = cw.cached(ttl=10)(namespace["fetch"])
+    with pytest.raises(TypeError, match="not callable"):
+        fetch("a")
+
+
 def test_positional_only_parameter() -> None:
     @cw.cached(ttl=10)
     def fetch(customer: str, /) -> str:
@@ -686,3 +712,55 @@ def test_a_redis_layer_owns_its_breaker_settings() -> None:
     with pytest.raises(cw.ConfigurationError, match="configure it once, on the layer"):
         cw.cached(ttl=1, layers=[layer], breaker_reset=5, namespace="a")(lambda x: x)
     assert cw.cached(ttl=1, layers=[layer], breaker_failures=7, namespace="b")(lambda x: x)
+
+
+def remembered_texts_case(clock: FakeClock) -> list[tuple[Any, ...]]:
+    """Calls whose local keys are equal-looking but typed apart, through a shared layer only,
+    each made twice (the second time the driver has remembered its text key)."""
+    shared = FlakyLayer()
+    fetch, _ = make(clock, layers=[shared])
+    calls: list[tuple[Any, ...]] = [(1,), ("1",), (1, "a"), ("1", "a"), (1.0,), (True,)]
+    return [fetch(*args) for args in calls + calls]
+
+
+def test_remembered_text_keys_keep_typed_keys_apart() -> None:
+    answers = remembered_texts_case(FakeClock())
+    first, second = answers[:6], answers[6:]
+    assert [a[:-1] for a in first] == [(1,), ("1",), (1, "a"), ("1", "a"), (1.0,), (True,)]
+    assert second == first  # served from the shared layer, each its own value
+    assert len({a[-1] for a in first}) == 6
+
+
+def test_a_text_memo_keyed_loosely_would_mix_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sibling that can fail: remembered by str(local), f(1) and f("1") share a text.
+    from cacheward import _readpath
+
+    class Loose(dict[Any, str]):
+        def get(self, local: Any, default: Any = None) -> Any:
+            return super().get(str(local), default)
+
+        def __setitem__(self, local: Any, text: str) -> None:
+            super().__setitem__(str(local), text)
+
+    original = _readpath.Driver.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.texts = Loose()
+
+    monkeypatch.setattr(_readpath.Driver, "__init__", init)
+    answers = remembered_texts_case(FakeClock())
+    assert answers[7] == answers[6] == answers[0]  # f("1") got f(1)'s value
+
+
+def test_the_text_memo_is_bounded() -> None:
+    from cacheward import _readpath
+
+    shared = FlakyLayer()
+    fetch, _ = make(FakeClock(), layers=[shared])
+    texts = fetch.stats.__self__.texts  # the driver's memo
+    for i in range(_readpath.TEXTS_KEPT + 10):
+        fetch(i)
+        assert len(texts) <= _readpath.TEXTS_KEPT
+    assert len(shared.data) == _readpath.TEXTS_KEPT + 10
+    assert fetch(0)[0] == 0  # an entry whose text was forgotten is still found

@@ -45,3 +45,45 @@ def test_a_sync_retry_that_fails_loads_tenacity_then() -> None:
     )
     assert "tenacity" in loaded
     assert "asyncio" not in loaded
+
+
+#: What a program that only caches in memory does not pay for: the optional subsystems are
+#: imported when their public name is first used, and the standard library's value types,
+#: URL parsing and random numbers when cacheward first needs them.
+DEFERRED = (
+    "cacheward._redis",
+    "cacheward._adaptive",
+    "cacheward._pages",
+    "cacheward._guard",
+    "urllib.parse",
+    "uuid",
+    "decimal",
+    "random",
+)
+
+
+def test_import_cacheward_defers_the_optional_subsystems() -> None:
+    loaded = loaded_after("import cacheward")
+    assert not loaded & set(DEFERRED), sorted(loaded & set(DEFERRED))
+
+
+def test_the_first_use_of_a_deferred_name_imports_it() -> None:
+    # The sibling that can fail: the names still resolve, and the probe sees their modules.
+    loaded = loaded_after(
+        "import cacheward as cw\n"
+        "assert cw.RedisLayer.__module__ == 'cacheward._redis'\n"
+        "assert 'AdaptiveLimit' in dir(cw) and cw.AdaptiveLimit is not None\n"
+        "@cw.cached(ttl=1)\n"
+        "def f(x):\n"
+        "    return x\n"
+        "import uuid, decimal\n"
+        "assert f(uuid.UUID(int=1)) == uuid.UUID(int=1) and f(decimal.Decimal('1.5'))\n"
+    )
+    assert {"cacheward._redis", "cacheward._adaptive", "random", "uuid"} <= loaded
+
+
+def test_an_unknown_name_is_still_an_attribute_error() -> None:
+    import cacheward
+
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        cacheward.NoSuchName  # noqa: B018

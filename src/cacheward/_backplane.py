@@ -23,7 +23,7 @@ import base64
 import contextlib
 import json
 import math
-import secrets
+import os
 import threading
 import time
 import weakref
@@ -56,7 +56,7 @@ BACKOFF_FIRST: Final = 0.05
 BACKOFF_MAX: Final = 5.0
 
 #: This process (messages carry it with the sending stack, so a stack skips its own).
-PROCESS: Final = secrets.token_hex(6)
+PROCESS: Final = os.urandom(6).hex()  # what secrets.token_hex does, without importing random
 
 
 class Recheck(float):
@@ -180,7 +180,7 @@ class Stack:
         self.channel = channel
         self.time = time
         self.max_age = max_age
-        self.origin = f"{PROCESS}:{secrets.token_hex(4)}"
+        self.origin = f"{PROCESS}:{os.urandom(4).hex()}"
         #: Swaps the hot path's lookup (set when the wrapper is built).
         self.set_lookup: Callable[[Callable[[Hashable], Any]], None] = lambda lookup: None
         #: Drops what raised marks invalidate (set by the driver: its tag index, its clear).

@@ -6,11 +6,9 @@ The read-through itself, one plan for both colours, is in ``cacheward._readpath`
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
-import random
 from collections.abc import Callable, Coroutine, Hashable, Iterable, Sequence
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast, overload
 
 from cacheward import _testmode
 from cacheward._checks import check_caller, check_lifetime, check_not_descriptor
@@ -26,12 +24,16 @@ from cacheward._config import (
 from cacheward._core.tags import check_tags_setting
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import HIT_LISTENERS, EventKind, emit
+from cacheward._frozen import Frozen
 from cacheward._hotpath import build_wrapper
 from cacheward._identity import claim, default_namespace, identity_of
 from cacheward._layers import MemoryLayer
 from cacheward._lazy import isasyncgenfunction, iscoroutinefunction, isgeneratorfunction
 from cacheward._pending import Invalidation
 from cacheward._readpath import CacheStats, Driver, Missing
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = [
     "AsyncCachedFunction",
@@ -183,8 +185,7 @@ class Decorator(Protocol):
 # Settings
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
+class Settings(Frozen):
     ttl: float
     stale_ttl: float
     stale_if_error: float
@@ -274,6 +275,8 @@ def make_settings(
             raise ConfigurationError(
                 f"layers[{index}] is a MemoryLayer: an in-process layer must come first"
             )
+    import random  # at decoration: importing cacheward does not load it
+
     if rng is not None and not isinstance(rng, random.Random):
         raise ConfigurationTypeError(f"rng must be a random.Random, got {type(rng).__name__}")
     if key is not None and not callable(key):

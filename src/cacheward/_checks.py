@@ -9,7 +9,6 @@ argued in docs/redis.md ("Settings refused at construction").
 from __future__ import annotations
 
 import re
-import urllib.parse
 from typing import Any, Final
 
 from cacheward._config import duration
@@ -86,6 +85,8 @@ def check_url(url: object) -> str:
     """
     if not isinstance(url, str):
         raise ConfigurationTypeError(f"url must be a str, got {type(url).__name__}")
+    import urllib.parse  # at first use: it imports ipaddress, a third of cacheward's import
+
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in URL_SCHEMES or "://" not in url:

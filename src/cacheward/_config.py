@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
-from datetime import timedelta
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from cacheward._clock import SYSTEM_CLOCK, Clock
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
@@ -26,6 +26,9 @@ __all__ = [
     "optional_duration",
 ]
 
+if TYPE_CHECKING:
+    from datetime import timedelta
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: A duration: seconds as an ``int`` or ``float``, or a :class:`datetime.timedelta`.
@@ -34,8 +37,10 @@ Duration: TypeAlias = "float | int | timedelta"
 
 def duration(name: str, value: object, *, allow_zero: bool = True) -> float:
     """Return ``value`` as seconds, or raise naming ``name``."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
+    # A timedelta exists only once ``datetime`` is imported; importing cacheward does not.
+    datetime = sys.modules.get("datetime")
+    if datetime is not None and isinstance(value, datetime.timedelta):
+        seconds = float(value.total_seconds())
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:

@@ -9,17 +9,19 @@ call (hits) are better read from ``.stats()`` at scrape time than listened to.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import enum
 import logging
 import threading
 from collections.abc import Iterable
-from datetime import timedelta
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from cacheward._clock import Clock
 from cacheward._config import check_clock, check_positive_int, duration
 from cacheward._core.logthrottle import LogThrottle, Summary
+from cacheward._frozen import Frozen
+
+if TYPE_CHECKING:
+    from datetime import timedelta
 
 __all__ = [
     "Event",
@@ -103,8 +105,7 @@ class EventKind(str, enum.Enum):
     """A key was invalidated."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Event:
+class Event(Frozen):
     """One decision.
 
     Attributes:

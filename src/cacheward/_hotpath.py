@@ -17,7 +17,8 @@ type-safe; see :func:`cacheward._core.keys.local_key`), the entry is looked up w
 layer's bare ``dict.get``, and its ``fresh_until`` is compared with the clock — the first line
 of :func:`cacheward._core.entry.classify` (``+entry`` is ``fresh_until`` as a plain float: an
 entry is a float subclass, see :class:`~cacheward._core.entry.Entry`). Hits are counted in a
-closure cell.
+closure cell; everything else the wrapper reads is a global of its own namespace (a closure
+would copy every cell into the frame on each call).
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ __all__ = ["NOARG", "build_wrapper"]
 NOARG: Any = type("NoArg", (), {"__repr__": lambda self: "<no argument>"})()
 
 _TEMPLATE = """
-def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG, fn, testmode,
-          bypassed):
+def build():
     hits = 0
 
     {adef} general(first, args, kwargs):
@@ -62,12 +62,21 @@ def build(lookup, now, serve, local_of, hit_listeners, emit, HIT, source, NOARG,
             return {await_}serve({arg}, entry, ({arg},), {{}})
         return {await_}general({general_args})
 
-    def set_lookup(new):
-        nonlocal lookup
-        lookup = new
+    return wrapper, lambda: hits
 
-    return wrapper, lambda: hits, set_lookup
+
+def set_lookup(new):
+    global lookup
+    lookup = new
 """
+
+
+#: Every name the template reads: a parameter of the same name would shadow it.
+_TEMPLATE_NAMES = frozenset(
+    {"lookup", "set_lookup", "now", "serve", "local_of", "hit_listeners", "emit", "HIT",
+     "source", "NOARG", "hits", "entry", "general", "wrapper", "first", "args", "kwargs",
+     "call_args", "local", "fn", "testmode", "bypassed", "build", "type", "str", "int"}
+)  # fmt: skip
 
 
 def _single_parameter(fn: Callable[..., Any]) -> str | None:
@@ -88,12 +97,28 @@ def _single_parameter(fn: Callable[..., Any]) -> str | None:
     if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("__"):
         return None
     # Never shadow a name the template itself uses.
-    if name in {"lookup", "set_lookup", "now", "serve", "local_of", "hit_listeners", "emit",
-                "HIT", "source", "NOARG", "hits", "entry", "general", "wrapper", "first", "args",
-                "kwargs", "call_args", "local", "fn", "testmode", "bypassed"}:  # fmt: skip
+    if name in _TEMPLATE_NAMES:
         return None
     positional_only = param.kind is inspect.Parameter.POSITIONAL_ONLY
     return f"{name}, /" if positional_only else name
+
+
+def _exact_check(fn: Callable[..., Any], arg: str) -> str:
+    """The "is ``arg`` exactly a ``str`` or an ``int``" test, the annotated type tested first.
+
+    A test that fails costs a ``type()`` call and a jump (about 25 ns of a hit here), so a
+    parameter annotated ``int`` (or ``"int"``) is tested for ``int`` first; any other is
+    tested for ``str`` first.
+    """
+    import inspect  # at decoration: importing cacheward does not load it
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    annotation = params[0].annotation if params else None
+    first, second = ("int", "str") if annotation in (int, "int") else ("str", "int")
+    return f"type({arg}) is {first} or type({arg}) is {second}"
 
 
 def build_wrapper(
@@ -125,7 +150,7 @@ def build_wrapper(
     if single is not None:
         arg = single.removesuffix(", /")
         params = single
-        fast_case = f"type({arg}) is str or type({arg}) is int"
+        fast_case = _exact_check(fn, arg)
         general_args = f"NOARG, ({arg},), {{}}"
     elif keyed:
         arg, params = "first", "*args, **kwargs"
@@ -133,7 +158,7 @@ def build_wrapper(
         general_args = "NOARG, args, kwargs"
     else:
         arg, params = "first", "first=NOARG, /, *args, **kwargs"
-        fast_case = "not args and not kwargs and (type(first) is str or type(first) is int)"
+        fast_case = f"not args and not kwargs and ({_exact_check(fn, arg)})"
         general_args = "first, args, kwargs"
     source_code = _TEMPLATE.format(
         adef="async def" if is_async else "def",
@@ -143,21 +168,25 @@ def build_wrapper(
         fast_case=fast_case,
         general_args=general_args,
     )
-    namespace: dict[str, Any] = {}
+    # The wrapper's collaborators are the globals of its own namespace, not closure cells: a
+    # function with free variables copies every cell into its frame on each call (11 of them
+    # cost about 15 ns of a ~150 ns hit), while a global read is one cached dict-slot load.
+    # Only the hit counter, which the wrapper writes, stays a cell.
+    namespace: dict[str, Any] = {
+        "lookup": lookup,
+        "now": now,
+        "serve": serve,
+        "local_of": local_of,
+        "hit_listeners": hit_listeners,
+        "emit": emit,
+        "HIT": hit_kind,
+        "source": source,
+        "NOARG": NOARG,
+        "fn": fn,
+        "testmode": testmode,
+        "bypassed": bypassed,
+    }
     filename = f"<cacheward wrapper of {getattr(fn, '__qualname__', fn)!s}>"
     exec(compile(source_code, filename, "exec"), namespace)  # noqa: S102 - our own template
-    wrapper, hits, set_lookup = namespace["build"](
-        lookup,
-        now,
-        serve,
-        local_of,
-        hit_listeners,
-        emit,
-        hit_kind,
-        source,
-        NOARG,
-        fn,
-        testmode,
-        bypassed,
-    )
-    return wrapper, hits, set_lookup
+    wrapper, hits = namespace["build"]()
+    return wrapper, hits, namespace["set_lookup"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 import sys
 import threading
 from collections.abc import Callable, Hashable
@@ -14,6 +13,7 @@ from cacheward._core.breaker import Breaker
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
+from cacheward._frozen import Frozen
 
 __all__ = [
     "AsyncLayer",
@@ -63,8 +63,7 @@ class AsyncLayer(Protocol):
     async def aclear(self) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class LeaseReply:
+class LeaseReply(Frozen):
     """What a lease request found, in one round trip (see :class:`LeasingLayer`).
 
     Attributes:

@@ -25,13 +25,13 @@ Pure bookkeeping under a lock; the driver does the I/O (``cacheward._readpath``)
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 import weakref
 from typing import Any, Final
 
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
+from cacheward._frozen import Frozen
 
 __all__ = ["MAX_PENDING", "Invalidation", "Pending", "book_of"]
 
@@ -39,8 +39,7 @@ __all__ = ["MAX_PENDING", "Invalidation", "Pending", "book_of"]
 MAX_PENDING: Final = 10_000
 
 
-@dataclasses.dataclass(frozen=True)
-class Invalidation:
+class Invalidation(Frozen):
     """What ``fn.invalidate(...)`` did (falsy while some shared layer still has it pending).
 
     Attributes:

@@ -15,7 +15,6 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
-import dataclasses
 import enum
 import threading
 import weakref
@@ -47,6 +46,7 @@ from cacheward._errors import (
     RecursiveFetch,
 )
 from cacheward._events import EventKind, emit
+from cacheward._frozen import Frozen
 from cacheward._layers import (
     AsyncLeasingLayer,
     LayerBreaker,
@@ -104,8 +104,7 @@ class Missing(enum.Enum):
     __str__ = __repr__
 
 
-@dataclasses.dataclass(frozen=True)
-class CacheStats:
+class CacheStats(Frozen):
     """A snapshot of one cached function's counters (see :meth:`CachedFunction.stats`)."""
 
     hits: int = 0
@@ -956,6 +955,10 @@ def positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
 # The driver: the plans
 
 
+#: How many local keys' text keys a driver remembers (emptied when full: ~100 bytes each).
+TEXTS_KEPT = 1024
+
+
 class Driver:
     """Everything one cached function needs at call time, and its plans."""
 
@@ -1048,6 +1051,8 @@ class Driver:
             self.backplane.on_marks = self.drop_marks
             self.backplane.on_drop = self.drop_key
         DRIVERS.add(self)
+        #: The text keys of recent local keys (see :meth:`cache_key`), at most TEXTS_KEPT.
+        self.texts: dict[Hashable, str] = {}
 
     # ---- the two entry points per colour (one line each)
 
@@ -1747,16 +1752,27 @@ class Driver:
         return local_key(*self.key_args(args, kwargs))
 
     def cache_key(self, local: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CacheKey:
+        tags: tuple[str, ...] = ()
         index = self.tag_index
-        if index is None:
-            return CacheKey(local, self.namespace, *self.key_args(args, kwargs))
-        # Recorded before the call decides anything: a fetch of the key started from here
-        # on is fenced by a drop of its tags (see drop_tags).
-        tags = tags_of(self.s.tags, args, kwargs)
-        if tags:
-            with self.lock:
-                index.add(local, tags, self.holds)
-        return CacheKey(local, self.namespace, *self.key_args(args, kwargs), tags)
+        if index is not None:
+            # Recorded before the call decides anything: a fetch of the key started from here
+            # on is fenced by a drop of its tags (see drop_tags).
+            tags = tags_of(self.s.tags, args, kwargs)
+            if tags:
+                with self.lock:
+                    index.add(local, tags, self.holds)
+        if not self.remotes:
+            return CacheKey(local, self.namespace, *self.key_args(args, kwargs), tags)
+        # A shared layer needs the text key (typed encoding + BLAKE2b, a few µs): remembered
+        # for recent local keys, which determine it (see cacheward._core.keys.local_key).
+        texts = self.texts
+        key = CacheKey(
+            local, self.namespace, *self.key_args(args, kwargs), tags, text=texts.get(local)
+        )
+        if len(texts) >= TEXTS_KEPT:
+            texts.clear()
+        texts[local] = key.text
+        return key
 
     def holds(self, local: Hashable) -> bool:
         """Whether this process still has something of ``local`` (the lock is held)."""
@@ -1981,6 +1997,8 @@ class Driver:
             in_flight = sum(1 for st in self.core.states.values() if st.flight is not None)
         stats = self.counters.snapshot(in_flight)
         books = [g.pending for g in self.remotes]
+        import dataclasses  # the stats class is built by now: it has an instance
+
         return dataclasses.replace(
             stats,
             hits=stats.hits + self.memory_hits(),

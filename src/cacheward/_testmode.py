@@ -18,13 +18,13 @@ some scope is open, so outside tests a fresh hit costs no measurable extra.
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import functools
 import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
+from cacheward._frozen import Frozen
 from cacheward._lazy import iscoroutinefunction
 
 __all__ = ["ACTIVE", "bypass", "bypassed", "disabled", "limits_off", "retries_off"]
@@ -33,8 +33,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Mode:
+class _Mode(Frozen):
     caching: bool
     limits: bool
     retries: bool

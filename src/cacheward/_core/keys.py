@@ -7,11 +7,9 @@ Two calls share a key only when their arguments are equal *and of the same types
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import enum
 import hashlib
-import uuid
+import sys
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -100,17 +98,27 @@ def _encode(value: Any, out: bytearray, name: str) -> None:
         qual = f"{kind.__module__}.{kind.__qualname__}.{value.name}".encode()
         out += b"e%d:" % len(qual)
         out += qual
-    elif kind is uuid.UUID:
+    else:
+        _encode_stdlib(value, kind, out, name)
+
+
+def _encode_stdlib(value: Any, kind: type, out: bytearray, name: str) -> None:
+    # The standard library's value types, each looked up in ``sys.modules``: an instance of one
+    # exists only once its module is imported, so ``import cacheward`` need not import them.
+    uuid = sys.modules.get("uuid")
+    decimal = sys.modules.get("decimal")
+    datetime = sys.modules.get("datetime")
+    if uuid is not None and kind is uuid.UUID:
         out += b"u" + value.hex.encode()
-    elif kind is decimal.Decimal:
+    elif decimal is not None and kind is decimal.Decimal:
         text = str(value).encode()
         out += b"d%d:" % len(text)
         out += text
-    elif kind in (datetime.datetime, datetime.date, datetime.time):
+    elif datetime is not None and kind in (datetime.datetime, datetime.date, datetime.time):
         text = value.isoformat().encode()
         out += b"t%s%d:" % (kind.__name__[:2].encode(), len(text))
         out += text
-    elif kind is datetime.timedelta:
+    elif datetime is not None and kind is datetime.timedelta:
         out += b"D%d,%d,%d;" % (value.days, value.seconds, value.microseconds)
     else:
         _reject(value, name)
@@ -150,6 +158,8 @@ class CacheKey:
         kwargs: Mapping[str, Any],
         names: Sequence[str],
         tags: tuple[str, ...] = (),
+        *,
+        text: str | None = None,
     ) -> None:
         self.local = local
         self.namespace = namespace
@@ -157,7 +167,9 @@ class CacheKey:
         self._args = args
         self._kwargs = kwargs
         self._names = names
-        self._text: str | None = None
+        #: ``text`` when the caller already knows it (a driver remembers the texts of recent
+        #: local keys: the same local key in the same namespace always has the same text).
+        self._text = text
 
     @property
     def text(self) -> str:
