@@ -68,6 +68,10 @@ REPLAY_TRIES = 30
 
 __all__ = ["MISSING", "CacheStats", "Counters", "Driver", "Missing"]
 
+#: How many times one caller takes over a flight whose event loop ended (see
+#: :meth:`Driver.join`) before giving up with :class:`Orphaned`.
+ORPHAN_TAKEOVERS = 4
+
 #: The flights whose fetch this thread or task is running (to catch a fetch that calls itself).
 LEADING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
     "cacheward_leading", default=frozenset()
@@ -624,7 +628,7 @@ class Lead(_FlightOp):
     """Lead a flight: a thread runs the fetch plan itself; a task starts the fetch task and
     waits for it like any waiter (so its own deadline holds). ``read``: see :meth:`Driver.run`."""
 
-    __slots__ = ("read",)
+    __slots__ = ("read", "timeout")
 
     def __init__(
         self,
@@ -635,9 +639,11 @@ class Lead(_FlightOp):
         kwargs: dict[str, Any],
         *,
         read: bool,
+        timeout: float,
     ) -> None:
         super().__init__(driver, key, flight, args, kwargs)
         self.read = read
+        self.timeout = timeout
 
     def sync(self) -> Any:
         return INLINE  # the thread runs the fetch plan itself, inside the serve plan
@@ -645,7 +651,7 @@ class Lead(_FlightOp):
     async def aio(self) -> Any:
         flight = cast(AsyncFlight, self.flight)
         self.driver.start_task(self.key, flight, self.args, self.kwargs, None, read=self.read)
-        return await flight.wait(self.driver.s.wait_timeout)
+        return await flight.wait(self.timeout)
 
 
 class Join(Op):
@@ -742,103 +748,182 @@ class Expired(Exception):
     """A waiter's deadline passed (private)."""
 
 
-class AsyncFlight(Flight):
-    """The fetch task, one plain future per waiting caller, and one deadline timer.
+class Orphaned(FetchInterrupted):
+    """The fetch task a caller on another event loop waited for was cancelled: its own loop
+    ended (``asyncio.run`` cancels what is left). The caller takes over (:meth:`Driver.join`);
+    where nobody can, it is the :class:`FetchInterrupted` it is."""
 
-    Waiters of a flight all wait the same ``timeout``, so their deadlines come in arrival
-    order: a single timer expires the due prefix and re-arms itself for the next one, and one
-    done-callback on the task resolves every waiter still waiting. A thousand tasks waiting for
-    one fetch thus cost a thousand futures and one timer, where ``wait_for(shield(task))``
-    costs a shield future, a wrapper and a timer per waiter.
+
+def on_loop(
+    loop: asyncio.AbstractEventLoop,
+    running: asyncio.AbstractEventLoop | None,
+    fn: Callable[..., None],
+    *args: Any,
+) -> None:
+    """Call ``fn(*args)`` on ``loop``'s thread: now if it is the ``running`` one, else through
+    ``call_soon_threadsafe`` (a future is answered on its own loop only, and an answer from
+    another thread would not wake that loop). A closed loop has no waiters left to answer."""
+    if loop is running:
+        fn(*args)
+    else:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+
+class _Waiters:
+    """One event loop's callers of a flight: their futures in deadline order, and the one
+    timer (on that loop) that expires them."""
+
+    __slots__ = ("queue", "timer")
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class AsyncFlight(Flight):
+    """The fetch task, one plain future per waiting caller, and one deadline timer per loop.
+
+    Waiters of a flight all wait the same ``timeout``, so on one loop their deadlines come in
+    arrival order: a single timer expires the due prefix and re-arms itself for the next one,
+    and one done-callback on the task answers every waiter still waiting. A thousand tasks
+    waiting for one fetch thus cost a thousand futures and one timer, where
+    ``wait_for(shield(task))`` costs a shield future, a wrapper and a timer per waiter.
+
+    Callers may be on several event loops (threads each running ``asyncio.run``, or one
+    ``asyncio.run`` after another). A future belongs to its loop, so each loop's waiters have
+    their own timer on their own loop, and are answered on their loop's thread
+    (``call_soon_threadsafe`` from the task's); a waiter on another loop whose fetch task was
+    cancelled (its loop ended) gets :class:`Orphaned` and takes over. A flight whose loop was
+    closed with its task unfinished is :meth:`stranded`: the core forgets it.
     """
 
-    __slots__ = ("delivered", "stale", "task", "timer", "waiters")
+    __slots__ = ("home", "lock", "outcome", "stale", "task", "waiters")
 
     def __init__(self) -> None:
         super().__init__()
         #: The best entry the fetch found in a shared layer (a waiter's fallback on error).
         self.stale: Entry | None = None
         self.task: asyncio.Task[Any] | None = None
-        self.waiters: collections.deque[tuple[float, asyncio.Future[Any]]] | None = (
-            collections.deque()
-        )
-        self.timer: asyncio.TimerHandle | None = None
-        self.delivered: Any = MISSING
+        #: The fetch task's loop.
+        self.home: asyncio.AbstractEventLoop | None = None
+        #: Each loop's waiters; ``None`` once answered.
+        self.waiters: dict[asyncio.AbstractEventLoop, _Waiters] | None = {}
+        #: ``(ok, value or error, orphaned)`` once answered.
+        self.outcome: tuple[bool, Any, bool] | None = None
+        #: Waiters arrive and answers leave on any loop's thread.
+        self.lock = threading.Lock()
 
     def prepare_wait(self) -> None:
         """Nothing to prepare: a waiter's future is made when it waits."""
 
+    def stranded(self) -> bool:
+        """The task's loop was closed before the task finished: nothing will ever end it."""
+        home = self.home
+        return home is not None and self.outcome is None and home.is_closed()
+
     def resolve(self, value: Any) -> None:
         """Answer every waiter with ``value`` now, before the task's last steps."""
-        if self.delivered is not MISSING:
-            return
-        self.delivered = value
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        waiters, self.waiters = self.waiters, None
-        for _, waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(value)
+        self._answer((True, value, False))
 
     def reject(self, error: BaseException) -> None:
         """Failures reach the waiters through the task's done-callback (:meth:`settle`)."""
 
     def settle(self, task: asyncio.Task[Any]) -> None:
         """The task's done-callback: hand its outcome to every waiter still waiting."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        waiters, self.waiters = self.waiters, None
         # A cancelled (or interrupted) fetch is not the waiters' cancellation: they get a
-        # FetchInterrupted, never a CancelledError nobody asked for.
+        # FetchInterrupted, never a CancelledError nobody asked for (waiters on other loops:
+        # Orphaned, and they take over).
         # Retrieving the exception also keeps a failure nobody awaited (every waiter left)
         # from being reported as "never retrieved"; it was already counted and backed off.
-        error = (
-            FetchInterrupted("the fetch task was cancelled")
-            if task.cancelled()
-            else (task.exception())
-        )
+        cancelled = task.cancelled()
+        error = FetchInterrupted("the fetch task was cancelled") if cancelled else task.exception()
         if error is not None and not isinstance(error, Exception):
             error = FetchInterrupted(f"the fetch was interrupted ({type(error).__name__})")
-        for _, waiter in waiters or ():
+        if error is None:
+            self._answer((True, task.result(), False))
+        else:
+            self._answer((False, error, cancelled))
+
+    def _answer(self, outcome: tuple[bool, Any, bool]) -> None:
+        with self.lock:
+            if self.outcome is not None:
+                return
+            self.outcome = outcome
+            waiters, self.waiters = self.waiters, None
+        if not waiters:
+            return
+        import asyncio
+
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, group in waiters.items():
+            on_loop(loop, running, self._deliver, loop, group, outcome)
+
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop, group: _Waiters, outcome: tuple[bool, Any, bool]
+    ) -> None:
+        """On ``loop``'s thread: answer its waiters."""
+        if group.timer is not None:
+            group.timer.cancel()
+            group.timer = None
+        ok, payload, orphaned = outcome
+        if orphaned and loop is not self.home:
+            payload = Orphaned("the fetch task's event loop ended")
+        for _, waiter in group.queue:
             if waiter.done():
                 continue
-            if error is not None:
-                waiter.set_exception(error)
+            if ok:
+                waiter.set_result(payload)
             else:
-                waiter.set_result(task.result())
+                waiter.set_exception(payload)
+        group.queue.clear()
 
     def expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The timer: fail the waiters whose deadline passed, re-arm for the next one."""
-        self.timer = None
-        waiters = self.waiters
-        if waiters is None:
-            return
-        now = loop.time()
-        while waiters and waiters[0][0] <= now:
-            waiter = waiters.popleft()[1]
+        """``loop``'s timer: fail its waiters whose deadline passed, re-arm for the next one."""
+        due: list[asyncio.Future[Any]] = []
+        with self.lock:
+            group = None if self.waiters is None else self.waiters.get(loop)
+            if group is None:
+                return
+            group.timer = None
+            queue = group.queue
+            now = loop.time()
+            while queue and queue[0][0] <= now:
+                due.append(queue.popleft()[1])
+            if queue:
+                group.timer = loop.call_at(queue[0][0], self.expire_due, loop)
+        for waiter in due:
             if not waiter.done():
                 waiter.set_exception(Expired())
-        if waiters:
-            self.timer = loop.call_at(waiters[0][0], self.expire_due, loop)
 
     async def wait(self, timeout: float) -> Any:
         """The task's result, or :class:`Expired` after ``timeout`` (the task carries on)."""
-        if self.delivered is not MISSING:
-            return self.delivered
-        task = cast("asyncio.Task[Any]", self.task)
-        if self.waiters is None:
-            return task.result()
         import asyncio  # at first use: a sync-only program never imports it
 
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        deadline = loop.time() + timeout
-        self.waiters.append((deadline, waiter))
-        if self.timer is None:
-            self.timer = loop.call_at(deadline, self.expire_due, loop)
-        return await waiter
+        with self.lock:
+            outcome = self.outcome
+            if outcome is None:
+                waiters = cast("dict[asyncio.AbstractEventLoop, _Waiters]", self.waiters)
+                group = waiters.get(loop)
+                if group is None:
+                    group = waiters[loop] = _Waiters()
+                waiter = loop.create_future()
+                deadline = loop.time() + timeout
+                group.queue.append((deadline, waiter))
+                if group.timer is None:
+                    group.timer = loop.call_at(deadline, self.expire_due, loop)
+        if outcome is None:
+            return await waiter
+        ok, payload, orphaned = outcome
+        if ok:
+            return payload
+        if orphaned and loop is not self.home:
+            raise Orphaned("the fetch task's event loop ended")
+        raise payload
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
@@ -1035,7 +1120,7 @@ class Driver:
         try:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
-                return (yield Join(flight, self.s.wait_timeout))
+                return (yield from self.join(key, flight, entry, args, kwargs))
             if read:
                 flight.stale = entry  # what the shared layers hold (a waiter's fallback)
             return (yield from self.lead(key, flight, args, kwargs, read=read))
@@ -1047,6 +1132,39 @@ class Driver:
         return self.fallback(
             flight.stale if self.better(entry, flight.stale, now) else entry, error
         )
+
+    def join(
+        self,
+        key: CacheKey,
+        flight: Any,
+        entry: Entry | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Plan[Any]:
+        """Wait for ``flight``, led by another caller. If it is :class:`Orphaned` (its task was
+        cancelled because its event loop ended, while this caller is on another loop), decide
+        again and take over: lead a new flight here or join one, within this caller's own
+        deadline (a few times at most: each time another loop ended under it)."""
+        clock = self.s.clock
+        deadline = clock.monotonic() + self.s.wait_timeout
+        takeovers = 0
+        while True:
+            left = max(0.0, deadline - clock.monotonic())
+            try:
+                return (yield Join(flight, left))
+            except Orphaned:
+                if takeovers == ORPHAN_TAKEOVERS:
+                    raise
+                takeovers += 1
+            action, state, flight, entry = self.decide(key, entry)
+            if action is Action.REFRESH:
+                yield Refresh(self, key, flight, args, kwargs, stale=entry)
+            answer = self.answer_now(key, action, state, entry)
+            if answer is not MISSING:
+                return answer
+            if action is Action.FETCH:
+                left = max(0.0, deadline - clock.monotonic())
+                return (yield from self.lead(key, flight, args, kwargs, timeout=left))
 
     def recheck(self, key: CacheKey, entry: Entry) -> Plan[Entry | None]:
         """The backplane's channel is down and ``entry`` (this process's memory layer) was last
@@ -1082,10 +1200,13 @@ class Driver:
         kwargs: dict[str, Any],
         *,
         read: bool = False,
+        timeout: float | None = None,
     ) -> Plan[Any]:
         """Lead ``flight``: a thread runs the fetch plan here, a task starts the fetch task.
-        ``read``: see :meth:`run`."""
-        led = yield Lead(self, key, flight, args, kwargs, read=read)
+        ``read``: see :meth:`run`; ``timeout``: how long a task waits for its fetch
+        (``wait_timeout`` unless less is left)."""
+        wait = self.s.wait_timeout if timeout is None else timeout
+        led = yield Lead(self, key, flight, args, kwargs, read=read, timeout=wait)
         if led is INLINE:
             return (yield from self.run(key, flight, args, kwargs, read=read))
         return led
@@ -1164,7 +1285,9 @@ class Driver:
                 self.count("fetch_errors", EventKind.FETCH_ERROR, exc)
                 raise
             finally:
-                LEADING.reset(leading)
+                # A task destroyed on a closed loop is closed by the collector, elsewhere.
+                with contextlib.suppress(ValueError):
+                    LEADING.reset(leading)
             emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
             self.unforce(key, flight)
@@ -1587,8 +1710,9 @@ class Driver:
         plan = self.run(key, flight, args, kwargs, stale, read=read)
         import asyncio
 
-        task = asyncio.get_running_loop().create_task(aperform(plan))
-        flight.task = task
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(aperform(plan))
+        flight.task, flight.home = task, loop
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(flight.settle)

@@ -48,6 +48,11 @@ class Flight:
     def __init__(self) -> None:
         self.cacheable = True
 
+    def stranded(self) -> bool:
+        """Whether nothing can end this flight any more (a driver's flight says: an asyncio
+        fetch task whose event loop was closed before it finished). The core forgets it."""
+        return False
+
 
 F = TypeVar("F", bound=Flight)
 
@@ -101,6 +106,9 @@ class ReadThrough(Generic[F]):
         if freshness is Freshness.FRESH:
             return Action.HIT, None, None
         state = self.states.get(key)
+        if state is not None and state.flight is not None and state.flight.stranded():
+            self.abandon(key, state.flight)
+            state = self.states.get(key)
         backing_off = state is not None and mono < state.backoff_until
         if freshness is Freshness.STALE:
             if (state is not None and state.flight is not None) or backing_off:
