@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import threading
 import weakref
 from typing import Any, Final
 
+from cacheward import _forksafe
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 
@@ -63,7 +63,7 @@ class Pending:
 
     def __init__(self, limit: int = MAX_PENDING) -> None:
         self.limit = limit
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         #: ``(namespace, key text)`` -> ``(key, entry to write or None, counters)``.
         self._items: collections.OrderedDict[tuple[str, str], tuple[CacheKey, Any]] = (
             collections.OrderedDict()
@@ -135,7 +135,7 @@ class Pending:
 
 
 _BOOKS: weakref.WeakKeyDictionary[object, Pending] = weakref.WeakKeyDictionary()
-_BOOKS_LOCK = threading.Lock()
+_BOOKS_LOCK = _forksafe.lock()
 
 
 def book_of(layer: object) -> Pending:

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from cacheward import _forksafe
 from cacheward._background import track, track_task
 from cacheward._backplane import Recheck, Stack
 from cacheward._clock import Clock, SystemClock
@@ -193,7 +194,7 @@ class Counters:
 
 
 _HEALTH: weakref.WeakKeyDictionary[object, LayerBreaker] = weakref.WeakKeyDictionary()
-_HEALTH_LOCK = threading.Lock()
+_HEALTH_LOCK = _forksafe.lock()
 
 
 def breaker_of(
@@ -811,7 +812,8 @@ class AsyncFlight(Flight):
         self.waiters: dict[asyncio.AbstractEventLoop, _Waiters] | None = {}
         #: ``(ok, value or error, orphaned)`` once answered.
         self.outcome: tuple[bool, Any, bool] | None = None
-        #: Waiters arrive and answers leave on any loop's thread.
+        #: Waiters arrive and answers leave on any loop's thread. (A plain lock: a forked
+        #: child forgets every flight.)
         self.lock = threading.Lock()
 
     def prepare_wait(self) -> None:
@@ -927,10 +929,17 @@ class AsyncFlight(Flight):
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+_POOL_LOCK = _forksafe.lock()
 
 
 _WRITER: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+@_forksafe.at_fork
+def _forget_pools() -> None:
+    """In a forked child the pools' threads are gone: new pools are made on first use."""
+    global _POOL, _WRITER
+    _POOL = _WRITER = None
 
 
 def default_pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -997,7 +1006,7 @@ class Driver:
         self.namespace = f"{s.namespace or qualname}:v{s.version}"
         self.counters = Counters()
         self.core: ReadThrough[Any] = ReadThrough(backoff=s.backoff, backoff_max=s.backoff_max)
-        self.lock = threading.Lock()
+        self.lock = _forksafe.lock()
         self.new_flight: Callable[[], Flight] = AsyncFlight if is_async else SyncFlight
         self.is_async = is_async
         self.remotes = [
@@ -1044,6 +1053,19 @@ class Driver:
         #: The flights ``refresh`` leads, by local key (they skip the shared layers' entries
         #: and write through; later refreshes of the key join them).
         self.forcing: dict[Hashable, Flight] = {}
+        _forksafe.register(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the fetches in flight were the parent's threads' and will never
+        end here, so they are forgotten (the next caller of a key leads a new one); so is the
+        background work (its refresh slots free again, its writes not waited for)."""
+        for local, state in list(self.core.states.items()):
+            if state.flight is not None:
+                self.core.abandon(local, state.flight)
+        self.forcing.clear()
+        self.writing.clear()
+        self.tasks = set()
+        self.refresh_slots = threading.BoundedSemaphore(self.s.max_refreshes)
 
     # ---- the two entry points per colour (one line each)
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import secrets
-import threading
 from typing import Any
 
+from cacheward import _forksafe
 from cacheward._checks import check_socket_timeout
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, duration
@@ -171,7 +171,7 @@ class RedisTokenBucket:
         self._req_prefix = f"{self._key}:req:{secrets.token_hex(6)}:"
         self._ids = itertools.count()
         self._args = (repr(self.rate), repr(self.burst))
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         #: Tokens taken from the shared bucket / from the local fallback bucket.
         self.shared_takes = 0
         self.fallback_takes = 0

@@ -20,11 +20,11 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
+from cacheward import _forksafe
 from cacheward._lazy import iscoroutinefunction
 
 __all__ = ["ACTIVE", "bypass", "bypassed", "disabled", "limits_off", "retries_off"]
@@ -45,7 +45,7 @@ class _Mode:
 #: no test mode — costs one list truthiness check.
 ACTIVE: list[object] = []
 
-_LOCK = threading.Lock()
+_LOCK = _forksafe.lock()
 #: The open process-wide scopes, innermost last.
 _PROCESS: list[_Mode] = []
 _CONTEXT: contextvars.ContextVar[tuple[_Mode, ...]] = contextvars.ContextVar(
