@@ -935,19 +935,33 @@ _POOL_LOCK = _forksafe.lock()
 _WRITER: concurrent.futures.ThreadPoolExecutor | None = None
 
 
+#: Workers of the shared refresh pool, and the most of them one function's refreshes hold:
+#: one slow function cannot take every worker, so another function's refresh finds one free
+#: unless ``POOL_SIZE // POOL_SHARE`` functions are refreshing slowly at the same moment.
+POOL_SIZE = 8
+POOL_SHARE = 2
+#: The shared pool's free workers: a refresh takes one before it is submitted, or is not
+#: started at all (the stale value was served): it never waits in the pool's queue.
+_POOL_WORKERS = threading.BoundedSemaphore(POOL_SIZE)
+
+
 @_forksafe.at_fork
 def _forget_pools() -> None:
-    """In a forked child the pools' threads are gone: new pools are made on first use."""
-    global _POOL, _WRITER
+    """In a forked child the pools' threads are gone: new pools are made on first use, with
+    every worker free."""
+    global _POOL, _WRITER, _POOL_WORKERS
     _POOL = _WRITER = None
+    _POOL_WORKERS = threading.BoundedSemaphore(POOL_SIZE)
 
 
 def default_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The shared refresh pool of ``def`` functions (threads made as needed, up to
+    :data:`POOL_SIZE`)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = concurrent.futures.ThreadPoolExecutor(
-                max_workers=4, thread_name_prefix="cacheward-refresh"
+                max_workers=POOL_SIZE, thread_name_prefix="cacheward-refresh"
             )
         return _POOL
 
@@ -1026,7 +1040,7 @@ class Driver:
         #: No memory layer: every call reads the shared layers, so most of those reads are
         #: hits. They are plain reads (no flight, no lock, no lease: see :meth:`serve_plan`).
         self.read_first = l1 is None and bool(self.remotes)
-        self.refresh_slots = threading.BoundedSemaphore(s.max_refreshes)
+        self.refresh_slots = threading.BoundedSemaphore(self.max_refreshes())
         #: Without a memory layer: entries whose shared-layer writes have not finished yet,
         #: so that a call right after a fetch does not miss while the write is on its way.
         self.writing: dict[Hashable, Entry] = {}
@@ -1065,7 +1079,14 @@ class Driver:
         self.forcing.clear()
         self.writing.clear()
         self.tasks = set()
-        self.refresh_slots = threading.BoundedSemaphore(self.s.max_refreshes)
+        self.refresh_slots = threading.BoundedSemaphore(self.max_refreshes())
+
+    def max_refreshes(self) -> int:
+        """This function's refresh slots: ``max_refreshes``, and in the shared refresh pool
+        at most its share of the workers (:data:`POOL_SHARE`)."""
+        if self.is_async or self.s.refresh_executor is not None:
+            return self.s.max_refreshes
+        return min(self.s.max_refreshes, POOL_SHARE)
 
     # ---- the two entry points per colour (one line each)
 
@@ -1665,16 +1686,26 @@ class Driver:
 
     # ---- background work: a thread of the refresh executor, or a task
 
-    def take_refresh_slot(self, key: CacheKey, flight: Flight) -> bool:
-        """Take one of ``max_refreshes`` slots for a background refresh; when all are busy,
-        the refresh is abandoned (the stale value was served anyway)."""
-        if not self.refresh_slots.acquire(blocking=False):
-            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
-            with self.lock:
+    def take_refresh_slot(self, key: CacheKey, flight: Flight, *, pooled: bool) -> bool:
+        """Take one of this function's refresh slots (``max_refreshes``, and in the shared
+        pool at most :data:`POOL_SHARE`) and, for the shared pool (``pooled``), one of its
+        free workers. When none is free the refresh is not started (the stale value was
+        served anyway; it is never queued behind other functions' refreshes) and its flight
+        is abandoned, unless a caller took it over meanwhile."""
+        if self.refresh_slots.acquire(blocking=False):
+            if not pooled or _POOL_WORKERS.acquire(blocking=False):
+                self.count("refreshes", EventKind.REFRESH_STARTED)
+                return True
+            self.refresh_slots.release()
+        self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
+        self.give_up(key, flight)
+        return False
+
+    def give_up(self, key: CacheKey, flight: Flight) -> None:
+        """A refresh that will not run: its flight is abandoned, unless a caller leads it."""
+        with self.lock:
+            if self.core.begin(key.local, flight):
                 self.core.abandon(key.local, flight)
-            return False
-        self.count("refreshes", EventKind.REFRESH_STARTED)
-        return True
 
     def start_refresh(
         self,
@@ -1684,25 +1715,32 @@ class Driver:
         kwargs: dict[str, Any],
         stale: Entry | None,
     ) -> None:
-        if not self.take_refresh_slot(key, flight):
-            flight.reject(RuntimeError("refresh skipped"))
+        pooled = self.s.refresh_executor is None
+        if not self.take_refresh_slot(key, flight, pooled=pooled):
             return
+
+        def release() -> None:
+            self.refresh_slots.release()
+            if pooled:
+                _POOL_WORKERS.release()
 
         def job() -> None:
             try:
-                perform(self.run(key, flight, args, kwargs, stale, detach=False))
+                with self.lock:
+                    leads = self.core.begin(key.local, flight)  # not taken over meanwhile
+                if leads:
+                    perform(self.run(key, flight, args, kwargs, stale, detach=False))
             except Exception:  # noqa: S110 - counted and backed off by run(); stale was served
                 pass
             finally:
-                self.refresh_slots.release()
+                release()
 
         executor = self.s.refresh_executor or default_pool()
         try:
             executor.submit(job)
-        except RuntimeError as exc:  # executor shut down (interpreter exit)
-            self.refresh_slots.release()
-            self.settle_failure(key, flight, exc)
-            flight.reject(exc)
+        except RuntimeError:  # executor shut down (interpreter exit)
+            release()
+            self.give_up(key, flight)
 
     def start_arefresh(
         self,
@@ -1712,7 +1750,12 @@ class Driver:
         kwargs: dict[str, Any],
         stale: Entry | None,
     ) -> None:
-        if not self.take_refresh_slot(key, flight):
+        if not self.take_refresh_slot(key, flight, pooled=False):
+            return
+        with self.lock:
+            leads = self.core.begin(key.local, flight)  # a task starts at once: no queue
+        if not leads:  # taken over by a caller on another loop meanwhile
+            self.refresh_slots.release()
             return
         self.start_task(key, flight, args, kwargs, stale)
         cast("asyncio.Task[Any]", flight.task).add_done_callback(
