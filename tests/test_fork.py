@@ -443,3 +443,65 @@ def test_child_hears_the_parent_fails_without_a_listening_thread_in_the_child(
     monkeypatch.setattr(Subscriber, "after_fork", lambda self: None)
     answer = child_hears_the_parent(redis_url)
     assert answer == {"listening": True, "before": "old", "after": "old"}
+
+
+# --- a background replay scheduled in the parent -----------------------------------------------
+
+
+def replay_after_fork() -> dict[str, Any]:
+    """A layer's pending invalidations have a background replay scheduled (a parent's timer)
+    when the process forks: may the child schedule its own?"""
+    from cacheward._pending import Pending
+
+    book = Pending()
+    book.keep(cw.CacheKey("k", "ns", ("k",), {}, ("key",)), now=0.0)
+    assert book.claim_replay()  # the parent's timer would release it; it does not exist there
+    return in_child(lambda say: {"claimed": book.claim_replay()})
+
+
+def test_a_child_schedules_its_own_replay() -> None:
+    assert replay_after_fork() == {"claimed": True}
+
+
+@pytest.mark.usefixtures("resets_off")
+def test_replay_after_fork_fails_without_the_resets() -> None:
+    assert replay_after_fork() == {"claimed": False}
+
+
+# --- the shared bucket's request ids -----------------------------------------------------------
+
+
+def bucket_across_fork(redis_url: str) -> dict[str, Any]:
+    """A shared bucket of 2 tokens (next to no refill): the child takes twice, then the parent
+    tries twice. How many takes got a token, in both processes?"""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    name = f"loops-fork-{uuid.uuid4().hex[:10]}"
+    bucket = cw.RedisTokenBucket(client, name=name, rate=0.001, burst=2)
+
+    def took() -> bool:
+        try:
+            bucket.reserve(0)
+        except cw.RateLimited:
+            return False
+        return True
+
+    try:
+        child = in_child(lambda say: {"took": [took(), took()]})
+        return {"child": child.get("took", child), "parent": [took(), took()]}
+    finally:
+        client.delete(f"cacheward:bucket:{{{name}}}")
+        client.close()
+
+
+def test_a_child_and_its_parent_take_distinct_tokens(redis_url: str) -> None:
+    assert bucket_across_fork(redis_url) == {"child": [True, True], "parent": [False, False]}
+
+
+def test_bucket_across_fork_fails_when_the_child_keeps_the_request_ids(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cw.RedisTokenBucket, "after_fork", lambda self: None)
+    # Each of the parent's takes repeats a request id the child used: answered as a repeat.
+    assert bucket_across_fork(redis_url) == {"child": [True, True], "parent": [True, True]}

@@ -166,3 +166,57 @@ def test_caller_behind_a_queued_refresh_fails_when_it_waits_for_the_queue(
     )
     answer = caller_behind_a_queued_refresh(release)
     assert answer["answer"] == "FetchTimeout"
+
+
+# --- the core's part ---------------------------------------------------------------------------
+
+
+def core_with_a_stale_key() -> tuple[Any, Any]:
+    from cacheward._core.entry import Entry
+    from cacheward._core.readthrough import Action, Flight, ReadThrough
+
+    core: ReadThrough[Flight] = ReadThrough(backoff=1.0, backoff_max=10.0)
+    stale = Entry("v", created=0.0, fresh_until=1.0, stale_until=5.0)
+    action, _, flight = core.decide("k", stale, now=2.0, mono=2.0, new_flight=Flight)
+    assert action is Action.REFRESH
+    return core, flight
+
+
+def test_core_a_caller_past_the_stale_limit_takes_over_a_queued_refresh() -> None:
+    from cacheward._core.readthrough import Action, Flight
+
+    core, refresh = core_with_a_stale_key()
+    action, _, flight = core.decide("k", None, now=6.0, mono=6.0, new_flight=Flight)
+    assert (action, flight) == (Action.FETCH, refresh)
+    assert core.begin("k", refresh) is False  # the job finds it taken
+    again, _, joined = core.decide("k", None, now=6.0, mono=6.0, new_flight=Flight)
+    assert (again, joined) == (Action.WAIT, refresh)  # led now: later callers wait for it
+
+
+def test_core_a_started_refresh_is_waited_for() -> None:
+    from cacheward._core.readthrough import Action, Flight
+
+    core, refresh = core_with_a_stale_key()
+    assert core.begin("k", refresh) is True
+    action, _, flight = core.decide("k", None, now=6.0, mono=6.0, new_flight=Flight)
+    assert (action, flight) == (Action.WAIT, refresh)
+
+
+def test_core_a_queued_refresh_invalidated_meanwhile_does_nothing() -> None:
+    core, refresh = core_with_a_stale_key()
+    core.invalidate("k")
+    assert core.begin("k", refresh) is False
+
+
+def test_core_forgets_a_stranded_flight() -> None:
+    from cacheward._core.readthrough import Action, Flight
+
+    class Stranded(Flight):
+        def stranded(self) -> bool:
+            return True
+
+    core: Any = core_with_a_stale_key()[0]
+    core.states["k"].flight = Stranded()
+    action, _, flight = core.decide("k", None, now=6.0, mono=6.0, new_flight=Flight)
+    assert action is Action.FETCH
+    assert type(flight) is Flight

@@ -59,7 +59,16 @@ class Invalidation:
 class Pending:
     """One shared layer's invalidations not yet delivered, in this process."""
 
-    __slots__ = ("_items", "_lock", "distrust", "dropped", "limit", "replayed", "replaying")
+    __slots__ = (
+        "__weakref__",
+        "_items",
+        "_lock",
+        "distrust",
+        "dropped",
+        "limit",
+        "replayed",
+        "replaying",
+    )
 
     def __init__(self, limit: int = MAX_PENDING) -> None:
         self.limit = limit
@@ -73,6 +82,12 @@ class Pending:
         self.dropped = 0
         self.replayed: collections.Counter[str] = collections.Counter()
         #: A background replay is scheduled or running (one at a time).
+        self.replaying = False
+        _forksafe.register(self)
+
+    def after_fork(self) -> None:
+        """In a forked child the parent's replay timer or task is not running: none is
+        scheduled (the kept invalidations stay, replayed before the next read)."""
         self.replaying = False
 
     def claim_replay(self) -> bool:
