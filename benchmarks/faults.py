@@ -549,9 +549,6 @@ COLUMNS = [
 ]
 
 KNOWN_NOT_RUN = {
-    "two event loops": "item 5 (another helper)",
-    "fork with a flight in progress": "item 6 (another helper)",
-    "refresh starvation across functions": "item 7 (another helper)",
     "memory of failure states (60k keys)": "item 11 (another helper)",
 }
 
@@ -580,6 +577,10 @@ def run(*, quick: bool) -> dict[str, object]:
             print(f"  {name}, {colour}...", flush=True)
             marked = known if colour == "sync" or "sync" not in known else ""
             rows.append(runner(Case(name, fault, via, marked), seconds, callers))
+    if not tiny:  # items 5-7: a process's own threads, loops and forks (benchmarks/_process_faults)
+        from benchmarks import _process_faults
+
+        rows += _process_faults.rows(seconds, threads, tasks)
     print_table(
         "Faults: the promise under each (bound and deadline from the stack's settings)",
         COLUMNS,

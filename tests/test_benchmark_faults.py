@@ -34,3 +34,22 @@ def test_the_faults_benchmark_reports_every_figure(monkeypatch: pytest.MonkeyPat
         assert window["most"] >= 0
         assert window["bound"] > 0
     assert figures["not_run"]
+
+
+def test_the_process_rows_report_every_figure() -> None:
+    from benchmarks import _process_faults
+
+    rows = _process_faults.rows(1.2, 4, 8)
+    assert [(r.fault, r.colour) for r in rows] == [
+        ("two event loops (one ends first)", "async"),
+        ("fork with a flight in progress", "sync"),
+        ("fork with a flight in progress", "async"),
+        ("refresh starvation across functions", "sync"),
+    ]
+    for row in rows:
+        figures = row.figures()
+        assert figures["backend_calls"] > 0, figures
+        assert figures["bound"] > 0, figures
+        assert figures["max_latency_s"] > 0, figures
+        assert set(figures["leaks"]) == {"threads", "fds"}
+        assert not any(name.startswith("child") for name in figures["errors"]), figures

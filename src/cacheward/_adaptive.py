@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
+from cacheward import _forksafe
 from cacheward._backend_breaker import is_backend_failure
 from cacheward._clock import Clock, SystemClock
 from cacheward._config import check_clock, check_fraction, check_positive_int, duration
@@ -289,14 +290,21 @@ class AdaptiveLimit:
         self.ceiling = ceiling
         self.default_priority = default_priority
         self._failure = is_backend_failure if failure_on is None else failure_on
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._core = core
         self._admission = Admission(core, shares)
+        _forksafe.register(self)
         self._throttle = None if throttle is None else Throttle(k=throttle, window=window, now=now)
         self._rejected: dict[str, dict[str, int]] = {
             name: dict.fromkeys(_REASONS, 0) for name in shares
         }
         self._logged = core.estimate
+
+    def after_fork(self) -> None:
+        """In a forked child the attempts in flight and the waiters were the parent's
+        threads': none will ever leave, so they are forgotten (the limit itself is kept)."""
+        shares = {part.name: part.share for part in self._admission.partitions()}
+        self._admission = Admission(self._core, shares)
 
     # -- state
 

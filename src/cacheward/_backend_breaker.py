@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast
 
-from cacheward import _testmode
+from cacheward import _forksafe, _testmode
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.breaker import Breaker, BreakerState
@@ -128,7 +127,7 @@ class CircuitBreaker:
         self._is_failure = is_backend_failure if failure_on is None else _predicate(failure_on)
         self.clock = check_clock(clock)
         self.name = str(name)
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         #: Calls refused while open (or while a probe was out).
         self.rejected = 0
         #: Times it opened (a failed probe re-opening it included).

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any
+
+from cacheward import _forksafe
 
 __all__ = ["adrain", "drain", "track", "track_task"]
 
 _PENDING: weakref.WeakKeyDictionary[Any, set[concurrent.futures.Future[Any]]] = (
     weakref.WeakKeyDictionary()
 )
-_LOCK = threading.Lock()
+_LOCK = _forksafe.lock()
 
 
 def track(owners: Iterable[Any], future: concurrent.futures.Future[Any]) -> None:
@@ -87,3 +88,10 @@ async def adrain(owner: Any, timeout: float) -> None:
         ]
     if pending:
         await asyncio.wait(pending, timeout=timeout)
+
+
+@_forksafe.at_fork
+def _forget_all() -> None:
+    """In a forked child the parent's writes are not this process's to wait for."""
+    _PENDING.clear()
+    _TASKS.clear()

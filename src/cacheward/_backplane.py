@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Final
 
+from cacheward import _forksafe
 from cacheward._core.coherence import needs_check
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
@@ -56,7 +57,13 @@ BACKOFF_FIRST: Final = 0.05
 BACKOFF_MAX: Final = 5.0
 
 #: This process (messages carry it with the sending stack, so a stack skips its own).
-PROCESS: Final = os.urandom(6).hex()  # what secrets.token_hex does, without importing random
+PROCESS = os.urandom(6).hex()  # what secrets.token_hex does, without importing random
+
+
+@_forksafe.at_fork
+def _new_process() -> None:
+    global PROCESS
+    PROCESS = os.urandom(6).hex()
 
 
 class Recheck(float):
@@ -181,6 +188,7 @@ class Stack:
         self.time = time
         self.max_age = max_age
         self.origin = f"{PROCESS}:{os.urandom(4).hex()}"
+        _forksafe.register(self)
         #: Swaps the hot path's lookup (set when the wrapper is built).
         self.set_lookup: Callable[[Callable[[Hashable], Any]], None] = lambda lookup: None
         #: Drops what raised marks invalidate (set by the driver: its tag index, its clear).
@@ -191,6 +199,11 @@ class Stack:
         #: While guarded: when the channel was last heard, and the keys re-validated since.
         self.since = 0.0
         self.checked: dict[Hashable, tuple[Entry, float]] = {}
+
+    def after_fork(self) -> None:
+        """In a forked child: an origin of its own, or the parent would take the child's
+        announcements for its own echo and ignore them."""
+        self.origin = f"{PROCESS}:{os.urandom(4).hex()}"
 
     def announce(self, key: CacheKey) -> tuple[str, str]:
         """The ``(channel, message)`` a fence of ``key`` publishes."""
@@ -261,7 +274,7 @@ class Subscriber:
         self.connect = connect
         self.channel = channel
         self.source = source
-        self.lock = threading.Lock()
+        self.lock = _forksafe.lock()
         self.stacks: dict[str, weakref.WeakSet[Stack]] = {}
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -271,6 +284,7 @@ class Subscriber:
         self.delay = BACKOFF_FIRST
         self.lost = False
         self.heard_wall = 0.0
+        _forksafe.register(self)
 
     def register(self, stack: Stack) -> None:
         """Serve ``stack`` (guarded until the channel is subscribed)."""
@@ -279,10 +293,32 @@ class Subscriber:
             if not self.up:
                 stack.guard()
             if self.thread is None and not self.stopping.is_set():
-                self.thread = threading.Thread(
-                    target=self._run, name=f"cacheward-backplane-{self.source}", daemon=True
-                )
-                self.thread.start()
+                self._start(lost=False)
+
+    def _start(self, *, lost: bool) -> None:
+        self.thread = threading.Thread(
+            target=self._run,
+            args=(lost,),
+            name=f"cacheward-backplane-{self.source}",
+            daemon=True,
+        )
+        self.thread.start()
+
+    def after_fork(self) -> None:
+        """In a forked child: the listening thread is gone. The stacks are guarded (the
+        channel is down for this process) and a thread of its own listens again; its first
+        subscription empties the memory layers, as after a lost channel (what was published
+        between the fork and then was not heard here)."""
+        self.thread = None
+        if self.stopping.is_set():
+            return  # closed
+        self.stopping = threading.Event()
+        self.up = False
+        stacks = self.all_stacks()
+        for stack in stacks:
+            stack.guard()
+        if stacks:
+            self._start(lost=True)
 
     def all_stacks(self) -> list[Stack]:
         with self.lock:
@@ -315,9 +351,9 @@ class Subscriber:
                 stack.drop(local)
         self.received += 1
 
-    def _run(self) -> None:
+    def _run(self, lost: bool = False) -> None:
         self.delay = BACKOFF_FIRST
-        self.lost = False
+        self.lost = lost
         self.heard_wall = time.time()
         while not self.stopping.is_set():
             pubsub: Any = None

@@ -388,10 +388,12 @@ def cached(
         key: maps the call's arguments to the key's arguments (for arguments without a stable
             encoding). On a method it receives ``self`` too.
         rng: the random source for jitter.
-        refresh_executor: where synchronous background refreshes run; defaults to a small
-            shared thread pool.
-        max_refreshes: the most background refreshes of this function running at once; past
-            it the stale value is served and the refresh is left for a later call.
+        refresh_executor: where synchronous background refreshes run; defaults to a shared
+            pool of 8 threads, of which one function holds at most 2 (a refresh that finds no
+            free worker is not started: the stale value was served).
+        max_refreshes: the most background refreshes of this function running at once (in
+            the shared pool, at most 2); past it the stale value is served and the refresh is
+            left for a later call.
         lease_ttl: how long a cross-process lease lasts (should exceed a fetch's duration).
         cross_process: take a lease in the first shared layer that supports leases, so one
             process per key fetches.

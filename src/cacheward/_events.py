@@ -11,10 +11,10 @@ from __future__ import annotations
 import atexit
 import enum
 import logging
-import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol, cast
 
+from cacheward import _forksafe
 from cacheward._clock import Clock
 from cacheward._config import check_clock, check_positive_int, duration
 from cacheward._core.logthrottle import LogThrottle, Summary
@@ -131,7 +131,7 @@ class Listener(Protocol):
     def __call__(self, event: Event, /) -> None: ...
 
 
-_LOCK = threading.Lock()
+_LOCK = _forksafe.lock()
 _BY_KIND: dict[EventKind, tuple[Listener, ...]] = dict.fromkeys(EventKind, ())
 #: Listeners of HIT, as a list mutated in place: the hot path holds a reference to it and
 #: checks it for emptiness, which is cheaper than a dictionary lookup.
@@ -270,7 +270,7 @@ class LoggingListener:
             interval=duration("interval", interval, allow_zero=False),
             burst=check_positive_int("burst", burst),
         )
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         #: Lines written, and events counted into summaries instead (for tests and metrics).
         self.lines = 0
         self.summarized = 0

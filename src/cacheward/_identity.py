@@ -31,12 +31,12 @@ with an explicit ``namespace=``, since the closures are what make them different
 from __future__ import annotations
 
 import gc
-import threading
 import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from cacheward import _forksafe
 from cacheward._errors import ConfigurationError
 
 __all__ = ["Identity", "claim", "default_namespace", "identity_of"]
@@ -111,7 +111,7 @@ _CLAIMS: weakref.WeakKeyDictionary[object, dict[str, Identity]] = weakref.WeakKe
 #: Layers that cannot be weakly referenced, kept alive with their claims (so their id cannot be
 #: reused by a new object, which would inherit claims that are not its own).
 _CLAIMS_BY_ID: dict[int, tuple[object, dict[str, Identity]]] = {}
-_LOCK = threading.Lock()
+_LOCK = _forksafe.lock()
 
 
 def _claims_of(layer: object) -> dict[str, Identity]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import collections
 import sys
-import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Literal, Protocol, cast, runtime_checkable
 
+from cacheward import _forksafe
 from cacheward._config import Duration, check_positive_int, duration
 from cacheward._core.breaker import Breaker
 from cacheward._core.entry import Entry
@@ -136,7 +136,7 @@ class LayerBreaker:
         self.failures = check_positive_int("breaker_failures", failures)
         self.reset = duration("breaker_reset", reset, allow_zero=False)
         self.breaker = Breaker(failure_threshold=self.failures, reset_timeout=self.reset)
-        self.lock = threading.Lock()
+        self.lock = _forksafe.lock()
         #: Who configured it (for error messages).
         self.origin = origin
 
@@ -246,7 +246,7 @@ class MemoryLayer:
         self.local = True
         #: The cached function this layer belongs to (set by the decorator).
         self.owner: str | None = None
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         #: Byte accounting (only with max_bytes): key -> weight, and their sum.
         self._weights: dict[Hashable, int] | None = None if max_bytes is None else {}
         self._bytes = 0

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
-from cacheward import _testmode
+from cacheward import _forksafe, _testmode
 from cacheward._checks import check_caller, check_not_descriptor
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
@@ -177,7 +176,7 @@ class TokenBucket:
             )
         self.clock = check_clock(clock)
         self.name = str(name)
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._state = BucketState(rate=self.rate, burst=self.burst, now=self.clock.monotonic())
         # Bound once: the take is on every backend attempt's path.
         self._now = self.clock.monotonic
@@ -284,13 +283,18 @@ _WAITED: ContextVar[list[bool] | None] = ContextVar("cacheward_waited", default=
 class LimitCounters:
     """Per-decorated-function counters of :func:`rate_limit` (read by ``guard().stats()``)."""
 
-    __slots__ = ("_lock", "attempts", "rate_limited", "waiters", "waits")
+    __slots__ = ("__weakref__", "_lock", "attempts", "rate_limited", "waiters", "waits")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self.attempts = 0
         self.waits = 0
         self.rate_limited = 0
+        self.waiters = 0
+        _forksafe.register(self)
+
+    def after_fork(self) -> None:
+        """In a forked child the parent's waiting threads are gone: none is in the line."""
         self.waiters = 0
 
     def enter_wait(self) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, cast, runtime_checkable
 
+from cacheward import _forksafe
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_positive_int, duration
 from cacheward._core.entry import Entry, Freshness, classify
@@ -126,7 +126,7 @@ class MemoryCheckpoints:
     def __init__(self, *, ttl: Duration = 300.0, maxsize: int = 1024) -> None:
         self.ttl = duration("ttl", ttl, allow_zero=False)
         self.maxsize = check_positive_int("maxsize", maxsize)
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._data: dict[str, Checkpoint] = {}
 
     def load(self, key: str, now: float) -> Checkpoint | None:
@@ -327,7 +327,7 @@ def rebuild_identity(fetch_page: Callable[..., object], checkpoint_key: str | No
 _OBJECT_TOKENS: dict[int, tuple[weakref.ref[Any], str]] = {}
 # Re-entrant: the garbage collector may run a weak reference's callback (which takes the lock)
 # in this very thread while it holds the lock.
-_OBJECT_TOKENS_LOCK = threading.RLock()
+_OBJECT_TOKENS_LOCK = _forksafe.rlock()
 _IDENTIFIED = "the same page function and arguments"
 _OBJECT_SCOPE = (
     "this same page function object (its payload cannot be identified across calls: bind its "

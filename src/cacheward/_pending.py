@@ -25,10 +25,10 @@ Pure bookkeeping under a lock; the driver does the I/O (``cacheward._readpath``)
 from __future__ import annotations
 
 import collections
-import threading
 import weakref
 from typing import Any, Final
 
+from cacheward import _forksafe
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._frozen import Frozen
@@ -63,6 +63,7 @@ class Pending:
     """One shared layer's invalidations not yet delivered, in this process."""
 
     __slots__ = (
+        "__weakref__",
         "_items",
         "_lock",
         "_marks",
@@ -75,7 +76,7 @@ class Pending:
 
     def __init__(self, limit: int = MAX_PENDING) -> None:
         self.limit = limit
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         #: ``(namespace, key text)`` -> ``(key, entry to write or None, counters)``.
         self._items: collections.OrderedDict[tuple[str, str], tuple[CacheKey, Any]] = (
             collections.OrderedDict()
@@ -88,6 +89,12 @@ class Pending:
         self.dropped = 0
         self.replayed: collections.Counter[str] = collections.Counter()
         #: A background replay is scheduled or running (one at a time).
+        self.replaying = False
+        _forksafe.register(self)
+
+    def after_fork(self) -> None:
+        """In a forked child the parent's replay timer or task is not running: none is
+        scheduled (the kept invalidations stay, replayed before the next read)."""
         self.replaying = False
 
     def claim_replay(self) -> bool:
@@ -174,7 +181,7 @@ class Pending:
 
 
 _BOOKS: weakref.WeakKeyDictionary[object, Pending] = weakref.WeakKeyDictionary()
-_BOOKS_LOCK = threading.Lock()
+_BOOKS_LOCK = _forksafe.lock()
 
 
 def book_of(layer: object) -> Pending:

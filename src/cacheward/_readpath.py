@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from cacheward import _forksafe
 from cacheward._background import track, track_task
 from cacheward._backplane import Recheck, Stack, encode_marks
 from cacheward._clock import SYSTEM_CLOCK, Clock, SystemClock
@@ -76,6 +77,10 @@ __all__ = [
     "ainvalidate_tags",
     "invalidate_tags",
 ]
+
+#: How many times one caller takes over a flight whose event loop ended (see
+#: :meth:`Driver.join`) before giving up with :class:`Orphaned`.
+ORPHAN_TAKEOVERS = 4
 
 #: The flights whose fetch this thread or task is running (to catch a fetch that calls itself).
 LEADING: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
@@ -200,7 +205,7 @@ class Counters:
 
 
 _HEALTH: weakref.WeakKeyDictionary[object, LayerBreaker] = weakref.WeakKeyDictionary()
-_HEALTH_LOCK = threading.Lock()
+_HEALTH_LOCK = _forksafe.lock()
 
 
 def breaker_of(
@@ -694,7 +699,7 @@ class Lead(_FlightOp):
     """Lead a flight: a thread runs the fetch plan itself; a task starts the fetch task and
     waits for it like any waiter (so its own deadline holds). ``read``: see :meth:`Driver.run`."""
 
-    __slots__ = ("read",)
+    __slots__ = ("read", "timeout")
 
     def __init__(
         self,
@@ -705,9 +710,11 @@ class Lead(_FlightOp):
         kwargs: dict[str, Any],
         *,
         read: bool,
+        timeout: float,
     ) -> None:
         super().__init__(driver, key, flight, args, kwargs)
         self.read = read
+        self.timeout = timeout
 
     def sync(self) -> Any:
         return INLINE  # the thread runs the fetch plan itself, inside the serve plan
@@ -715,7 +722,7 @@ class Lead(_FlightOp):
     async def aio(self) -> Any:
         flight = cast(AsyncFlight, self.flight)
         self.driver.start_task(self.key, flight, self.args, self.kwargs, None, read=self.read)
-        return await flight.wait(self.driver.s.wait_timeout)
+        return await flight.wait(self.timeout)
 
 
 class Join(Op):
@@ -812,118 +819,219 @@ class Expired(Exception):
     """A waiter's deadline passed (private)."""
 
 
-class AsyncFlight(Flight):
-    """The fetch task, one plain future per waiting caller, and one deadline timer.
+class Orphaned(FetchInterrupted):
+    """The fetch task a caller on another event loop waited for was cancelled: its own loop
+    ended (``asyncio.run`` cancels what is left). The caller takes over (:meth:`Driver.join`);
+    where nobody can, it is the :class:`FetchInterrupted` it is."""
 
-    Waiters of a flight all wait the same ``timeout``, so their deadlines come in arrival
-    order: a single timer expires the due prefix and re-arms itself for the next one, and one
-    done-callback on the task resolves every waiter still waiting. A thousand tasks waiting for
-    one fetch thus cost a thousand futures and one timer, where ``wait_for(shield(task))``
-    costs a shield future, a wrapper and a timer per waiter.
+
+def on_loop(
+    loop: asyncio.AbstractEventLoop,
+    running: asyncio.AbstractEventLoop | None,
+    fn: Callable[..., None],
+    *args: Any,
+) -> None:
+    """Call ``fn(*args)`` on ``loop``'s thread: now if it is the ``running`` one, else through
+    ``call_soon_threadsafe`` (a future is answered on its own loop only, and an answer from
+    another thread would not wake that loop). A closed loop has no waiters left to answer."""
+    if loop is running:
+        fn(*args)
+    else:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+
+class _Waiters:
+    """One event loop's callers of a flight: their futures in deadline order, and the one
+    timer (on that loop) that expires them."""
+
+    __slots__ = ("queue", "timer")
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class AsyncFlight(Flight):
+    """The fetch task, one plain future per waiting caller, and one deadline timer per loop.
+
+    Waiters of a flight all wait the same ``timeout``, so on one loop their deadlines come in
+    arrival order: a single timer expires the due prefix and re-arms itself for the next one,
+    and one done-callback on the task answers every waiter still waiting. A thousand tasks
+    waiting for one fetch thus cost a thousand futures and one timer, where
+    ``wait_for(shield(task))`` costs a shield future, a wrapper and a timer per waiter.
+
+    Callers may be on several event loops (threads each running ``asyncio.run``, or one
+    ``asyncio.run`` after another). A future belongs to its loop, so each loop's waiters have
+    their own timer on their own loop, and are answered on their loop's thread
+    (``call_soon_threadsafe`` from the task's); a waiter on another loop whose fetch task was
+    cancelled (its loop ended) gets :class:`Orphaned` and takes over. A flight whose loop was
+    closed with its task unfinished is :meth:`stranded`: the core forgets it.
     """
 
-    __slots__ = ("delivered", "stale", "task", "timer", "waiters")
+    __slots__ = ("home", "lock", "outcome", "stale", "task", "waiters")
 
     def __init__(self) -> None:
         super().__init__()
         #: The best entry the fetch found in a shared layer (a waiter's fallback on error).
         self.stale: Entry | None = None
         self.task: asyncio.Task[Any] | None = None
-        self.waiters: collections.deque[tuple[float, asyncio.Future[Any]]] | None = (
-            collections.deque()
-        )
-        self.timer: asyncio.TimerHandle | None = None
-        self.delivered: Any = MISSING
+        #: The fetch task's loop.
+        self.home: asyncio.AbstractEventLoop | None = None
+        #: Each loop's waiters; ``None`` once answered.
+        self.waiters: dict[asyncio.AbstractEventLoop, _Waiters] | None = {}
+        #: ``(ok, value or error, orphaned)`` once answered.
+        self.outcome: tuple[bool, Any, bool] | None = None
+        #: Waiters arrive and answers leave on any loop's thread. (A plain lock: a forked
+        #: child forgets every flight.)
+        self.lock = threading.Lock()
 
     def prepare_wait(self) -> None:
         """Nothing to prepare: a waiter's future is made when it waits."""
 
+    def stranded(self) -> bool:
+        """The task's loop was closed before the task finished: nothing will ever end it."""
+        home = self.home
+        return home is not None and self.outcome is None and home.is_closed()
+
     def resolve(self, value: Any) -> None:
         """Answer every waiter with ``value`` now, before the task's last steps."""
-        if self.delivered is not MISSING:
-            return
-        self.delivered = value
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        waiters, self.waiters = self.waiters, None
-        for _, waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(value)
+        self._answer((True, value, False))
 
     def reject(self, error: BaseException) -> None:
         """Failures reach the waiters through the task's done-callback (:meth:`settle`)."""
 
     def settle(self, task: asyncio.Task[Any]) -> None:
         """The task's done-callback: hand its outcome to every waiter still waiting."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        waiters, self.waiters = self.waiters, None
         # A cancelled (or interrupted) fetch is not the waiters' cancellation: they get a
-        # FetchInterrupted, never a CancelledError nobody asked for.
+        # FetchInterrupted, never a CancelledError nobody asked for (waiters on other loops:
+        # Orphaned, and they take over).
         # Retrieving the exception also keeps a failure nobody awaited (every waiter left)
         # from being reported as "never retrieved"; it was already counted and backed off.
-        error = (
-            FetchInterrupted("the fetch task was cancelled")
-            if task.cancelled()
-            else (task.exception())
-        )
+        cancelled = task.cancelled()
+        error = FetchInterrupted("the fetch task was cancelled") if cancelled else task.exception()
         if error is not None and not isinstance(error, Exception):
             error = FetchInterrupted(f"the fetch was interrupted ({type(error).__name__})")
-        for _, waiter in waiters or ():
+        if error is None:
+            self._answer((True, task.result(), False))
+        else:
+            self._answer((False, error, cancelled))
+
+    def _answer(self, outcome: tuple[bool, Any, bool]) -> None:
+        with self.lock:
+            if self.outcome is not None:
+                return
+            self.outcome = outcome
+            waiters, self.waiters = self.waiters, None
+        if not waiters:
+            return
+        import asyncio
+
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for loop, group in waiters.items():
+            on_loop(loop, running, self._deliver, loop, group, outcome)
+
+    def _deliver(
+        self, loop: asyncio.AbstractEventLoop, group: _Waiters, outcome: tuple[bool, Any, bool]
+    ) -> None:
+        """On ``loop``'s thread: answer its waiters."""
+        if group.timer is not None:
+            group.timer.cancel()
+            group.timer = None
+        ok, payload, orphaned = outcome
+        if orphaned and loop is not self.home:
+            payload = Orphaned("the fetch task's event loop ended")
+        for _, waiter in group.queue:
             if waiter.done():
                 continue
-            if error is not None:
-                waiter.set_exception(error)
+            if ok:
+                waiter.set_result(payload)
             else:
-                waiter.set_result(task.result())
+                waiter.set_exception(payload)
+        group.queue.clear()
 
     def expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The timer: fail the waiters whose deadline passed, re-arm for the next one."""
-        self.timer = None
-        waiters = self.waiters
-        if waiters is None:
-            return
-        now = loop.time()
-        while waiters and waiters[0][0] <= now:
-            waiter = waiters.popleft()[1]
+        """``loop``'s timer: fail its waiters whose deadline passed, re-arm for the next one."""
+        due: list[asyncio.Future[Any]] = []
+        with self.lock:
+            group = None if self.waiters is None else self.waiters.get(loop)
+            if group is None:
+                return
+            group.timer = None
+            queue = group.queue
+            now = loop.time()
+            while queue and queue[0][0] <= now:
+                due.append(queue.popleft()[1])
+            if queue:
+                group.timer = loop.call_at(queue[0][0], self.expire_due, loop)
+        for waiter in due:
             if not waiter.done():
                 waiter.set_exception(Expired())
-        if waiters:
-            self.timer = loop.call_at(waiters[0][0], self.expire_due, loop)
 
     async def wait(self, timeout: float) -> Any:
         """The task's result, or :class:`Expired` after ``timeout`` (the task carries on)."""
-        if self.delivered is not MISSING:
-            return self.delivered
-        task = cast("asyncio.Task[Any]", self.task)
-        if self.waiters is None:
-            return task.result()
         import asyncio  # at first use: a sync-only program never imports it
 
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        deadline = loop.time() + timeout
-        self.waiters.append((deadline, waiter))
-        if self.timer is None:
-            self.timer = loop.call_at(deadline, self.expire_due, loop)
-        return await waiter
+        with self.lock:
+            outcome = self.outcome
+            if outcome is None:
+                waiters = cast("dict[asyncio.AbstractEventLoop, _Waiters]", self.waiters)
+                group = waiters.get(loop)
+                if group is None:
+                    group = waiters[loop] = _Waiters()
+                waiter = loop.create_future()
+                deadline = loop.time() + timeout
+                group.queue.append((deadline, waiter))
+                if group.timer is None:
+                    group.timer = loop.call_at(deadline, self.expire_due, loop)
+        if outcome is None:
+            return await waiter
+        ok, payload, orphaned = outcome
+        if ok:
+            return payload
+        if orphaned and loop is not self.home:
+            raise Orphaned("the fetch task's event loop ended")
+        raise payload
 
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+_POOL_LOCK = _forksafe.lock()
 
 
 _WRITER: concurrent.futures.ThreadPoolExecutor | None = None
 
 
+#: Workers of the shared refresh pool, and the most of them one function's refreshes hold:
+#: one slow function cannot take every worker, so another function's refresh finds one free
+#: unless ``POOL_SIZE // POOL_SHARE`` functions are refreshing slowly at the same moment.
+POOL_SIZE = 8
+POOL_SHARE = 2
+#: The shared pool's free workers: a refresh takes one before it is submitted, or is not
+#: started at all (the stale value was served): it never waits in the pool's queue.
+_POOL_WORKERS = threading.BoundedSemaphore(POOL_SIZE)
+
+
+@_forksafe.at_fork
+def _forget_pools() -> None:
+    """In a forked child the pools' threads are gone: new pools are made on first use, with
+    every worker free."""
+    global _POOL, _WRITER, _POOL_WORKERS
+    _POOL = _WRITER = None
+    _POOL_WORKERS = threading.BoundedSemaphore(POOL_SIZE)
+
+
 def default_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The shared refresh pool of ``def`` functions (threads made as needed, up to
+    :data:`POOL_SIZE`)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = concurrent.futures.ThreadPoolExecutor(
-                max_workers=4, thread_name_prefix="cacheward-refresh"
+                max_workers=POOL_SIZE, thread_name_prefix="cacheward-refresh"
             )
         return _POOL
 
@@ -986,7 +1094,7 @@ class Driver:
         self.namespace = f"{s.namespace or qualname}:v{s.version}"
         self.counters = Counters()
         self.core: ReadThrough[Any] = ReadThrough(backoff=s.backoff, backoff_max=s.backoff_max)
-        self.lock = threading.Lock()
+        self.lock = _forksafe.lock()
         self.new_flight: Callable[[], Flight] = AsyncFlight if is_async else SyncFlight
         self.is_async = is_async
         self.remotes = [
@@ -1006,7 +1114,7 @@ class Driver:
         #: No memory layer: every call reads the shared layers, so most of those reads are
         #: hits. They are plain reads (no flight, no lock, no lease: see :meth:`serve_plan`).
         self.read_first = l1 is None and bool(self.remotes)
-        self.refresh_slots = threading.BoundedSemaphore(s.max_refreshes)
+        self.refresh_slots = threading.BoundedSemaphore(self.max_refreshes())
         #: Without a memory layer: entries whose shared-layer writes have not finished yet,
         #: so that a call right after a fetch does not miss while the write is on its way.
         self.writing: dict[Hashable, Entry] = {}
@@ -1053,6 +1161,26 @@ class Driver:
         DRIVERS.add(self)
         #: The text keys of recent local keys (see :meth:`cache_key`), at most TEXTS_KEPT.
         self.texts: dict[Hashable, str] = {}
+        _forksafe.register(self)
+
+    def after_fork(self) -> None:
+        """In a forked child: the fetches in flight were the parent's threads' and will never
+        end here, so they are forgotten (the next caller of a key leads a new one); so is the
+        background work (its refresh slots free again, its writes not waited for)."""
+        for local, state in list(self.core.states.items()):
+            if state.flight is not None:
+                self.core.abandon(local, state.flight)
+        self.forcing.clear()
+        self.writing.clear()
+        self.tasks = set()
+        self.refresh_slots = threading.BoundedSemaphore(self.max_refreshes())
+
+    def max_refreshes(self) -> int:
+        """This function's refresh slots: ``max_refreshes``, and in the shared refresh pool
+        at most its share of the workers (:data:`POOL_SHARE`)."""
+        if self.is_async or self.s.refresh_executor is not None:
+            return self.s.max_refreshes
+        return min(self.s.max_refreshes, POOL_SHARE)
 
     # ---- the two entry points per colour (one line each)
 
@@ -1135,7 +1263,7 @@ class Driver:
         try:
             if action is Action.WAIT:
                 self.count("coalesced_waits", EventKind.COALESCED_WAIT)
-                return (yield Join(flight, self.s.wait_timeout))
+                return (yield from self.join(key, flight, entry, args, kwargs))
             if read:
                 flight.stale = entry  # what the shared layers hold (a waiter's fallback)
             return (yield from self.lead(key, flight, args, kwargs, read=read))
@@ -1147,6 +1275,39 @@ class Driver:
         return self.fallback(
             flight.stale if self.better(entry, flight.stale, now) else entry, error
         )
+
+    def join(
+        self,
+        key: CacheKey,
+        flight: Any,
+        entry: Entry | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Plan[Any]:
+        """Wait for ``flight``, led by another caller. If it is :class:`Orphaned` (its task was
+        cancelled because its event loop ended, while this caller is on another loop), decide
+        again and take over: lead a new flight here or join one, within this caller's own
+        deadline (a few times at most: each time another loop ended under it)."""
+        clock = self.s.clock
+        deadline = clock.monotonic() + self.s.wait_timeout
+        takeovers = 0
+        while True:
+            left = max(0.0, deadline - clock.monotonic())
+            try:
+                return (yield Join(flight, left))
+            except Orphaned:
+                if takeovers == ORPHAN_TAKEOVERS:
+                    raise
+                takeovers += 1
+            action, state, flight, entry = self.decide(key, entry)
+            if action is Action.REFRESH:
+                yield Refresh(self, key, flight, args, kwargs, stale=entry)
+            answer = self.answer_now(key, action, state, entry)
+            if answer is not MISSING:
+                return answer
+            if action is Action.FETCH:
+                left = max(0.0, deadline - clock.monotonic())
+                return (yield from self.lead(key, flight, args, kwargs, timeout=left))
 
     def recheck(self, key: CacheKey, entry: Entry) -> Plan[Entry | None]:
         """The backplane's channel is down and ``entry`` (this process's memory layer) was last
@@ -1183,10 +1344,13 @@ class Driver:
         kwargs: dict[str, Any],
         *,
         read: bool = False,
+        timeout: float | None = None,
     ) -> Plan[Any]:
         """Lead ``flight``: a thread runs the fetch plan here, a task starts the fetch task.
-        ``read``: see :meth:`run`."""
-        led = yield Lead(self, key, flight, args, kwargs, read=read)
+        ``read``: see :meth:`run`; ``timeout``: how long a task waits for its fetch
+        (``wait_timeout`` unless less is left)."""
+        wait = self.s.wait_timeout if timeout is None else timeout
+        led = yield Lead(self, key, flight, args, kwargs, read=read, timeout=wait)
         if led is INLINE:
             return (yield from self.run(key, flight, args, kwargs, read=read))
         return led
@@ -1266,7 +1430,9 @@ class Driver:
                 self.count("fetch_errors", EventKind.FETCH_ERROR, exc)
                 raise
             finally:
-                LEADING.reset(leading)
+                # A task destroyed on a closed loop is closed by the collector, elsewhere.
+                with contextlib.suppress(ValueError):
+                    LEADING.reset(leading)
             emit(EventKind.FETCH, self.namespace, duration=self.s.clock.monotonic() - started)
         except BaseException as exc:
             self.unforce(key, flight)
@@ -1646,16 +1812,26 @@ class Driver:
 
     # ---- background work: a thread of the refresh executor, or a task
 
-    def take_refresh_slot(self, key: CacheKey, flight: Flight) -> bool:
-        """Take one of ``max_refreshes`` slots for a background refresh; when all are busy,
-        the refresh is abandoned (the stale value was served anyway)."""
-        if not self.refresh_slots.acquire(blocking=False):
-            self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
-            with self.lock:
+    def take_refresh_slot(self, key: CacheKey, flight: Flight, *, pooled: bool) -> bool:
+        """Take one of this function's refresh slots (``max_refreshes``, and in the shared
+        pool at most :data:`POOL_SHARE`) and, for the shared pool (``pooled``), one of its
+        free workers. When none is free the refresh is not started (the stale value was
+        served anyway; it is never queued behind other functions' refreshes) and its flight
+        is abandoned, unless a caller took it over meanwhile."""
+        if self.refresh_slots.acquire(blocking=False):
+            if not pooled or _POOL_WORKERS.acquire(blocking=False):
+                self.count("refreshes", EventKind.REFRESH_STARTED)
+                return True
+            self.refresh_slots.release()
+        self.count("refreshes_skipped", EventKind.REFRESH_SKIPPED)
+        self.give_up(key, flight)
+        return False
+
+    def give_up(self, key: CacheKey, flight: Flight) -> None:
+        """A refresh that will not run: its flight is abandoned, unless a caller leads it."""
+        with self.lock:
+            if self.core.begin(key.local, flight):
                 self.core.abandon(key.local, flight)
-            return False
-        self.count("refreshes", EventKind.REFRESH_STARTED)
-        return True
 
     def start_refresh(
         self,
@@ -1665,25 +1841,32 @@ class Driver:
         kwargs: dict[str, Any],
         stale: Entry | None,
     ) -> None:
-        if not self.take_refresh_slot(key, flight):
-            flight.reject(RuntimeError("refresh skipped"))
+        pooled = self.s.refresh_executor is None
+        if not self.take_refresh_slot(key, flight, pooled=pooled):
             return
+
+        def release() -> None:
+            self.refresh_slots.release()
+            if pooled:
+                _POOL_WORKERS.release()
 
         def job() -> None:
             try:
-                perform(self.run(key, flight, args, kwargs, stale, detach=False))
+                with self.lock:
+                    leads = self.core.begin(key.local, flight)  # not taken over meanwhile
+                if leads:
+                    perform(self.run(key, flight, args, kwargs, stale, detach=False))
             except Exception:  # noqa: S110 - counted and backed off by run(); stale was served
                 pass
             finally:
-                self.refresh_slots.release()
+                release()
 
         executor = self.s.refresh_executor or default_pool()
         try:
             executor.submit(job)
-        except RuntimeError as exc:  # executor shut down (interpreter exit)
-            self.refresh_slots.release()
-            self.settle_failure(key, flight, exc)
-            flight.reject(exc)
+        except RuntimeError:  # executor shut down (interpreter exit)
+            release()
+            self.give_up(key, flight)
 
     def start_arefresh(
         self,
@@ -1693,7 +1876,12 @@ class Driver:
         kwargs: dict[str, Any],
         stale: Entry | None,
     ) -> None:
-        if not self.take_refresh_slot(key, flight):
+        if not self.take_refresh_slot(key, flight, pooled=False):
+            return
+        with self.lock:
+            leads = self.core.begin(key.local, flight)  # a task starts at once: no queue
+        if not leads:  # taken over by a caller on another loop meanwhile
+            self.refresh_slots.release()
             return
         self.start_task(key, flight, args, kwargs, stale)
         cast("asyncio.Task[Any]", flight.task).add_done_callback(
@@ -1713,8 +1901,9 @@ class Driver:
         plan = self.run(key, flight, args, kwargs, stale, read=read)
         import asyncio
 
-        task = asyncio.get_running_loop().create_task(aperform(plan))
-        flight.task = task
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(aperform(plan))
+        flight.task, flight.home = task, loop
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(flight.settle)

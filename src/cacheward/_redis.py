@@ -30,12 +30,12 @@ import dataclasses
 import math
 import secrets
 import select
-import threading
 import warnings
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from cacheward import _forksafe
 from cacheward._background import adrain, drain
 from cacheward._checks import check_socket_timeout, check_url
 from cacheward._clock import Clock
@@ -167,7 +167,7 @@ class _Counters:
     __slots__ = ("_lock", "counts")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self.counts = dict.fromkeys(EVENTS, 0)
 
     def add(self, name: str) -> None:
@@ -504,6 +504,7 @@ class RedisLayer:
         parts = [self.prefix, self.namespace] if self.namespace else [self.prefix]
         self._base = ":".join([*parts, f"v{self.version}", ""])
         self._owner = secrets.token_hex(8)
+        _forksafe.register(self)
         self._counters = _Counters()
         self._sync_client: Any = None
         self._async_client: Any = None
@@ -511,7 +512,7 @@ class RedisLayer:
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
-        self._sync_lock = threading.Lock()
+        self._sync_lock = _forksafe.lock()
         self._subscriber: Any = None
         self.cluster = False
         self._stall = _Stall(math.inf, self._clock.monotonic)
@@ -744,6 +745,16 @@ class RedisLayer:
         subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
             subscriber.close(timeout=2.0 if wait else 0.0)
+
+    def after_fork(self) -> None:
+        """In a forked child: a lease owner id of its own (with its parent's, the child would
+        take the parent's lease for its own and fetch the same key at the same time); no
+        command of the parent's threads counted as outstanding by the stall guard; and no
+        asyncio client of the parent's loops (their sockets are the parent's). redis-py's
+        pools make new connections in a child by themselves."""
+        self._owner = secrets.token_hex(8)
+        self._stall.waiting = None
+        self._aclients.clear()
 
     def close(self) -> None:
         """Close the synchronous client if this layer created it (:meth:`from_url`), or the

@@ -25,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import secrets
-import threading
 from typing import Any
 
+from cacheward import _forksafe
 from cacheward._checks import check_socket_timeout
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, duration
@@ -97,6 +97,7 @@ class RedisTokenBucket:
     """
 
     __slots__ = (
+        "__weakref__",
         "_args",
         "_ids",
         "_is_async",
@@ -171,7 +172,8 @@ class RedisTokenBucket:
         self._req_prefix = f"{self._key}:req:{secrets.token_hex(6)}:"
         self._ids = itertools.count()
         self._args = (repr(self.rate), repr(self.burst))
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
+        _forksafe.register(self)
         #: Tokens taken from the shared bucket / from the local fallback bucket.
         self.shared_takes = 0
         self.fallback_takes = 0
@@ -179,6 +181,13 @@ class RedisTokenBucket:
         self.refused = 0
         #: The last error a Redis call raised, as text (``None`` until one fails).
         self.last_error: str | None = None
+
+    def after_fork(self) -> None:
+        """In a forked child: request ids of its own. With its parent's prefix and count, a
+        child's take would reuse an id the parent uses next, and the script would answer the
+        second of the two as a repeat of the first: two tokens handed out, one taken."""
+        self._req_prefix = f"{self._key}:req:{secrets.token_hex(6)}:"
+        self._ids = itertools.count()
 
     @property
     def mode(self) -> str:

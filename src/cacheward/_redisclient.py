@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, Final
 
+from cacheward import _forksafe
+
 __all__ = ["deadline", "deadline_class", "private_client", "with_deadlines"]
 
 _STATE: Final = threading.local()
@@ -105,7 +107,7 @@ class _DeadlineSocket:
 
 
 _CLASSES: dict[type, type] = {}
-_CLASSES_LOCK = threading.Lock()
+_CLASSES_LOCK = _forksafe.lock()
 
 
 def deadline_class(base: type) -> type:

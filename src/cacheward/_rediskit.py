@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import threading
 from typing import Any
 
+from cacheward import _forksafe
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 
 __all__ = [
@@ -78,7 +78,7 @@ class Script:
 
 
 _SCRIPTS: dict[str, Script] = {}
-_SCRIPTS_LOCK = threading.Lock()
+_SCRIPTS_LOCK = _forksafe.lock()
 
 
 def script(name: str) -> Script:

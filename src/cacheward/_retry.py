@@ -12,11 +12,10 @@ import errno
 import functools
 import random
 import sys
-import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeAlias, TypeVar, cast
 
-from cacheward import _testmode
+from cacheward import _forksafe, _testmode
 from cacheward._clock import Clock
 from cacheward._config import Duration, check_clock, check_fraction, check_positive_int, duration
 from cacheward._core.backoff import backoff_delay
@@ -148,7 +147,7 @@ class RetryBudget:
         self.min_per_second = float(min_per_second)
         self.window = duration("window", window, allow_zero=False)
         self.clock = check_clock(clock)
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._state = BudgetState(
             ratio=self.ratio, min_per_second=self.min_per_second, window=self.window
         )

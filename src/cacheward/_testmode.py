@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import threading
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
+from cacheward import _forksafe
 from cacheward._frozen import Frozen
 from cacheward._lazy import iscoroutinefunction
 
@@ -44,7 +44,7 @@ class _Mode(Frozen):
 #: no test mode — costs one list truthiness check.
 ACTIVE: list[object] = []
 
-_LOCK = threading.Lock()
+_LOCK = _forksafe.lock()
 #: The open process-wide scopes, innermost last.
 _PROCESS: list[_Mode] = []
 _CONTEXT: contextvars.ContextVar[tuple[_Mode, ...]] = contextvars.ContextVar(

@@ -38,9 +38,11 @@ class Action(enum.Enum):
     STALE = "stale"
     """Serve the stale entry; a refresh is already running or the key is backing off."""
     REFRESH = "refresh"
-    """Serve the stale entry and start the returned flight as a background refresh."""
+    """Serve the stale entry and start the returned flight as a background refresh (the
+    refresh's job must :meth:`ReadThrough.begin` it)."""
     FETCH = "fetch"
-    """Lead the returned flight: call the backend."""
+    """Lead the returned flight: call the backend. (It may be a queued refresh's flight that
+    this caller takes over.)"""
     WAIT = "wait"
     """Wait for the returned flight, which another caller leads."""
     BACKOFF = "backoff"
@@ -54,12 +56,21 @@ class Flight:
     Attributes:
         cacheable: cleared by an invalidation that happens while the fetch runs; the result
             then reaches the flight's callers but is not stored.
+        queued: a background refresh's flight whose job has not started yet (it may sit in a
+            pool's queue behind other work). Nobody waits for it: a caller that would is
+            given the flight to lead itself, and the job, when it starts, finds it taken.
     """
 
-    __slots__ = ("cacheable",)
+    __slots__ = ("cacheable", "queued")
 
     def __init__(self) -> None:
         self.cacheable = True
+        self.queued = False
+
+    def stranded(self) -> bool:
+        """Whether nothing can end this flight any more (a driver's flight says: an asyncio
+        fetch task whose event loop was closed before it finished). The core forgets it."""
+        return False
 
 
 F = TypeVar("F", bound=Flight)
@@ -162,15 +173,24 @@ class ReadThrough(Generic[F]):
         if freshness is Freshness.FRESH:
             return Action.HIT, None, None
         state = self.states.get(key)
+        if state is not None and state.flight is not None and state.flight.stranded():
+            self.abandon(key, state.flight)
+            state = self.states.get(key)
         backing_off = state is not None and mono < state.backoff_until
         if backing_off:
             self.states.move_to_end(key)  # a key still asked for keeps its back-off
         if freshness is Freshness.STALE:
             if (state is not None and state.flight is not None) or backing_off:
                 return Action.STALE, state, None
-            return Action.REFRESH, *self._start(key, state, new_flight)
+            state, flight = self._start(key, state, new_flight)
+            flight.queued = True
+            return Action.REFRESH, state, flight
         if state is not None and state.flight is not None:
-            return Action.WAIT, state, state.flight
+            flight = state.flight
+            if flight.queued:  # a refresh not started yet: never wait behind a queue
+                flight.queued = False
+                return Action.FETCH, state, flight
+            return Action.WAIT, state, flight
         if backing_off:
             return Action.BACKOFF, state, None
         return Action.FETCH, *self._start(key, state, new_flight)
@@ -182,6 +202,16 @@ class ReadThrough(Generic[F]):
             state = self.states[key] = KeyState()
         flight = state.flight = new_flight()
         return state, flight
+
+    def begin(self, key: Hashable, flight: F) -> bool:
+        """A refresh's job starts (or gives up): whether it leads ``flight``. ``False`` when a
+        caller took the flight over meanwhile (it leads it) or an invalidation detached it:
+        then the job does nothing."""
+        if not flight.queued:
+            return False
+        flight.queued = False
+        state = self.states.get(key)
+        return state is not None and state.flight is flight
 
     def succeed(self, key: Hashable, flight: F) -> bool:
         """End ``flight`` with a value; returns whether the value may be stored."""

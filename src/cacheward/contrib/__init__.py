@@ -21,10 +21,10 @@ This module holds the pieces both adapters share; it imports neither dependency.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+from cacheward import _forksafe
 from cacheward._adaptive import REJECT_REASONS, AdaptiveLimit, AdaptiveStats
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import Event, EventKind, listen, unlisten
@@ -326,7 +326,7 @@ class Tracked:
     """The cached functions an adapter reads ``.stats()`` from (thread-safe)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._functions: dict[str, _HasStats] = {}
 
     def add(self, fn: object, name: str | None) -> str:
@@ -413,7 +413,7 @@ class EventTally:
     """
 
     def __init__(self, on_fetch: Callable[[str, float], None] | None = None) -> None:
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._counts: dict[tuple[str, str, str], int] = {}
         self._on_fetch = on_fetch
 

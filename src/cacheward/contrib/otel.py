@@ -14,11 +14,11 @@ names, units and attributes are listed in ``docs/integrations.md``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import cacheward
+from cacheward import _forksafe
 from cacheward.contrib import (
     EVENTS_HELP,
     EVENTS_METRIC,
@@ -71,7 +71,7 @@ class OTelMetrics:
         provider = otel_metrics.get_meter_provider() if meter_provider is None else meter_provider
         meter = provider.get_meter("cacheward", cacheward.__version__)
         self._tracked = Tracked()
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._closed = False
         for metric in STAT_METRICS:
             callback = self._stat_callback(metric)

@@ -16,10 +16,10 @@ on every call (hits) are read from ``.stats()`` when Prometheus scrapes, never c
 from __future__ import annotations
 
 import bisect
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
+from cacheward import _forksafe
 from cacheward.contrib import (
     EVENTS_HELP,
     EVENTS_METRIC,
@@ -89,7 +89,7 @@ class PrometheusMetrics(Collector):
             raise ValueError(f"buckets must be positive seconds, got {list(buckets)!r}")
         self._bounds = bounds
         self._tracked = Tracked()
-        self._lock = threading.Lock()
+        self._lock = _forksafe.lock()
         self._durations: dict[str, _Histogram] = {}
         self._tally = EventTally(on_fetch=self._observe_fetch)
         for fn in functions:

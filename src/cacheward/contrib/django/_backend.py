@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -32,7 +31,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
-from cacheward import _testmode
+from cacheward import _forksafe, _testmode
 from cacheward._backend_breaker import CircuitBreaker
 from cacheward._coalesce import coalesce
 from cacheward._config import check_positive_int, duration
@@ -137,7 +136,7 @@ class _Shared:
         self.fallback: cachetools.LRUCache[str, Entry] = cachetools.LRUCache(
             maxsize=check_positive_int("OPTIONS['FALLBACK_MAXSIZE']", options["FALLBACK_MAXSIZE"])
         )
-        self.lock = threading.Lock()
+        self.lock = _forksafe.lock()
         self.redis_down = False
         self.stats = _Stats()
         # Single-flight per key in this process; a waiter past fill_timeout computes itself.
@@ -258,7 +257,7 @@ class _Shared:
 
 
 _SHARED: dict[tuple[str, str], _Shared] = {}
-_SHARED_LOCK = threading.Lock()
+_SHARED_LOCK = _forksafe.lock()
 
 
 def _serializer(options: dict[str, Any]) -> Serializer:

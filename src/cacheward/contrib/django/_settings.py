@@ -8,13 +8,13 @@ Redis is configured), built on first use and rebuilt when the setting changes (D
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Final
 
 from django.conf import settings
 from django.core.signals import setting_changed
 
 import cacheward as cw
+from cacheward import _forksafe
 from cacheward._cached import Decorator as _Decorator
 from cacheward._config import Duration
 from cacheward._errors import ConfigurationError
@@ -35,7 +35,7 @@ DEFAULTS: Final[dict[str, Any]] = {
     "FALLBACK_SHARE": 0.1,
 }
 
-_LOCK = threading.Lock()
+_LOCK = _forksafe.lock()
 _BUILT: dict[str, Any] = {}
 _UNSET: Any = object()
 
