@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
 import threading
 import time
@@ -39,26 +40,47 @@ def test_gradient_probes_the_baseline_first_then_grows_while_latency_is_flat() -
     t = feed(g, t, rtt=0.05, n=20)
     assert g.estimate == 20
     t = feed(g, t, rtt=0.05, n=20)
-    assert g.estimate == pytest.approx(21.0)  # +5 %, at least one slot
+    assert g.estimate == pytest.approx(20.8)  # +4 % of itself
 
 
 def test_gradient_jumps_to_the_concurrency_served_without_queueing() -> None:
     g = Gradient(initial=40, floor=1, ceiling=100, now=0.0, probe_interval=1000.0)
     t = feed(g, 0.0, rtt=0.05, n=10)
     feed(g, t, rtt=0.1, n=40)  # twice the baseline: 20 ran without queueing
-    assert g.estimate == pytest.approx(40 / 2.0 * 1.05)
+    assert g.estimate == pytest.approx(40 / 2.0)  # multiplied by the gradient b / m
 
 
 def test_gradient_holds_inside_the_tolerance_and_does_not_grow_an_unfilled_limit() -> None:
     g = Gradient(initial=40, floor=1, ceiling=100, now=0.0, probe_interval=1000.0)
     t = feed(g, 0.0, rtt=0.05, n=10)
-    t = feed(g, t, rtt=0.05 * 1.05, n=40)
+    t = feed(g, t, rtt=0.05 * 1.04, n=40)
     assert g.estimate == 40  # within the tolerance: hold
     t = feed(g, t, rtt=0.05, n=40)  # the second refill window: no growth
     assert g.estimate == 40
     t = feed(g, t, rtt=0.05, n=40)
+    assert g.estimate == pytest.approx(41.6)  # flat and filled: +4 % of itself
     t = feed(g, t, rtt=0.05, n=15)  # flat, but only 15 of 42 slots used
-    assert g.estimate == pytest.approx(42.0)  # grew once, on the filled window only
+    assert g.estimate == pytest.approx(30.0)  # not raised: trimmed to twice the use
+
+
+def test_gradient_growth_is_a_fraction_of_the_limit_not_a_slot() -> None:
+    """Four processes at one slot each on a backend of four: each steps by 4 % of its limit
+    (the sum by 4 %), not by one slot (the sum by 25 %)."""
+    g = Gradient(initial=1, floor=0.1, ceiling=100, now=0.0, probe_interval=1000.0)
+    t = feed(g, 0.0, rtt=0.05, n=10)
+
+    def window(t: float, rtt: float) -> float:  # ten attempts one after the other
+        for _ in range(10):
+            g.on_sample(t + rtt, started=t, rtt=rtt, inflight=1, dropped=False)
+            t += rtt
+        return t
+
+    for _ in range(3):  # two refill windows, then one that grows
+        t = window(t, 0.05)
+    assert g.limit == pytest.approx(1.04)
+    window(t, 0.05 * 1.25)  # 25 % queueing: x 1 / 1.25
+    assert g.limit == pytest.approx(1.04 / 1.25)
+    assert g.limit < 1.0  # below one slot: held part of the time
 
 
 def test_gradient_backs_off_on_overload_failures_and_stays_within_floor_and_ceiling() -> None:
@@ -68,7 +90,7 @@ def test_gradient_backs_off_on_overload_failures_and_stays_within_floor_and_ceil
         t = feed(g, t, rtt=1.0, n=10, dropped=True)
     assert g.limit == 4
     for _ in range(60):
-        t = feed(g, t, rtt=0.05, n=g.limit)
+        t = feed(g, t, rtt=0.05, n=math.ceil(g.limit))
     assert g.limit == 10
 
 
@@ -76,10 +98,31 @@ def test_gradient_probes_again_after_the_interval() -> None:
     g = Gradient(initial=10, floor=1, ceiling=100, now=0.0, probe_interval=5.0)
     t = feed(g, 0.0, rtt=0.05, n=10)
     while not g.probing and t < 6.0:
-        t = feed(g, t, rtt=0.05, n=g.limit)
+        t = feed(g, t, rtt=0.05, n=int(g.limit))
     assert g.probing
     assert 5.0 <= t < 6.0
-    feed(g, t, rtt=0.2, n=10)  # the backend got slower: a new baseline
+    t = feed(g, t, rtt=0.2, n=10)  # a probe reads high: alone, it may have run under load
+    assert g.baseline == pytest.approx(0.05)
+    while not g.probing:
+        t = feed(g, t, rtt=0.2, n=int(g.limit))
+    feed(g, t, rtt=0.2, n=10)  # the next probe agrees: the backend got slower
+    assert g.baseline == pytest.approx(0.2)
+
+
+def test_sibling_a_lone_high_probe_taken_at_once_lifts_the_baseline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check above fails when every probe is taken as it reads."""
+
+    def take(self: Gradient, median: float) -> None:
+        self.baseline = median
+
+    monkeypatch.setattr(Gradient, "_probed", take)
+    g = Gradient(initial=10, floor=1, ceiling=100, now=0.0, probe_interval=5.0)
+    t = feed(g, 0.0, rtt=0.05, n=10)
+    while not g.probing:
+        t = feed(g, t, rtt=0.05, n=int(g.limit))
+    feed(g, t, rtt=0.2, n=10)
     assert g.baseline == pytest.approx(0.2)
 
 
@@ -102,7 +145,7 @@ def probe_times(seed: int | None, *, jitter: float = 0.15) -> list[float]:
     t = feed(g, 0.0, rtt=0.01, n=10)
     times: list[float] = []
     while len(times) < 3:
-        t = feed(g, t, rtt=0.01, n=g.limit)
+        t = feed(g, t, rtt=0.01, n=int(g.limit))
         if g.probing:
             times.append(t)
             t = feed(g, t, rtt=0.01, n=10)
@@ -146,26 +189,50 @@ def test_samples_of_attempts_started_before_the_window_are_ignored() -> None:
 def test_admission_serves_the_partition_below_its_share_first_and_lends_the_rest() -> None:
     algo = Aimd(initial=4, floor=4, ceiling=4, now=0.0)
     adm = Admission(algo, {"hi": 0.5, "lo": 0.5})
-    assert [adm.try_admit("lo") for _ in range(5)] == [1, 2, 3, 4, 0]  # lo borrows hi's half
+    assert [adm.try_admit("lo", 0.0) for _ in range(5)] == [1, 2, 3, 4, 0]  # lo borrows hi's
     adm.enqueue("lo", "lo-1")
     adm.enqueue("hi", "hi-1")
     adm.release(1.0, "lo", started=0.0, rtt=1.0, inflight=4, dropped=None)
-    assert adm.to_notify() == ["hi-1"]  # hi is below its share: it goes first
-    assert adm.resume("hi", "hi-1", admit=True) == 4
-    assert adm.to_notify() == []
+    assert adm.to_notify(1.0) == ["hi-1"]  # hi is below its share: it goes first
+    assert adm.resume("hi", "hi-1", 1.0, admit=True) == 4
+    assert adm.to_notify(1.0) == []
 
 
 def test_admission_counts_notified_waiters_so_one_free_slot_wakes_one() -> None:
     adm = Admission(Aimd(initial=1, floor=1, ceiling=1, now=0.0), {"default": 1.0})
-    assert adm.try_admit("default") == 1
+    assert adm.try_admit("default", 0.0) == 1
     for w in ("a", "b"):
         adm.enqueue("default", w)
     adm.release(1.0, "default", started=0.0, rtt=1.0, inflight=1, dropped=None)
-    assert adm.to_notify() == ["a"]
-    assert adm.to_notify() == []
-    assert adm.try_admit("default") == 0  # a newcomer cannot take a's slot
-    assert adm.resume("default", "a", admit=False) == 0  # a's caller is gone: turn passed on
-    assert adm.to_notify() == ["b"]
+    assert adm.to_notify(1.0) == ["a"]
+    assert adm.to_notify(1.0) == []
+    assert adm.try_admit("default", 1.0) == 0  # a newcomer cannot take a's slot
+    assert adm.resume("default", "a", 1.0, admit=False) == 0  # a's caller is gone
+    assert adm.to_notify(1.0) == ["b"]
+
+
+def test_a_fractional_slot_is_held_at_most_its_fraction_of_the_time() -> None:
+    """A limit of 1.25: one slot always, a second one open again only after it has been
+    free three times as long as it was held (``d * (1 - f) / f``)."""
+    adm = Admission(Aimd(initial=1.25, floor=1.25, ceiling=1.25, now=0.0), {"default": 1.0})
+    assert [adm.try_admit("default", 0.0) for _ in range(3)] == [1, 2, 0]
+    adm.release(1.0, "default", started=0.0, rtt=1.0, inflight=2, dropped=None)
+    # Held for 1 s by the second attempt: 0.75 slot-seconds owed, paid at 0.25 per second.
+    assert adm.opens_at(1.0) == pytest.approx(4.0)
+    assert adm.try_admit("default", 3.9) == 0
+    assert adm.opens_at(3.9) == pytest.approx(4.0)
+    assert adm.try_admit("default", 4.0) == 2
+    adm.release(4.0, "default", started=4.0, rtt=0.0, inflight=2, dropped=None)
+    assert adm.opens_at(4.0) is None  # nothing owed: open, only a finishing attempt matters
+
+
+def test_a_limit_below_one_slot_holds_its_slot_part_of_the_time() -> None:
+    adm = Admission(Aimd(initial=0.5, floor=0.5, ceiling=0.5, now=0.0), {"default": 1.0})
+    assert adm.try_admit("default", 0.0) == 1
+    assert adm.try_admit("default", 0.0) == 0
+    adm.release(2.0, "default", started=0.0, rtt=2.0, inflight=1, dropped=None)
+    assert adm.try_admit("default", 3.0) == 0  # owes 1 slot-second, paid at 0.5 per second
+    assert adm.try_admit("default", 4.0) == 1
 
 
 def test_throttle_is_the_sre_formula() -> None:
@@ -593,3 +660,22 @@ def test_opentelemetry_observes_the_limit() -> None:
         assert points[("cacheward.adaptive_rejected", key)] == 1
     finally:
         otel.close()
+
+
+def test_gradient_growth_doubles_while_flat_windows_follow_one_another() -> None:
+    """Slow start: 4 %, 8 %, 16 %... while every window is flat; a window that is not starts
+    the steps again from 4 % (near the knee flat windows do not follow one another)."""
+    g = Gradient(initial=10, floor=1, ceiling=1000, now=0.0, probe_interval=1000.0)
+    t = feed(g, 0.0, rtt=0.05, n=10)
+    t = feed(g, t, rtt=0.05, n=10)
+    t = feed(g, t, rtt=0.05, n=10)  # the two refill windows
+    steps = []
+    for _ in range(3):
+        before = g.limit
+        t = feed(g, t, rtt=0.05, n=math.ceil(g.limit))
+        steps.append(round(g.limit / before - 1.0, 3))
+    assert steps == [0.04, 0.08, 0.16]
+    t = feed(g, t, rtt=0.05 * 1.04, n=math.ceil(g.limit))  # held: not flat
+    before = g.limit
+    feed(g, t, rtt=0.05, n=math.ceil(g.limit))
+    assert g.limit / before == pytest.approx(1.04)

@@ -59,3 +59,29 @@ def test_slots_at_follows_the_dip() -> None:
     cap = Capacity(dip_at=10.0, dip_for=5.0, dip_factor=0.5)
     assert [cap.slots_at(t) for t in (9.9, 10.0, 14.9, 15.0)] == [8.0, 4.0, 4.0, 8.0]
     assert Capacity().slots_at(12.0) == 8.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--stacks", "guarded-adaptive,naive"], ("naive", "guarded-adaptive")),
+        ([], adaptive.STACKS),
+    ],
+)
+def test_stacks_select_the_variants_stacks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, argv: list[str], expected: tuple[str, ...]
+) -> None:
+    """``--stacks`` chooses the stacks with ``--limiter adaptive`` as it does for the default
+    replay (the variant used to run all four whatever was asked); without it, all four."""
+    from benchmarks import __main__ as cli
+
+    seen: list[tuple[str, ...]] = []
+
+    def fake_run(*, quick: bool, replay: Any, stacks_: tuple[str, ...]) -> dict[str, Any]:
+        seen.append(stacks_)
+        return {}
+
+    monkeypatch.setattr(adaptive, "run", fake_run)
+    out = tmp_path / "out"
+    assert cli.main(["incident", "--quick", "--limiter", "adaptive", "--out", str(out), *argv]) == 0
+    assert seen == [expected]

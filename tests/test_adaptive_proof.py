@@ -1,9 +1,11 @@
 """The adaptive limit's promise, on the simulation harness (docs/guarantees.md, clause 1b).
 
 * **Safety**: whenever a backend attempt starts, the attempts running (itself included) are at
-  most the limit at that instant — whatever the callers, the priorities, the failures, the
-  cancellations and the waits. Its sibling removes the one check every admission passes
-  (``Admission._room``) and shows the property catches it.
+  most the limit at that instant, rounded up (a limit of 2.3 is two slots and a third held
+  part of the time) — whatever the callers, the priorities, the failures, the cancellations
+  and the waits; and on a fixed fractional limit the attempts running average at most the
+  limit over time. Their siblings remove the one check every admission passes
+  (``Admission._room``) and keep the fractional slot open, and show the properties catch it.
 * **Convergence**: on :class:`cacheward.testing.CapacityBackend` (latency flat up to ``C``
   concurrent attempts, proportional past it, timeouts past ``2C``) driven by more callers than
   it can take, over generated capacity curves, the limit settles within ``[0.7 C, 1.1 C]`` and
@@ -106,7 +108,7 @@ def run_safety(case: SafetyCase) -> tuple[list[tuple[float, int, int]], int]:
         nonlocal running, starts
         running += 1
         starts += 1
-        if running > limit.limit:
+        if running > math.ceil(limit.limit):
             broken.append((clock.monotonic(), running, limit.limit))
         try:
             if case.fail_every and n % case.fail_every == 0:
@@ -160,9 +162,75 @@ def test_inflight_never_exceeds_the_limit_when_an_attempt_starts(case: SafetyCas
 def test_sibling_safety_catches_a_limit_that_admits_past_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(Admission, "_room", lambda self: True)
+    monkeypatch.setattr(Admission, "_room", lambda self, now: True)
     broken, _ = run_safety(SAFETY_EXAMPLE)
     assert broken, "the safety check did not notice admissions past the limit"
+
+
+def mean_inflight(limit_value: float, *, latency: float, callers: int, seed: int) -> float:
+    """The time-weighted mean of attempts running on a fixed limit, callers always waiting."""
+    clock = SimClock()
+    rng = random.Random(seed)
+    limit = cw.AdaptiveLimit(
+        floor=limit_value, ceiling=limit_value, initial=limit_value, clock=clock
+    )
+    running = 0
+    area = 0.0
+    stamp = clock.monotonic()
+
+    def mark(step: int) -> None:
+        nonlocal running, area, stamp
+        now = clock.monotonic()
+        area += running * (now - stamp)
+        running += step
+        stamp = now
+
+    async def attempt() -> None:
+        mark(+1)
+        try:
+            await clock.asleep(latency * rng.uniform(0.5, 1.5))
+        finally:
+            mark(-1)
+
+    limited = cw.rate_limit(limit, max_wait=1000.0, clock=clock)(attempt)
+    horizon = 400 * latency
+    t0 = clock.monotonic()
+
+    async def caller() -> None:
+        while clock.monotonic() - t0 < horizon:
+            await limited()
+
+    async def main() -> None:
+        await asyncio.gather(*(caller() for _ in range(callers)))
+
+    run_simulated(main(), clock=clock)
+    mark(0)
+    return area / (clock.monotonic() - t0)
+
+
+@settings(max_examples=max(5, SAFETY_EXAMPLES // 4), database=None)
+@given(
+    limit_value=st.floats(0.1, 6.0).filter(lambda v: v % 1.0 > 0.05),
+    latency=st.sampled_from([0.01, 0.1]),
+    callers=st.integers(7, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_a_fractional_limit_is_kept_on_average(
+    limit_value: float, latency: float, callers: int, seed: int
+) -> None:
+    mean = mean_inflight(limit_value, latency=latency, callers=callers, seed=seed)
+    # Held to the limit on average, up to the last attempt's overrun of the horizon; and the
+    # fractional slot is used (the mean is past the whole slots).
+    assert mean <= limit_value * 1.02 + 0.01, mean
+    assert mean >= math.floor(limit_value) + 0.5 * (limit_value % 1.0), mean
+
+
+def test_sibling_a_fractional_slot_always_open_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cacheward._core.adaptive import PartialSlot
+
+    monkeypatch.setattr(PartialSlot, "is_open", lambda self: self.fraction > 0.0)
+    mean = mean_inflight(2.25, latency=0.1, callers=10, seed=1)
+    assert mean > 2.25 * 1.02 + 0.01, mean  # it runs three at a time
 
 
 # --------------------------------------------------------------------------------------------

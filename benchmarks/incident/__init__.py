@@ -46,7 +46,7 @@ from typing import Any
 from benchmarks import _harness as h
 from benchmarks._db import Database, capacity_dict
 from benchmarks._redisproc import L2
-from benchmarks.incident import report
+from benchmarks.incident import adaptive, report  # adaptive: registers the variant's stacks
 from benchmarks.incident.analysis import analyse, ratios, targets
 from benchmarks.incident.replay import run_stack
 from benchmarks.incident.scenario import (
@@ -86,9 +86,10 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
         "--stacks",
         metavar="NAMES",
         type=_stack_names,
-        default=",".join(DEFAULT),
+        default=None,
         help="incident: the stacks to replay, comma-separated, baseline first "
-        f"(default {','.join(DEFAULT)}; known: {', '.join(REGISTRY)})",
+        f"(default {','.join(DEFAULT)}, or with --limiter adaptive every stack of the variant; "
+        f"known: {', '.join(REGISTRY)})",
     )
     parser.add_argument(
         "--limiter",
@@ -113,11 +114,14 @@ def run(
     stacks: str | list[str] | tuple[str, ...] | None = None,
     limiter: str = "bucket",
 ) -> dict[str, Any]:
-    """Run the incident replay for every stack; print the report; return every figure."""
-    if limiter == "adaptive":
-        from benchmarks.incident import adaptive
+    """Run the incident replay for every stack; print the report; return every figure.
 
-        return adaptive.run(quick=quick, replay=replay)
+    ``stacks`` (``None``: the default set, :data:`DEFAULT`, or the variant's own) selects the
+    stacks for the default replay and for ``limiter="adaptive"`` alike.
+    """
+    if limiter == "adaptive":
+        chosen = adaptive.STACKS if stacks is None else tuple(s.name for s in selected(stacks))
+        return adaptive.run(quick=quick, replay=replay, stacks_=chosen)
     specs = selected(stacks)
     sc = scenario_for(quick)
     result, _ = replay(sc, specs, quiet=sc is SMOKE)

@@ -13,6 +13,7 @@ import contextvars
 import dataclasses
 import functools
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable, Coroutine, Mapping
@@ -23,7 +24,14 @@ from cacheward import _forksafe
 from cacheward._backend_breaker import is_backend_failure
 from cacheward._clock import Clock, SystemClock
 from cacheward._config import check_clock, check_fraction, check_positive_int, duration
-from cacheward._core.adaptive import Admission, Aimd, Gradient, LimitAlgorithm, Throttle
+from cacheward._core.adaptive import (
+    Admission,
+    Aimd,
+    Gradient,
+    LimitAlgorithm,
+    SlicedWait,
+    Throttle,
+)
 from cacheward._errors import ConfigurationError, ConfigurationTypeError, RateLimited
 from cacheward._events import EventKind, emit
 from cacheward._lazy import iscoroutinefunction
@@ -99,8 +107,9 @@ class PriorityStats:
 class AdaptiveStats:
     """A snapshot of an :class:`AdaptiveLimit`."""
 
-    limit: int
-    """The concurrency allowed now."""
+    limit: float
+    """The concurrency allowed now (``2.3``: two slots, and a third held at most 30 % of the
+    time)."""
     estimate: float
     """The learnt limit (``limit`` is lower while the baseline is being probed)."""
     inflight: int
@@ -122,7 +131,7 @@ class AdaptiveStats:
 
 
 class _Waiter:
-    __slots__ = ("event", "future", "loop", "notified", "part")
+    __slots__ = ("event", "future", "look_at", "loop", "notified", "part")
 
     def __init__(
         self,
@@ -136,6 +145,16 @@ class _Waiter:
         self.loop = loop
         self.future = future
         self.notified = False
+        #: When it looks again if nobody wakes it (its wait's end, or the fractional slot's
+        #: opening).
+        self.look_at = math.inf
+
+    def rearm(self) -> None:
+        """Ready for the next wake-up (under the limit's lock, so none is lost)."""
+        if self.event is not None:
+            self.event.clear()
+        elif self.loop is not None:
+            self.future = self.loop.create_future()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -161,7 +180,8 @@ class AdaptiveLimit:
         algorithm: ``"gradient"`` (latency-driven; the default) or ``"aimd"`` (failure-driven:
             for backends that refuse cleanly when full).
         initial: the limit to start from (default 20).
-        floor: the lowest the limit goes (default 1).
+        floor: the lowest the limit goes (default 1; a number > 0: below 1, a process holds
+            its one slot only part of the time, for many processes sharing a small backend).
         ceiling: the highest the limit goes (default 1000).
         priorities: priority name -> guaranteed fraction of the limit (fractions sum to <= 1),
             for example ``{"interactive": 0.9, "batch": 0.1}``. Tag calls with
@@ -199,14 +219,14 @@ class AdaptiveLimit:
         self,
         *,
         algorithm: Literal["gradient", "aimd"] = "gradient",
-        initial: int = 20,
-        floor: int = 1,
-        ceiling: int = 1000,
+        initial: float = 20,
+        floor: float = 1,
+        ceiling: float = 1000,
         priorities: Mapping[str, float] | None = None,
         default_priority: str | None = None,
         tolerance: float = 0.1,
         probe_interval: float = 30.0,
-        probe_concurrency: int = 1,
+        probe_concurrency: float = 1,
         probe_jitter: float = 0.15,
         window_samples: int = 10,
         backoff: float = 0.9,
@@ -218,11 +238,11 @@ class AdaptiveLimit:
         name: str = "adaptive",
     ) -> None:
         self.clock = check_clock(clock)
-        floor = check_positive_int("floor", floor)
-        ceiling = check_positive_int("ceiling", ceiling)
+        floor = _check_positive("floor", floor)
+        ceiling = _check_positive("ceiling", ceiling)
         if ceiling < floor:
-            raise ConfigurationError(f"ceiling ({ceiling}) must be >= floor ({floor})")
-        initial = check_positive_int("initial", initial)
+            raise ConfigurationError(f"ceiling ({ceiling:g}) must be >= floor ({floor:g})")
+        initial = _check_positive("initial", initial)
         window_samples = check_positive_int("window_samples", window_samples)
         backoff = check_fraction("backoff", backoff)
         if not 0.0 < backoff < 1.0:
@@ -231,7 +251,7 @@ class AdaptiveLimit:
         if tolerance <= 0.0:
             raise ConfigurationError(f"tolerance must be > 0, got {tolerance}")
         probe = duration("probe_interval", probe_interval, allow_zero=False)
-        probe_concurrency = check_positive_int("probe_concurrency", probe_concurrency)
+        probe_concurrency = _check_positive("probe_concurrency", probe_concurrency)
         probe_jitter = check_fraction("probe_jitter", probe_jitter)
         if rng is not None and not isinstance(rng, random.Random):
             raise ConfigurationTypeError(f"rng must be a random.Random, got {rng!r}")
@@ -292,7 +312,7 @@ class AdaptiveLimit:
         self._failure = is_backend_failure if failure_on is None else failure_on
         self._lock = _forksafe.lock()
         self._core = core
-        self._admission = Admission(core, shares)
+        self._admission = Admission(core, shares, now=now)
         _forksafe.register(self)
         self._throttle = None if throttle is None else Throttle(k=throttle, window=window, now=now)
         self._rejected: dict[str, dict[str, int]] = {
@@ -304,13 +324,13 @@ class AdaptiveLimit:
         """In a forked child the attempts in flight and the waiters were the parent's
         threads': none will ever leave, so they are forgotten (the limit itself is kept)."""
         shares = {part.name: part.share for part in self._admission.partitions()}
-        self._admission = Admission(self._core, shares)
+        self._admission = Admission(self._core, shares, now=self.clock.monotonic())
 
     # -- state
 
     @property
-    def limit(self) -> int:
-        """The concurrency allowed now."""
+    def limit(self) -> float:
+        """The concurrency allowed now (the fraction: a slot held part of the time)."""
         return self._core.limit
 
     @property
@@ -350,7 +370,7 @@ class AdaptiveLimit:
     def __repr__(self) -> str:
         return (
             f"AdaptiveLimit(name={self.name!r}, algorithm={self.algorithm!r}, "
-            f"limit={self._core.limit}, inflight={self._admission.inflight}, "
+            f"limit={self._core.limit:.3g}, inflight={self._admission.inflight}, "
             f"queued={self._admission.queued})"
         )
 
@@ -378,16 +398,16 @@ class AdaptiveLimit:
     ) -> tuple[int, _Waiter | None]:
         """Admit (the in-flight count) or queue (a waiter), or raise RateLimited."""
         with self._lock:
+            now = self.clock.monotonic()
             throttle = self._throttle
             if throttle is not None:
-                now = self.clock.monotonic()
                 odds = throttle.probability(now)
                 if odds > 0.0 and self._rng.random() < odds:
                     throttle.request(now)
                     raise self._refuse(
                         part, "throttled", counters, f"{odds:.0%} of attempts rejected locally"
                     )
-            admitted = self._admission.try_admit(part)
+            admitted = self._admission.try_admit(part, now)
             if admitted:
                 return admitted, None
             if cap <= 0.0:
@@ -396,22 +416,66 @@ class AdaptiveLimit:
             self._admission.enqueue(part, waiter)
             return 0, waiter
 
-    def _after_wait(self, part: str, waiter: _Waiter, gone: bool) -> tuple[int, list[_Waiter]]:
-        """A waiter's wait ended: ``(-1, ...)`` still queued (withdrawn), else resume's answer."""
+    def _after_wait(
+        self, part: str, waiter: _Waiter, gone: bool, *, over: bool = True
+    ) -> tuple[int, list[_Waiter]]:
+        """A waiter's wait ended: ``(-1, ...)`` still queued and withdrawn (its wait is
+        ``over``), ``(0, ...)`` still queued and waiting on (a look at the fractional slot,
+        which opens with time), else resume's answer."""
         with self._lock:
+            now = self.clock.monotonic()
+            woken: list[_Waiter] = []
+            if not waiter.notified and not over and not gone:
+                woken = self._notify(now)  # it may be this waiter's turn, or another's
+                if waiter not in woken:
+                    waiter.rearm()  # it was only told to look again
+                    return 0, woken
+                woken.remove(waiter)
             if not waiter.notified:
                 self._admission.withdraw(part, waiter)
-                return -1, []
+                return -1, self._lookers(now)  # it may have been the one to look
             waiter.notified = False
-            admitted = self._admission.resume(part, waiter, admit=not gone)
-            return admitted, self._notify()
+            admitted = self._admission.resume(part, waiter, now, admit=not gone)
+            if not admitted and not gone:
+                waiter.rearm()  # back at the front of its line
+            return admitted, woken + self._notify(now)
+
+    def _wait_for(self, waiter: _Waiter, give_up: float) -> float:
+        """How long a waiter sleeps before it looks again: until it gives up, or sooner,
+        when the fractional slot opens with time."""
+        with self._lock:
+            now = self.clock.monotonic()
+            opens = self._admission.opens_at(now)
+            waiter.look_at = give_up if opens is None else min(give_up, opens)
+            return waiter.look_at - now
+
+    def _lookers(self, now: float) -> list[_Waiter]:
+        """A waiter to wake (not notified) so that it looks again when the fractional slot
+        opens with time, if no queued waiter looks by then: one suffices, since its look
+        notifies whoever's turn it is (under the lock)."""
+        opens = self._admission.opens_at(now)
+        if opens is None:
+            return []
+        waiters = cast("list[_Waiter]", self._admission.waiters())
+        if not waiters or any(w.look_at <= opens + 1e-9 for w in waiters):
+            return []
+        return [waiters[0]]
 
     def _woke(
-        self, part: str, waiter: _Waiter, counters: LimitCounters, limit: float, gone: bool
+        self,
+        part: str,
+        waiter: _Waiter,
+        counters: LimitCounters,
+        limit: float,
+        *,
+        gone: bool,
+        give_up: float,
     ) -> int:
-        """A wait ended (a wake-up or the time ran out): the in-flight count once admitted, or
-        0 to wait again; raises RateLimited when the wait is over without a slot."""
-        inflight, woken = self._after_wait(part, waiter, gone)
+        """A wait ended (a wake-up, a look at the fractional slot, or the time ran out): the
+        in-flight count once admitted, or 0 to wait again; raises RateLimited when the wait
+        is over without a slot."""
+        over = self.clock.monotonic() >= give_up
+        inflight, woken = self._after_wait(part, waiter, gone, over=over)
         self._wake(woken)
         if inflight < 0:
             raise self._refuse(part, "timeout", counters, f"{limit:g}s")
@@ -438,7 +502,9 @@ class AdaptiveLimit:
                 self._throttle.request(now)
                 if not dropped:
                     self._throttle.accept(now)
-            woken = self._notify()
+            woken = self._notify(now)
+            if not woken:
+                woken = self._lookers(now)
             estimate = self._core.estimate
             moved = abs(estimate - self._logged) > self._logged / 2.0
             if moved:
@@ -446,7 +512,7 @@ class AdaptiveLimit:
         self._wake(woken)
         if moved:
             _LOG.warning(
-                "cacheward adaptive limit %s moved from %.0f to %.0f (in flight %d)",
+                "cacheward adaptive limit %s moved from %.3g to %.3g (in flight %d)",
                 self.name,
                 before,
                 estimate,
@@ -454,9 +520,9 @@ class AdaptiveLimit:
             )
             emit(EventKind.LIMIT_CHANGED, self.name)
 
-    def _notify(self) -> list[_Waiter]:
+    def _notify(self, now: float) -> list[_Waiter]:
         """Take the waiters to wake off the lines, marked as notified (under the lock)."""
-        woken = cast("list[_Waiter]", self._admission.to_notify())
+        woken = cast("list[_Waiter]", self._admission.to_notify(now))
         for waiter in woken:
             waiter.notified = True
         return woken
@@ -532,14 +598,16 @@ class AdaptiveLimit:
                         while not inflight:
                             assert waiter.future is not None  # noqa: S101
                             try:
-                                await asyncio.wait((waiter.future,), timeout=give_up - now())
+                                await _await_wakeup(
+                                    clock, waiter.future, self._wait_for(waiter, give_up)
+                                )
                             except BaseException:
                                 _, woken = self._after_wait(part, waiter, True)
                                 self._wake(woken)
                                 raise
-                            inflight = self._woke(part, waiter, counters, limit, gone())
-                            if not inflight:
-                                waiter.future = waiter.loop.create_future()  # type: ignore[union-attr]
+                            inflight = self._woke(
+                                part, waiter, counters, limit, gone=gone(), give_up=give_up
+                            )
                     finally:
                         counters.leave_wait()
                 counters.attempts += 1
@@ -572,12 +640,12 @@ class AdaptiveLimit:
                     give_up = now() + limit
                     while not inflight:
                         assert waiter.event is not None  # noqa: S101
-                        left = give_up - now()
+                        left = self._wait_for(waiter, give_up)
                         if left > 0.0:
                             wait_for(waiter.event, left)
-                        inflight = self._woke(part, waiter, counters, limit, gone())
-                        if not inflight:
-                            waiter.event.clear()
+                        inflight = self._woke(
+                            part, waiter, counters, limit, gone=gone(), give_up=give_up
+                        )
                 finally:
                     counters.leave_wait()
             counters.attempts += 1
@@ -599,15 +667,42 @@ def _event_wait(event: threading.Event, seconds: float) -> None:
 
 def _clock_wait(clock: Clock, event: threading.Event, seconds: float) -> None:
     """Wait for ``event`` on a clock that is not the system's (``FakeClock`` in tests): sleep
-    on that clock in slices, checking the event between them, so a fake clock's wait takes no
-    real time and a slot freed meanwhile is still taken at the next slice."""
-    end = clock.monotonic() + seconds
-    piece = max(0.01, seconds / 50.0)
+    on that clock in the core's slices (:class:`SlicedWait`), checking the event between
+    them, so a fake clock's wait takes no real time."""
+    plan = SlicedWait(start=clock.monotonic(), seconds=seconds)
     while not event.is_set():
-        left = end - clock.monotonic()
-        if left <= 0.0:
+        delay = plan.next_delay(clock.monotonic())
+        if delay is None:
             return
-        clock.sleep(min(piece, left))
+        clock.sleep(delay)
+
+
+async def _await_wakeup(clock: Clock, future: asyncio.Future[None], seconds: float) -> None:
+    """Wait up to ``seconds`` of ``clock`` for ``future``: on the event loop's timer when the
+    loop's time is the clock (the system clock; a ``SimClock`` under ``run_simulated``), else
+    in the core's slices (:class:`SlicedWait`) of sleeps on the clock, as a thread does, so a
+    task waiting on a plain ``FakeClock`` takes no real time either."""
+    import asyncio  # a task waits: asyncio is loaded
+
+    if seconds <= 0.0:
+        return
+    if isinstance(clock, SystemClock) or asyncio.get_running_loop().time() == clock.monotonic():
+        await asyncio.wait((future,), timeout=seconds)
+        return
+    plan = SlicedWait(start=clock.monotonic(), seconds=seconds)
+    while not future.done():
+        delay = plan.next_delay(clock.monotonic())
+        if delay is None:
+            return
+        await clock.asleep(delay)
+
+
+def _check_positive(name: str, value: object) -> float:
+    """A number > 0 (a limit may be a fraction of a slot), or raise naming ``name``."""
+    number = check_fraction(name, value, maximum=math.inf)
+    if number <= 0.0:
+        raise ConfigurationError(f"{name} must be > 0, got {value!r}")
+    return number
 
 
 def _check_shares(priorities: object) -> dict[str, float]:

@@ -70,5 +70,5 @@ def adaptive_api() -> None:
         value: dict[str, str] = adaptive_fetch("c1")
     stats: cw.AdaptiveStats = limit.stats()
     batch: cw.PriorityStats = stats.priorities["batch"]
-    current: int = limit.limit
+    current: float = limit.limit
     print(value, batch.admitted, current, stats.rejected["timeout"])

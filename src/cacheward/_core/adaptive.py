@@ -6,11 +6,14 @@ the drivers in :mod:`cacheward._adaptive` read the clock, wait and call the back
 Three pieces:
 
 * a **limit algorithm** (:class:`Gradient` or :class:`Aimd`) that turns completed attempts
-  (their latency and whether they failed the way an overloaded backend fails) into a limit.
+  (their latency and whether they failed the way an overloaded backend fails) into a limit,
+  a float: ``2.3`` is two slots, and a third one held at most 30 % of the time (many
+  processes sharing a small backend each need a fraction of a slot).
   Both update once per *window*: a batch of ``window_samples`` attempts that all *started*
   after the previous update, so each update judges the limit it set and not the one before
   (TCP's "once per round trip");
-* :class:`Admission`: the in-flight count against that limit, split into priority partitions
+* :class:`Admission`: the in-flight count against that limit (the fractional slot's use
+  accounted over time, :class:`PartialSlot`), split into priority partitions
   with guaranteed shares (a partition below its share goes first; a partition may borrow what
   the others leave unused), and the queue of callers waiting for a slot;
 * :class:`Throttle`: client-side adaptive throttling (Google SRE book, "Handling Overload"):
@@ -30,6 +33,8 @@ __all__ = [
     "Aimd",
     "Gradient",
     "LimitAlgorithm",
+    "PartialSlot",
+    "SlicedWait",
     "Throttle",
 ]
 
@@ -38,8 +43,8 @@ class LimitAlgorithm(Protocol):
     """What :class:`Admission` needs from a limit algorithm."""
 
     @property
-    def limit(self) -> int:
-        """The concurrency allowed now (an integer >= the floor)."""
+    def limit(self) -> float:
+        """The concurrency allowed now (>= the floor; the fraction is a slot held part-time)."""
         ...
 
     @property
@@ -83,19 +88,33 @@ class _Window:
         return len(self.rtts) + self.drops
 
     def median(self) -> float | None:
-        """The median latency of the attempts that did not fail (``None``: all failed)."""
+        """The typical latency of the attempts that did not fail (``None``: all failed): the
+        mean of the middle 80 % (a tenth cut at each end, at least the middle one kept).
+
+        Not the median: when processes share a backend through fractional slots, only some
+        attempts run past its capacity; the median ignores them until they are half of all,
+        then jumps, while the trimmed mean rises with their share (it reads the backend's
+        mean queueing, which is what the limit must keep near zero) and still drops a stray
+        pause or two.
+        """
         if not self.rtts:
             return None
         ordered = sorted(self.rtts)
-        mid = len(ordered) // 2
-        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        cut = len(ordered) // 10
+        kept = ordered[cut : len(ordered) - cut] if len(ordered) > 2 * cut else ordered
+        return sum(kept) / len(kept)
 
-    def filled(self, limit: int) -> bool:
-        """Whether some attempt of the window started with every slot of ``limit`` taken.
-
-        Only then can a flat latency say the backend takes ``limit`` at once.
+    def filled(self, limit: float) -> bool:
+        """Whether the window tried ``limit``: some attempt started with every whole slot
+        taken, and the fractional one too once it is at least half a slot. Only then can a
+        flat latency say the backend takes ``limit`` at once. A small fraction is open
+        too rarely for a window to see it taken (requiring it would stall growth just past
+        each whole number); a large one that a window never saw taken fell in one of its
+        closed spells, and growing on it would step past what was measured.
         """
-        return self.max_inflight >= limit
+        whole = math.floor(limit)
+        needed = whole + 1 if limit - whole >= 0.5 else whole
+        return self.max_inflight >= max(1, needed)
 
 
 class _Bounds:
@@ -103,17 +122,13 @@ class _Bounds:
 
     __slots__ = ("ceiling", "floor", "value")
 
-    def __init__(self, *, initial: float, floor: int, ceiling: int) -> None:
-        self.floor = floor
-        self.ceiling = ceiling
+    def __init__(self, *, initial: float, floor: float, ceiling: float) -> None:
+        self.floor = float(floor)
+        self.ceiling = float(ceiling)
         self.value = float(min(max(initial, floor), ceiling))
 
     def set(self, value: float) -> None:
-        self.value = min(max(value, float(self.floor)), float(self.ceiling))
-
-    @property
-    def whole(self) -> int:
-        return int(self.value)
+        self.value = min(max(value, self.floor), self.ceiling)
 
 
 class _Windowed:
@@ -125,8 +140,8 @@ class _Windowed:
         self,
         *,
         initial: float,
-        floor: int,
-        ceiling: int,
+        floor: float,
+        ceiling: float,
         now: float,
         backoff: float = 0.9,
         window_samples: int = 10,
@@ -137,12 +152,19 @@ class _Windowed:
         self._window = _Window(now)
 
     @property
-    def limit(self) -> int:
-        return self._bounds.whole
+    def limit(self) -> float:
+        return self._bounds.value
 
     @property
     def estimate(self) -> float:
         return self._bounds.value
+
+    def _trim(self, window: _Window) -> None:
+        """A window that did not fill the limit brings it down to twice the concurrency the
+        callers used (never below the floor): an unused limit is no protection, and a burst
+        after a quiet spell (a cache lost at once) would otherwise all be admitted."""
+        bounds = self._bounds
+        bounds.set(min(bounds.value, 2.0 * max(1, window.max_inflight)))
 
     def _cut(self, window: _Window) -> float:
         """The factor a window with overload failures multiplies the limit by: ``backoff``,
@@ -164,35 +186,40 @@ class _Windowed:
 
 
 class Gradient(_Windowed):
-    """A latency-gradient limit: the concurrency at which latency starts to rise, plus a margin.
+    """A latency-gradient limit: the concurrency at which latency starts to rise.
 
     The no-load latency is measured Envoy's way (adaptive_concurrency's "minRTT calculation"):
     every ``probe_interval`` (stretched by a random fraction of up to ``jitter`` of it, so that
     processes drift apart) the limit drops to ``probe_concurrency`` for one window and the
-    window's median latency becomes the baseline. A later window whose median is lower lowers
-    it (Vegas's no-load latency is the minimum seen): a probe that ran while other processes
-    loaded the backend reads a latency that is too high, and it must not hold the limit up
-    until the next probe. Between probes, each window's median ``m`` is compared with the
-    baseline ``b``:
+    window's median latency becomes the baseline -- unless it reads more than ``tolerance``
+    above the baseline it replaces: then it is taken only when the next probe reads high too
+    (a probe that ran while other processes loaded the backend reads their queueing, and one
+    such probe must not hold the limit above the knee for a whole interval; a backend that
+    really got slower is re-learnt one interval later). A later window whose median is lower
+    lowers the baseline (Vegas's no-load latency is the minimum seen). Between probes, each
+    window's median ``m`` is compared with the baseline ``b``:
 
-    * ``m > b * (1 + tolerance)`` (queueing): the limit jumps to
-      ``limit * b / m * (1 + tolerance / 2)`` (never below half of it): the concurrency the
-      backend served without queueing, plus half the tolerance;
+    * ``m > b * (1 + tolerance / 2)`` (queueing): the limit is multiplied by the gradient
+      ``b / m`` (never below half of it). By Little's law ``limit * b / m`` is the concurrency
+      the backend served without queueing, so one window lands on the knee, and processes
+      that share the backend all multiply by the same ratio: their *sum* lands on it too;
     * ``m <= b * (1 + tolerance / 4)`` and the window filled the limit (one of its attempts
-      started with every slot taken, and not one of the two windows after a probe, while
-      the slots refill): the limit grows by ``growth`` (at least one slot). A limit the
-      callers never fill is not raised: nothing has shown that the backend takes more;
+      started with every whole slot taken, and not one of the two windows after a probe,
+      while the slots refill): the limit grows by ``growth`` of itself. The step is a
+      fraction of the limit, not a whole slot, so ``N`` processes sharing a backend step
+      their sum by ``growth`` of it whatever ``N`` is;
+    * a window that did not fill the limit brings it down to twice the concurrency used;
     * in between: it holds.
 
     A window with any overload failure (a timeout) cuts the limit by ``backoff`` instead (by
     half when every attempt of the window failed).
     On a backend whose latency is flat up to ``C`` concurrent requests and proportional to the
     concurrency past it, this settles between ``(1 + tolerance / 4) * C`` and
-    ``(1 + tolerance) * C``.
+    ``(1 + tolerance / 2) * C``.
 
     Args:
         initial: the limit to start from.
-        floor: the lowest limit (>= 1).
+        floor: the lowest limit (> 0; below 1, the one slot is held part of the time).
         ceiling: the highest limit.
         tolerance: the latency rise over the baseline taken for queueing (0.1: 10 %).
         growth: the growth per window while latency is flat (a fraction of the limit).
@@ -208,10 +235,12 @@ class Gradient(_Windowed):
     """
 
     __slots__ = (
+        "_high_probe",
         "_probe_due",
         "_probing",
         "_random",
         "_refilling",
+        "_streak",
         "baseline",
         "growth",
         "jitter",
@@ -224,15 +253,15 @@ class Gradient(_Windowed):
         self,
         *,
         initial: float,
-        floor: int,
-        ceiling: int,
+        floor: float,
+        ceiling: float,
         now: float,
         tolerance: float = 0.1,
-        growth: float = 0.05,
+        growth: float = 0.04,
         backoff: float = 0.9,
         window_samples: int = 10,
         probe_interval: float = 30.0,
-        probe_concurrency: int = 1,
+        probe_concurrency: float = 1,
         jitter: float = 0.15,
         random: Callable[[], float] | None = None,
     ) -> None:
@@ -249,11 +278,15 @@ class Gradient(_Windowed):
         self.probe_interval = probe_interval
         self.jitter = jitter
         self._random = random
-        self.probe_concurrency = max(floor, min(probe_concurrency, ceiling))
+        self.probe_concurrency = max(float(floor), min(float(probe_concurrency), ceiling))
         #: The no-load latency (seconds), from the last probe; ``None`` before the first.
         self.baseline: float | None = None
+        #: A probe that read above the baseline, waiting for the next one to agree.
+        self._high_probe: float | None = None
         self._probing = True
         self._refilling = 0
+        #: Flat windows in a row (the slow start's doubling).
+        self._streak = 0
         self._probe_due = now + self._interval()
 
     def _interval(self) -> float:
@@ -263,15 +296,25 @@ class Gradient(_Windowed):
         return self.probe_interval * (1.0 + self.jitter * self._random())
 
     @property
-    def limit(self) -> int:
+    def limit(self) -> float:
         if self._probing:
-            return min(self.probe_concurrency, self._bounds.whole)
-        return self._bounds.whole
+            return min(self.probe_concurrency, self._bounds.value)
+        return self._bounds.value
 
     @property
     def probing(self) -> bool:
         """Whether the current window measures the baseline."""
         return self._probing
+
+    def _probed(self, median: float) -> None:
+        """A probe read ``median``: the new baseline, unless it reads high and is alone."""
+        old = self.baseline
+        if old is None or median <= old * (1.0 + self.tolerance):
+            self.baseline, self._high_probe = median, None
+        elif self._high_probe is not None:  # two probes in a row agree: the backend is slower
+            self.baseline, self._high_probe = min(median, self._high_probe), None
+        else:
+            self._high_probe = median
 
     def on_sample(
         self, now: float, *, started: float, rtt: float, inflight: int, dropped: bool
@@ -285,7 +328,7 @@ class Gradient(_Windowed):
         bounds = self._bounds
         if self._probing:
             if median is not None:  # a probe of nothing but failures measures nothing
-                self.baseline = median
+                self._probed(median)
                 self._probing = False
                 self._refilling = 2
                 self._probe_due = now + self._interval()
@@ -295,27 +338,32 @@ class Gradient(_Windowed):
         # window was not enough in the proof's runs: the line refills over about two).
         refilling = self._refilling > 0
         self._refilling = max(0, self._refilling - 1)
+        streak, self._streak = self._streak, 0
         if median is not None and self.baseline is not None and not window.drops:
             self.baseline = min(self.baseline, median)
         if window.drops:
             bounds.set(bounds.value * self._cut(window))
         elif median is not None and self.baseline is not None:
             ratio = median / self.baseline if self.baseline > 0.0 else 1.0
-            if ratio > 1.0 + self.tolerance:
-                target = bounds.value / ratio * (1.0 + self.tolerance / 2.0)
-                bounds.set(max(target, bounds.value / 2.0))
-            elif (
-                ratio <= 1.0 + self.tolerance / 4.0
-                and not refilling
-                and window.filled(bounds.whole)
-            ):
-                bounds.set(bounds.value + max(1.0, bounds.value * self.growth))
+            if ratio > 1.0 + self.tolerance / 2.0:
+                bounds.set(bounds.value * max(1.0 / ratio, 0.5))
+            elif not window.filled(bounds.value):
+                if not refilling:
+                    self._trim(window)
+            elif ratio <= 1.0 + self.tolerance / 4.0 and not refilling:
+                # Slow start: the step doubles with each flat window in a row (up to the
+                # limit itself), and any window that is not flat starts it again from
+                # ``growth``. Near the knee, where processes that share a backend meet,
+                # flat windows do not follow one another and the steps stay small; a lone
+                # limit far below its backend's capacity gets there in a few windows.
+                bounds.set(bounds.value * (1.0 + min(1.0, self.growth * 2.0**streak)))
+                self._streak = streak + 1
         if now >= self._probe_due:
             self._probing = True
 
     def __repr__(self) -> str:
         return (
-            f"Gradient(limit={self.limit}, estimate={self.estimate:.3g}, "
+            f"Gradient(limit={self.limit:.3g}, estimate={self.estimate:.3g}, "
             f"baseline={self.baseline!r}, probing={self._probing})"
         )
 
@@ -331,7 +379,7 @@ class Aimd(_Windowed):
 
     Args:
         initial: the limit to start from.
-        floor: the lowest limit (>= 1).
+        floor: the lowest limit (> 0).
         ceiling: the highest limit.
         backoff: the factor a window with overload failures multiplies the limit by.
         window_samples: attempts per window.
@@ -351,11 +399,66 @@ class Aimd(_Windowed):
         bounds = self._bounds
         if window.drops:
             bounds.set(bounds.value * self._cut(window))
-        elif window.filled(bounds.whole):
+        elif window.filled(bounds.value):
             bounds.set(bounds.value + 1.0)
 
     def __repr__(self) -> str:
-        return f"Aimd(limit={self.limit}, estimate={self.estimate:.3g})"
+        return f"Aimd(limit={self.limit:.3g}, estimate={self.estimate:.3g})"
+
+
+#: Debt below this many slot-seconds is none (float rounding must not keep a slot shut).
+_EPSILON = 1e-9
+
+
+class PartialSlot:
+    """The fractional slot of a limit ``k + f`` (``k`` whole, ``0 <= f < 1``), held at most a
+    fraction ``f`` of the time.
+
+    The ``k`` whole slots are always open; slot ``k + 1`` opens only while it owes nothing.
+    Holding it runs up a debt of ``1 - f`` slot-seconds per second, and the debt is paid back
+    at ``f`` per second while it is free, so an attempt that held it for ``d`` seconds shuts
+    it for ``d * (1 - f) / f``: over time the concurrency averages at most ``k + f``, and at
+    every instant it is at most ``k + 1``. Attempts above ``k + 1`` (the limit fell under
+    them) owe for the partial slot too. Credit is never saved up (an idle spell does not buy a
+    burst); when the limit rises, or crosses a whole number, the debt is forgiven, since it
+    was owed under a limit that no longer holds (and a limit that has just grown must get to
+    try its new fraction, or growth would stall just past each whole number). Pure: every
+    method takes ``now``.
+    """
+
+    __slots__ = ("debt", "fraction", "over", "stamp", "whole")
+
+    def __init__(self, now: float, limit: float) -> None:
+        self.stamp = now
+        self.whole = math.floor(limit)
+        self.fraction = limit - self.whole
+        #: The attempts above the whole slots, in the interval since ``stamp``.
+        self.over = 0
+        #: Slot-seconds owed.
+        self.debt = 0.0
+
+    def account(self, now: float, *, limit: float, inflight: int) -> None:
+        """Bring the debt up to ``now``; from then on ``inflight`` attempts run under ``limit``."""
+        elapsed = max(0.0, now - self.stamp)
+        self.debt = max(0.0, self.debt + (self.over - self.fraction) * elapsed)
+        self.stamp = now
+        whole = math.floor(limit)
+        if whole != self.whole or limit > self.whole + self.fraction:
+            self.debt = 0.0  # owed under a limit that no longer holds
+        self.whole = whole
+        self.fraction = limit - whole
+        self.over = max(0, inflight - whole)
+
+    def is_open(self) -> bool:
+        """Whether slot ``whole + 1`` may be taken (as of the last :meth:`account`)."""
+        return self.fraction > 0.0 and self.debt <= _EPSILON
+
+    def opens_at(self) -> float | None:
+        """When the partial slot opens if nobody takes a slot before; ``None``: not by time
+        (it is open, or held, or the limit is whole: only a finishing attempt makes room)."""
+        if self.fraction <= 0.0 or self.over or self.debt <= _EPSILON:
+            return None
+        return self.stamp + self.debt / self.fraction
 
 
 class _Partition:
@@ -374,8 +477,9 @@ class Admission:
 
     Rules (Netflix concurrency-limits' partitioned limiter, with the queue made explicit):
 
-    * nothing is admitted unless ``inflight + notified < limit`` (:meth:`_room`, the one check
-      every admission passes: newcomers, woken waiters, and the waking itself);
+    * nothing is admitted unless ``inflight + notified`` is below the whole slots of the limit,
+      or equal to them while the fractional slot is open (:meth:`_room`, the one check every
+      admission passes: newcomers, woken waiters, and the waking itself; :class:`PartialSlot`);
     * a newcomer is admitted at once if there is room and nobody waits, or if there is room
       and its partition is below its guaranteed share (``share * limit``) and nobody of its own
       partition waits; otherwise it queues (or is refused, if it cannot wait);
@@ -384,17 +488,22 @@ class Admission:
 
     A waiter is *notified* when a slot is free for it; it then :meth:`resume`\\ s, which admits
     it if there is still room. Notified waiters are counted so that one free slot notifies one
-    waiter.
+    waiter. The fractional slot also opens with time, not only when an attempt finishes:
+    waiters re-check at :meth:`opens_at`.
 
     Args:
         algorithm: the limit algorithm.
         shares: partition name -> guaranteed fraction of the limit (they sum to <= 1).
+        now: the creation time.
     """
 
-    __slots__ = ("_order", "_partitions", "_ticket", "algorithm", "notified")
+    __slots__ = ("_order", "_partitions", "_slot", "_ticket", "algorithm", "notified")
 
-    def __init__(self, algorithm: LimitAlgorithm, shares: Mapping[str, float]) -> None:
+    def __init__(
+        self, algorithm: LimitAlgorithm, shares: Mapping[str, float], *, now: float = 0.0
+    ) -> None:
         self.algorithm = algorithm
+        self._slot = PartialSlot(now, algorithm.limit)
         self._partitions = {name: _Partition(name, share) for name, share in shares.items()}
         #: Waiter -> arrival number (the oldest waiter is served first among equals).
         self._order: dict[Hashable, int] = {}
@@ -403,7 +512,7 @@ class Admission:
         self.notified = 0
 
     @property
-    def limit(self) -> int:
+    def limit(self) -> float:
         return self.algorithm.limit
 
     @property
@@ -414,30 +523,47 @@ class Admission:
     def queued(self) -> int:
         return len(self._order)
 
+    def waiters(self) -> list[Hashable]:
+        """Every queued waiter, oldest first."""
+        return sorted(self._order, key=self._order.__getitem__)
+
     def partition(self, name: str) -> _Partition:
         return self._partitions[name]
 
     def partitions(self) -> list[_Partition]:
         return list(self._partitions.values())
 
-    def _room(self) -> bool:
-        return self.inflight + self.notified < self.algorithm.limit
+    def _account(self, now: float) -> PartialSlot:
+        slot = self._slot
+        slot.account(now, limit=self.algorithm.limit, inflight=self.inflight)
+        return slot
+
+    def _room(self, now: float) -> bool:
+        slot = self._account(now)
+        used = self.inflight + self.notified
+        return used < slot.whole or (used == slot.whole and slot.is_open())
+
+    def opens_at(self, now: float) -> float | None:
+        """When a waiter should look again without being woken (the fractional slot opens
+        with time); ``None``: only a finishing attempt makes room."""
+        return self._account(now).opens_at()
 
     def _under_share(self, part: _Partition) -> bool:
         return part.inflight < part.share * self.algorithm.limit
 
-    def _admit(self, part: _Partition) -> int:
+    def _admit(self, part: _Partition, now: float) -> int:
         part.inflight += 1
         part.admitted += 1
+        self._account(now)
         return self.inflight
 
-    def try_admit(self, name: str) -> int:
+    def try_admit(self, name: str, now: float) -> int:
         """A newcomer of partition ``name``: the in-flight total once admitted, or 0 (not)."""
         part = self._partitions[name]
-        if not self._room():
+        if not self._room(now):
             return 0
         if not self._order or (self._under_share(part) and not part.waiting):
-            return self._admit(part)
+            return self._admit(part, now)
         return 0
 
     def enqueue(self, name: str, waiter: Hashable) -> None:
@@ -453,7 +579,7 @@ class Admission:
         self._partitions[name].waiting.remove(waiter)
         return True
 
-    def resume(self, name: str, waiter: Hashable, *, admit: bool) -> int:
+    def resume(self, name: str, waiter: Hashable, now: float, *, admit: bool) -> int:
         """A notified waiter woke up: the in-flight total once admitted, or 0.
 
         With ``admit=False`` (its caller has gone: nobody waits for the result) it gives its
@@ -464,8 +590,8 @@ class Admission:
         if not admit:
             return 0
         part = self._partitions[name]
-        if self._room():  # the slots of the other notified waiters stay theirs
-            return self._admit(part)
+        if self._room(now):  # the slots of the other notified waiters stay theirs
+            return self._admit(part, now)
         self._ticket += 1
         self._order[waiter] = -self._ticket  # ahead of everyone who arrived normally
         part.waiting.appendleft(waiter)
@@ -489,6 +615,7 @@ class Admission:
             self.algorithm.on_sample(
                 now, started=started, rtt=rtt, inflight=inflight, dropped=dropped
             )
+        self._account(now)
 
     def _next(self, candidates: list[_Partition]) -> _Partition:
         """The partition a free slot goes to: the one furthest below its share, else the one
@@ -498,10 +625,10 @@ class Admission:
             return min(under, key=lambda p: p.inflight / max(p.share, 1e-9))
         return min(candidates, key=lambda p: self._order[p.waiting[0]])
 
-    def to_notify(self) -> list[Hashable]:
+    def to_notify(self, now: float) -> list[Hashable]:
         """The waiters to notify now (removed from the lines and counted as notified)."""
         woken: list[Hashable] = []
-        while self._order and self._room():
+        while self._order and self._room(now):
             part = self._next([p for p in self._partitions.values() if p.waiting])
             waiter = part.waiting.popleft()
             del self._order[waiter]
@@ -511,7 +638,7 @@ class Admission:
 
     def __repr__(self) -> str:
         return (
-            f"Admission(limit={self.limit}, inflight={self.inflight}, queued={self.queued}, "
+            f"Admission(limit={self.limit:.3g}, inflight={self.inflight}, queued={self.queued}, "
             f"algorithm={self.algorithm!r})"
         )
 
@@ -573,3 +700,27 @@ class Throttle:
     def __repr__(self) -> str:
         requests, accepts = sum(self._requests), sum(self._accepts)
         return f"Throttle(k={self.k!r}, requests={requests}, accepts={accepts})"
+
+
+class SlicedWait:
+    """How a waiter waits on a clock whose sleeps take no real time (a ``FakeClock``): in
+    slices of 1/50 of the wait (at least 10 ms), looking for its wake-up between them, so a
+    slot freed meanwhile is taken at the next slice and an hour's wait takes 50 steps.
+
+    The sync and the async driver both follow it (one sleeping on the clock, the other
+    awaiting the clock's sleep); on the system clock, or on an event loop whose time is the
+    clock, they wait for the wake-up itself instead.
+    """
+
+    __slots__ = ("end", "piece")
+
+    def __init__(self, *, start: float, seconds: float) -> None:
+        self.end = start + seconds
+        self.piece = max(0.01, seconds / 50.0)
+
+    def next_delay(self, now: float) -> float | None:
+        """The next slice's sleep, or ``None`` when the wait is over."""
+        left = self.end - now
+        if left <= 0.0:
+            return None
+        return min(self.piece, left)
