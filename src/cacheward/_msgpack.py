@@ -26,11 +26,12 @@ code  type                       payload
       MessagePack cannot hold
 12    a registered type          array ``[name, state]``
 13    ``bytearray``              the bytes
-14    a ``list`` of rows         a row type, then the columns (see below)
-15    a ``dict`` of rows         a row type, then the keys (all ``str`` or all ``int``) and
-                                 the columns
-16    a ``list`` of records      a row type, then the field names and the columns
-17    a ``dict`` of records      a row type, then the keys, the field names and the columns
+14    a ``list`` of rows         a row type, then the rows or the columns (see below)
+15    a ``dict`` of rows         a row type, then the dict, or the keys (all ``str`` or all
+                                 ``int``) and the columns
+16    a ``list`` of records      a row type, the field names, then the rows or the columns
+17    a ``dict`` of records      a row type, then the field names and the dict of rows, or
+                                 the keys, the field names and the columns
 ====  =========================  ===============================================
 
 **Rows.** What a database driver returns — many tuples of the same shape — is the common large
@@ -39,14 +40,18 @@ per cell. A list (or the values of a dict) of at least 8 tuples whose columns ea
 type (or that type and ``None``) among ``int``, ``str``, ``float``, ``bool``, ``None``,
 ``bytes``, ``Decimal``, ``UUID``, ``date``, ``datetime`` (naive, UTC or a fixed offset, ``fold``
 0) and ``list`` of plain scalars is stored as one extension: a one-byte length, the row type
-as text (one letter per column, ``?`` for "or ``None``"), then a MessagePack array of the
-columns, each an array of its cells. The reader builds one typed ``msgspec`` decoder for that
-row type (cached), decodes every column in C (``datetime`` included; ``Decimal`` columns as
-text, then converted by one exact, trapping ``decimal.Context``), checks that the columns are
-equally long, and zips them back into tuples, in C. **Records** are the same for dicts with the
-same ``str`` keys in the same order (what a dict-row cursor or a JSON API returns), when the
-first one holds a ``Decimal``, ``UUID``, ``date`` or ``datetime`` (other dicts go to msgspec as
-they are); they come back with their keys in their order. Anything else takes the tagged path.
+as text (one letter per column, ``?`` for "or ``None``"), then the table. The reader builds one
+typed ``msgspec`` decoder for that row type (cached). A table of fewer than 256 rows is written
+row by row (the list of rows, or the dict) and decoded by that decoder in one call, rows and
+dict built in C. A larger one is written column by column (``|`` before the row type: a
+MessagePack array of the columns, each an array of its cells): the reader decodes every column
+in C (``datetime`` included; ``Decimal`` columns as text, then converted by one exact, trapping
+``decimal.Context``), checks that the columns are equally long, and zips them back into tuples,
+in C — fewer, tighter passes than building each row, which pays from a few hundred rows on.
+**Records** are the same for dicts with the same ``str`` keys in the same order (what a
+dict-row cursor or a JSON API returns), when the first one holds a ``Decimal``, ``UUID``,
+``date`` or ``datetime`` (other dicts go to msgspec as they are); they come back with their
+keys in their order. Anything else takes the tagged path.
 """
 
 from __future__ import annotations
