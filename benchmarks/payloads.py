@@ -9,6 +9,9 @@
   redis-py ``GET`` + ``json.loads`` (the reference), + ``orjson.loads``, + msgspec's MessagePack
   decode. The raw paths store the configuration through ``default=str``, so they get back
   lists and strings where cacheward gets back tuples, ``Decimal`` and ``datetime``: they do less.
+* **Codec**: the default serializer's ``loads`` and ``dumps`` alone (no Redis) vs ``json``, for
+  the same configurations and for the 100 KB rows as records (dicts, as a dict-row cursor
+  returns them).
 * **Write**: ``RedisLayer.set`` (one put script) vs raw ``json.dumps`` + ``SET`` (the reference),
   orjson and msgspec, and the bytes each leaves in Redis; cacheward with zlib and zstd too.
 * **Eviction curve**: a full ``MemoryLayer(maxsize=N)`` taking a new key, for N = 10k, 100k, 1M
@@ -40,7 +43,7 @@ from typing import Any
 
 from benchmarks._harness import machine, median, print_table, smoke
 
-__all__ = ["config", "run"]
+__all__ = ["config", "records", "run"]
 
 PREFIX = "cacheward-bench-payloads"
 TARGETS = {"1KB": 1_000, "100KB": 100_000, "1MB": 1_000_000, "10MB": 10_000_000}
@@ -279,6 +282,73 @@ def _round_trips(url: str) -> dict[str, int]:
     return {"round_trips": count, **commands}
 
 
+# --- the codec alone ---------------------------------------------------------------------------
+
+
+def records(rows: int) -> list[dict[str, Any]]:
+    """The same rows as ``config`` as a dict-row cursor (or a JSON API) returns them."""
+    names = ("id", "name", "price", "at", "active", "note", "tags")
+    return [dict(zip(names, row, strict=True)) for row in config(rows)["rows"].values()]
+
+
+def _codec(sizes: list[str], rounds: int) -> dict[str, Any]:
+    """The default serializer's ``loads`` / ``dumps`` vs ``json`` (``default=str``) alone: no
+    Redis, so the figure is the codec's, not the transport's."""
+    import msgspec
+
+    import cacheward as cw
+
+    codec = cw.MsgpackSerializer()
+    decoder, encoder = msgspec.msgpack.Decoder(), msgspec.msgpack.Encoder()
+    shapes = {
+        f"{size} configuration": config(max(1, TARGETS[size] // _ROW_BYTES)) for size in sizes
+    }
+    shapes["100KB as records"] = records(100_000 // _ROW_BYTES)
+    out: dict[str, Any] = {}
+    rows = []
+    for name, value in shapes.items():
+        packed, raw = codec.dumps(value), encoder.encode(value)
+        text = json.dumps(value, default=str)
+        assert codec.loads(packed) == value, "the codec lost something"
+        size = len(raw)
+        reps = 1 if size >= 1_000_000 else (10 if size >= 50_000 else 300)
+        loads = _rounds(
+            {
+                "json.loads": lambda t=text: json.loads(t),
+                "msgspec (plain)": lambda r=raw: decoder.decode(r),
+                "cacheward loads": lambda p=packed: codec.loads(p),
+            },
+            "json.loads",
+            rounds=rounds,
+            reps=reps,
+        )
+        dumps = _rounds(
+            {
+                "json.dumps": lambda v=value: json.dumps(v, default=str),
+                "cacheward dumps": lambda v=value: codec.dumps(v),
+            },
+            "json.dumps",
+            rounds=rounds,
+            reps=reps,
+        )
+        out[name] = {"loads": loads, "dumps": dumps, "bytes": len(packed)}
+        rows.append(
+            (
+                name,
+                f"{loads['cacheward loads']['ratio']:.2f}x",
+                f"{loads['msgspec (plain)']['ratio']:.2f}x",
+                f"{dumps['cacheward dumps']['ratio']:.2f}x",
+                _fmt_s(loads["json.loads"]["seconds"]),
+            )
+        )
+    print_table(
+        "The codec alone (x json with default=str, which reads back strings and lists)",
+        ["value", "loads", "plain msgspec loads", "dumps", "json.loads"],
+        rows,
+    )
+    return out
+
+
 # --- the memory layer --------------------------------------------------------------------------
 
 
@@ -372,6 +442,7 @@ def run(*, quick: bool) -> dict[str, object]:
     sizes = ["1KB"] if tiny else (["1KB", "100KB", "1MB"] if quick else list(TARGETS))
     rounds = 3 if tiny else (7 if quick else 15)
     figures: dict[str, object] = {"machine": machine(), "rounds": rounds}
+    figures["codec"] = _codec(sizes, rounds)
     with _redis() as (url, where):
         print(f"Redis: {where}")
         figures["redis"] = where

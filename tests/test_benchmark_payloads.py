@@ -27,6 +27,15 @@ def test_payloads_reports_every_figure(monkeypatch: pytest.MonkeyPatch) -> None:
         assert set(row) == {"fifo", "lru", "lfu", "functools.lru_cache"}
     for row in figures["memory_per_entry"].values():
         assert 0 < row["cacheward fifo"] < 1000
+    assert set(figures["codec"]) == {"1KB configuration", "100KB as records"}
+    for row in figures["codec"].values():
+        assert row["loads"]["json.loads"]["ratio"] == 1.0
+        assert row["dumps"]["cacheward dumps"]["seconds"] > 0
+
+
+def test_the_records_are_the_configuration_rows_as_dicts() -> None:
+    rows = payloads.records(3)
+    assert list(rows[1].values()) == list(payloads.config(3)["rows"]["item-1"])
 
 
 def test_the_configuration_has_the_promised_shape() -> None:

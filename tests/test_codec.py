@@ -227,8 +227,15 @@ RECORDS = [dict(zip(("id", "name", "price", "at"), row, strict=True)) for row in
 @example(value={f"k{i}": row for i, row in enumerate(ROWS)})
 @example(value=RECORDS)
 @example(value=dict(enumerate(RECORDS)))
-def test_rows_come_back_exactly(value: Any) -> None:
-    back = round_trip(value)
+@pytest.mark.parametrize("columnar_min", [0, _msgpack._COLUMNAR_MIN], ids=["columns", "rows"])
+def test_rows_come_back_exactly(value: Any, columnar_min: int) -> None:
+    # Both layouts on small tables: column by column (from _COLUMNAR_MIN rows) and row by row.
+    saved = _msgpack._COLUMNAR_MIN
+    setattr(_msgpack, "_COLUMNAR_MIN", columnar_min)  # noqa: B010 (a Final constant)
+    try:
+        back = round_trip(value)
+    finally:
+        setattr(_msgpack, "_COLUMNAR_MIN", saved)  # noqa: B010
     assert same(back, value)
     rows = list(value.values()) if type(value) is dict else value
     if type(rows[0]) is dict:  # records keep their key order
@@ -242,7 +249,9 @@ def test_rows_take_one_typed_extension() -> None:
     packed = codec._pack(ROWS, 0, _msgpack._PLAIN)
     assert packed.code == _msgpack._ROWS
     assert codec._pack(OFFSET_ROWS, 0, _msgpack._PLAIN).code == _msgpack._ROWS
-    assert bytes(packed.data[1:8]) == b"i,s,D,t"
+    assert bytes(packed.data[1:8]) == b"i,s,D,t"  # 10 rows: row by row
+    many = codec._pack(ROWS * 30, 0, _msgpack._PLAIN)
+    assert bytes(many.data[1:9]) == b"|i,s,D,t"  # 300 rows: column by column
     assert codec._pack(RECORDS, 0, _msgpack._PLAIN).code == _msgpack._RECORDS
     by_key = {str(i): r for i, r in enumerate(RECORDS)}
     assert codec._pack(by_key, 0, _msgpack._PLAIN).code == _msgpack._RECORDS_BY_KEY
@@ -299,7 +308,7 @@ def test_garbage_row_shapes_are_a_miss() -> None:
             codec.loads(body)
 
 
-def _rows_body(code: int, shape: bytes, columns: list[Any]) -> bytes:
+def _rows_body(code: int, shape: bytes, columns: Any) -> bytes:
     """A body holding one rows extension, written by hand (as a forger would)."""
     payload = bytes((len(shape),)) + shape + msgspec.msgpack.encode(columns)
     return msgspec.msgpack.encode(msgspec.msgpack.Ext(code, payload))
@@ -307,18 +316,26 @@ def _rows_body(code: int, shape: bytes, columns: list[Any]) -> bytes:
 
 #: Rows extensions no writer produces: each must be a miss (``loads`` raises), never a value.
 FORGED_ROWS = {
-    "a column shorter than the others": (_msgpack._ROWS, b"i,s", [[1, 2, 3], ["a", "b"]]),
-    "keys shorter than the rows": (_msgpack._ROWS_BY_KEY, b"i", [["a"], [1, 2]]),
-    "a text cell in an int column": (_msgpack._ROWS, b"i,s", [[1, "x"], ["a", "b"]]),
-    "more columns than the shape": (_msgpack._ROWS, b"i", [[1], [2]]),
-    "an int in a bool column": (_msgpack._ROWS, b"b", [[True, 1]]),
-    "Decimal text with spaces": (_msgpack._ROWS, b"D", [[" 1"]]),
-    "Decimal text with underscores": (_msgpack._ROWS, b"D", [["1_0"]]),
-    "Decimal text that is not a number": (_msgpack._ROWS, b"D", [["abc"]]),
-    "a Decimal exponent out of range": (_msgpack._ROWS, b"D", [["1E+1000000000000000000"]]),
-    "fewer field names than columns": (_msgpack._RECORDS, b"i,s", [["a"], [1], ["x"]]),
-    "a field name twice": (_msgpack._RECORDS, b"i,s", [["a", "a"], [1], ["x"]]),
-    "records keys shorter than the rows": (_msgpack._RECORDS_BY_KEY, b"i", [["k"], ["a"], [1, 2]]),
+    "a column shorter than the others": (_msgpack._ROWS, b"|i,s", [[1, 2, 3], ["a", "b"]]),
+    "keys shorter than the rows": (_msgpack._ROWS_BY_KEY, b"|i", [["a"], [1, 2]]),
+    "a text cell in an int column": (_msgpack._ROWS, b"|i,s", [[1, "x"], ["a", "b"]]),
+    "more columns than the shape": (_msgpack._ROWS, b"|i", [[1], [2]]),
+    "an int in a bool column": (_msgpack._ROWS, b"|b", [[True, 1]]),
+    "Decimal text with spaces": (_msgpack._ROWS, b"|D", [[" 1"]]),
+    "Decimal text with underscores": (_msgpack._ROWS, b"|D", [["1_0"]]),
+    "Decimal text that is not a number": (_msgpack._ROWS, b"|D", [["abc"]]),
+    "a Decimal exponent out of range": (_msgpack._ROWS, b"|D", [["1E+1000000000000000000"]]),
+    "fewer field names than columns": (_msgpack._RECORDS, b"|i,s", [["a"], [1], ["x"]]),
+    "a field name twice": (_msgpack._RECORDS, b"|i,s", [["a", "a"], [1], ["x"]]),
+    "records keys shorter than the rows": (
+        _msgpack._RECORDS_BY_KEY,
+        b"|i",
+        [["k"], ["a"], [1, 2]],
+    ),
+    "row by row: a short row under a key": (_msgpack._ROWS_BY_KEY, b"i,s", {"a": [1]}),
+    "row by row: a row too short": (_msgpack._ROWS, b"i,s", [[[1]]]),
+    "row by row: a text cell in an int column": (_msgpack._ROWS, b"i", [[["x"]]]),
+    "row by row: field names do not match": (_msgpack._RECORDS, b"i,s", [["a"], [[1, "x"]]]),
 }
 
 
@@ -330,7 +347,7 @@ class _Forger(cw.MsgpackSerializer):
 
 
 @pytest.mark.parametrize("forged", FORGED_ROWS.values(), ids=FORGED_ROWS)
-def test_forged_rows_are_a_miss(forged: tuple[int, bytes, list[Any]]) -> None:
+def test_forged_rows_are_a_miss(forged: tuple[int, bytes, Any]) -> None:
     data = encode_entry(entry(_rows_body(*forged)), KEY_TEXT, _Forger())
     with pytest.raises(PayloadError, match="undecodable"):
         decode_entry(data, KEY_TEXT, cw.MsgpackSerializer())
@@ -372,8 +389,9 @@ def _decimal_comes_back(value: decimal.Decimal) -> None:
         back = _msgpack._DECIMAL_FROM_STR(text)
         assert str(back) == str(decimal.Decimal(text))
         assert back.as_tuple() == decimal.Decimal(text).as_tuple()
-    rows = [(value, i) for i in range(8)]
-    assert same(round_trip(rows), rows)
+    for count in (8, _msgpack._COLUMNAR_MIN):  # row by row, then column by column
+        rows = [(value, i) for i in range(count)]
+        assert same(round_trip(rows), rows)
 
 
 @given(value=st.decimals(allow_nan=True, allow_infinity=True))

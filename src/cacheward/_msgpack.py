@@ -26,11 +26,12 @@ code  type                       payload
       MessagePack cannot hold
 12    a registered type          array ``[name, state]``
 13    ``bytearray``              the bytes
-14    a ``list`` of rows         a row type, then the columns (see below)
-15    a ``dict`` of rows         a row type, then the keys (all ``str`` or all ``int``) and
-                                 the columns
-16    a ``list`` of records      a row type, then the field names and the columns
-17    a ``dict`` of records      a row type, then the keys, the field names and the columns
+14    a ``list`` of rows         a row type, then the rows or the columns (see below)
+15    a ``dict`` of rows         a row type, then the dict, or the keys (all ``str`` or all
+                                 ``int``) and the columns
+16    a ``list`` of records      a row type, the field names, then the rows or the columns
+17    a ``dict`` of records      a row type, then the field names and the dict of rows, or
+                                 the keys, the field names and the columns
 ====  =========================  ===============================================
 
 **Rows.** What a database driver returns — many tuples of the same shape — is the common large
@@ -39,14 +40,18 @@ per cell. A list (or the values of a dict) of at least 8 tuples whose columns ea
 type (or that type and ``None``) among ``int``, ``str``, ``float``, ``bool``, ``None``,
 ``bytes``, ``Decimal``, ``UUID``, ``date``, ``datetime`` (naive, UTC or a fixed offset, ``fold``
 0) and ``list`` of plain scalars is stored as one extension: a one-byte length, the row type
-as text (one letter per column, ``?`` for "or ``None``"), then a MessagePack array of the
-columns, each an array of its cells. The reader builds one typed ``msgspec`` decoder for that
-row type (cached), decodes every column in C (``datetime`` included; ``Decimal`` columns as
-text, then converted by one exact, trapping ``decimal.Context``), checks that the columns are
-equally long, and zips them back into tuples, in C. **Records** are the same for dicts with the
-same ``str`` keys in the same order (what a dict-row cursor or a JSON API returns), when the
-first one holds a ``Decimal``, ``UUID``, ``date`` or ``datetime`` (other dicts go to msgspec as
-they are); they come back with their keys in their order. Anything else takes the tagged path.
+as text (one letter per column, ``?`` for "or ``None``"), then the table. The reader builds one
+typed ``msgspec`` decoder for that row type (cached). A table of fewer than 256 rows is written
+row by row (the list of rows, or the dict) and decoded by that decoder in one call, rows and
+dict built in C. A larger one is written column by column (``|`` before the row type: a
+MessagePack array of the columns, each an array of its cells): the reader decodes every column
+in C (``datetime`` included; ``Decimal`` columns as text, then converted by one exact, trapping
+``decimal.Context``), checks that the columns are equally long, and zips them back into tuples,
+in C — fewer, tighter passes than building each row, which pays from a few hundred rows on.
+**Records** are the same for dicts with the same ``str`` keys in the same order (what a
+dict-row cursor or a JSON API returns), when the first one holds a ``Decimal``, ``UUID``,
+``date`` or ``datetime`` (other dicts go to msgspec as they are); they come back with their
+keys in their order. Anything else takes the tagged path.
 """
 
 from __future__ import annotations
@@ -82,8 +87,11 @@ _KEYS: Final[frozenset[type]] = frozenset({str, int, float, bool, type(None), by
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 
-#: Rows: the fewest tuples worth a typed decoder, the column letters, and C-level helpers.
+#: Rows: the fewest tuples worth a typed decoder, the fewest written column by column (below
+#: that, building the columns costs more than it saves: measured), the column letters, and
+#: C-level helpers.
 _ROWS_MIN: Final = 8
+_COLUMNAR_MIN: Final = 256
 _COLUMN: Final[dict[type, str]] = {
     int: "i",
     str: "s",
@@ -386,10 +394,8 @@ class MsgpackSerializer:
         if found is None:
             return None
         shape, columns = found
-        if by_key:
-            columns.insert(0, tuple(container))
-        code = _ROWS_BY_KEY if by_key else _ROWS
-        return self._ext(code, bytes((len(shape),)) + shape + self._encode(columns))
+        head = [tuple(container)] if by_key else []
+        return self._table_ext(_ROWS_BY_KEY if by_key else _ROWS, shape, columns, head)
 
     def _records(self, container: Any, plain: frozenset[type]) -> Any:
         """The records extension for a list (or dict) of dicts with the same ``str`` keys, in
@@ -414,11 +420,25 @@ class MsgpackSerializer:
         shape, columns = found
         if not _TAGGED_LETTERS.intersection(shape.decode("ascii")):
             return None
-        columns.insert(0, fields)
-        if by_key:
-            columns.insert(0, tuple(container))
-        code = _RECORDS_BY_KEY if by_key else _RECORDS
-        return self._ext(code, bytes((len(shape),)) + shape + self._encode(columns))
+        head = [tuple(container), fields] if by_key else [fields]
+        return self._table_ext(_RECORDS_BY_KEY if by_key else _RECORDS, shape, columns, head)
+
+    def _table_ext(self, code: int, shape: bytes, columns: list[Any], head: list[Any]) -> Any:
+        """The extension: the shape, then ``head`` (keys, field names) and the cells: column by
+        column for a large table (``|`` before the shape); row by row for a small one, where a
+        typed msgspec decoder builds the rows (and the dict) in one call."""
+        body: Any
+        if len(columns[0]) >= _COLUMNAR_MIN:
+            shape = b"|" + shape
+            body = [*head, *columns]
+        else:
+            rows: Any = list(zip(*columns, strict=True))
+            if code in (_ROWS_BY_KEY, _RECORDS_BY_KEY):  # a map, as msgspec decodes it in C
+                rows = dict(zip(head.pop(0), rows, strict=True))
+            body = [*head, rows] if head else rows
+        if len(shape) > 255:
+            return None
+        return self._ext(code, bytes((len(shape),)) + shape + self._encode(body))
 
     def _items(self, items: Any, depth: int, plain: frozenset[type]) -> bytes:
         if set(map(type, items)) <= plain:
@@ -485,45 +505,72 @@ class MsgpackSerializer:
     def _row_decoder(self, code: int, shape: bytes) -> Callable[[memoryview], Any]:
         by_key = code in (_ROWS_BY_KEY, _RECORDS_BY_KEY)
         records = code in (_RECORDS, _RECORDS_BY_KEY)
-        # Decoded in this order: [keys], [field names], then one list per column.
-        columns: list[Any] = ([list[str | int]] if by_key else []) + (
-            [list[str]] if records else []
-        )
-        first = len(columns)
-        exact: list[int] = []  # Decimal columns, decoded as text and converted after
-        for letter in shape.decode("ascii").split(","):
+        columnar = shape.startswith(b"|")
+        kinds: list[Any] = []
+        exact: list[int] = []  # columnar Decimal columns: decoded as text, converted after
+        for letter in shape.removeprefix(b"|").decode("ascii").split(","):
             base = letter.removesuffix("?")
             kind = _COLUMN_TYPE[base]  # KeyError: garbage, a miss
             if letter != base:
                 kind = typing.Optional[kind]  # noqa: UP045
-            elif base == "D":
-                exact.append(len(columns))
+            elif base == "D" and columnar:
+                exact.append(len(kinds))
                 kind = str
-            columns.append(list[kind])  # type: ignore[valid-type]
-        width = len(columns) - first
-        whole: Any = tuple.__class_getitem__(tuple(columns))
-        decode_columns = self._msgspec.msgpack.Decoder(whole).decode
+            kinds.append(kind)
+        width = len(kinds)
+        decode: Callable[[memoryview], Any]
+        if columnar:
+            decode = self._columns_decoder(kinds, exact, by_key=by_key, records=records)
+        else:
+            row: Any = tuple.__class_getitem__(tuple(kinds))
+            table: Any = dict[Any, row] if by_key else list[row]
+            if records:
+                decode = self._records_decoder(tuple[list[str], table], width)
+            else:
+                decode = self._msgspec.msgpack.Decoder(table).decode
+        if len(self._row_decoders) < _ROW_DECODERS_MAX:
+            self._row_decoders[bytes((code,)) + shape] = decode
+        return decode
+
+    def _columns_decoder(
+        self, kinds: list[Any], exact: list[int], *, by_key: bool, records: bool
+    ) -> Callable[[memoryview], Any]:
+        """Column by column: [keys], [field names], then one list per column (``exact``: the
+        ``Decimal`` columns, written as text)."""
+        head: list[Any] = ([list[str | int]] if by_key else []) + ([list[str]] if records else [])
+        first, width = len(head), len(kinds)
+        whole: Any = tuple.__class_getitem__((*head, *[list[kind] for kind in kinds]))  # type: ignore[valid-type]
+        decode_whole = self._msgspec.msgpack.Decoder(whole).decode
 
         def decode(data: memoryview) -> Any:
-            decoded = list(decode_columns(data))
+            decoded = list(decode_whole(data))
             cells = decoded[first:]
             if not _same_lengths(cells + decoded[:1] if by_key else cells):
                 raise ValueError("rows: columns of unequal lengths")
             for index in exact:
-                cells[index - first] = list(map(_DECIMAL_FROM_STR, decoded[index]))
+                cells[index] = list(map(_DECIMAL_FROM_STR, cells[index]))
             # Lengths checked above, at once: a strict zip checks them again per row.
             rows: Any = zip(*cells, strict=False)
             if records:
-                names = decoded[first - 1]
-                if len(set(names)) != width or len(names) != width:
-                    raise ValueError("records: field names do not match the columns")
-                rows = map(dict, map(zip, itertools.repeat(names), rows))
+                names = itertools.repeat(_names(decoded[first - 1], width))
+                rows = map(dict, map(zip, names, rows))
             if by_key:
                 return dict(zip(decoded[0], rows, strict=False))
             return list(rows)
 
-        if len(self._row_decoders) < _ROW_DECODERS_MAX:
-            self._row_decoders[bytes((code,)) + shape] = decode
+        return decode
+
+    def _records_decoder(self, whole: Any, width: int) -> Callable[[memoryview], Any]:
+        """Row by row: the field names, then the rows (a list, or a dict of them)."""
+        decode_whole = self._msgspec.msgpack.Decoder(whole).decode
+
+        def decode(data: memoryview) -> Any:
+            names, rows = decode_whole(data)
+            names = itertools.repeat(_names(names, width))
+            if type(rows) is dict:
+                return dict(zip(rows, map(dict, map(zip, names, rows.values())), strict=False))
+            return list(map(dict, map(zip, names, rows)))
+
         return decode
 
     def __repr__(self) -> str:
@@ -586,10 +633,14 @@ def _columns(rows: list[Any], plain: frozenset[type]) -> tuple[bytes, list[Any]]
                     else:
                         columns[index] = tuple(map(_ISO, columns[index]))
         letters.append(letter + "?" if optional else letter)
-    shape = ",".join(letters).encode("ascii")
-    if len(shape) > 255:
-        return None
-    return shape, columns
+    return ",".join(letters).encode("ascii"), columns
+
+
+def _names(names: list[str], width: int) -> list[str]:
+    """Records' field names, checked against the row type (forged bytes may not match)."""
+    if len(names) != width or len(set(names)) != width:
+        raise ValueError("records: field names do not match the columns")
+    return names
 
 
 def _same_lengths(columns: Any) -> bool:
