@@ -552,7 +552,7 @@ KNOWN_NOT_RUN = {
     "two event loops": "item 5 (another helper)",
     "fork with a flight in progress": "item 6 (another helper)",
     "refresh starvation across functions": "item 7 (another helper)",
-    "memory of failure states (60k keys)": "item 11 (another helper)",
+    "memory of failure states (60k keys)": "item 11: python -m benchmarks failures",
 }
 
 
