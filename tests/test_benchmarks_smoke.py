@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import pytest
-from benchmarks import hits, peers, stampede
+from benchmarks import failures, hits, peers, stampede
 
 
 @pytest.fixture(autouse=True)
@@ -140,3 +140,18 @@ def test_benchmark_modules_import_each_other_without_a_circle() -> None:
     assert _cycle(graph) is None, _cycle(graph)
     # The check sees a circle when there is one.
     assert _cycle({**graph, "benchmarks._load": {"benchmarks.outage"}}) is not None
+
+
+def test_failures_reports_a_capped_frame_free_table() -> None:
+    figures: dict[str, Any] = failures.run(quick=True)
+    settings = figures["settings"]
+    assert settings["cap"] < settings["sizes"][-1]  # the tiny run goes past the table's cap
+    for name, row in figures["rows"].items():
+        assert row["wrong_errors"] == 0, name
+        assert row["backend_errors"] == row["size"], name  # every call failed, with its error
+        assert row["states_max"] == min(row["size"], settings["cap"]), name
+        assert row["tracebacks_max"] == 0, name
+        assert _finite_positive(row["cpu_last_chunk_s"]), name
+    for name in ("table size", "tracebacks kept"):
+        for colour in ("sync", "async"):
+            assert figures["targets"][f"{name} {colour}"]["met"], name
