@@ -337,22 +337,18 @@ def test_sibling_without_marks_the_rebuild_stores_the_old_value(
 
 
 @redis_only
+@pytest.mark.parametrize(
+    ("option", "stored"),
+    [("nolease", "users:new"), ("nolease-late", "users:old")],
+    ids=["fenced-by-its-stamp", "sibling-stamped-at-the-fetch-end-stores-the-old-value"],
+)
 def test_a_rebuild_without_a_lease_is_fenced_by_when_its_fetch_began(
-    server: RedisServer, space: str
+    server: RedisServer, space: str, option: str, stored: str
 ) -> None:
     """No lease, no backplane: only the entry's stamp (its fetch's start) fences it."""
-    got, fresh = _rebuild_race(server, space, "nolease")
+    got, fresh = _rebuild_race(server, space, option)
     assert got == "users:old"
-    assert fresh.startswith("users:new")
-
-
-@redis_only
-def test_sibling_stamped_when_its_fetch_ended_the_rebuild_stores_the_old_value(
-    server: RedisServer, space: str
-) -> None:
-    got, fresh = _rebuild_race(server, space, "nolease-late")
-    assert got == "users:old"
-    assert fresh.startswith("users:old")
+    assert fresh.startswith(stored)
 
 
 def _other_memory_layer(server: RedisServer, space: str, option: str, what: str) -> Any:
