@@ -220,7 +220,7 @@ def schedule(
             time.sleep(rng.uniform(0, 0.05))
         else:
             kind = cast_fault(faults).step(rng)
-        steps.append(f"{kind}({k})")
+        steps.append(f"{kind}({k})@p{workers.index(worker)}")
     if faults is not None:
         time.sleep(rng.uniform(0, 0.3))  # a fault lasts a while
         faults.heal()
