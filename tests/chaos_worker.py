@@ -21,8 +21,10 @@ memory layer never hears of other processes' invalidations (the sibling's failur
 from __future__ import annotations
 
 import concurrent.futures
+import faulthandler
 import json
 import random
+import signal
 import sys
 import threading
 import time
@@ -37,6 +39,8 @@ GROUPS = 3
 
 
 def main() -> None:
+    # The test asks for every thread's stack (SIGUSR1) when a command gets no reply.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     cache_url, data_url, run, option = sys.argv[1:5]
     data = redis.Redis.from_url(data_url, socket_timeout=5, socket_connect_timeout=5)
     layer = cw.RedisLayer.from_url(cache_url, socket_timeout=0.2, namespace=run, breaker_reset=0.2)

@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -50,11 +52,14 @@ class Worker:
     """One process running tests/chaos_worker.py: commands in, replies matched by id."""
 
     def __init__(self, cache_url: str, data_url: str, run: str, option: str) -> None:
+        # Its log goes to a file: a pipe nobody reads fills up (a long run logs every breaker
+        # trip and lost channel) and then blocks the process's threads on their next log line.
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), cache_url, data_url, run, option],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
             bufsize=1,
         )
@@ -84,9 +89,23 @@ class Worker:
         with self.changed:
             while ident not in self.replies:
                 left = deadline - time.monotonic()
-                assert left > 0, f"no reply to command {ident} within {timeout} s"
+                if left <= 0:
+                    raise AssertionError(
+                        f"no reply to command {ident} within {timeout} s; the process's "
+                        f"threads:\n{self.stacks()}"
+                    )
                 self.changed.wait(left)
             return self.replies.pop(ident)
+
+    def stacks(self) -> str:
+        """Every thread's stack in the worker (faulthandler on SIGUSR1), then its stderr."""
+        if self.proc.poll() is not None:
+            return f"(exited with {self.proc.returncode})"
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        self.proc.kill()
+        self.log.seek(0)
+        return self.log.read()[-20000:]
 
     def call(self, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
         return self.wait(self.send(op, **fields), timeout)
@@ -102,10 +121,11 @@ class Worker:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-            for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            for pipe in (self.proc.stdin, self.proc.stdout):
                 if pipe is not None:
                     pipe.close()
             self.reader.join(5)
+            self.log.close()
 
 
 def _port() -> int:
@@ -200,7 +220,7 @@ def schedule(
             time.sleep(rng.uniform(0, 0.05))
         else:
             kind = cast_fault(faults).step(rng)
-        steps.append(f"{kind}({k})")
+        steps.append(f"{kind}({k})@p{workers.index(worker)}")
     if faults is not None:
         time.sleep(rng.uniform(0, 0.3))  # a fault lasts a while
         faults.heal()

@@ -1422,6 +1422,9 @@ class Driver:
             elif stale is None and not forced:
                 self.count("misses", EventKind.MISS)
             started = self.s.clock.monotonic()
+            # The entry is stamped when its fetch began: a write without a lease is fenced by
+            # any invalidation (of the key or of a tag) made since, as a leased one is.
+            begun = self.s.clock.time()
             self.counters.fetches += 1
             leading = LEADING.set(LEADING.get() | {id(flight)})
             try:
@@ -1441,7 +1444,7 @@ class Driver:
             if token is not None:
                 yield from self.write(self.release_plan(key, token), detach)
             raise
-        entry = self.new_entry(value)
+        entry = self.new_entry(value, begun)
         store = self.adopt(key, flight, entry, fetched=True)
         if forced:
             self.unforce(key, flight)
@@ -1470,6 +1473,7 @@ class Driver:
         ``read``: the caller has just read the shared layers and missed; without a lease to
         take they are not read again (a miss costs one read and one write)."""
         coordinator = self.coordinator
+        generation = self.generation  # a drop after this: what is read is not kept in memory
         if read and coordinator is None:
             entry, reply = flight.stale, None
         else:
@@ -1482,7 +1486,7 @@ class Driver:
                 yield Release(cast(GuardedLayer, coordinator), key, token)
             if stale is None:
                 self.count("hits", EventKind.HIT)
-            self.adopt(key, flight, entry)
+            self.adopt(key, flight, entry, generation=generation)
             return True, entry.value, None
         if stale is None and entry is not None and self.stale_servable(entry):
             if token is not None:
@@ -1493,9 +1497,10 @@ class Driver:
         if stale is None:
             self.count("misses", EventKind.MISS)
         if reply is not None and reply.busy:
+            generation = self.generation
             token, found = yield from self.lease_wait(key)
             if found is not None:
-                self.adopt(key, flight, found)
+                self.adopt(key, flight, found, generation=generation)
                 return True, found.value, None
         return False, None, token
 
@@ -1518,11 +1523,20 @@ class Driver:
         self.count("stale_hits", EventKind.STALE_SERVED)
         return entry.value
 
-    def adopt(self, key: CacheKey, flight: Any, entry: Entry, *, fetched: bool = False) -> bool:
+    def adopt(
+        self,
+        key: CacheKey,
+        flight: Any,
+        entry: Entry,
+        *,
+        fetched: bool = False,
+        generation: int | None = None,
+    ) -> bool:
         """End ``flight`` with ``entry`` and answer its callers; says whether to store it
-        (``fetched``: it is this process's fetch, not another's value read back)."""
+        (``fetched``: it is this process's fetch, not another's value read back, which
+        ``generation`` says when it was read: see :meth:`settle_success`)."""
         try:
-            return self.settle_success(key, flight, entry, fetched=fetched)
+            return self.settle_success(key, flight, entry, fetched=fetched, generation=generation)
         finally:
             flight.resolve(entry.value)
 
@@ -2101,11 +2115,11 @@ class Driver:
             return False
         return entry is None or found.fresh_until > entry.fresh_until
 
-    def new_entry(self, value: Any) -> Entry:
+    def new_entry(self, value: Any, now: float | None = None) -> Entry:
         s = self.s
         return make_entry(
             value,
-            now=s.clock.time(),
+            now=s.clock.time() if now is None else now,
             ttl=s.ttl,
             stale_ttl=s.stale_ttl,
             stale_if_error=s.stale_if_error,
@@ -2122,17 +2136,29 @@ class Driver:
             else:  # cancelled or interrupted: no verdict on the backend
                 self.core.abandon(key.local, flight)
 
-    def settle_success(self, key: CacheKey, flight: Flight, entry: Entry, *, fetched: bool) -> bool:
+    def settle_success(
+        self,
+        key: CacheKey,
+        flight: Flight,
+        entry: Entry,
+        *,
+        fetched: bool,
+        generation: int | None = None,
+    ) -> bool:
         """End ``flight`` with ``entry``; stores it in memory (under the lock, so no caller can
         see the flight gone and the entry missing) and says whether shared layers get it.
 
+        An entry read from a shared layer (``generation``: :attr:`generation` when the read
+        began) is not kept in memory if a key or tag was dropped here since: it may have been
+        read just before that invalidation's fence (found by the randomized coherence test).
         Without a memory layer, a ``fetched`` entry is kept in :attr:`writing` until its
         shared-layer writes are done (:meth:`store_plan` drops it)."""
         with self.lock:
             store = self.core.succeed(key.local, flight) and self.s.stores
             if store:
                 if self.l1 is not None:
-                    self.l1.set(key, entry)
+                    if generation is None or generation == self.generation:
+                        self.l1.set(key, entry)
                 elif fetched and self.remotes:
                     self.writing[key.local] = entry
         return store
