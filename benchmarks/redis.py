@@ -9,6 +9,10 @@
 2. **Cross-process stampede**: 8 processes (10 threads each) call one cold key at the same
    moment; the backend sleeps ``LATENCY``. Counted: backend calls (target 1) and the wall time
    from the common start to the last caller served (target <= backend latency + 15 ms).
+3. **In-process stampede, L1 + Redis**: one cold key, a ``MemoryLayer`` over the Redis layer,
+   50 threads and then 1,000 asyncio tasks at once; the backend sleeps ``LOCAL_LATENCY``.
+   Counted: backend calls (target 1) and the wall time from the start to the last caller
+   served (target <= 1.3x the backend latency).
 
 Everything runs against a private ``redis-server`` on a free loopback port (stopped by PID).
 """
@@ -31,6 +35,11 @@ ASYNC_HIT_TARGET = 1.10
 #: The stampede's backend latency and the slack allowed on top of it.
 LATENCY = 0.1
 SLACK = 0.015
+#: The in-process L1 + Redis stampede: backend latency, callers, and the wall-time target.
+LOCAL_LATENCY = 0.05
+LOCAL_THREADS = 50
+LOCAL_TASKS = 1000
+LOCAL_TARGET = 1.3
 VALUE = {"id": 1, "name": "customer-1", "plan": "pro", "limits": [10, 20, 30], "active": True}
 
 
@@ -303,6 +312,77 @@ def measure_stampede(url: str, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _walls(walls: list[float]) -> dict[str, Any]:
+    return {"walls": walls, "median": h.median(walls)}
+
+
+def measure_local_stampede(url: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """One cold key per round through ``[MemoryLayer, RedisLayer]``: threads, then tasks."""
+    import cacheward as cw
+
+    calls = [0]
+    layer = cw.RedisLayer.from_url(url, namespace="bench-local-stampede")
+
+    @cw.cached(ttl=3600, layers=[cw.MemoryLayer(maxsize=1000), layer], namespace="local-sync")
+    def load(key: str) -> str:
+        calls[0] += 1
+        time.sleep(LOCAL_LATENCY)
+        return key
+
+    @cw.cached(ttl=3600, layers=[cw.MemoryLayer(maxsize=1000), layer], namespace="local-async")
+    async def aload(key: str) -> str:
+        calls[0] += 1
+        await asyncio.sleep(LOCAL_LATENCY)
+        return key
+
+    def threads_round(key: str) -> float:
+        gate = threading.Barrier(LOCAL_THREADS + 1)
+        served: list[float] = []
+
+        def call() -> None:
+            gate.wait()
+            load(key)
+            served.append(time.perf_counter())
+
+        pool = [threading.Thread(target=call) for _ in range(LOCAL_THREADS)]
+        for thread in pool:
+            thread.start()
+        gate.wait()
+        started = time.perf_counter()
+        for thread in pool:
+            thread.join(timeout=30)
+        return max(served) - started
+
+    async def tasks_round(key: str) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(aload(key) for _ in range(LOCAL_TASKS)))
+        return time.perf_counter() - started
+
+    loop = h.new_loop()
+    tag = f"{os.getpid()}-{time.time()}"
+    try:
+        load("warm-up")  # connections and scripts ready, as in a running service
+        loop.run_until_complete(aload("warm-up"))
+        warm = calls[0]
+        walls: dict[str, list[float]] = {"threads": [], "tasks": []}
+        for r in range(settings["stampedes"]):
+            walls["threads"].append(threads_round(f"cold-threads-{tag}-{r}"))
+            walls["tasks"].append(loop.run_until_complete(tasks_round(f"cold-tasks-{tag}-{r}")))
+    finally:
+        h.close_loop(loop)
+        layer.close()
+    rounds = settings["stampedes"]
+    return {
+        "rounds": rounds,
+        "backend_latency": LOCAL_LATENCY,
+        "backend_calls_per_round": (calls[0] - warm) / (2 * rounds),
+        "rows": {
+            f"{LOCAL_THREADS} threads": _walls(walls["threads"]),
+            f"{LOCAL_TASKS} tasks": _walls(walls["tasks"]),
+        },
+    }
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -339,6 +419,21 @@ def report(figures: dict[str, Any]) -> None:
             ]
         ],
     )
+    local = figures["local_stampede"]
+    h.print_table(
+        f"In-process cold-key stampede, L1 + Redis, backend {local['backend_latency'] * 1e3:.0f} "
+        f"ms (median of {local['rounds']} rounds)",
+        ["callers", "backend calls / round", "wall median", "wall / latency"],
+        [
+            [
+                name,
+                f"{local['backend_calls_per_round']:.2f}",
+                h.fmt_ns(row["median"]),
+                h.fmt_ratio(row["median"] / local["backend_latency"]),
+            ]
+            for name, row in local["rows"].items()
+        ],
+    )
     for label, target in figures["targets"].items():
         verdict = "met" if target["met"] else "MISSED"
         print(f"  target {label}: {target['value']} (target {target['target']}) {verdict}")
@@ -354,12 +449,15 @@ def run(*, quick: bool) -> dict[str, object]:
         hits = measure_hits(server.url, settings)
         print("cross-process stampede ...", file=sys.stderr, flush=True)
         storm = measure_stampede(server.url, settings)
+        print("in-process stampede, L1 + Redis ...", file=sys.stderr, flush=True)
+        local = measure_local_stampede(server.url, settings)
     sync_ratio = hits["rows"]["cacheward L2 hit"]["ratio"]
     async_ratio = hits["rows"]["cacheward L2 hit async"]["ratio"]
     figures: dict[str, Any] = {
         "settings": settings,
         "hits": hits,
         "stampede": storm,
+        "local_stampede": local,
         "targets": {
             "L2 hit sync (x raw GET + json.loads)": {
                 "value": h.fmt_ratio(sync_ratio),
@@ -380,6 +478,15 @@ def run(*, quick: bool) -> dict[str, object]:
                 "value": h.fmt_ns(storm["wall_median"]),
                 "target": f"<= {h.fmt_ns(LATENCY + SLACK)}",
                 "met": storm["wall_median"] <= LATENCY + SLACK,
+            },
+            **{
+                f"L1 + Redis stampede, {name} (wall / latency)": {
+                    "value": h.fmt_ratio(row["median"] / LOCAL_LATENCY),
+                    "target": f"<= {LOCAL_TARGET}x, 1 backend call",
+                    "met": row["median"] <= LOCAL_TARGET * LOCAL_LATENCY
+                    and local["backend_calls_per_round"] == 1,
+                }
+                for name, row in local["rows"].items()
             },
         },
         "machine": h.machine(),

@@ -30,6 +30,9 @@ def test_redis_benchmark_reports_hits_and_a_one_call_stampede() -> None:
     storm = figures["stampede"]
     assert storm["backend_calls"] == storm["rounds"]  # one per cold key, across processes
     assert storm["callers_served"] == storm["callers"]
+    local = figures["local_stampede"]
+    assert local["backend_calls_per_round"] == 1  # one per cold key, threads and tasks alike
+    assert all(math.isfinite(row["median"]) for row in local["rows"].values())
     assert all(target["met"] in (True, False) for target in figures["targets"].values())
 
 

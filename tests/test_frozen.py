@@ -91,3 +91,16 @@ def test_import_cacheward_does_not_import_dataclasses() -> None:
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_plain_subclass_of_a_record_is_not_rebuilt() -> None:
+    point = make_record()
+
+    class Labelled(point):  # type: ignore[valid-type,misc]
+        label = "p"
+
+    p = Labelled(1, 2)  # builds the record, not the subclass
+    assert (p.x, p.y, p.label) == (1, 2, "p")
+    assert "__dataclass_fields__" in point.__dict__
+    assert "__dataclass_fields__" not in Labelled.__dict__
+    assert [f.name for f in dataclasses.fields(Labelled)] == ["x", "y"]

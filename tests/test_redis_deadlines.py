@@ -232,3 +232,61 @@ def test_a_users_retrying_asyncio_client_is_bounded(server: RedisServer) -> None
             await client.aclose()
 
     asyncio.run(main())
+
+
+class CountingSocket:
+    """A socket stand-in that counts ``settimeout`` calls (each one a syscall on a real one)."""
+
+    def __init__(self) -> None:
+        self.timeout: float | None = 0.25
+        self.calls: list[float | None] = []
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.calls.append(timeout)
+        self.timeout = timeout
+
+    def sendall(self, data: bytes) -> None:
+        return None
+
+    def recv_into(self, buffer: Any) -> int:
+        return 0
+
+
+def quick_commands(sock: Any, count: int) -> list[float | None]:
+    from cacheward import _redisclient
+
+    wrapped = _redisclient._DeadlineSocket(sock)
+    for _ in range(count):
+        with _redisclient.deadline(0.25):
+            wrapped.sendall(b"GET k")
+            wrapped.recv_into(bytearray(16))
+            assert sock.timeout is not None
+            assert sock.timeout <= 0.25  # never more than what is left of the deadline
+    return sock.calls
+
+
+def test_quick_commands_keep_the_armed_socket_timeout() -> None:
+    calls = quick_commands(CountingSocket(), 100)
+    assert len(calls) <= 2, calls  # armed once (maybe twice), not twice per command
+
+
+def test_a_command_near_its_deadline_is_rearmed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sibling that can fail: once what is left drops below the armed timeout by more than
+    # the slack, the socket gets the shorter timeout (so the op cannot outlast the deadline).
+    from cacheward import _redisclient
+
+    sock = CountingSocket()
+    wrapped = _redisclient._DeadlineSocket(sock)
+    now = [100.0]
+    monkeypatch.setattr(_redisclient, "_monotonic", lambda: now[0])
+    with _redisclient.deadline(0.25):
+        wrapped.sendall(b"GET k")
+        armed = sock.timeout
+        now[0] += 0.1  # a slow reply: 100 ms gone
+        wrapped.recv_into(bytearray(16))
+    assert armed is not None
+    assert sock.timeout is not None
+    assert sock.timeout <= 0.15 + 1e-9 < armed

@@ -36,30 +36,37 @@ _LOCK = threading.RLock()
 _BUILT_BY_DATACLASS = frozenset({"__dataclass_fields__", "__dataclass_params__", "__match_args__"})
 
 
+def _record_of(cls: type) -> type | None:
+    """The record class ``cls`` is or derives from: the one declared with :class:`Frozen` as a
+    direct base (a plain subclass of a record is not a record itself, as with dataclasses)."""
+    return next((c for c in cls.__mro__ if Frozen in c.__bases__), None)
+
+
 def _build(cls: type) -> None:
+    record = _record_of(cls)
+    if record is None:
+        return
     with _LOCK:  # two threads' first instances: one builds, the other finds it built
-        if "__dataclass_fields__" not in cls.__dict__:
+        if "__dataclass_fields__" not in record.__dict__:
             import dataclasses
 
-            dataclasses.dataclass(frozen=True)(cls)
+            dataclasses.dataclass(frozen=True)(record)
 
 
 @dataclass_transform(frozen_default=True)
 class _FrozenMeta(type):
     def __getattr__(cls, name: str) -> Any:
         # Only reached for an attribute the class does not have.
-        if name in _BUILT_BY_DATACLASS and cls.__dict__.get("_frozen_record", True):
+        if name in _BUILT_BY_DATACLASS and _record_of(cls) is not None:
             _build(cls)
-            if name in cls.__dict__:
-                return cls.__dict__[name]
+            for klass in cls.__mro__:
+                if name in klass.__dict__:
+                    return klass.__dict__[name]
         raise AttributeError(f"type object {cls.__name__!r} has no attribute {name!r}")
 
 
 class Frozen(metaclass=_FrozenMeta):
     """Base of a record class: a ``@dataclasses.dataclass(frozen=True)`` built at first use."""
-
-    # The base itself is not a record.
-    _frozen_record = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         cls = type(self)

@@ -6,8 +6,9 @@ bytes, the client or the server do (see ``docs/redis.md``, "Every command within
 - **A deadline per command on the synchronous socket.** redis-py's synchronous
   ``socket_timeout`` bounds each ``recv``, so a Redis (or a path) that sends a reply one byte at
   a time holds a caller for as long as the bytes keep coming. Our connections wrap their socket
-  (:class:`_DeadlineSocket`): before every ``recv``, ``recv_into`` and ``sendall`` it sets the
-  socket timeout to what is left of the command's deadline, and once that is spent it raises
+  (:class:`_DeadlineSocket`): before every ``recv``, ``recv_into`` and ``sendall`` it makes
+  sure the socket timeout is at most what is left of the command's deadline (and at most 2 ms
+  less: a quick command keeps the timeout it found, no syscall), and once that is spent it raises
   ``socket.timeout``, which redis-py turns into its ``TimeoutError`` (and drops the connection).
   The deadline is the thread's (:func:`deadline`, set by the layer around each command, so a
   handshake, a ``MOVED`` redirection or a ``NOSCRIPT`` reload share it); outside one, each
@@ -60,20 +61,27 @@ def _extend(seconds: float) -> None:
         _STATE.at = at + seconds
 
 
+#: How far below what is left of the deadline an armed socket timeout may be and still be kept
+#: (see :meth:`_DeadlineSocket._arm`): an operation may time out up to this much early.
+_SLACK: Final = 0.002
+
+
 class _DeadlineSocket:
     """A connected socket whose reads and writes never outlast the thread's deadline."""
 
-    __slots__ = ("_sock", "_timeout")
+    __slots__ = ("_armed", "_sock", "_timeout")
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
         self._timeout: float | None = sock.gettimeout()
+        #: The timeout the socket has now (what ``_arm`` or ``settimeout`` last gave it).
+        self._armed: float | None = self._timeout
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
     def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
+        self._timeout = self._armed = timeout
         self._sock.settimeout(timeout)
 
     def gettimeout(self) -> float | None:
@@ -87,7 +95,16 @@ class _DeadlineSocket:
         if remaining <= 0:
             raise TimeoutError("the Redis command's deadline passed")  # socket.timeout
         wanted = self._timeout
-        self._sock.settimeout(remaining if wanted is None or remaining < wanted else wanted)
+        target = remaining if wanted is None or remaining < wanted else wanted
+        # ``settimeout`` is a syscall (it sets the descriptor's blocking mode every time): two
+        # per command. A timeout already within the bound, and at most _SLACK below it, is kept;
+        # arming _SLACK / 2 below the bound keeps it for the next operations of a quick command
+        # and for the next command. No operation outlasts the deadline either way.
+        armed = self._armed
+        if armed is not None and target - _SLACK <= armed <= target:
+            return
+        armed = self._armed = target - _SLACK / 2 if target > _SLACK else target
+        self._sock.settimeout(armed)
 
     def recv(self, *args: Any) -> Any:
         self._arm()
