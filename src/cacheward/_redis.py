@@ -413,6 +413,7 @@ class RedisLayer:
         "_envelope",
         "_factory",
         "_fence_ms",
+        "_given",
         "_owner",
         "_stall",
         "_subscriber",
@@ -484,6 +485,9 @@ class RedisLayer:
         self._counters = _Counters()
         self._sync_client: Any = None
         self._async_client: Any = None
+        #: The asyncio client the user gave: each event loop gets a private client made from
+        #: its settings (see :meth:`_async`).
+        self._given: Any = None
         self._factory: Any = None  # a Factory or a cacheward._sentinel.SentinelFactory
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
@@ -500,6 +504,8 @@ class RedisLayer:
             is_async, self.cluster = client_kind(client)
             socket_timeout = self._timeout = _check_client(client)
             # Never the user's object: ours, with its settings, without retries.
+            if is_async:
+                self._given = client
             client = private_client(client, is_async=is_async, cluster=self.cluster)
             if is_async:
                 self._async_client = client
@@ -653,6 +659,8 @@ class RedisLayer:
             return self._sync_client
 
     def _async(self) -> Any:
+        if self._given is not None:
+            return self._loop_client()
         client = self._async_client
         if client is not None:
             return client
@@ -670,6 +678,20 @@ class RedisLayer:
         client = self._aclients.get(loop)
         if client is None:
             client = self._aclients[loop] = factory.async_client()
+        return client
+
+    def _loop_client(self) -> Any:
+        """This event loop's private client, made from the user's asyncio client: its
+        connections belong to the loop that made them, so a client used by one loop after
+        another (``asyncio.run`` twice) would fail on the second."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            client = self._aclients[loop] = private_client(
+                self._given, is_async=True, cluster=self.cluster
+            )
         return client
 
     # --- the backplane (see cacheward._backplane) ---
@@ -753,10 +775,13 @@ class RedisLayer:
         layer's backplane subscriber (told to stop; its thread ends within a heartbeat)."""
         self._stop_subscriber(wait=False)
         if self._factory is None:
-            given = self._async_client
-            if given is not None:  # the private client made from the user's
+            if self._given is not None:  # this loop's private client made from the user's
+                import asyncio
+
                 await adrain(self, 2 * self._timeout)
-                await (given.aclose() if self.cluster else given.connection_pool.disconnect())
+                own = self._aclients.pop(asyncio.get_running_loop(), None)
+                if own is not None:
+                    await (own.aclose() if self.cluster else own.connection_pool.disconnect())
             return
         await adrain(self, 2 * self._factory.timeout)
         import asyncio
@@ -1239,8 +1264,12 @@ class Factory:
     def async_client(self) -> Any:
         import redis.asyncio
         import redis.asyncio.cluster
+        from redis.asyncio.retry import Retry as AsyncRetry
+        from redis.backoff import NoBackoff
 
         options = self._common()
+        # The asyncio kind of "no retries" (redis-py 8.2 warns on a synchronous Retry here).
+        options["retry"] = AsyncRetry(NoBackoff(), 0)
         options["max_connections"] = self.max_connections
         if self.cluster:
             return redis.asyncio.cluster.RedisCluster.from_url(self.url, **options)

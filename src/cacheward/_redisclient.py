@@ -193,9 +193,13 @@ def private_client(client: Any, *, is_async: bool, cluster: bool) -> Any:
     pool_class = type(pool)
     if is_async:
         import redis.asyncio
+        from redis.asyncio.retry import Retry as AsyncRetry
+        from redis.backoff import NoBackoff
 
         base: Any = redis.asyncio
         connection_class = pool.connection_class
+        # The asyncio kind of "no retries" (redis-py 8.2 warns on a synchronous Retry here).
+        options["retry"] = AsyncRetry(NoBackoff(), 0)
     else:
         import redis
 
