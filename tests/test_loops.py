@@ -19,6 +19,7 @@ import pytest
 
 import cacheward as cw
 from cacheward import _readpath
+from cacheward.testing import FakeClock
 
 #: The most a step of a test waits for a thread or a loop (far past what the fix needs).
 BOUND = 5.0
@@ -260,6 +261,39 @@ def test_after_a_closed_loop_fails_when_stranded_flights_are_kept(
     answer, backend = after_a_closed_loop()
     assert isinstance(answer, cw.FetchTimeout)
     assert backend.calls == 1
+
+
+def refresh_after_a_closed_loop() -> dict[str, Any]:
+    """A key's background refresh (the function's only refresh slot) is a task of a loop closed
+    while it is still pending; later, on a new loop, the key is stale again: is it refreshed?"""
+    clock = FakeClock()
+    backend = Backend()
+    backend.release.set()
+    fn = backend.function(ttl=1, stale_ttl=100, clock=clock, max_refreshes=1)
+    asyncio.run(fn(1))
+    clock.advance(2)
+    backend.release.clear()  # the refresh blocks
+    first = asyncio.new_event_loop()
+    first.run_until_complete(fn(1))  # stale: served; its refresh task starts, and blocks
+    first.run_until_complete(asyncio.sleep(0.05))
+    first.close()  # the refresh task never ends now
+    backend.release.set()
+    del first
+    gc.collect()
+    asyncio.run(fn(1))  # stale again: a refresh, if a slot is free
+    stats = fn.stats()
+    return {"refreshes": stats.refreshes, "skipped": stats.refreshes_skipped}
+
+
+def test_a_refresh_on_a_closed_loop_gives_its_slot_back() -> None:
+    assert refresh_after_a_closed_loop() == {"refreshes": 2, "skipped": 0}
+
+
+def test_refresh_after_a_closed_loop_fails_when_a_dropped_flight_keeps_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_readpath.AsyncFlight, "dropped", lambda self: None)
+    assert refresh_after_a_closed_loop() == {"refreshes": 1, "skipped": 1}
 
 
 def test_one_asyncio_run_after_another_shares_the_cache() -> None:

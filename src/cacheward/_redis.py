@@ -774,21 +774,16 @@ class RedisLayer:
         most twice the socket timeout, for the writes its fetch tasks still make), and stop the
         layer's backplane subscriber (told to stop; its thread ends within a heartbeat)."""
         self._stop_subscriber(wait=False)
-        if self._factory is None:
-            if self._given is not None:  # this loop's private client made from the user's
-                import asyncio
-
-                await adrain(self, 2 * self._timeout)
-                own = self._aclients.pop(asyncio.get_running_loop(), None)
-                if own is not None:
-                    await (own.aclose() if self.cluster else own.connection_pool.disconnect())
+        if self._factory is None and self._given is None:
             return
-        await adrain(self, 2 * self._factory.timeout)
         import asyncio
 
+        await adrain(self, 2 * (self._timeout if self._factory is None else self._factory.timeout))
         client = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
-            await client.aclose()
+            # A private client made from the user's is on a pool of ours it does not own.
+            pooled = self._factory is None and not self.cluster
+            await (client.connection_pool.disconnect() if pooled else client.aclose())
 
     def _silent(self) -> bool | None:
         """Whether every in-flight connection has nothing to read (see ``_Stall.probe``).
