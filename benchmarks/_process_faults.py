@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.faults import (
+from benchmarks._faultkit import (
     BURST,
     DEADLINE,
     FAULT_FROM,

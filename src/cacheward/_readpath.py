@@ -869,7 +869,7 @@ class AsyncFlight(Flight):
     closed with its task unfinished is :meth:`stranded`: the core forgets it.
     """
 
-    __slots__ = ("home", "lock", "outcome", "stale", "task", "waiters")
+    __slots__ = ("home", "lock", "on_end", "outcome", "stale", "task", "waiters")
 
     def __init__(self) -> None:
         super().__init__()
@@ -885,6 +885,9 @@ class AsyncFlight(Flight):
         #: Waiters arrive and answers leave on any loop's thread. (A plain lock: a forked
         #: child forgets every flight.)
         self.lock = threading.Lock()
+        #: Gives back what the fetch holds (a refresh slot), once: when its task ends, or
+        #: when the core drops the flight as stranded (the task will never end).
+        self.on_end: Callable[[], None] | None = None
 
     def prepare_wait(self) -> None:
         """Nothing to prepare: a waiter's future is made when it waits."""
@@ -893,6 +896,16 @@ class AsyncFlight(Flight):
         """The task's loop was closed before the task finished: nothing will ever end it."""
         home = self.home
         return home is not None and self.outcome is None and home.is_closed()
+
+    def dropped(self) -> None:
+        self.end()
+
+    def end(self) -> None:
+        """Run :attr:`on_end` once."""
+        with self.lock:
+            on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
     def resolve(self, value: Any) -> None:
         """Answer every waiter with ``value`` now, before the task's last steps."""
@@ -1897,10 +1910,9 @@ class Driver:
         if not leads:  # taken over by a caller on another loop meanwhile
             self.refresh_slots.release()
             return
+        flight.on_end = self.refresh_slots.release
         self.start_task(key, flight, args, kwargs, stale)
-        cast("asyncio.Task[Any]", flight.task).add_done_callback(
-            lambda _: self.refresh_slots.release()
-        )
+        cast("asyncio.Task[Any]", flight.task).add_done_callback(lambda _: flight.end())
 
     def start_task(
         self,

@@ -434,6 +434,7 @@ class RedisLayer:
         "_envelope",
         "_factory",
         "_fence_ms",
+        "_given",
         "_owner",
         "_stall",
         "_subscriber",
@@ -508,6 +509,9 @@ class RedisLayer:
         self._counters = _Counters()
         self._sync_client: Any = None
         self._async_client: Any = None
+        #: The asyncio client the user gave: each event loop gets a private client made from
+        #: its settings (see :meth:`_async`).
+        self._given: Any = None
         self._factory: Any = None  # a Factory or a cacheward._sentinel.SentinelFactory
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
@@ -524,6 +528,8 @@ class RedisLayer:
             is_async, self.cluster = client_kind(client)
             socket_timeout = self._timeout = _check_client(client)
             # Never the user's object: ours, with its settings, without retries.
+            if is_async:
+                self._given = client
             client = private_client(client, is_async=is_async, cluster=self.cluster)
             if is_async:
                 self._async_client = client
@@ -680,6 +686,8 @@ class RedisLayer:
             return self._sync_client
 
     def _async(self) -> Any:
+        if self._given is not None:
+            return self._loop_client()
         client = self._async_client
         if client is not None:
             return client
@@ -697,6 +705,20 @@ class RedisLayer:
         client = self._aclients.get(loop)
         if client is None:
             client = self._aclients[loop] = factory.async_client()
+        return client
+
+    def _loop_client(self) -> Any:
+        """This event loop's private client, made from the user's asyncio client: its
+        connections belong to the loop that made them, so a client used by one loop after
+        another (``asyncio.run`` twice) would fail on the second."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            client = self._aclients[loop] = private_client(
+                self._given, is_async=True, cluster=self.cluster
+            )
         return client
 
     # --- the backplane (see cacheward._backplane) ---
@@ -779,18 +801,16 @@ class RedisLayer:
         most twice the socket timeout, for the writes its fetch tasks still make), and stop the
         layer's backplane subscriber (told to stop; its thread ends within a heartbeat)."""
         self._stop_subscriber(wait=False)
-        if self._factory is None:
-            given = self._async_client
-            if given is not None:  # the private client made from the user's
-                await adrain(self, 2 * self._timeout)
-                await (given.aclose() if self.cluster else given.connection_pool.disconnect())
+        if self._factory is None and self._given is None:
             return
-        await adrain(self, 2 * self._factory.timeout)
         import asyncio
 
+        await adrain(self, 2 * (self._timeout if self._factory is None else self._factory.timeout))
         client = self._aclients.pop(asyncio.get_running_loop(), None)
         if client is not None:
-            await client.aclose()
+            # A private client made from the user's is on a pool of ours it does not own.
+            pooled = self._factory is None and not self.cluster
+            await (client.connection_pool.disconnect() if pooled else client.aclose())
 
     def _silent(self) -> bool | None:
         """Whether every in-flight connection has nothing to read (see ``_Stall.probe``).

@@ -72,6 +72,10 @@ class Flight:
         fetch task whose event loop was closed before it finished). The core forgets it."""
         return False
 
+    def dropped(self) -> None:
+        """The core forgot this flight as :meth:`stranded`: a driver's flight gives back what
+        its fetch held (a refresh slot)."""
+
 
 F = TypeVar("F", bound=Flight)
 
@@ -174,7 +178,9 @@ class ReadThrough(Generic[F]):
             return Action.HIT, None, None
         state = self.states.get(key)
         if state is not None and state.flight is not None and state.flight.stranded():
-            self.abandon(key, state.flight)
+            stranded = state.flight
+            self.abandon(key, stranded)
+            stranded.dropped()
             state = self.states.get(key)
         backing_off = state is not None and mono < state.backoff_until
         if backing_off:
