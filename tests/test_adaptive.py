@@ -345,6 +345,32 @@ def test_a_thread_waiting_on_a_fake_clock_takes_no_real_time() -> None:
     assert (limit.inflight, limit.stats().queued) == (0, 0)
 
 
+def test_a_task_waiting_on_a_fake_clock_takes_no_real_time() -> None:
+    """The async twin of the test above, on a plain FakeClock under a normal event loop: the
+    task sleeps on the fake clock in the core's slices, as the thread does (it used to wait
+    on the loop's real timer: an hour here)."""
+    clock = FakeClock()
+    limit = fixed(1, clock=clock)
+    inner: list[Any] = []
+
+    @cw.rate_limit(limit, max_wait=3600.0, clock=clock)
+    async def work(depth: int) -> str:
+        if depth == 0:
+            try:
+                await work(1)  # the one slot is this call's own
+            except cw.RateLimited as exc:
+                inner.append(exc)
+        return "ok"
+
+    start, real = clock.monotonic(), time.monotonic()
+    assert asyncio.run(asyncio.wait_for(work(0), timeout=30)) == "ok"
+    assert time.monotonic() - real < 30
+    assert clock.monotonic() - start == pytest.approx(3600.0)
+    assert len(inner) == 1
+    assert "timeout" in str(inner[0])
+    assert (limit.inflight, limit.stats().queued) == (0, 0)
+
+
 def test_a_full_limit_refuses_at_once_without_max_wait_and_bounds_the_line() -> None:
     clock = SimClock()
     limit = fixed(1, clock=clock)
