@@ -430,6 +430,10 @@ def test_sibling_priorities_catch_a_line_served_oldest_first(
 # Several processes, each with its own limit, on one backend
 
 
+#: How long after one process's probe the sum is not checked, in ``b``.
+PROBE_AFTERMATH = 20.0
+
+
 @dataclasses.dataclass(frozen=True)
 class SharedCurve:
     processes: int
@@ -449,7 +453,9 @@ def shared_curves(draw: st.DrawFn) -> SharedCurve:
 
 def run_shared(curve: SharedCurve, *, algorithm: str = "gradient") -> list[tuple[float, float]]:
     """Each process's limit (its own object, its own seed) with ``3 C / N`` closed-loop
-    callers on one backend; samples ``(elapsed, sum of the limits)``, probes left out."""
+    callers on one backend; samples ``(elapsed, sum of the limits)``, left out while a
+    process probes and for ``PROBE_AFTERMATH`` after it (while one process probes, the others
+    see room and grow into its share; the window after the probe cuts it back)."""
     clock = SimClock()
     t0 = clock.monotonic()
     b = curve.base
@@ -475,9 +481,13 @@ def run_shared(curve: SharedCurve, *, algorithm: str = "gradient") -> list[tuple
                 await clock.asleep(b / 5)
 
     async def sampler() -> None:
+        probed = -math.inf
         while clock.monotonic() - t0 < end:
-            if not any(getattr(lim._core, "probing", False) for lim in limits):
-                samples.append((clock.monotonic() - t0, sum(lim.limit for lim in limits)))
+            elapsed = clock.monotonic() - t0
+            if any(getattr(lim._core, "probing", False) for lim in limits):
+                probed = elapsed
+            elif elapsed - probed >= PROBE_AFTERMATH * b:
+                samples.append((elapsed, sum(lim.limit for lim in limits)))
             await clock.asleep(b / 2)
 
     per = max(3, int(3 * max(curve.capacities) / curve.processes))
