@@ -189,6 +189,8 @@ class _Windowed:
 #: The slow start's largest step (a fraction of the limit): doubling up to 100 % overshot the
 #: knee by half after a capacity rise (the shared-backend property's counterexample).
 _MAX_STEP = 0.25
+#: How far a faster window moves the baseline towards its latency.
+_LOWER = 0.25
 #: After a cut, the flat windows in a row that step by ``growth`` before the steps double.
 _PATIENCE = 3
 
@@ -203,8 +205,9 @@ class Gradient(_Windowed):
     above the baseline it replaces: then it is taken only when the next probe reads high too
     (a probe that ran while other processes loaded the backend reads their queueing, and one
     such probe must not hold the limit above the knee for a whole interval; a backend that
-    really got slower is re-learnt one interval later). A later window whose median is lower
-    lowers the baseline (Vegas's no-load latency is the minimum seen). Between probes, each
+    really got slower is re-learnt one interval later). A later window whose latency is lower
+    moves the baseline a quarter of the way to it (Vegas's no-load latency is the minimum
+    seen; a damped minimum, since the plain one is the noise's luckiest draw). Between probes, each
     window's median ``m`` is compared with the baseline ``b``:
 
     * ``m > b * (1 + 3 tolerance / 4)`` (queueing): the limit is multiplied by the gradient
@@ -352,7 +355,11 @@ class Gradient(_Windowed):
         self._refilling = max(0, self._refilling - 1)
         streak, self._streak = self._streak, 0
         if median is not None and self.baseline is not None and not window.drops:
-            self.baseline = min(self.baseline, median)
+            # A faster window lowers the baseline a quarter of the way to it, not all the way:
+            # the minimum of many noisy windows is their luckiest, and a baseline below the
+            # true no-load latency reads every flat window as queueing (the limits then sat
+            # at the floor after the benchmark's slow-down, half the capacity unused).
+            self.baseline -= _LOWER * max(0.0, self.baseline - median)
         if window.drops:
             bounds.set(bounds.value * self._cut(window))
             self._slow_start = False
