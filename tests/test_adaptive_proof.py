@@ -424,3 +424,118 @@ def test_sibling_priorities_catch_a_line_served_oldest_first(
     monkeypatch.setattr(Admission, "_under_share", lambda self, part: False)
     waits, _ = run_priorities(slots=10, interactive=4)
     assert max(waits) > 0.1 + 1e-9  # behind the 40 batch callers: several turnovers
+
+
+# --------------------------------------------------------------------------------------------
+# Several processes, each with its own limit, on one backend
+
+
+#: How long after one process's probe the sum is not checked, in ``b``.
+PROBE_AFTERMATH = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedCurve:
+    processes: int
+    base: float
+    capacities: tuple[float, ...]  # one per segment of SEGMENT * base seconds
+
+
+@st.composite
+def shared_curves(draw: st.DrawFn) -> SharedCurve:
+    processes = draw(st.integers(2, 4))
+    first = draw(st.integers(4 * processes, 40))
+    caps = [float(first), first / 2.0]  # the halving nobody planned for
+    if draw(st.booleans()):
+        caps.append(float(draw(st.integers(4 * processes, 40))))
+    return SharedCurve(processes, draw(st.sampled_from([0.02, 0.05])), tuple(caps))
+
+
+def run_shared(curve: SharedCurve, *, algorithm: str = "gradient") -> list[tuple[float, float]]:
+    """Each process's limit (its own object, its own seed) with ``3 C / N`` closed-loop
+    callers on one backend; samples ``(elapsed, sum of the limits)``, left out while a
+    process probes and for ``PROBE_AFTERMATH`` after it (while one process probes, the others
+    see room and grow into its share; the window after the probe cuts it back)."""
+    clock = SimClock()
+    t0 = clock.monotonic()
+    b = curve.base
+
+    def capacity(now: float) -> float:
+        index = min(int((now - t0) / (SEGMENT * b)), len(curve.capacities) - 1)
+        return curve.capacities[index]
+
+    backend = CapacityBackend(clock=clock, capacity=capacity, base=b, timeout=10 * b)
+    limits = [
+        cw.AdaptiveLimit(algorithm=algorithm, clock=clock, rng=random.Random(i))  # type: ignore[arg-type]
+        for i in range(curve.processes)
+    ]
+    calls = [cw.rate_limit(lim, max_wait=5 * b, clock=clock)(backend.acall) for lim in limits]
+    end = SEGMENT * b * len(curve.capacities)
+    samples: list[tuple[float, float]] = []
+
+    async def caller(call: Callable[[Any], Any]) -> None:
+        while clock.monotonic() - t0 < end:
+            try:
+                await call(None)
+            except (cw.RateLimited, TimeoutError):  # noqa: PERF203 - one per call
+                await clock.asleep(b / 5)
+
+    async def sampler() -> None:
+        probed = -math.inf
+        while clock.monotonic() - t0 < end:
+            elapsed = clock.monotonic() - t0
+            if any(getattr(lim._core, "probing", False) for lim in limits):
+                probed = elapsed
+            elif elapsed - probed >= PROBE_AFTERMATH * b:
+                samples.append((elapsed, sum(lim.limit for lim in limits)))
+            await clock.asleep(b / 2)
+
+    per = max(3, int(3 * max(curve.capacities) / curve.processes))
+
+    async def main() -> None:
+        await asyncio.gather(sampler(), *(caller(c) for c in calls for _ in range(per)))
+
+    run_simulated(main(), clock=clock)
+    return samples
+
+
+def shared_out_of_band(curve: SharedCurve, samples: list[tuple[float, float]]) -> list[str]:
+    """Spans of ``20 b`` past each segment's settling time whose mean sum of limits is out of
+    ``[0.7 C, 1.1 C]``."""
+    b = curve.base
+    spans: dict[int, list[float]] = {}
+    for elapsed, total in samples:
+        segment = min(int(elapsed / (SEGMENT * b)), len(curve.capacities) - 1)
+        settle = SETTLE_FROM_START if segment == 0 else SETTLE_AFTER_CHANGE
+        if elapsed - segment * SEGMENT * b >= settle * b:
+            spans.setdefault(int(elapsed / (20 * b)), []).append(total)
+    found = []
+    for span, totals in sorted(spans.items()):
+        segment = min(int(span * 20 / SEGMENT), len(curve.capacities) - 1)
+        cap = curve.capacities[segment]
+        mean = sum(totals) / len(totals)
+        if not 0.7 * cap <= mean <= 1.1 * cap:
+            found.append(f"t={span * 20}b C={cap:g}: sum of limits {mean:.2f}")
+    return found
+
+
+SHARED_EXAMPLE = SharedCurve(processes=4, base=0.05, capacities=(16.0, 8.0, 16.0))
+
+
+@pytest.mark.timeout(3000)
+@settings(max_examples=CURVE_EXAMPLES, database=None, derandomize=True)
+@given(shared_curves())
+@example(SHARED_EXAMPLE)
+# Found by the first run (commit 50d1cc9), still failing: after 4 -> 10 the slow start's
+# doubling steps overshoot (the sum at 1.55 C 160 b after the change).
+@example(SharedCurve(processes=2, base=0.05, capacities=(8.0, 4.0, 10.0)))
+def test_the_limits_of_several_processes_sum_to_the_capacity(curve: SharedCurve) -> None:
+    """Each process adapts on its own (docs/protection.md, *Across processes*); the sum of
+    their limits settles within ``[0.7 C, 1.1 C]`` and follows a halving."""
+    bad = shared_out_of_band(curve, run_shared(curve))
+    assert not bad, bad[:5]
+
+
+def test_sibling_shared_convergence_catches_limits_that_do_not_adapt() -> None:
+    # AIMD reacts to failures only: the processes' sum climbs to where the backend times out.
+    assert shared_out_of_band(SHARED_EXAMPLE, run_shared(SHARED_EXAMPLE, algorithm="aimd"))

@@ -89,7 +89,8 @@ class _Window:
 
     def median(self) -> float | None:
         """The typical latency of the attempts that did not fail (``None``: all failed): the
-        mean of the middle 80 % (a tenth cut at each end, at least the middle one kept).
+        mean, without the highest and the lowest 5 % (none cut below 20 attempts: in a
+        small window the one attempt that ran in the fractional slot is the evidence).
 
         Not the median: when processes share a backend through fractional slots, only some
         attempts run past its capacity; the median ignores them until they are half of all,
@@ -100,7 +101,7 @@ class _Window:
         if not self.rtts:
             return None
         ordered = sorted(self.rtts)
-        cut = len(ordered) // 10
+        cut = len(ordered) // 20
         kept = ordered[cut : len(ordered) - cut] if len(ordered) > 2 * cut else ordered
         return sum(kept) / len(kept)
 
@@ -185,6 +186,15 @@ class _Windowed:
         return window
 
 
+#: The slow start's largest step (a fraction of the limit): doubling up to 100 % overshot the
+#: knee by half after a capacity rise (the shared-backend property's counterexample).
+_MAX_STEP = 0.25
+#: How far a faster window moves the baseline towards its latency.
+_LOWER = 0.25
+#: After a cut, the flat windows in a row that step by ``growth`` before the steps double.
+_PATIENCE = 3
+
+
 class Gradient(_Windowed):
     """A latency-gradient limit: the concurrency at which latency starts to rise.
 
@@ -195,17 +205,20 @@ class Gradient(_Windowed):
     above the baseline it replaces: then it is taken only when the next probe reads high too
     (a probe that ran while other processes loaded the backend reads their queueing, and one
     such probe must not hold the limit above the knee for a whole interval; a backend that
-    really got slower is re-learnt one interval later). A later window whose median is lower
-    lowers the baseline (Vegas's no-load latency is the minimum seen). Between probes, each
+    really got slower is re-learnt one interval later). A later window whose latency is lower
+    moves the baseline a quarter of the way to it (Vegas's no-load latency is the minimum
+    seen; a damped minimum, since the plain one is the noise's luckiest draw). Between probes, each
     window's median ``m`` is compared with the baseline ``b``:
 
-    * ``m > b * (1 + tolerance / 2)`` (queueing): the limit is multiplied by the gradient
+    * ``m > b * (1 + 3 tolerance / 4)`` (queueing): the limit is multiplied by the gradient
       ``b / m`` (never below half of it). By Little's law ``limit * b / m`` is the concurrency
       the backend served without queueing, so one window lands on the knee, and processes
       that share the backend all multiply by the same ratio: their *sum* lands on it too;
     * ``m <= b * (1 + tolerance / 4)`` and the window filled the limit (one of its attempts
       started with every whole slot taken, and not one of the two windows after a probe,
-      while the slots refill): the limit grows by ``growth`` of itself. The step is a
+      while the slots refill): the limit grows by ``growth`` of itself, doubling with each
+      flat window in a row up to 25 % until the first cut (TCP's slow start); after a cut,
+      twice ``growth`` from the fourth flat window in a row. The step is a
       fraction of the limit, not a whole slot, so ``N`` processes sharing a backend step
       their sum by ``growth`` of it whatever ``N`` is;
     * a window that did not fill the limit brings it down to twice the concurrency used;
@@ -214,8 +227,8 @@ class Gradient(_Windowed):
     A window with any overload failure (a timeout) cuts the limit by ``backoff`` instead (by
     half when every attempt of the window failed).
     On a backend whose latency is flat up to ``C`` concurrent requests and proportional to the
-    concurrency past it, this settles between ``(1 + tolerance / 4) * C`` and
-    ``(1 + tolerance / 2) * C``.
+    concurrency past it, this settles between ``C`` (where a cut lands) and
+    ``(1 + 3 tolerance / 4) * C``.
 
     Args:
         initial: the limit to start from.
@@ -240,6 +253,7 @@ class Gradient(_Windowed):
         "_probing",
         "_random",
         "_refilling",
+        "_slow_start",
         "_streak",
         "baseline",
         "growth",
@@ -285,8 +299,9 @@ class Gradient(_Windowed):
         self._high_probe: float | None = None
         self._probing = True
         self._refilling = 0
-        #: Flat windows in a row (the slow start's doubling).
+        #: Flat windows in a row (the slow start's doubling), and whether no cut came yet.
         self._streak = 0
+        self._slow_start = True
         self._probe_due = now + self._interval()
 
     def _interval(self) -> float:
@@ -340,23 +355,34 @@ class Gradient(_Windowed):
         self._refilling = max(0, self._refilling - 1)
         streak, self._streak = self._streak, 0
         if median is not None and self.baseline is not None and not window.drops:
-            self.baseline = min(self.baseline, median)
+            # A faster window lowers the baseline a quarter of the way to it, not all the way:
+            # the minimum of many noisy windows is their luckiest, and a baseline below the
+            # true no-load latency reads every flat window as queueing (the limits then sat
+            # at the floor after the benchmark's slow-down, half the capacity unused).
+            self.baseline -= _LOWER * max(0.0, self.baseline - median)
         if window.drops:
             bounds.set(bounds.value * self._cut(window))
+            self._slow_start = False
         elif median is not None and self.baseline is not None:
             ratio = median / self.baseline if self.baseline > 0.0 else 1.0
-            if ratio > 1.0 + self.tolerance / 2.0:
+            if ratio > 1.0 + 0.75 * self.tolerance:
                 bounds.set(bounds.value * max(1.0 / ratio, 0.5))
+                self._slow_start = False
             elif not window.filled(bounds.value):
                 if not refilling:
                     self._trim(window)
             elif ratio <= 1.0 + self.tolerance / 4.0 and not refilling:
-                # Slow start: the step doubles with each flat window in a row (up to the
-                # limit itself), and any window that is not flat starts it again from
-                # ``growth``. Near the knee, where processes that share a backend meet,
-                # flat windows do not follow one another and the steps stay small; a lone
-                # limit far below its backend's capacity gets there in a few windows.
-                bounds.set(bounds.value * (1.0 + min(1.0, self.growth * 2.0**streak)))
+                # Slow start (TCP's): until the first cut, the step doubles with each flat
+                # window in a row, so a limit that starts far below its backend's capacity
+                # gets there in a few windows. After a cut the knee is known: the first
+                # _PATIENCE flat windows in a row step by ``growth`` only (doubling at once,
+                # right after a cut, overshot the knee), and a longer run of them -- the
+                # backend has room -- steps by twice that.
+                if self._slow_start:
+                    step = min(_MAX_STEP, self.growth * 2.0**streak)
+                else:
+                    step = self.growth * (2.0 if streak >= _PATIENCE else 1.0)
+                bounds.set(bounds.value * (1.0 + step))
                 self._streak = streak + 1
         if now >= self._probe_due:
             self._probing = True
