@@ -280,3 +280,72 @@ def test_tags_and_clear_on_a_cluster(url: str) -> None:
     assert reader.stats().tag_misses >= 1  # a plain read found the entry fenced
     writer.close()
     reader.close()
+
+
+def _layer_while_the_cluster_hangs(cluster: RedisClusterServers) -> tuple[str, Any]:
+    """A user's cluster client made while the cluster answers; the layer made while every node
+    is paused. Returns what the constructor did and, once the nodes answer again, a round trip
+    through the layer (``None`` if the constructor raised)."""
+    from redis.backoff import NoBackoff
+    from redis.cluster import RedisCluster
+    from redis.retry import Retry
+
+    client = RedisCluster.from_url(
+        cluster.url, socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    layer: RedisLayer | None = None
+    for node in cluster.nodes:
+        node.pause()
+    try:
+        try:
+            layer = RedisLayer(client)
+            made = "made"
+        except Exception as exc:
+            made = type(exc).__name__
+    finally:
+        for node in cluster.nodes:
+            node.resume()
+    try:
+        if layer is None:
+            return made, None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # (its breaker may be open for a moment)
+            layer.set(make_key("back"), entry(7))
+            found = layer.get(make_key("back"))
+            if found is not None:
+                return made, found.value
+            time.sleep(0.1)
+        return made, None
+    finally:
+        if layer is not None:
+            layer.close()
+        client.close()
+
+
+def test_a_layer_made_while_the_cluster_hangs_is_made_and_serves_once_it_answers(
+    cluster: RedisClusterServers,
+) -> None:
+    # The private client (the user's settings, no retries) learns the cluster's nodes when it
+    # is made: while no node answers, the layer makes it at first use instead of raising.
+    assert _layer_while_the_cluster_hangs(cluster) == ("made", 7)
+
+
+def test_sibling_without_the_deferral_the_constructor_raises(
+    cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mechanism switched off: the private client's error is not one the constructor
+    # defers (as before the fix, where nothing was deferred), so it escapes.
+    from redis.exceptions import RedisClusterException, RedisError
+
+    import cacheward._redis as layer_module
+
+    real = layer_module.private_client
+
+    def undeferred(client: Any, *, is_async: bool, cluster: bool) -> Any:
+        try:
+            return real(client, is_async=is_async, cluster=cluster)
+        except (RedisError, RedisClusterException) as exc:
+            raise RuntimeError("the private client could not be made") from exc
+
+    monkeypatch.setattr(layer_module, "private_client", undeferred)
+    assert _layer_while_the_cluster_hangs(cluster) == ("RuntimeError", None)

@@ -33,7 +33,7 @@ import select
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from cacheward import _forksafe
 from cacheward._background import adrain, drain
@@ -431,6 +431,7 @@ class RedisLayer:
         "_base",
         "_clock",
         "_counters",
+        "_deferred",
         "_envelope",
         "_factory",
         "_fence_ms",
@@ -508,6 +509,8 @@ class RedisLayer:
         _forksafe.register(self)
         self._counters = _Counters()
         self._sync_client: Any = None
+        #: A user's cluster client whose private copy could not be made yet (see _sync).
+        self._deferred: Callable[[], Any] | None = None
         self._async_client: Any = None
         #: The asyncio client the user gave: each event loop gets a private client made from
         #: its settings (see :meth:`_async`).
@@ -530,11 +533,18 @@ class RedisLayer:
             # Never the user's object: ours, with its settings, without retries.
             if is_async:
                 self._given = client
-            client = private_client(client, is_async=is_async, cluster=self.cluster)
-            if is_async:
-                self._async_client = client
+                self._async_client = private_client(client, is_async=True, cluster=self.cluster)
             else:
-                self._sync_client = client
+                from redis.exceptions import RedisClusterException, RedisError
+
+                given, cluster = client, self.cluster
+                try:
+                    self._sync_client = private_client(given, is_async=False, cluster=cluster)
+                except (RedisError, RedisClusterException, OSError):
+                    # A cluster client connects at once to learn its nodes. While it cannot,
+                    # the layer makes its client at first use (each operation until then is
+                    # a layer error, a miss), never raising from the constructor.
+                    self._deferred = lambda: private_client(given, is_async=False, cluster=cluster)
         self._set_stall(stall_timeout, socket_timeout)
 
     def _set_stall(self, stall_timeout: Duration | None, socket_timeout: float | None) -> None:
@@ -675,14 +685,18 @@ class RedisLayer:
         client = self._sync_client
         if client is not None:
             return client
-        if self._factory is None:
+        factory, deferred = self._factory, self._deferred
+        if factory is None and deferred is None:
             raise ConfigurationError(
                 f"layer {self.name!r} was given an asyncio Redis client and cannot serve a "
                 "plain def function; give it a redis.Redis client, or use RedisLayer.from_url"
             )
         with self._sync_lock:
             if self._sync_client is None:
-                self._sync_client = with_deadlines(self._factory.sync_client())
+                if factory is not None:
+                    self._sync_client = with_deadlines(factory.sync_client())
+                else:
+                    self._sync_client = cast(Callable[[], Any], deferred)()
             return self._sync_client
 
     def _async(self) -> Any:
@@ -736,7 +750,7 @@ class RedisLayer:
 
         with self._sync_lock:
             if self._subscriber is None:
-                if self._factory is None and self._sync_client is None:
+                if self._factory is None and self._sync_client is None and self._deferred is None:
                     return None
                 self._subscriber = Subscriber(self._pubsub, self.channel, self.name)
             return self._subscriber

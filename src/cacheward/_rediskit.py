@@ -123,6 +123,7 @@ _UNREACHABLE_NAMES = frozenset(
         "MasterNotFoundError",  # Sentinel: no master named yet (a failover under way)
         "ReadOnlyError",
         "ClusterError",
+        "RedisClusterUnreachableError",  # no startup node answered (not a RedisError)
         "SlotNotCoveredError",
     }
 )
