@@ -87,3 +87,17 @@ def test_an_unknown_name_is_still_an_attribute_error() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
         cacheward.NoSuchName  # noqa: B018
+
+
+def test_every_public_name_resolves_and_the_lazy_table_is_public() -> None:
+    """After a merge that adds names: each lazy name is public and comes from its module."""
+    import importlib
+
+    import cacheward
+
+    lazy = cacheward._LAZY
+    assert set(lazy) <= set(cacheward.__all__), sorted(set(lazy) - set(cacheward.__all__))
+    for name in cacheward.__all__:
+        value = getattr(cacheward, name)
+        if name in lazy:
+            assert value is getattr(importlib.import_module(lazy[name]), name), name
