@@ -119,8 +119,13 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
-def _no_retry() -> dict[str, Any]:
+def _no_retry(*, asynchronous: bool = False) -> dict[str, Any]:
     from redis.backoff import NoBackoff
+
+    if asynchronous:  # the asyncio kind (redis-py 8.2 warns on a synchronous Retry there)
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        return {"retry": AsyncRetry(NoBackoff(), 0)}
     from redis.retry import Retry
 
     return {"retry": Retry(NoBackoff(), 0)}
@@ -215,11 +220,14 @@ class SentinelFactory:
                 for client in pool.sentinel_manager.sentinels:
                     await client.aclose()
 
+        no_retry = _no_retry(asynchronous=True)
         sentinel: Any = Sentinel(  # type: ignore[no-untyped-call]
-            list(self.target.sentinels), sentinel_kwargs=self._sentinel_options()
+            list(self.target.sentinels), sentinel_kwargs={**self._sentinel_options(), **no_retry}
         )
         return sentinel.master_for(
-            self.target.service, redis_class=AsyncSentinelRedis, **self._master_options()
+            self.target.service,
+            redis_class=AsyncSentinelRedis,
+            **{**self._master_options(), **no_retry},
         )
 
 
