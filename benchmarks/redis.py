@@ -42,14 +42,15 @@ def _settings(quick: bool) -> dict[str, Any]:
     return {"rounds": 21, "block_seconds": 0.1, "repeat": 3, "stampedes": 10, "processes": 8}
 
 
-def _raw_options() -> dict[str, Any]:
+def _raw_options(*, asynchronous: bool = False) -> dict[str, Any]:
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
     return {
         "socket_timeout": 0.25,
         "socket_connect_timeout": 0.25,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": (AsyncRetry if asynchronous else Retry)(NoBackoff(), 0),
         "health_check_interval": 0,
     }
 
@@ -98,7 +99,7 @@ def hit_contenders(url: str) -> tuple[list[h.Contender], list[Any]]:
 
     # Async: each contender on its own loop, its client made on that loop.
     raw_loop, cg_loop = h.new_loop(), h.new_loop()
-    araw = redis.asyncio.Redis.from_url(url, **_raw_options())
+    araw = redis.asyncio.Redis.from_url(url, **_raw_options(asynchronous=True))
 
     async def araw_get(key: str) -> Any:
         return loads(await araw.get(key))

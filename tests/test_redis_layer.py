@@ -286,8 +286,8 @@ def test_a_slow_client_draws_a_warning_a_retrying_one_none(server: RedisServer) 
 
 def test_an_asyncio_client_serves_async_functions_only(server: RedisServer) -> None:
     import redis.asyncio
+    from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     async def main() -> None:
         client = redis.asyncio.Redis(
