@@ -114,7 +114,9 @@ def test_a_cluster_client_is_checked_like_any_other(cluster: RedisClusterServers
     from redis.cluster import RedisCluster
     from redis.retry import Retry
 
-    client = RedisCluster.from_url(cluster.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+    # (Timeouts of 1 s: what is checked is the clients' make-up, and a loaded 2-core machine
+    # can take longer than 0.2 s to learn the cluster's nodes.)
+    client = RedisCluster.from_url(cluster.url, socket_timeout=1.0, socket_connect_timeout=1.0)
     retry = client.retry
     layer = RedisLayer(client)  # redis-py's retries: a private client without them, no warning
     layer.set(make_key("y"), entry(1))
@@ -127,7 +129,9 @@ def test_a_cluster_client_is_checked_like_any_other(cluster: RedisClusterServers
     assert all(
         n.redis_connection.connection_pool.connection_class._cacheward_deadline for n in nodes
     )
-    from_url = RedisLayer.from_url(cluster.url, cluster=True)
+    from_url = RedisLayer.from_url(
+        cluster.url, cluster=True, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
     from_url.set(make_key("z"), entry(1))
     assert all(
         n.redis_connection.connection_pool.connection_class._cacheward_deadline
