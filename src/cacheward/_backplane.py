@@ -252,7 +252,7 @@ class Stack:
         entry = self.fast(local)
         if local not in self.unverified:
             return entry
-        if entry is None or entry.created >= self.resynced:
+        if entry is None or entry.created > self.resynced:
             self.verified(local)  # gone, or made since: nothing missed
             return entry
         return Recheck(entry)
@@ -287,7 +287,7 @@ class Stack:
         data = self.l1._data
         for local in list(self.unverified):
             entry = data.get(local)
-            if entry is None or entry.created >= self.resynced or entry.error_until <= now:
+            if entry is None or entry.created > self.resynced or entry.error_until <= now:
                 self.unverified.discard(local)
         if not self.unverified:
             self._settled()

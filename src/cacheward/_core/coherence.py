@@ -67,8 +67,9 @@ def still_current(held: Any, found: Any) -> bool:
 
 def unverified(*, resynced: float, created: float, checked: float | None) -> bool:
     """Whether an in-process entry held when the channel came back (at ``resynced``) still
-    needs its one re-validation: neither made nor re-validated since then."""
-    return (checked if checked is not None else created) < resynced
+    needs its one re-validation: neither made nor re-validated after then (a stamp in the same
+    clock tick cannot tell, so it is checked)."""
+    return (checked if checked is not None else created) <= resynced
 
 
 def invalidated(*, created: float, marks: Iterable[Any]) -> bool:
