@@ -12,8 +12,9 @@ entry held then is re-validated once (:func:`unverified`) before it is served fr
 A re-validation that finds the entry gone from the shared layer must tell *lost* from
 *invalidated*. A restart, ``FLUSHALL``, an eviction or an expiry loses entries and the marks of
 invalidations alike; an invalidation (a key's own, a tag's, a function's ``cache_clear``)
-leaves a mark in microseconds of the server's clock that outlives every entry it fenced. So an
-entry is known invalidated only when a mark at or after its creation is there
+leaves a mark in microseconds of the server's clock, kept ``fence_ttl`` (a key's) or
+``tag_ttl`` (longer than any stored entry). So an entry is known invalidated only when a mark
+at or after its creation is there
 (:func:`invalidated`); without one it was lost, and becomes a :func:`suspect`: never served
 fresh (nor stale while refreshing) again, refetched, and kept only as the key's fallback,
 served when that fetch fails or is refused, within its own stale limit.
