@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import cacheward as cw
 from cacheward._backplane import Stack
@@ -433,3 +435,121 @@ def _key(local: str) -> Any:
     from cacheward._core.keys import CacheKey
 
     return CacheKey(local, "ns:v1", (local,), {}, ())
+
+
+# --- a property: across losses and reconnects, nothing missed is served unchecked -------------
+
+
+def served_across_reconnects(
+    steps: list[tuple[float, str]], max_age: float, *, owed: bool
+) -> list[str]:
+    """One process holds ``c1``; its channel is lost and comes back (``lose``, ``back``);
+    another process invalidates or rewrites the key (heard while the channel is up, missed
+    while it is down). A lookup's :class:`Recheck` reads the truth as ``Driver.recheck``
+    does. ``owed=False`` is the sibling: a reconnect that neither empties the memory layer
+    nor re-validates it. Returns the violations: a hit served an old value while the channel
+    was up, or ``max_age`` or more after the value changed while it was down."""
+    from cacheward._backplane import Recheck
+    from cacheward._core.entry import Entry
+
+    clock = FakeClock(start=0.0)
+    l1 = cw.MemoryLayer()
+    stack = Stack(l1, "ns:v1", "ch", clock.time, max_age)
+    current: list[Any] = [stack.fast]
+    stack.set_lookup = lambda lookup: current.__setitem__(0, lookup)
+    key = _key("c1")
+
+    def new_entry(version: int) -> Entry:
+        now = clock.time()
+        return Entry(version, now, now + 3600, now + 3600)
+
+    versions = 0
+    truth: Entry | None = new_entry(0)
+    changed_at = 0.0
+    l1.set(key, truth)
+    up = True
+    bad: list[str] = []
+    for advance, action in steps:
+        clock.advance(advance)
+        if action in ("invalidate", "write"):
+            versions += 1
+            truth = new_entry(versions) if action == "write" else None
+            changed_at = clock.time()
+            if up:
+                l1.delete(key)  # the announcement, heard
+        elif action == "lose" and up:
+            up = False
+            stack.guard()
+        elif action == "back" and not up:
+            up = True
+            stack.resync(lost=True)
+            if not owed:
+                stack.unverified.clear()
+                stack.set_lookup(stack.fast)
+        elif action == "hit":
+            found = current[0]("c1")
+            if type(found) is Recheck:
+                if truth is None:
+                    l1.delete(key)  # gone there after an invalidation: dropped
+                    found = None
+                else:
+                    l1.set(key, truth)
+                    found = truth
+                stack.mark("c1", l1.lookup("c1") or found)
+            if found is None:  # a miss: the read path fetches the current value
+                if truth is None:
+                    versions += 1
+                    truth = new_entry(versions)
+                l1.set(key, truth)
+                found = truth
+            if truth is not None and found.value != truth.value:
+                age = clock.time() - changed_at
+                if up or age >= max_age:
+                    bad.append(f"t={clock.time()}: {found.value} for {truth.value} ({age} s)")
+    return bad
+
+
+reconnect_step = st.tuples(
+    st.floats(min_value=0.0, max_value=3.0),
+    st.sampled_from(["hit", "hit", "invalidate", "write", "lose", "back"]),
+)
+#: Lost, changed unheard, back at once, asked: the change is owed a check.
+MISSED = [(0.0, "lose"), (0.5, "write"), (0.1, "back"), (0.1, "hit")]
+#: The same, lost again before the key is asked for: still owed, though the entry is younger
+#: than ``l1_max_age`` counted from the second loss.
+SECOND_LOSS = [(0.0, "lose"), (0.5, "write"), (3.0, "back"), (0.1, "lose"), (0.4, "hit")]
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(st.lists(reconnect_step, max_size=30), st.floats(min_value=0.5, max_value=5.0))
+@example(MISSED, 3.0)
+@example(SECOND_LOSS, 3.0)
+def test_across_losses_and_reconnects_no_missed_change_is_served_unchecked(
+    steps: list[tuple[float, str]], max_age: float
+) -> None:
+    assert served_across_reconnects(steps, max_age, owed=True) == []
+
+
+def test_sibling_a_reconnect_owing_nothing_serves_the_missed_change() -> None:
+    assert served_across_reconnects(MISSED, 3.0, owed=False)
+
+
+def test_sibling_a_guard_that_forgets_the_owed_checks_serves_the_missed_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cacheward._backplane import Recheck
+    from cacheward._core.coherence import needs_check
+
+    def age_only(self: Stack, local: Any) -> Any:
+        entry = self.fast(local)
+        if entry is None:
+            return None
+        record = self.checked.get(local)
+        checked = record[1] if record is not None and record[0] is entry else None
+        since, created, age = self.since, entry.created, self.max_age
+        if needs_check(now=self.time(), since=since, created=created, checked=checked, max_age=age):
+            return Recheck(entry)
+        return entry
+
+    monkeypatch.setattr(Stack, "lookup", age_only)
+    assert served_across_reconnects(SECOND_LOSS, 3.0, owed=True)
