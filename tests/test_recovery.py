@@ -553,3 +553,40 @@ def test_sibling_a_guard_that_forgets_the_owed_checks_serves_the_missed_change(
 
     monkeypatch.setattr(Stack, "lookup", age_only)
     assert served_across_reconnects(SECOND_LOSS, 3.0, owed=True)
+
+
+def test_on_a_cluster_the_probe_reads_the_key_s_own_mark_and_its_tags_marks() -> None:
+    """On Redis Cluster a key's entry and own mark share a slot, its tags' marks do not: one
+    probe still reads them all (``mget_nonatomic``)."""
+    from servers import RedisClusterServers
+
+    with RedisClusterServers.started() as nodes:
+        url = f"redis://127.0.0.1:{nodes.startup_nodes[0][1]}/0"
+        layer = cw.RedisLayer.from_url(url, socket_timeout=1.0, cluster=True, namespace="rc")
+
+        @cw.cached(ttl=600, layers=[layer], namespace="config", tags=lambda c: [f"t:{c}"])
+        def config(customer: str) -> str:
+            return "v"
+
+        try:
+            key = config.invalidate.__self__.cache_key("c1", ("c1",), {})
+            assert config("c1") == "v"
+            from cacheward._background import drain
+
+            assert drain(layer, 5.0)  # the write, made in the background
+            probed = layer.probe(key)
+            assert probed is not None
+            assert probed.entry is not None
+            assert probed.entry.value == "v"
+            assert not probed.fenced
+            assert cw.invalidate_tags("t:c1")
+            probed = layer.probe(key)
+            assert probed is not None
+            assert (probed.entry, probed.fenced) == (None, True)
+            assert config.invalidate("c1")
+            probed = layer.probe(key)
+            assert probed is not None
+            assert probed.entry is None
+            assert probed.marks[0] is not None  # the key's own mark
+        finally:
+            layer.close()
