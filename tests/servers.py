@@ -104,9 +104,15 @@ def free_port(*, cluster_bus: bool = False) -> int:
     """A loopback TCP port that is free now (and ``port + 10000`` too, for a cluster bus)."""
     # Below the ephemeral range (32768 on Linux), where outgoing connections take their source
     # ports: a killed server restarted on its port must find it free (a cluster bus at +10000).
+    # CACHEWARD_TEST_PORTS="17000-17999" keeps them in a range of one's own (shared machines).
+    low, high = 10_000, 22_000
+    span = os.environ.get("CACHEWARD_TEST_PORTS", "")
+    if span:
+        first, _, last = span.partition("-")
+        low, high = int(first), int(last or first) + 1
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(10_000, 22_000)
+        port = rng.randrange(low, high)
         if _bindable(port) and (not cluster_bus or _bindable(port + 10_000)):
             return port
     raise RuntimeError("no free loopback port found in 200 tries")

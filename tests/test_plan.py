@@ -124,6 +124,7 @@ class Recorder:
 
 SYNC_NAMES = {
     "get", "set", "delete", "lease", "publish", "release_lease", "fence", "fence_tags", "clear",
+    "probe",
 }  # fmt: skip
 
 
@@ -135,6 +136,7 @@ def layer_ops(guarded: rp.GuardedLayer) -> list[rp.LayerOp]:
     key, entry = KEY, ENTRY
     return [
         rp.Get(guarded, key),
+        rp.Probe(guarded, key),
         rp.Put(guarded, key, entry),
         rp.Delete(guarded, key),
         rp.Lease(guarded, key, 2.0),

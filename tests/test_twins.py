@@ -99,7 +99,7 @@ def unasync(text: str) -> str:
 SYNC_NAMES = {
     "get", "set", "delete", "clear", "lease", "publish", "release_lease", "acquire_lease",
     "set_fenced", "run", "call", "serve", "invalidate", "sleep", "close", "fence",
-    "fence_tags", "cache_clear",
+    "fence_tags", "cache_clear", "probe",
 }  # fmt: skip
 
 

@@ -13,8 +13,12 @@ While the channel is down, or silent for :data:`SILENCE` seconds, the stacks it 
 last known current ``l1_max_age`` or more ago to the read path as a :class:`Recheck` (one read
 of the shared layer, never a backend fetch unless the key is gone there). With the channel up
 the hot path is the memory layer's bare ``dict.get``, as without a backplane: the subscriber
-swaps the lookup, the hit path checks nothing. When the channel is back the memory layers it
-serves are emptied (messages may have been missed), so each key is read once from Redis again.
+swaps the lookup, the hit path checks nothing. When the channel is back, messages may have been
+missed: each entry the memory layers held then is re-validated once, at its next hit, with the
+same read (:meth:`Stack.relookup`), and hits go unchecked again once every such entry was
+re-validated, replaced or has expired. Nothing is emptied: an entry the restarted (or flushed)
+Redis lost without a sign of an invalidation is kept as its key's fallback (see
+``cacheward._core.coherence``), so a cache outage's recovery costs refetches, not errors.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final
 
 from cacheward import _forksafe
-from cacheward._core.coherence import needs_check
+from cacheward._core.coherence import needs_check, unverified
 from cacheward._core.entry import Entry
 from cacheward._core.keys import CacheKey
 from cacheward._events import EventKind, emit
@@ -168,14 +172,17 @@ class Stack:
         "fast",
         "guarded",
         "l1",
+        "lock",
         "max_age",
         "namespace",
         "on_drop",
         "on_marks",
         "origin",
+        "resynced",
         "set_lookup",
         "since",
         "time",
+        "unverified",
     )
 
     def __init__(
@@ -199,6 +206,12 @@ class Stack:
         #: While guarded: when the channel was last heard, and the keys re-validated since.
         self.since = 0.0
         self.checked: dict[Hashable, tuple[Entry, float]] = {}
+        #: After a lost channel came back (at ``resynced``): the keys held then and not
+        #: re-validated since (see :meth:`resync`).
+        self.unverified: set[Hashable] = set()
+        self.resynced = -math.inf
+        #: Serializes the lookup swaps (the subscriber's thread and callers' threads).
+        self.lock = _forksafe.lock()
 
     def after_fork(self) -> None:
         """In a forked child: an origin of its own, or the parent would take the child's
@@ -219,6 +232,10 @@ class Stack:
             return None
         record = self.checked.get(local)
         checked = record[1] if record is not None and record[0] is entry else None
+        if local in self.unverified and unverified(
+            resynced=self.resynced, created=entry.created, checked=checked
+        ):
+            return Recheck(entry)  # held before an earlier loss of the channel, never checked
         if needs_check(
             now=self.time(),
             since=self.since,
@@ -229,27 +246,77 @@ class Stack:
             return Recheck(entry)
         return entry
 
+    def relookup(self, local: Hashable) -> Any:
+        """The hot path's lookup after the channel came back, until every entry held then was
+        re-validated once (see :meth:`resync`)."""
+        entry = self.fast(local)
+        if local not in self.unverified:
+            return entry
+        if entry is None or entry.created > self.resynced:
+            self.verified(local)  # gone, or made since: nothing missed
+            return entry
+        return Recheck(entry)
+
     def mark(self, local: Hashable, entry: Entry) -> None:
-        """``entry`` was just found current in the shared layer."""
+        """``entry`` was just re-validated against the shared layer (found current there, or
+        taken from there, or kept as the key's fallback after the layer lost it)."""
         if self.guarded:
             self.checked[local] = (entry, self.time())
+        if self.unverified:
+            self.verified(local)
+
+    def verified(self, local: Hashable) -> None:
+        """``local`` needs no re-validation for the channel's last loss any more."""
+        self.unverified.discard(local)
+        if not self.unverified:
+            self._settled()
+
+    def _settled(self) -> None:
+        """Nothing is left to re-validate: unchecked hits again, unless the channel is down."""
+        with self.lock:
+            if not self.unverified and not self.guarded:
+                self.set_lookup(self.fast)
+
+    def prune(self) -> None:
+        """Forget the keys awaiting re-validation whose entry is gone, newer than the channel's
+        return, or expired (called by the subscriber's thread on each heartbeat), so that the
+        checking lookup ends even for keys nobody asks for again."""
+        if not self.unverified:
+            return
+        now = self.time()
+        data = self.l1._data
+        for local in list(self.unverified):
+            entry = data.get(local)
+            if entry is None or entry.created > self.resynced or entry.error_until <= now:
+                self.unverified.discard(local)
+        if not self.unverified:
+            self._settled()
 
     def guard(self, ago: float = 0.0) -> None:
         """The channel is down; it was last heard ``ago`` seconds ago."""
-        if not self.guarded:
-            self.since = self.time() - ago
-            self.checked.clear()
-            self.guarded = True
-            self.set_lookup(self.lookup)
+        with self.lock:
+            if not self.guarded:
+                self.since = self.time() - ago
+                self.checked.clear()
+                self.guarded = True
+                self.set_lookup(self.lookup)
 
-    def resync(self, *, clear: bool = True) -> None:
-        """The channel is up (again): forget what may have been missed (``clear``; not on the
-        first subscription, made moments after the function was decorated), serve unchecked."""
-        if clear:
-            self.l1.clear()
-        self.checked.clear()
-        self.guarded = False
-        self.set_lookup(self.fast)
+    def resync(self, *, lost: bool = True) -> None:
+        """The channel is up (again). After a loss (``lost``; not on the first subscription,
+        made moments after the function was decorated) messages may have been missed: every
+        entry held now is re-validated once, at its next hit, before it is served fresh (an
+        entry still current in the shared layer costs one read, one the layer lost is kept as
+        the key's fallback: see ``cacheward._core.coherence``). Hits go unchecked once none is
+        left to re-validate."""
+        with self.lock:
+            if lost:
+                with self.l1._lock:
+                    held = set(self.l1._data)
+                self.unverified |= held
+                self.resynced = self.time()
+            self.checked.clear()
+            self.guarded = False
+            self.set_lookup(self.relookup if self.unverified else self.fast)
 
     def drop(self, local: Hashable) -> None:
         self.on_drop(local)
@@ -307,8 +374,8 @@ class Subscriber:
     def after_fork(self) -> None:
         """In a forked child: the listening thread is gone. The stacks are guarded (the
         channel is down for this process) and a thread of its own listens again; its first
-        subscription empties the memory layers, as after a lost channel (what was published
-        between the fork and then was not heard here)."""
+        subscription has each entry re-validated once, as after a lost channel (what was
+        published between the fork and then was not heard here)."""
         self.thread = None
         if self.stopping.is_set():
             return  # closed
@@ -393,6 +460,8 @@ class Subscriber:
             if now - last_ping >= HEARTBEAT:
                 pubsub.ping()
                 last_ping = now
+                for stack in self.all_stacks():
+                    stack.prune()
             if now - heard > SILENCE:
                 raise TimeoutError(f"the backplane channel was silent for {SILENCE} s")
 
@@ -401,7 +470,7 @@ class Subscriber:
             self.up = True
             stacks = [s for group in self.stacks.values() for s in group]
         for stack in stacks:
-            stack.resync(clear=was_lost)
+            stack.resync(lost=was_lost)
         if was_lost:
             emit(EventKind.BACKPLANE_RECONNECTED, self.source, layer=self.source)
 

@@ -23,6 +23,7 @@ __all__ = [
     "LeaseReply",
     "LeasingLayer",
     "MemoryLayer",
+    "Probed",
     "estimate_size",
 ]
 
@@ -78,6 +79,21 @@ class LeaseReply(Frozen):
     token: int | None = None
     entry: Entry | None = None
     busy: bool = False
+
+
+class Probed(Frozen):
+    """What a re-validating read of a shared layer found (``RedisLayer.probe``).
+
+    Attributes:
+        entry: the entry stored under the key (``None``: none, invalid bytes, or fenced).
+        marks: the stored values of the marks of the invalidations that concern the key (its
+            own, its function's ``cache_clear``, its tags'), ``None`` where there is none.
+        fenced: there was an entry, and one of ``marks`` invalidated it.
+    """
+
+    entry: Entry | None = None
+    marks: tuple[Any, ...] = ()
+    fenced: bool = False
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import enum
+import math
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Sequence
@@ -26,7 +27,7 @@ from cacheward._background import track, track_task
 from cacheward._backplane import Recheck, Stack, encode_marks
 from cacheward._clock import SYSTEM_CLOCK, Clock, SystemClock
 from cacheward._core.breaker import BreakerState
-from cacheward._core.coherence import still_current
+from cacheward._core.coherence import Suspect, invalidated, still_current, suspect
 from cacheward._core.entry import (
     Entry,
     Freshness,
@@ -54,6 +55,7 @@ from cacheward._layers import (
     LeaseReply,
     LeasingLayer,
     MemoryLayer,
+    Probed,
 )
 from cacheward._pending import Invalidation, book_of
 from cacheward._plan import Op, Plan, aperform, perform
@@ -158,7 +160,15 @@ class CacheStats(Frozen):
     """Pending invalidations of this function's keys delivered on replay."""
     rechecks: int = 0
     """In-process hits re-validated against the shared layer because the backplane's channel
-    was down and the entry was last known current ``l1_max_age`` or more ago."""
+    was down and the entry was last known current ``l1_max_age`` or more ago, or because it was
+    held when the channel came back (messages may have been missed)."""
+    suspects: int = 0
+    """In-process entries a re-validation found gone from the shared layer with no sign of an
+    invalidation (Redis restarted, flushed, evicted or expired them): kept as the key's
+    fallback only, never served fresh again (see docs/caching.md, "Across processes")."""
+    suspects_served: int = 0
+    """Calls served such an entry because the fetch failed, timed out or was refused (also
+    counted in ``stale_on_error``)."""
     in_flight: int = 0
     """Fetches running at the moment of the snapshot."""
 
@@ -185,6 +195,8 @@ class Counters:
         "sets",
         "stale_hits",
         "stale_on_error",
+        "suspects",
+        "suspects_served",
         "unstorable",
         "wait_timeouts",
     )
@@ -195,6 +207,7 @@ class Counters:
         self.backoff_rejections = self.wait_timeouts = self.stale_on_error = 0
         self.layer_errors = self.layer_skips = self.lease_waits = self.invalidations = 0
         self.unstorable = self.rechecks = self.sets = self.forced_refreshes = self.clears = 0
+        self.suspects = self.suspects_served = 0
 
     def snapshot(self, in_flight: int) -> CacheStats:
         return CacheStats(**{n: getattr(self, n) for n in self.__slots__}, in_flight=in_flight)
@@ -401,6 +414,18 @@ class Get(LayerOp):
 
     async def acall(self, layer: Any) -> Any:
         return await layer.aget(self.key)
+
+
+class Probe(LayerOp):
+    """Re-validate: the entry with the marks of the invalidations that concern it."""
+
+    __slots__ = ()
+
+    def call(self, layer: Any) -> Any:
+        return layer.probe(self.key)
+
+    async def acall(self, layer: Any) -> Any:
+        return await layer.aprobe(self.key)
 
 
 class Put(LayerOp):
@@ -1323,24 +1348,44 @@ class Driver:
                 return (yield from self.lead(key, flight, args, kwargs, timeout=left))
 
     def recheck(self, key: CacheKey, entry: Entry) -> Plan[Entry | None]:
-        """The backplane's channel is down and ``entry`` (this process's memory layer) was last
-        known current ``l1_max_age`` or more ago: one read of the shared layer says whether it
-        still is. Gone there: dropped here too (the call then misses). Another value there:
-        taken. No answer: served as it is (nothing can tell, see docs/caching.md)."""
+        """``entry`` (this process's memory layer) may have missed an invalidation: the
+        backplane's channel is down and it was last known current ``l1_max_age`` or more ago,
+        or it was held when the channel came back. One read of the shared layer says whether
+        it still is. Another value there: taken. Gone there after an invalidation (a mark of
+        the key, a tag or ``cache_clear`` at or after its creation): dropped here too, the call
+        misses. Gone without one (Redis restarted, flushed, evicted or expired it): kept as a
+        :class:`Suspect`, the key's fallback only (the call fetches, and is served it if the
+        fetch fails or is refused). No answer: served as it is (nothing can tell; see
+        docs/caching.md)."""
         stack = cast(Stack, self.backplane)
         guarded = cast(GuardedLayer, self.backplane_layer)
         self.counters.rechecks += 1
         generation = self.generation
-        answer = yield Get(guarded, key)
-        if answer is MISSING:
+        probes = callable(getattr(guarded.layer, "probe", None))
+        answer = yield (Probe if probes else Get)(guarded, key)
+        if answer is MISSING or (answer is None and probes):
             return entry
+        marks: tuple[Any, ...] = (math.inf,)  # a layer that cannot tell: gone is invalidated
+        if probes:
+            probed = cast(Probed, answer)
+            answer = probed.entry
+            marks = (math.inf,) if probed.fenced else probed.marks
         found = guarded.entry(answer)
         l1 = cast(MemoryLayer, self.l1)
         if found is None:
+            kept: Entry | None = None
+            if not invalidated(created=entry.created, marks=marks):
+                kept = suspect(entry, self.s.clock.time())
             with self.lock:
-                if l1.lookup(key.local) is entry:
+                if l1.lookup(key.local) is not entry or generation != self.generation:
+                    return None  # replaced or dropped meanwhile: the read path decides anew
+                if kept is None:
                     l1.delete(key)
-            return None
+                    return None
+                l1.set(key, kept)
+            self.counters.suspects += 1
+            stack.mark(key.local, kept)
+            return kept
         if still_current(entry, found):
             stack.mark(key.local, entry)
             return entry
@@ -2179,6 +2224,8 @@ class Driver:
         """Serve ``entry`` if it is usable on error, else re-raise ``exc``."""
         if isinstance(exc, Exception) and usable_on_error(entry, self.s.clock.time()):
             self.count("stale_on_error", EventKind.STALE_SERVED, exc)
+            if type(entry) is Suspect:
+                self.counters.suspects_served += 1
             return cast(Entry, entry).value
         raise exc
 

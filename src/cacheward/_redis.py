@@ -45,7 +45,7 @@ from cacheward._core.keys import CacheKey
 from cacheward._core.tags import clear_mark, fenced, stamp_of, tag_mark
 from cacheward._errors import ConfigurationError, ConfigurationTypeError
 from cacheward._events import EventKind, emit
-from cacheward._layers import LayerBreaker, LeaseReply
+from cacheward._layers import LayerBreaker, LeaseReply, Probed
 from cacheward._plan import Op, Plan, aperform, perform
 from cacheward._redisclient import (
     deadline,
@@ -1029,6 +1029,21 @@ class RedisLayer:
             raise
         return self._decode(data, key)
 
+    def _probe_plan(self, key: CacheKey) -> Plan[Probed | None]:
+        value_key = self.redis_key(key)
+        keys = [value_key, value_key + ":inv", *self._marks(key)]
+        try:
+            # One command (on Cluster the marks live in other slots: mget_nonatomic splits it).
+            command = "mget_nonatomic" if self.cluster else "mget"
+            data, *marks = yield _Command(self, command, (keys,), read=True)
+        except Exception as exc:
+            if self._failed(exc):
+                return None  # no answer (a full pool, a stalled Redis): nothing to tell
+            raise
+        if isinstance(data, bytes) and self._fenced(data, marks[1:]):
+            return Probed(entry=None, marks=tuple(marks), fenced=True)
+        return Probed(entry=self._decode(data, key), marks=tuple(marks))
+
     def _put_plan(
         self, key: CacheKey, entry: Entry | None, token: int, *, release: bool, lease_ttl: float
     ) -> Plan[bool | None]:
@@ -1154,6 +1169,21 @@ class RedisLayer:
     async def aget(self, key: CacheKey) -> Entry | None:
         """Async :meth:`get`."""
         return await aperform(self._get_plan(key))
+
+    def probe(self, key: CacheKey) -> Probed | None:
+        """Return ``key``'s entry with the marks of the invalidations that concern it (its own,
+        its function's ``cache_clear``, its tags'), in one round trip: what the backplane's
+        re-validation needs to tell an entry Redis lost (restart, flush, eviction, expiry)
+        from one that was invalidated. ``None``: no answer (no free connection, a stall).
+
+        Raises:
+            redis.RedisError: Redis failed or timed out (the driver's breaker counts it).
+        """
+        return perform(self._probe_plan(key))
+
+    async def aprobe(self, key: CacheKey) -> Probed | None:
+        """Async :meth:`probe`."""
+        return await aperform(self._probe_plan(key))
 
     def set(self, key: CacheKey, entry: Entry) -> None:
         """Store ``entry`` until its ``error_until``, unless Redis holds one created later."""
