@@ -17,9 +17,6 @@ Options (each switches mechanisms off, for the siblings):
     nomarks      the layer checks no marks (reads and writes ignore tags and cache_clear).
     nobackplane  ``backplane=False``: other processes' invalidations are not heard.
     off          both.
-    nolease      no lease (``cross_process=False``) and no backplane: a rebuild is fenced by
-                 its entry's stamp alone (when its fetch began).
-    nolease-late the same, with the entry stamped when its fetch ended (as before: the sibling).
 """
 
 from __future__ import annotations
@@ -52,14 +49,8 @@ def make(url: str, space: str, option: str = "", **layer_settings: Any) -> Any:
         "ttl": 60,
         "lease_ttl": 30,
         "tags": lambda customer: [f"customer:{customer}"],
-        "backplane": option not in ("nobackplane", "off", "nolease", "nolease-late"),
-        "cross_process": option not in ("nolease", "nolease-late"),
+        "backplane": option not in ("nobackplane", "off"),
     }
-    if option == "nolease-late":
-        from cacheward._readpath import Driver
-
-        stamp = Driver.new_entry
-        Driver.new_entry = lambda self, value, now=None: stamp(self, value)  # type: ignore[method-assign]
 
     @cw.cached(layers=[cw.MemoryLayer(maxsize=100), layer], namespace="users", **settings)
     def users(customer: str) -> str:

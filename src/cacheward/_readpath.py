@@ -1480,9 +1480,6 @@ class Driver:
             elif stale is None and not forced:
                 self.count("misses", EventKind.MISS)
             started = self.s.clock.monotonic()
-            # The entry is stamped when its fetch began: a write without a lease is fenced by
-            # any invalidation (of the key or of a tag) made since, as a leased one is.
-            begun = self.s.clock.time()
             self.counters.fetches += 1
             leading = LEADING.set(LEADING.get() | {id(flight)})
             try:
@@ -1502,7 +1499,7 @@ class Driver:
             if token is not None:
                 yield from self.write(self.release_plan(key, token), detach)
             raise
-        entry = self.new_entry(value, begun)
+        entry = self.new_entry(value)
         store = self.adopt(key, flight, entry, fetched=True)
         if forced:
             self.unforce(key, flight)
@@ -2172,11 +2169,11 @@ class Driver:
             return False
         return entry is None or found.fresh_until > entry.fresh_until
 
-    def new_entry(self, value: Any, now: float | None = None) -> Entry:
+    def new_entry(self, value: Any) -> Entry:
         s = self.s
         return make_entry(
             value,
-            now=s.clock.time() if now is None else now,
+            now=s.clock.time(),
             ttl=s.ttl,
             stale_ttl=s.stale_ttl,
             stale_if_error=s.stale_if_error,

@@ -50,8 +50,7 @@ class Entry(_Stamped):
 
     Attributes:
         value: the cached value.
-        created: when the value was made (seconds since the epoch): for a fetched value, when
-            its fetch began, so that an invalidation during the fetch fences its write.
+        created: when the value was stored (seconds since the epoch).
         fresh_until: the value is fresh while ``now < fresh_until``.
         stale_until: the value may be served stale (and refreshed) while ``now < stale_until``.
         error_until: the value may be served when a fetch fails while ``now < error_until``;

@@ -5,8 +5,7 @@ tag has a *mark* in the shared layer (``cache_tags.lua`` raises it to the server
 microseconds, above its last value), and an entry carrying the tag is valid only while its own
 stamp is above the mark. An entry's stamp is the fencing token of the lease its rebuild took
 (the server's clock when the rebuild *started*), or, for a write without a lease, its
-``created`` stamp in microseconds — when its fetch began (the same rule as a key's own
-invalidation mark). So an entry
+``created`` stamp in microseconds (the same rule as a key's own invalidation mark). So an entry
 written before the invalidation, or by a rebuild that started before it, is a miss for every
 reader from then on; the scripts check it in the round trip that reads (or writes) the entry.
 
