@@ -188,7 +188,7 @@ def test_the_constant_work_check_fails_on_the_scanning_table() -> None:
 
 def check_frame_free(store: Callable[[BaseException], BaseException], failures: int) -> None:
     """Store ``failures`` errors raised over a frame holding ~20 KB; each stored error must
-    let that frame's locals go, keep well under a kilobyte, and read as the error did."""
+    let that frame's locals go, keep a few hundred bytes, and read as the error did."""
     alive: list[weakref.ref[Rows]] = []
     gc.collect()
     tracemalloc.start()
@@ -200,7 +200,9 @@ def check_frame_free(store: Callable[[BaseException], BaseException], failures: 
     finally:
         tracemalloc.stop()
     living = sum(ref() is not None for ref in alive)
-    assert (living, per_failure < 1_000) == (0, True), (
+    # (Bytes under 4 KB, not the copy's few hundred: tracemalloc also counts what other threads
+    # allocate meanwhile, 1.6 KB per failure once in a full run; a kept frame holds ~20 KB.)
+    assert (living, per_failure < 4_000) == (0, True), (
         f"frame-free: {living} of {failures} frames' locals still alive, "
         f"{per_failure:,.0f} bytes kept per failure"
     )
