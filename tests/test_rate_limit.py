@@ -85,7 +85,7 @@ def test_sibling_without_the_limiter_the_bound_is_violated() -> None:
             )
             > 1e-6
         ),
-        settings=settings(database=None),
+        settings=settings(database=None, derandomize=True),
     )
     assert found is not None
 
