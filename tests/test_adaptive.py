@@ -114,8 +114,8 @@ def test_sibling_a_lone_high_probe_taken_at_once_lifts_the_baseline(
 ) -> None:
     """The check above fails when every probe is taken as it reads."""
 
-    def take(self: Gradient, median: float) -> None:
-        self.baseline = median
+    def take(self: Gradient, latency: float) -> None:
+        self.baseline = latency
 
     monkeypatch.setattr(Gradient, "_probed", take)
     g = Gradient(initial=10, floor=1, ceiling=100, now=0.0, probe_interval=5.0)

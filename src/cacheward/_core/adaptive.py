@@ -87,7 +87,7 @@ class _Window:
     def size(self) -> int:
         return len(self.rtts) + self.drops
 
-    def median(self) -> float | None:
+    def latency(self) -> float | None:
         """The typical latency of the attempts that did not fail (``None``: all failed): the
         mean, without the highest and the lowest 5 % (none cut below 20 attempts: in a
         small window the one attempt that ran in the fractional slot is the evidence).
@@ -201,14 +201,14 @@ class Gradient(_Windowed):
     The no-load latency is measured Envoy's way (adaptive_concurrency's "minRTT calculation"):
     every ``probe_interval`` (stretched by a random fraction of up to ``jitter`` of it, so that
     processes drift apart) the limit drops to ``probe_concurrency`` for one window and the
-    window's median latency becomes the baseline -- unless it reads more than ``tolerance``
+    window's latency becomes the baseline -- unless it reads more than ``tolerance``
     above the baseline it replaces: then it is taken only when the next probe reads high too
     (a probe that ran while other processes loaded the backend reads their queueing, and one
     such probe must not hold the limit above the knee for a whole interval; a backend that
     really got slower is re-learnt one interval later). A later window whose latency is lower
     moves the baseline a quarter of the way to it (Vegas's no-load latency is the minimum
     seen; a damped minimum, since the plain one is the noise's luckiest draw). Between probes, each
-    window's median ``m`` is compared with the baseline ``b``:
+    window's latency ``m`` is compared with the baseline ``b``:
 
     * ``m > b * (1 + 3 tolerance / 4)`` (queueing): the limit is multiplied by the gradient
       ``b / m`` (never below half of it). By Little's law ``limit * b / m`` is the concurrency
@@ -321,15 +321,15 @@ class Gradient(_Windowed):
         """Whether the current window measures the baseline."""
         return self._probing
 
-    def _probed(self, median: float) -> None:
-        """A probe read ``median``: the new baseline, unless it reads high and is alone."""
+    def _probed(self, latency: float) -> None:
+        """A probe read ``latency``: the new baseline, unless it reads high and is alone."""
         old = self.baseline
-        if old is None or median <= old * (1.0 + self.tolerance):
-            self.baseline, self._high_probe = median, None
+        if old is None or latency <= old * (1.0 + self.tolerance):
+            self.baseline, self._high_probe = latency, None
         elif self._high_probe is not None:  # two probes in a row agree: the backend is slower
-            self.baseline, self._high_probe = min(median, self._high_probe), None
+            self.baseline, self._high_probe = min(latency, self._high_probe), None
         else:
-            self._high_probe = median
+            self._high_probe = latency
 
     def on_sample(
         self, now: float, *, started: float, rtt: float, inflight: int, dropped: bool
@@ -339,11 +339,11 @@ class Gradient(_Windowed):
         )
         if window is None:
             return
-        median = window.median()
+        latency = window.latency()
         bounds = self._bounds
         if self._probing:
-            if median is not None:  # a probe of nothing but failures measures nothing
-                self._probed(median)
+            if latency is not None:  # a probe of nothing but failures measures nothing
+                self._probed(latency)
                 self._probing = False
                 self._refilling = 2
                 self._probe_due = now + self._interval()
@@ -354,17 +354,17 @@ class Gradient(_Windowed):
         refilling = self._refilling > 0
         self._refilling = max(0, self._refilling - 1)
         streak, self._streak = self._streak, 0
-        if median is not None and self.baseline is not None and not window.drops:
+        if latency is not None and self.baseline is not None and not window.drops:
             # A faster window lowers the baseline a quarter of the way to it, not all the way:
             # the minimum of many noisy windows is their luckiest, and a baseline below the
             # true no-load latency reads every flat window as queueing (the limits then sat
             # at the floor after the benchmark's slow-down, half the capacity unused).
-            self.baseline -= _LOWER * max(0.0, self.baseline - median)
+            self.baseline -= _LOWER * max(0.0, self.baseline - latency)
         if window.drops:
             bounds.set(bounds.value * self._cut(window))
             self._slow_start = False
-        elif median is not None and self.baseline is not None:
-            ratio = median / self.baseline if self.baseline > 0.0 else 1.0
+        elif latency is not None and self.baseline is not None:
+            ratio = latency / self.baseline if self.baseline > 0.0 else 1.0
             if ratio > 1.0 + 0.75 * self.tolerance:
                 bounds.set(bounds.value * max(1.0 / ratio, 0.5))
                 self._slow_start = False
