@@ -147,7 +147,7 @@ LAYER_FAULTS: dict[str, tuple[Fault, str, str]] = {
     "slow trickle (1 B / 30 ms)": (trickle, "proxy", ""),
     "user client, default retries + SIGKILL": (sigkill, "user", ""),
     "user client, default retries + blackhole": (blackhole, "user", ""),
-    "lease without TTL": (lease_without_ttl, "direct", "item 3"),
+    "lease without TTL": (lease_without_ttl, "direct", ""),
 }
 BUCKET_FAULTS: dict[str, tuple[Fault, str, str]] = {
     "bucket: password changed": (password, "direct", ""),
