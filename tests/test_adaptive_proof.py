@@ -336,6 +336,10 @@ CURVE_EXAMPLE = Curve(base=0.05, initial=20, capacities=(40.0, 20.0, 60.0))
 @example(Curve(base=0.05, initial=190, capacities=(31.0, 15.5, 50.0)))
 # Also from the thorough run: one refill window after a probe was not enough (limit 1.2 C).
 @example(Curve(base=0.1, initial=20, capacities=(20.0, 10.0)))
+# Known, not fixed: the thorough profile found Curve(base=0.05, initial=24, capacities=(24.0,
+# 20.0, 10.0)): the limit at 11.12 for C = 10 (1.1 % over 1.1 C). The harness's fixed latency
+# runs the whole slots in lockstep, so a window sees one or two attempts in the fractional
+# slot and reads it flat; growth then steps past 1.1 C until the next window cuts.
 def test_the_limit_settles_near_the_capacity_and_follows_it(curve: Curve) -> None:
     samples = run_curve(curve)
     bad = out_of_band(curve, samples)
@@ -526,9 +530,11 @@ SHARED_EXAMPLE = SharedCurve(processes=4, base=0.05, capacities=(16.0, 8.0, 16.0
 @settings(max_examples=CURVE_EXAMPLES, database=None, derandomize=True)
 @given(shared_curves())
 @example(SHARED_EXAMPLE)
-# Found by the first run (commit 50d1cc9), still failing: after 4 -> 10 the slow start's
-# doubling steps overshoot (the sum at 1.55 C 160 b after the change).
+# Found by the first run (commit 50d1cc9): after 4 -> 10 the slow start's doubling steps
+# overshot (the sum at 1.55 C 160 b after the change); and by the thorough profile: 4 -> 30
+# was not reached in 60 b while steps after a cut stayed at 4-8 %.
 @example(SharedCurve(processes=2, base=0.05, capacities=(8.0, 4.0, 10.0)))
+@example(SharedCurve(processes=2, base=0.02, capacities=(8.0, 4.0, 30.0)))
 def test_the_limits_of_several_processes_sum_to_the_capacity(curve: SharedCurve) -> None:
     """Each process adapts on its own (docs/protection.md, *Across processes*); the sum of
     their limits settles within ``[0.7 C, 1.1 C]`` and follows a halving."""

@@ -217,8 +217,8 @@ class Gradient(_Windowed):
     * ``m <= b * (1 + tolerance / 4)`` and the window filled the limit (one of its attempts
       started with every whole slot taken, and not one of the two windows after a probe,
       while the slots refill): the limit grows by ``growth`` of itself, doubling with each
-      flat window in a row up to 25 % until the first cut (TCP's slow start); after a cut,
-      twice ``growth`` from the fourth flat window in a row. The step is a
+      flat window in a row up to 25 % (TCP's slow start); after a cut, only from the fourth
+      flat window in a row. The step is a
       fraction of the limit, not a whole slot, so ``N`` processes sharing a backend step
       their sum by ``growth`` of it whatever ``N`` is;
     * a window that did not fill the limit brings it down to twice the concurrency used;
@@ -376,12 +376,11 @@ class Gradient(_Windowed):
                 # window in a row, so a limit that starts far below its backend's capacity
                 # gets there in a few windows. After a cut the knee is known: the first
                 # _PATIENCE flat windows in a row step by ``growth`` only (doubling at once,
-                # right after a cut, overshot the knee), and a longer run of them -- the
-                # backend has room -- steps by twice that.
-                if self._slow_start:
-                    step = min(_MAX_STEP, self.growth * 2.0**streak)
-                else:
-                    step = self.growth * (2.0 if streak >= _PATIENCE else 1.0)
+                # right after a cut, overshot the knee); a longer run of them -- the backend
+                # has room -- doubles the step again (4 -> 30 was not reached in 60 b
+                # without it).
+                doublings = streak if self._slow_start else max(0, streak - _PATIENCE + 1)
+                step = min(_MAX_STEP, self.growth * 2.0**doublings)
                 bounds.set(bounds.value * (1.0 + step))
                 self._streak = streak + 1
         if now >= self._probe_due:
